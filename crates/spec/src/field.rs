@@ -1,0 +1,1094 @@
+//! Every piece of state as a named, enumerable field.
+//!
+//! A [`Field`] names one value of [`VcpuState`]: its dotted lower-case name (`cs.attributes`,
+//! `msr.ia32_pat`, `lapic.lvt_lint0`), the spec class it belongs to, its width, and how to read
+//! and write it generically as a `u128`. The RESET/INIT tables, the renderers, the register cache
+//! and the conformance checks all walk [`Field::all`], so a field added here is seen everywhere.
+
+use crate::state::{Activity, FIXED_MTRRS, GPRS, MCE_BANKS, VARIABLE_MTRRS, VcpuState};
+
+/// General-purpose registers, in the architectural encoding order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[allow(missing_docs)]
+pub enum Gpr {
+    Rax,
+    Rcx,
+    Rdx,
+    Rbx,
+    Rsp,
+    Rbp,
+    Rsi,
+    Rdi,
+    R8,
+    R9,
+    R10,
+    R11,
+    R12,
+    R13,
+    R14,
+    R15,
+}
+
+impl Gpr {
+    /// All sixteen, in encoding order.
+    pub const ALL: [Gpr; GPRS] = [
+        Gpr::Rax,
+        Gpr::Rcx,
+        Gpr::Rdx,
+        Gpr::Rbx,
+        Gpr::Rsp,
+        Gpr::Rbp,
+        Gpr::Rsi,
+        Gpr::Rdi,
+        Gpr::R8,
+        Gpr::R9,
+        Gpr::R10,
+        Gpr::R11,
+        Gpr::R12,
+        Gpr::R13,
+        Gpr::R14,
+        Gpr::R15,
+    ];
+
+    /// Lower-case name.
+    pub fn name(self) -> &'static str {
+        [
+            "rax", "rcx", "rdx", "rbx", "rsp", "rbp", "rsi", "rdi", "r8", "r9", "r10", "r11",
+            "r12", "r13", "r14", "r15",
+        ][self as usize]
+    }
+}
+
+/// Segment registers, in the VMX guest-state order (ES, CS, SS, DS, FS, GS, LDTR, TR).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[allow(missing_docs)]
+pub enum Seg {
+    Es,
+    Cs,
+    Ss,
+    Ds,
+    Fs,
+    Gs,
+    Ldtr,
+    Tr,
+}
+
+impl Seg {
+    /// All eight.
+    pub const ALL: [Seg; 8] = [
+        Seg::Es,
+        Seg::Cs,
+        Seg::Ss,
+        Seg::Ds,
+        Seg::Fs,
+        Seg::Gs,
+        Seg::Ldtr,
+        Seg::Tr,
+    ];
+
+    /// Lower-case name.
+    pub fn name(self) -> &'static str {
+        ["es", "cs", "ss", "ds", "fs", "gs", "ldtr", "tr"][self as usize]
+    }
+}
+
+/// The four parts of a segment register.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[allow(missing_docs)]
+pub enum SegPart {
+    Selector,
+    Base,
+    Limit,
+    Attributes,
+}
+
+impl SegPart {
+    /// All four.
+    pub const ALL: [SegPart; 4] = [
+        SegPart::Selector,
+        SegPart::Base,
+        SegPart::Limit,
+        SegPart::Attributes,
+    ];
+
+    fn name(self) -> &'static str {
+        ["selector", "base", "limit", "attributes"][self as usize]
+    }
+}
+
+/// GDTR or IDTR.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[allow(missing_docs)]
+pub enum Dt {
+    Gdtr,
+    Idtr,
+}
+
+/// x87 environment registers (the data registers are [`Field::St`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[allow(missing_docs)]
+pub enum X87 {
+    Fcw,
+    Fsw,
+    Ftw,
+    Fop,
+    Fip,
+    Fdp,
+    Fcs,
+    Fds,
+}
+
+impl X87 {
+    /// All eight.
+    pub const ALL: [X87; 8] = [
+        X87::Fcw,
+        X87::Fsw,
+        X87::Ftw,
+        X87::Fop,
+        X87::Fip,
+        X87::Fdp,
+        X87::Fcs,
+        X87::Fds,
+    ];
+
+    fn name(self) -> &'static str {
+        ["fcw", "fsw", "ftw", "fop", "fip", "fdp", "fcs", "fds"][self as usize]
+    }
+}
+
+/// Single MSRs (the MTRR arrays and machine-check banks have their own variants).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[allow(missing_docs)]
+pub enum Msr {
+    ApicBase,
+    Tsc,
+    TscAdjust,
+    TscAux,
+    TscDeadline,
+    Pat,
+    MtrrCap,
+    MtrrDefType,
+    MiscEnable,
+    SysenterCs,
+    SysenterEsp,
+    SysenterEip,
+    Star,
+    Lstar,
+    Cstar,
+    Fmask,
+    FsBase,
+    GsBase,
+    KernelGsBase,
+    SpecCtrl,
+    DebugCtl,
+    PerfGlobalCtrl,
+    FeatureControl,
+    Smbase,
+    Xss,
+    McgStatus,
+}
+
+impl Msr {
+    /// All single MSRs.
+    pub const ALL: [Msr; 26] = [
+        Msr::ApicBase,
+        Msr::Tsc,
+        Msr::TscAdjust,
+        Msr::TscAux,
+        Msr::TscDeadline,
+        Msr::Pat,
+        Msr::MtrrCap,
+        Msr::MtrrDefType,
+        Msr::MiscEnable,
+        Msr::SysenterCs,
+        Msr::SysenterEsp,
+        Msr::SysenterEip,
+        Msr::Star,
+        Msr::Lstar,
+        Msr::Cstar,
+        Msr::Fmask,
+        Msr::FsBase,
+        Msr::GsBase,
+        Msr::KernelGsBase,
+        Msr::SpecCtrl,
+        Msr::DebugCtl,
+        Msr::PerfGlobalCtrl,
+        Msr::FeatureControl,
+        Msr::Smbase,
+        Msr::Xss,
+        Msr::McgStatus,
+    ];
+
+    /// The architectural MSR index (Intel SDM Vol. 4, Table 2-2; AMD APM Vol. 2, Appendix A).
+    pub fn index(self) -> u32 {
+        match self {
+            Msr::ApicBase => 0x1b,
+            Msr::Tsc => 0x10,
+            Msr::TscAdjust => 0x3b,
+            Msr::TscAux => 0xc000_0103,
+            Msr::TscDeadline => 0x6e0,
+            Msr::Pat => 0x277,
+            Msr::MtrrCap => 0xfe,
+            Msr::MtrrDefType => 0x2ff,
+            Msr::MiscEnable => 0x1a0,
+            Msr::SysenterCs => 0x174,
+            Msr::SysenterEsp => 0x175,
+            Msr::SysenterEip => 0x176,
+            Msr::Star => 0xc000_0081,
+            Msr::Lstar => 0xc000_0082,
+            Msr::Cstar => 0xc000_0083,
+            Msr::Fmask => 0xc000_0084,
+            Msr::FsBase => 0xc000_0100,
+            Msr::GsBase => 0xc000_0101,
+            Msr::KernelGsBase => 0xc000_0102,
+            Msr::SpecCtrl => 0x48,
+            Msr::DebugCtl => 0x1d9,
+            Msr::PerfGlobalCtrl => 0x38f,
+            Msr::FeatureControl => 0x3a,
+            Msr::Smbase => 0x9e,
+            Msr::Xss => 0xda0,
+            Msr::McgStatus => 0x17a,
+        }
+    }
+
+    /// The SDM name, lower-case.
+    pub fn name(self) -> &'static str {
+        match self {
+            Msr::ApicBase => "ia32_apic_base",
+            Msr::Tsc => "ia32_tsc",
+            Msr::TscAdjust => "ia32_tsc_adjust",
+            Msr::TscAux => "ia32_tsc_aux",
+            Msr::TscDeadline => "ia32_tsc_deadline",
+            Msr::Pat => "ia32_pat",
+            Msr::MtrrCap => "ia32_mtrrcap",
+            Msr::MtrrDefType => "ia32_mtrr_def_type",
+            Msr::MiscEnable => "ia32_misc_enable",
+            Msr::SysenterCs => "ia32_sysenter_cs",
+            Msr::SysenterEsp => "ia32_sysenter_esp",
+            Msr::SysenterEip => "ia32_sysenter_eip",
+            Msr::Star => "ia32_star",
+            Msr::Lstar => "ia32_lstar",
+            Msr::Cstar => "ia32_cstar",
+            Msr::Fmask => "ia32_fmask",
+            Msr::FsBase => "ia32_fs_base",
+            Msr::GsBase => "ia32_gs_base",
+            Msr::KernelGsBase => "ia32_kernel_gs_base",
+            Msr::SpecCtrl => "ia32_spec_ctrl",
+            Msr::DebugCtl => "ia32_debugctl",
+            Msr::PerfGlobalCtrl => "ia32_perf_global_ctrl",
+            Msr::FeatureControl => "ia32_feature_control",
+            Msr::Smbase => "ia32_smbase",
+            Msr::Xss => "ia32_xss",
+            Msr::McgStatus => "ia32_mcg_status",
+        }
+    }
+}
+
+/// Fixed-range MTRR names and indices (Intel SDM Vol. 3A, §12.11.2.2, Table 12-9).
+pub const FIXED_MTRR_MSRS: [(&str, u32); FIXED_MTRRS] = [
+    ("ia32_mtrr_fix64k_00000", 0x250),
+    ("ia32_mtrr_fix16k_80000", 0x258),
+    ("ia32_mtrr_fix16k_a0000", 0x259),
+    ("ia32_mtrr_fix4k_c0000", 0x268),
+    ("ia32_mtrr_fix4k_c8000", 0x269),
+    ("ia32_mtrr_fix4k_d0000", 0x26a),
+    ("ia32_mtrr_fix4k_d8000", 0x26b),
+    ("ia32_mtrr_fix4k_e0000", 0x26c),
+    ("ia32_mtrr_fix4k_e8000", 0x26d),
+    ("ia32_mtrr_fix4k_f0000", 0x26e),
+    ("ia32_mtrr_fix4k_f8000", 0x26f),
+];
+
+/// The four MSRs of a machine-check bank.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[allow(missing_docs)]
+pub enum McReg {
+    Ctl,
+    Status,
+    Addr,
+    Misc,
+}
+
+impl McReg {
+    /// All four, in MSR-index order.
+    pub const ALL: [McReg; 4] = [McReg::Ctl, McReg::Status, McReg::Addr, McReg::Misc];
+
+    fn name(self) -> &'static str {
+        ["ctl", "status", "addr", "misc"][self as usize]
+    }
+}
+
+/// Single local APIC registers (ISR, TMR and IRR have their own variants).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[allow(missing_docs)]
+pub enum LapicReg {
+    Id,
+    Version,
+    Tpr,
+    Apr,
+    Ppr,
+    Ldr,
+    Dfr,
+    Svr,
+    Esr,
+    Icr,
+    LvtTimer,
+    LvtThermal,
+    LvtPerf,
+    LvtLint0,
+    LvtLint1,
+    LvtError,
+    LvtCmci,
+    TimerInitial,
+    TimerCurrent,
+    TimerDivide,
+}
+
+impl LapicReg {
+    /// All single registers.
+    pub const ALL: [LapicReg; 20] = [
+        LapicReg::Id,
+        LapicReg::Version,
+        LapicReg::Tpr,
+        LapicReg::Apr,
+        LapicReg::Ppr,
+        LapicReg::Ldr,
+        LapicReg::Dfr,
+        LapicReg::Svr,
+        LapicReg::Esr,
+        LapicReg::Icr,
+        LapicReg::LvtTimer,
+        LapicReg::LvtThermal,
+        LapicReg::LvtPerf,
+        LapicReg::LvtLint0,
+        LapicReg::LvtLint1,
+        LapicReg::LvtError,
+        LapicReg::LvtCmci,
+        LapicReg::TimerInitial,
+        LapicReg::TimerCurrent,
+        LapicReg::TimerDivide,
+    ];
+
+    /// Lower-case name.
+    pub fn name(self) -> &'static str {
+        match self {
+            LapicReg::Id => "id",
+            LapicReg::Version => "version",
+            LapicReg::Tpr => "tpr",
+            LapicReg::Apr => "apr",
+            LapicReg::Ppr => "ppr",
+            LapicReg::Ldr => "ldr",
+            LapicReg::Dfr => "dfr",
+            LapicReg::Svr => "svr",
+            LapicReg::Esr => "esr",
+            LapicReg::Icr => "icr",
+            LapicReg::LvtTimer => "lvt_timer",
+            LapicReg::LvtThermal => "lvt_thermal",
+            LapicReg::LvtPerf => "lvt_perf",
+            LapicReg::LvtLint0 => "lvt_lint0",
+            LapicReg::LvtLint1 => "lvt_lint1",
+            LapicReg::LvtError => "lvt_error",
+            LapicReg::LvtCmci => "lvt_cmci",
+            LapicReg::TimerInitial => "timer_initial",
+            LapicReg::TimerCurrent => "timer_current",
+            LapicReg::TimerDivide => "timer_divide",
+        }
+    }
+
+    /// Offset of the register in the xAPIC MMIO page (Intel SDM Vol. 3A, Table 11-1).
+    pub fn offset(self) -> u32 {
+        match self {
+            LapicReg::Id => 0x20,
+            LapicReg::Version => 0x30,
+            LapicReg::Tpr => 0x80,
+            LapicReg::Apr => 0x90,
+            LapicReg::Ppr => 0xa0,
+            LapicReg::Ldr => 0xd0,
+            LapicReg::Dfr => 0xe0,
+            LapicReg::Svr => 0xf0,
+            LapicReg::Esr => 0x280,
+            LapicReg::Icr => 0x300,
+            LapicReg::LvtCmci => 0x2f0,
+            LapicReg::LvtTimer => 0x320,
+            LapicReg::LvtThermal => 0x330,
+            LapicReg::LvtPerf => 0x340,
+            LapicReg::LvtLint0 => 0x350,
+            LapicReg::LvtLint1 => 0x360,
+            LapicReg::LvtError => 0x370,
+            LapicReg::TimerInitial => 0x380,
+            LapicReg::TimerCurrent => 0x390,
+            LapicReg::TimerDivide => 0x3e0,
+        }
+    }
+}
+
+/// The 256-bit APIC vector bitmaps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[allow(missing_docs)]
+pub enum LapicBitmap {
+    Isr,
+    Tmr,
+    Irr,
+}
+
+impl LapicBitmap {
+    /// All three.
+    pub const ALL: [LapicBitmap; 3] = [LapicBitmap::Isr, LapicBitmap::Tmr, LapicBitmap::Irr];
+
+    fn name(self) -> &'static str {
+        ["isr", "tmr", "irr"][self as usize]
+    }
+
+    /// MMIO offset of the first 32-bit word; word `i` is at `offset + 0x10 * i`.
+    pub fn offset(self) -> u32 {
+        [0x100, 0x180, 0x200][self as usize]
+    }
+}
+
+/// Pending-event flags.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[allow(missing_docs)]
+pub enum EventFlag {
+    NmiPending,
+    NmiMasked,
+    ExceptionPending,
+    InterruptPending,
+    SmiPending,
+    Smm,
+    InterruptShadow,
+}
+
+impl EventFlag {
+    /// All flags.
+    pub const ALL: [EventFlag; 7] = [
+        EventFlag::NmiPending,
+        EventFlag::NmiMasked,
+        EventFlag::ExceptionPending,
+        EventFlag::InterruptPending,
+        EventFlag::SmiPending,
+        EventFlag::Smm,
+        EventFlag::InterruptShadow,
+    ];
+
+    fn name(self) -> &'static str {
+        [
+            "nmi_pending",
+            "nmi_masked",
+            "exception_pending",
+            "interrupt_pending",
+            "smi_pending",
+            "smm",
+            "interrupt_shadow",
+        ][self as usize]
+    }
+}
+
+/// The spec class a field belongs to; one source file of the tables per class.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(rename_all = "kebab-case"))]
+pub enum Class {
+    /// General-purpose registers, RIP, RFLAGS.
+    Gprs,
+    /// Segment and descriptor-table registers.
+    Segments,
+    /// Control registers, EFER, PDPTRs.
+    Control,
+    /// Debug registers.
+    Debug,
+    /// x87, SSE and XSAVE-managed state, XCR0.
+    Fpu,
+    /// Model-specific registers.
+    Msrs,
+    /// Local APIC.
+    Lapic,
+    /// Activity state, pending events, nested state.
+    Activity,
+}
+
+impl Class {
+    /// All classes, in table order.
+    pub const ALL: [Class; 8] = [
+        Class::Gprs,
+        Class::Segments,
+        Class::Control,
+        Class::Debug,
+        Class::Fpu,
+        Class::Msrs,
+        Class::Lapic,
+        Class::Activity,
+    ];
+
+    /// Lower-case name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Class::Gprs => "gprs",
+            Class::Segments => "segments",
+            Class::Control => "control",
+            Class::Debug => "debug",
+            Class::Fpu => "fpu",
+            Class::Msrs => "msrs",
+            Class::Lapic => "lapic",
+            Class::Activity => "activity",
+        }
+    }
+}
+
+/// One named value of [`VcpuState`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Field {
+    /// A general-purpose register.
+    Gpr(Gpr),
+    /// RIP.
+    Rip,
+    /// RFLAGS.
+    Rflags,
+    /// Part of a segment register.
+    Seg(Seg, SegPart),
+    /// GDTR/IDTR base (`false`) or limit (`true`).
+    Dt(Dt, bool),
+    /// CR0.
+    Cr0,
+    /// CR2.
+    Cr2,
+    /// CR3.
+    Cr3,
+    /// CR4.
+    Cr4,
+    /// CR8.
+    Cr8,
+    /// IA32_EFER.
+    Efer,
+    /// PDPTE0–3.
+    Pdptr(u8),
+    /// DR0–DR3.
+    Dr(u8),
+    /// DR6.
+    Dr6,
+    /// DR7.
+    Dr7,
+    /// An x87 environment register.
+    X87(X87),
+    /// ST0–ST7.
+    St(u8),
+    /// MXCSR.
+    Mxcsr,
+    /// XMM0–XMM15.
+    Xmm(u8),
+    /// Upper half of YMM0–YMM15.
+    YmmHi(u8),
+    /// Lane 0 or 1 of ZMM0–ZMM15 bits 511:256.
+    ZmmHi256(u8, u8),
+    /// Lane 0–3 of ZMM16–ZMM31 (register number 16–31).
+    Hi16Zmm(u8, u8),
+    /// Opmask k0–k7.
+    Opmask(u8),
+    /// XCR0.
+    Xcr0,
+    /// PKRU.
+    Pkru,
+    /// A single MSR.
+    Msr(Msr),
+    /// Fixed-range MTRR `n` (see [`FIXED_MTRR_MSRS`]).
+    MtrrFixed(u8),
+    /// IA32_MTRR_PHYSBASEn.
+    MtrrPhysBase(u8),
+    /// IA32_MTRR_PHYSMASKn.
+    MtrrPhysMask(u8),
+    /// A machine-check bank register.
+    Mc(u8, McReg),
+    /// A single local APIC register.
+    Lapic(LapicReg),
+    /// Word 0–7 of ISR, TMR or IRR.
+    LapicBitmap(LapicBitmap, u8),
+    /// Activity state ([`Activity`] encoding).
+    Activity,
+    /// A pending-event flag.
+    Event(EventFlag),
+    /// Nested-virtualization state present (1) or not (0).
+    Nested,
+}
+
+fn seg_index(s: Seg) -> usize {
+    s as usize
+}
+
+impl Field {
+    /// Every field, in table order (grouped by [`Class`]).
+    pub fn all() -> Vec<Field> {
+        let mut v = Vec::with_capacity(400);
+        v.extend(Gpr::ALL.map(Field::Gpr));
+        v.push(Field::Rip);
+        v.push(Field::Rflags);
+        for s in [
+            Seg::Cs,
+            Seg::Ds,
+            Seg::Es,
+            Seg::Fs,
+            Seg::Gs,
+            Seg::Ss,
+            Seg::Ldtr,
+            Seg::Tr,
+        ] {
+            v.extend(SegPart::ALL.map(|p| Field::Seg(s, p)));
+        }
+        for d in [Dt::Gdtr, Dt::Idtr] {
+            v.push(Field::Dt(d, false));
+            v.push(Field::Dt(d, true));
+        }
+        v.extend([
+            Field::Cr0,
+            Field::Cr2,
+            Field::Cr3,
+            Field::Cr4,
+            Field::Cr8,
+            Field::Efer,
+        ]);
+        v.extend((0..4).map(Field::Pdptr));
+        v.extend((0..4).map(Field::Dr));
+        v.push(Field::Dr6);
+        v.push(Field::Dr7);
+        v.extend(X87::ALL.map(Field::X87));
+        v.extend((0..8).map(Field::St));
+        v.push(Field::Mxcsr);
+        v.extend((0..16).map(Field::Xmm));
+        v.extend((0..16).map(Field::YmmHi));
+        for r in 0..16 {
+            v.extend((0..2).map(|l| Field::ZmmHi256(r, l)));
+        }
+        for r in 16..32 {
+            v.extend((0..4).map(|l| Field::Hi16Zmm(r, l)));
+        }
+        v.extend((0..8).map(Field::Opmask));
+        v.push(Field::Xcr0);
+        v.push(Field::Pkru);
+        v.extend(Msr::ALL.map(Field::Msr));
+        v.extend((0..FIXED_MTRRS as u8).map(Field::MtrrFixed));
+        for n in 0..VARIABLE_MTRRS as u8 {
+            v.push(Field::MtrrPhysBase(n));
+            v.push(Field::MtrrPhysMask(n));
+        }
+        for b in 0..MCE_BANKS as u8 {
+            v.extend(McReg::ALL.map(|r| Field::Mc(b, r)));
+        }
+        v.extend(LapicReg::ALL.map(Field::Lapic));
+        for bm in LapicBitmap::ALL {
+            v.extend((0..8).map(|i| Field::LapicBitmap(bm, i)));
+        }
+        v.push(Field::Activity);
+        v.extend(EventFlag::ALL.map(Field::Event));
+        v.push(Field::Nested);
+        v
+    }
+
+    /// The field with this dotted name, if any.
+    pub fn from_name(name: &str) -> Option<Field> {
+        Field::all().into_iter().find(|f| f.name() == name)
+    }
+
+    /// Dotted lower-case name, e.g. `cs.attributes`, `msr.ia32_pat`, `lapic.lvt_lint0`.
+    pub fn name(&self) -> String {
+        match *self {
+            Field::Gpr(g) => g.name().to_string(),
+            Field::Rip => "rip".into(),
+            Field::Rflags => "rflags".into(),
+            Field::Seg(s, p) => format!("{}.{}", s.name(), p.name()),
+            Field::Dt(d, limit) => format!(
+                "{}.{}",
+                if d == Dt::Gdtr { "gdtr" } else { "idtr" },
+                if limit { "limit" } else { "base" }
+            ),
+            Field::Cr0 => "cr0".into(),
+            Field::Cr2 => "cr2".into(),
+            Field::Cr3 => "cr3".into(),
+            Field::Cr4 => "cr4".into(),
+            Field::Cr8 => "cr8".into(),
+            Field::Efer => "efer".into(),
+            Field::Pdptr(i) => format!("pdptr{i}"),
+            Field::Dr(i) => format!("dr{i}"),
+            Field::Dr6 => "dr6".into(),
+            Field::Dr7 => "dr7".into(),
+            Field::X87(x) => format!("x87.{}", x.name()),
+            Field::St(i) => format!("x87.st{i}"),
+            Field::Mxcsr => "mxcsr".into(),
+            Field::Xmm(i) => format!("xmm{i}"),
+            Field::YmmHi(i) => format!("ymm{i}.hi"),
+            Field::ZmmHi256(r, l) => format!("zmm{r}.hi256.{l}"),
+            Field::Hi16Zmm(r, l) => format!("zmm{r}.{l}"),
+            Field::Opmask(i) => format!("k{i}"),
+            Field::Xcr0 => "xcr0".into(),
+            Field::Pkru => "pkru".into(),
+            Field::Msr(m) => format!("msr.{}", m.name()),
+            Field::MtrrFixed(i) => format!("msr.{}", FIXED_MTRR_MSRS[i as usize].0),
+            Field::MtrrPhysBase(i) => format!("msr.ia32_mtrr_physbase{i}"),
+            Field::MtrrPhysMask(i) => format!("msr.ia32_mtrr_physmask{i}"),
+            Field::Mc(b, r) => format!("msr.ia32_mc{b}_{}", r.name()),
+            Field::Lapic(r) => format!("lapic.{}", r.name()),
+            Field::LapicBitmap(b, i) => format!("lapic.{}{i}", b.name()),
+            Field::Activity => "activity.state".into(),
+            Field::Event(e) => format!("events.{}", e.name()),
+            Field::Nested => "nested.state".into(),
+        }
+    }
+
+    /// The spec class this field belongs to.
+    pub fn class(&self) -> Class {
+        match self {
+            Field::Gpr(_) | Field::Rip | Field::Rflags => Class::Gprs,
+            Field::Seg(..) | Field::Dt(..) => Class::Segments,
+            Field::Cr0
+            | Field::Cr2
+            | Field::Cr3
+            | Field::Cr4
+            | Field::Cr8
+            | Field::Efer
+            | Field::Pdptr(_) => Class::Control,
+            Field::Dr(_) | Field::Dr6 | Field::Dr7 => Class::Debug,
+            Field::X87(_)
+            | Field::St(_)
+            | Field::Mxcsr
+            | Field::Xmm(_)
+            | Field::YmmHi(_)
+            | Field::ZmmHi256(..)
+            | Field::Hi16Zmm(..)
+            | Field::Opmask(_)
+            | Field::Xcr0
+            | Field::Pkru => Class::Fpu,
+            Field::Msr(_)
+            | Field::MtrrFixed(_)
+            | Field::MtrrPhysBase(_)
+            | Field::MtrrPhysMask(_)
+            | Field::Mc(..) => Class::Msrs,
+            Field::Lapic(_) | Field::LapicBitmap(..) => Class::Lapic,
+            Field::Activity | Field::Event(_) | Field::Nested => Class::Activity,
+        }
+    }
+
+    /// The MSR index through which this field is read with RDMSR, if it is an MSR.
+    pub fn msr_index(&self) -> Option<u32> {
+        match *self {
+            Field::Efer => Some(0xc000_0080),
+            Field::Msr(m) => Some(m.index()),
+            Field::MtrrFixed(i) => Some(FIXED_MTRR_MSRS[i as usize].1),
+            Field::MtrrPhysBase(i) => Some(0x200 + 2 * u32::from(i)),
+            Field::MtrrPhysMask(i) => Some(0x201 + 2 * u32::from(i)),
+            Field::Mc(b, r) => Some(0x400 + 4 * u32::from(b) + r as u32),
+            _ => None,
+        }
+    }
+
+    /// Width of the field in bits.
+    pub fn width(&self) -> u32 {
+        match self {
+            Field::Seg(_, SegPart::Selector) | Field::Seg(_, SegPart::Attributes) => 16,
+            Field::Seg(_, SegPart::Limit) => 32,
+            Field::Dt(_, true) => 16,
+            Field::X87(X87::Fip) | Field::X87(X87::Fdp) => 64,
+            Field::X87(X87::Fop) => 11,
+            Field::X87(_) => 16,
+            Field::St(_) => 80,
+            Field::Mxcsr | Field::Pkru => 32,
+            Field::Xmm(_) | Field::YmmHi(_) | Field::ZmmHi256(..) | Field::Hi16Zmm(..) => 128,
+            Field::Lapic(LapicReg::Icr) => 64,
+            Field::Lapic(_) | Field::LapicBitmap(..) => 32,
+            Field::Activity => 2,
+            Field::Event(_) | Field::Nested => 1,
+            _ => 64,
+        }
+    }
+
+    /// The mask of bits the field can hold.
+    pub fn mask(&self) -> u128 {
+        let w = self.width();
+        if w >= 128 {
+            u128::MAX
+        } else {
+            (1u128 << w) - 1
+        }
+    }
+
+    /// Read this field of `s`.
+    pub fn get(&self, s: &VcpuState) -> u128 {
+        let v: u128 = match *self {
+            Field::Gpr(g) => s.gprs[g as usize].into(),
+            Field::Rip => s.rip.into(),
+            Field::Rflags => s.rflags.into(),
+            Field::Seg(sg, p) => {
+                let seg = &s.segments[seg_index(sg)];
+                match p {
+                    SegPart::Selector => seg.selector.into(),
+                    SegPart::Base => seg.base.into(),
+                    SegPart::Limit => seg.limit.into(),
+                    SegPart::Attributes => seg.attributes.into(),
+                }
+            }
+            Field::Dt(d, limit) => {
+                let t = if d == Dt::Gdtr { &s.gdtr } else { &s.idtr };
+                if limit { t.limit.into() } else { t.base.into() }
+            }
+            Field::Cr0 => s.cr0.into(),
+            Field::Cr2 => s.cr2.into(),
+            Field::Cr3 => s.cr3.into(),
+            Field::Cr4 => s.cr4.into(),
+            Field::Cr8 => s.cr8.into(),
+            Field::Efer => s.efer.into(),
+            Field::Pdptr(i) => s.pdptrs[i as usize].into(),
+            Field::Dr(i) => s.dr[i as usize].into(),
+            Field::Dr6 => s.dr6.into(),
+            Field::Dr7 => s.dr7.into(),
+            Field::X87(x) => match x {
+                X87::Fcw => s.fpu.fcw.into(),
+                X87::Fsw => s.fpu.fsw.into(),
+                X87::Ftw => s.fpu.ftw.into(),
+                X87::Fop => s.fpu.fop.into(),
+                X87::Fip => s.fpu.fip.into(),
+                X87::Fdp => s.fpu.fdp.into(),
+                X87::Fcs => s.fpu.fcs.into(),
+                X87::Fds => s.fpu.fds.into(),
+            },
+            Field::St(i) => s.fpu.st[i as usize],
+            Field::Mxcsr => s.fpu.mxcsr.into(),
+            Field::Xmm(i) => s.vectors.xmm[i as usize],
+            Field::YmmHi(i) => s.vectors.ymm_hi[i as usize],
+            Field::ZmmHi256(r, l) => s.vectors.zmm_hi256[r as usize][l as usize],
+            Field::Hi16Zmm(r, l) => s.vectors.hi16_zmm[r as usize - 16][l as usize],
+            Field::Opmask(i) => s.vectors.opmask[i as usize].into(),
+            Field::Xcr0 => s.xcr0.into(),
+            Field::Pkru => s.pkru.into(),
+            Field::Msr(m) => msr_ref(s, m).into(),
+            Field::MtrrFixed(i) => s.msrs.mtrr_fixed[i as usize].into(),
+            Field::MtrrPhysBase(i) => s.msrs.mtrr_phys_base[i as usize].into(),
+            Field::MtrrPhysMask(i) => s.msrs.mtrr_phys_mask[i as usize].into(),
+            Field::Mc(b, r) => {
+                let bank = &s.msrs.mc_banks[b as usize];
+                match r {
+                    McReg::Ctl => bank.ctl,
+                    McReg::Status => bank.status,
+                    McReg::Addr => bank.addr,
+                    McReg::Misc => bank.misc,
+                }
+                .into()
+            }
+            Field::Lapic(r) => lapic_get(s, r),
+            Field::LapicBitmap(b, i) => {
+                let words = match b {
+                    LapicBitmap::Isr => &s.lapic.isr,
+                    LapicBitmap::Tmr => &s.lapic.tmr,
+                    LapicBitmap::Irr => &s.lapic.irr,
+                };
+                words[i as usize].into()
+            }
+            Field::Activity => (s.activity as u8).into(),
+            Field::Event(e) => u128::from(*event_ref_const(s, e)),
+            Field::Nested => s.nested.present.into(),
+        };
+        v & self.mask()
+    }
+
+    /// Write this field of `s`; bits beyond the field's width are dropped.
+    ///
+    /// An activity-state value that is not a valid encoding leaves the state unchanged.
+    // The `as` casts below truncate on purpose: `v` is masked to the field's width first.
+    #[allow(clippy::cast_possible_truncation)]
+    pub fn set(&self, s: &mut VcpuState, v: u128) {
+        let v = v & self.mask();
+        match *self {
+            Field::Gpr(g) => s.gprs[g as usize] = v as u64,
+            Field::Rip => s.rip = v as u64,
+            Field::Rflags => s.rflags = v as u64,
+            Field::Seg(sg, p) => {
+                let seg = &mut s.segments[seg_index(sg)];
+                match p {
+                    SegPart::Selector => seg.selector = v as u16,
+                    SegPart::Base => seg.base = v as u64,
+                    SegPart::Limit => seg.limit = v as u32,
+                    SegPart::Attributes => seg.attributes = v as u16,
+                }
+            }
+            Field::Dt(d, limit) => {
+                let t = if d == Dt::Gdtr {
+                    &mut s.gdtr
+                } else {
+                    &mut s.idtr
+                };
+                if limit {
+                    t.limit = v as u16;
+                } else {
+                    t.base = v as u64;
+                }
+            }
+            Field::Cr0 => s.cr0 = v as u64,
+            Field::Cr2 => s.cr2 = v as u64,
+            Field::Cr3 => s.cr3 = v as u64,
+            Field::Cr4 => s.cr4 = v as u64,
+            Field::Cr8 => s.cr8 = v as u64,
+            Field::Efer => s.efer = v as u64,
+            Field::Pdptr(i) => s.pdptrs[i as usize] = v as u64,
+            Field::Dr(i) => s.dr[i as usize] = v as u64,
+            Field::Dr6 => s.dr6 = v as u64,
+            Field::Dr7 => s.dr7 = v as u64,
+            Field::X87(x) => match x {
+                X87::Fcw => s.fpu.fcw = v as u16,
+                X87::Fsw => s.fpu.fsw = v as u16,
+                X87::Ftw => s.fpu.ftw = v as u16,
+                X87::Fop => s.fpu.fop = v as u16,
+                X87::Fip => s.fpu.fip = v as u64,
+                X87::Fdp => s.fpu.fdp = v as u64,
+                X87::Fcs => s.fpu.fcs = v as u16,
+                X87::Fds => s.fpu.fds = v as u16,
+            },
+            Field::St(i) => s.fpu.st[i as usize] = v,
+            Field::Mxcsr => s.fpu.mxcsr = v as u32,
+            Field::Xmm(i) => s.vectors.xmm[i as usize] = v,
+            Field::YmmHi(i) => s.vectors.ymm_hi[i as usize] = v,
+            Field::ZmmHi256(r, l) => s.vectors.zmm_hi256[r as usize][l as usize] = v,
+            Field::Hi16Zmm(r, l) => s.vectors.hi16_zmm[r as usize - 16][l as usize] = v,
+            Field::Opmask(i) => s.vectors.opmask[i as usize] = v as u64,
+            Field::Xcr0 => s.xcr0 = v as u64,
+            Field::Pkru => s.pkru = v as u32,
+            Field::Msr(m) => *msr_mut(s, m) = v as u64,
+            Field::MtrrFixed(i) => s.msrs.mtrr_fixed[i as usize] = v as u64,
+            Field::MtrrPhysBase(i) => s.msrs.mtrr_phys_base[i as usize] = v as u64,
+            Field::MtrrPhysMask(i) => s.msrs.mtrr_phys_mask[i as usize] = v as u64,
+            Field::Mc(b, r) => {
+                let bank = &mut s.msrs.mc_banks[b as usize];
+                let slot = match r {
+                    McReg::Ctl => &mut bank.ctl,
+                    McReg::Status => &mut bank.status,
+                    McReg::Addr => &mut bank.addr,
+                    McReg::Misc => &mut bank.misc,
+                };
+                *slot = v as u64;
+            }
+            Field::Lapic(r) => lapic_set(s, r, v),
+            Field::LapicBitmap(b, i) => {
+                let words = match b {
+                    LapicBitmap::Isr => &mut s.lapic.isr,
+                    LapicBitmap::Tmr => &mut s.lapic.tmr,
+                    LapicBitmap::Irr => &mut s.lapic.irr,
+                };
+                words[i as usize] = v as u32;
+            }
+            Field::Activity => {
+                if let Some(a) = Activity::from_code(v) {
+                    s.activity = a;
+                }
+            }
+            Field::Event(e) => *event_mut(s, e) = v != 0,
+            Field::Nested => s.nested.present = v != 0,
+        }
+    }
+}
+
+impl std::fmt::Display for Field {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.name())
+    }
+}
+
+// One list per lookup, used for both `&` and `&mut` access.
+macro_rules! msr_slot {
+    ($s:expr, $m:expr, $($mu:tt)?) => {
+        match $m {
+            Msr::ApicBase => &$($mu)? $s.msrs.apic_base,
+            Msr::Tsc => &$($mu)? $s.msrs.tsc,
+            Msr::TscAdjust => &$($mu)? $s.msrs.tsc_adjust,
+            Msr::TscAux => &$($mu)? $s.msrs.tsc_aux,
+            Msr::TscDeadline => &$($mu)? $s.msrs.tsc_deadline,
+            Msr::Pat => &$($mu)? $s.msrs.pat,
+            Msr::MtrrCap => &$($mu)? $s.msrs.mtrr_cap,
+            Msr::MtrrDefType => &$($mu)? $s.msrs.mtrr_def_type,
+            Msr::MiscEnable => &$($mu)? $s.msrs.misc_enable,
+            Msr::SysenterCs => &$($mu)? $s.msrs.sysenter_cs,
+            Msr::SysenterEsp => &$($mu)? $s.msrs.sysenter_esp,
+            Msr::SysenterEip => &$($mu)? $s.msrs.sysenter_eip,
+            Msr::Star => &$($mu)? $s.msrs.star,
+            Msr::Lstar => &$($mu)? $s.msrs.lstar,
+            Msr::Cstar => &$($mu)? $s.msrs.cstar,
+            Msr::Fmask => &$($mu)? $s.msrs.sfmask,
+            // IA32_FS_BASE / IA32_GS_BASE are the hidden FS/GS bases (SDM Vol. 3A, §3.4.4).
+            Msr::FsBase => &$($mu)? $s.segments[Seg::Fs as usize].base,
+            Msr::GsBase => &$($mu)? $s.segments[Seg::Gs as usize].base,
+            Msr::KernelGsBase => &$($mu)? $s.msrs.kernel_gs_base,
+            Msr::SpecCtrl => &$($mu)? $s.msrs.spec_ctrl,
+            Msr::DebugCtl => &$($mu)? $s.msrs.debugctl,
+            Msr::PerfGlobalCtrl => &$($mu)? $s.msrs.perf_global_ctrl,
+            Msr::FeatureControl => &$($mu)? $s.msrs.feature_control,
+            Msr::Smbase => &$($mu)? $s.msrs.smbase,
+            Msr::Xss => &$($mu)? $s.msrs.xss,
+            Msr::McgStatus => &$($mu)? $s.msrs.mcg_status,
+        }
+    };
+}
+
+macro_rules! lapic_slot {
+    ($s:expr, $r:expr, $($mu:tt)?) => {
+        match $r {
+            LapicReg::Id => Some(&$($mu)? $s.lapic.id),
+            LapicReg::Version => Some(&$($mu)? $s.lapic.version),
+            LapicReg::Tpr => Some(&$($mu)? $s.lapic.tpr),
+            LapicReg::Apr => Some(&$($mu)? $s.lapic.apr),
+            LapicReg::Ppr => Some(&$($mu)? $s.lapic.ppr),
+            LapicReg::Ldr => Some(&$($mu)? $s.lapic.ldr),
+            LapicReg::Dfr => Some(&$($mu)? $s.lapic.dfr),
+            LapicReg::Svr => Some(&$($mu)? $s.lapic.svr),
+            LapicReg::Esr => Some(&$($mu)? $s.lapic.esr),
+            LapicReg::Icr => None,
+            LapicReg::LvtTimer => Some(&$($mu)? $s.lapic.lvt_timer),
+            LapicReg::LvtThermal => Some(&$($mu)? $s.lapic.lvt_thermal),
+            LapicReg::LvtPerf => Some(&$($mu)? $s.lapic.lvt_perf),
+            LapicReg::LvtLint0 => Some(&$($mu)? $s.lapic.lvt_lint0),
+            LapicReg::LvtLint1 => Some(&$($mu)? $s.lapic.lvt_lint1),
+            LapicReg::LvtError => Some(&$($mu)? $s.lapic.lvt_error),
+            LapicReg::LvtCmci => Some(&$($mu)? $s.lapic.lvt_cmci),
+            LapicReg::TimerInitial => Some(&$($mu)? $s.lapic.timer_initial),
+            LapicReg::TimerCurrent => Some(&$($mu)? $s.lapic.timer_current),
+            LapicReg::TimerDivide => Some(&$($mu)? $s.lapic.timer_divide),
+        }
+    };
+}
+
+macro_rules! event_slot {
+    ($s:expr, $e:expr, $($mu:tt)?) => {
+        match $e {
+            EventFlag::NmiPending => &$($mu)? $s.events.nmi_pending,
+            EventFlag::NmiMasked => &$($mu)? $s.events.nmi_masked,
+            EventFlag::ExceptionPending => &$($mu)? $s.events.exception_pending,
+            EventFlag::InterruptPending => &$($mu)? $s.events.interrupt_pending,
+            EventFlag::SmiPending => &$($mu)? $s.events.smi_pending,
+            EventFlag::Smm => &$($mu)? $s.events.smm,
+            EventFlag::InterruptShadow => &$($mu)? $s.events.interrupt_shadow,
+        }
+    };
+}
+
+fn msr_ref(s: &VcpuState, m: Msr) -> u64 {
+    *msr_slot!(s, m,)
+}
+
+fn msr_mut(s: &mut VcpuState, m: Msr) -> &mut u64 {
+    msr_slot!(s, m, mut)
+}
+
+fn lapic_get(s: &VcpuState, r: LapicReg) -> u128 {
+    match lapic_slot!(s, r,) {
+        Some(v) => u128::from(*v),
+        None => s.lapic.icr.into(),
+    }
+}
+
+#[allow(clippy::cast_possible_truncation)] // masked to the field width by the caller
+fn lapic_set(s: &mut VcpuState, r: LapicReg, v: u128) {
+    match lapic_slot!(s, r, mut) {
+        Some(slot) => *slot = v as u32,
+        None => s.lapic.icr = v as u64,
+    }
+}
+
+fn event_ref_const(s: &VcpuState, e: EventFlag) -> &bool {
+    event_slot!(s, e,)
+}
+
+fn event_mut(s: &mut VcpuState, e: EventFlag) -> &mut bool {
+    event_slot!(s, e, mut)
+}

@@ -1,0 +1,276 @@
+//! What a table row says about a field: a value, or a rule, with its citation.
+
+use crate::field::Field;
+use crate::state::{Activity, VcpuState};
+
+/// Processor vendor; the tables differ where the Intel SDM and the AMD APM differ.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(rename_all = "lowercase"))]
+pub enum Vendor {
+    /// Intel: the Intel SDM applies.
+    Intel,
+    /// AMD: the AMD64 APM applies.
+    Amd,
+}
+
+impl Vendor {
+    /// Lower-case name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Vendor::Intel => "intel",
+            Vendor::Amd => "amd",
+        }
+    }
+
+    /// The vendor named by a CPUID.0H vendor string, if it is one of the two.
+    pub fn from_cpuid_vendor(id: &[u8; 12]) -> Option<Vendor> {
+        match id {
+            b"GenuineIntel" => Some(Vendor::Intel),
+            b"AuthenticAMD" => Some(Vendor::Amd),
+            _ => None,
+        }
+    }
+}
+
+/// The two events the tables describe.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(rename_all = "lowercase"))]
+pub enum Event {
+    /// Power-on or hardware RESET (RESET# asserted).
+    Reset,
+    /// INIT (INIT# or an INIT IPI).
+    Init,
+}
+
+impl Event {
+    /// Lower-case name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Event::Reset => "reset",
+            Event::Init => "init",
+        }
+    }
+}
+
+/// A document a row cites.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Source {
+    /// Intel SDM Vol. 1 (Basic Architecture).
+    SdmVol1,
+    /// Intel SDM Vol. 3A (System Programming Guide, Part 1).
+    SdmVol3A,
+    /// Intel SDM Vol. 3B (System Programming Guide, Part 2).
+    SdmVol3B,
+    /// Intel SDM Vol. 3C (System Programming Guide, Part 3).
+    SdmVol3C,
+    /// Intel SDM Vol. 4 (Model-Specific Registers).
+    SdmVol4,
+    /// AMD64 Architecture Programmer's Manual Vol. 2 (System Programming).
+    ApmVol2,
+}
+
+impl Source {
+    /// The document with its edition.
+    pub fn title(self) -> &'static str {
+        match self {
+            Source::SdmVol1 => "Intel SDM Vol. 1 (325462-079US, March 2023)",
+            Source::SdmVol3A => "Intel SDM Vol. 3A (325462-079US, March 2023)",
+            Source::SdmVol3B => "Intel SDM Vol. 3B (325462-079US, March 2023)",
+            Source::SdmVol3C => "Intel SDM Vol. 3C (325462-079US, March 2023)",
+            Source::SdmVol4 => "Intel SDM Vol. 4 (325462-079US, March 2023)",
+            Source::ApmVol2 => "AMD64 APM Vol. 2 (24593, Rev. 3.42, March 2024)",
+        }
+    }
+}
+
+/// Where in a document a value comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Citation {
+    /// The document and edition.
+    pub source: Source,
+    /// Table or section within it.
+    pub locator: &'static str,
+}
+
+impl std::fmt::Display for Citation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}, {}", self.source.title(), self.locator)
+    }
+}
+
+/// A value computed from the vCPU's identity, its CPU model or the state before an INIT.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Derivation {
+    /// The processor signature, CPUID.01H:EAX (family, model, stepping).
+    Signature,
+    /// The xAPIC ID register: the vCPU's APIC ID in bits 31:24.
+    ApicId,
+    /// IA32_APIC_BASE: base FEE00000H, EN (bit 11) set, BSP (bit 8) set on the BSP only.
+    ApicBase,
+    /// The APIC version register: hard-wired per model.
+    ApicVersion,
+    /// IA32_MTRRCAP: read-only, per model.
+    MtrrCap,
+    /// The BSP starts executing; an AP waits for a startup IPI.
+    Activity,
+    /// One enable bit per general-purpose counter: bits n-1:0 set.
+    PerfGlobalCtrl,
+    /// CR0 after INIT: CD and NW kept from the state before, ET (bit 4) set, all else 0.
+    Cr0Init,
+}
+
+impl Derivation {
+    /// How the value is derived, in words.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Derivation::Signature => {
+                "the CPUID.01H:EAX processor signature (family/model/stepping)"
+            }
+            Derivation::ApicId => "the vCPU's initial APIC ID in bits 31:24",
+            Derivation::ApicBase => {
+                "0xFEE00000 | EN (bit 11) | BSP (bit 8, set on the bootstrap processor only)"
+            }
+            Derivation::ApicVersion => "hard-wired per CPU model (e.g. 0x00050014)",
+            Derivation::MtrrCap => "read-only, describes the model's MTRRs (VCNT, FIX, WC)",
+            Derivation::Activity => "BSP: active (0); AP: wait-for-SIPI (3)",
+            Derivation::PerfGlobalCtrl => {
+                "bits n-1:0 set, n = number of general-purpose counters (CPUID.0AH:EAX[15:8])"
+            }
+            Derivation::Cr0Init => "0x00000010 | (CR0 before INIT & 0x60000000): CD/NW kept",
+        }
+    }
+
+    /// Compute the value for this vCPU.
+    pub fn evaluate(self, model: &CpuModel, vcpu: VcpuIdentity, prior: Option<&VcpuState>) -> u128 {
+        match self {
+            Derivation::Signature => model.signature.into(),
+            Derivation::ApicId => u128::from(vcpu.apic_id) << 24,
+            Derivation::ApicBase => 0xfee0_0000 | 1 << 11 | if vcpu.bsp { 1 << 8 } else { 0 },
+            Derivation::ApicVersion => model.apic_version.into(),
+            Derivation::MtrrCap => model.mtrr_cap.into(),
+            Derivation::Activity => {
+                if vcpu.bsp {
+                    Activity::Active as u128
+                } else {
+                    Activity::WaitForSipi as u128
+                }
+            }
+            Derivation::PerfGlobalCtrl => (1u128 << model.gp_counters.min(64)) - 1,
+            Derivation::Cr0Init => {
+                0x10 | prior.map_or(0x6000_0000, |p| u128::from(p.cr0) & 0x6000_0000)
+            }
+        }
+    }
+}
+
+/// What a table says a field is after the event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Rule {
+    /// A concrete value.
+    Value(u128),
+    /// Unchanged from the state before the event (INIT only).
+    Preserved,
+    /// Computed (see [`Derivation`]).
+    Derived(Derivation),
+    /// Left undefined by the documents; `vmm` is the value a VMM should use, for `reason`.
+    Undefined {
+        /// The value vcpu-reset uses.
+        vmm: u128,
+        /// Why that value.
+        reason: &'static str,
+    },
+}
+
+impl Rule {
+    /// The rule's kind as the JSON renderer names it: `value`, `preserved`, `derived` or
+    /// `undefined`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Rule::Value(_) => "value",
+            Rule::Preserved => "preserved",
+            Rule::Derived(_) => "derived",
+            Rule::Undefined { .. } => "undefined",
+        }
+    }
+}
+
+/// Something other than the rule that sources show is also architecturally acceptable; a
+/// conformance check reports it as `spec-allows`, not as a failure.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Alternative {
+    /// This value.
+    Value(u128),
+    /// The value from before the event.
+    Preserved,
+}
+
+/// One row of a RESET or INIT table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Row {
+    /// The field.
+    pub field: Field,
+    /// What it is after the event.
+    pub rule: Rule,
+    /// Where that comes from.
+    pub citation: Citation,
+    /// Where sources disagree, or how the choice was made.
+    pub note: Option<&'static str>,
+    /// Other outcomes the sources allow.
+    pub also: &'static [Alternative],
+}
+
+/// What the expected state depends on besides the event: the CPU model the VMM presents.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+pub struct CpuModel {
+    /// Vendor.
+    pub vendor: Vendor,
+    /// CPUID.01H:EAX.
+    pub signature: u32,
+    /// Number of general-purpose performance counters (CPUID.0AH:EAX[15:8]).
+    pub gp_counters: u8,
+    /// The local APIC version register.
+    pub apic_version: u32,
+    /// IA32_MTRRCAP.
+    pub mtrr_cap: u64,
+}
+
+impl CpuModel {
+    /// A plain model of this vendor: a signature of family 6 (Intel) or 0x17 (AMD), no
+    /// performance counters, an xAPIC of version 0x14 with six LVT entries, and 8 variable plus
+    /// fixed MTRRs with write-combining (IA32_MTRRCAP = 0x508).
+    pub fn generic(vendor: Vendor) -> Self {
+        CpuModel {
+            vendor,
+            signature: match vendor {
+                Vendor::Intel => 0x0005_0654,
+                Vendor::Amd => 0x0080_0f12,
+            },
+            gp_counters: 0,
+            apic_version: 0x0005_0014,
+            mtrr_cap: 0x508,
+        }
+    }
+}
+
+/// Which vCPU: its APIC ID and whether it is the bootstrap processor.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+pub struct VcpuIdentity {
+    /// Initial APIC ID (vcpu-reset uses the vCPU index).
+    pub apic_id: u32,
+    /// Bootstrap processor.
+    pub bsp: bool,
+}
+
+impl VcpuIdentity {
+    /// vCPU `id`, the BSP when `id` is 0.
+    pub fn new(id: u32) -> Self {
+        VcpuIdentity {
+            apic_id: id,
+            bsp: id == 0,
+        }
+    }
+}

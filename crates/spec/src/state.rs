@@ -1,0 +1,293 @@
+//! The x86 vCPU state that RESET and INIT define, as plain data.
+//!
+//! Every piece of state the RESET/INIT tables speak of has a home here. The layout follows the
+//! architecture, not any one backend: segment attributes use the VMX access-rights layout
+//! (Intel SDM Vol. 3C, Table 25-2 "Format of Access Rights"), the x87 tag word is the full 16-bit
+//! FTW (not FXSAVE's abridged byte), and the local APIC is kept register by register at its xAPIC
+//! MMIO offsets (Intel SDM Vol. 3A, Table 11-1 "Local APIC Register Address Map").
+//!
+//! Values are read and written generically through [`crate::Field`]; the named members are for
+//! code that knows what it wants.
+
+/// Number of variable-range MTRR pairs modelled (IA32_MTRRCAP.VCNT as KVM and QEMU report it).
+pub const VARIABLE_MTRRS: usize = 8;
+/// Number of fixed-range MTRRs (Intel SDM Vol. 3A, §12.11.2.2; AMD APM Vol. 2, §7.8.2).
+pub const FIXED_MTRRS: usize = 11;
+/// Number of machine-check banks modelled (QEMU's default bank count).
+pub const MCE_BANKS: usize = 10;
+/// Number of general-purpose registers in 64-bit mode (APX's R16–R31 are not modelled).
+pub const GPRS: usize = 16;
+
+/// One segment register: the visible selector and the hidden descriptor cache.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+pub struct Segment {
+    /// Visible selector.
+    pub selector: u16,
+    /// Hidden base address.
+    pub base: u64,
+    /// Hidden limit, in bytes (already scaled by G).
+    pub limit: u32,
+    /// Hidden attributes in the VMX access-rights layout: type 3:0, S 4, DPL 6:5, P 7, AVL 12,
+    /// L 13, D/B 14, G 15 (Intel SDM Vol. 3C, Table 25-2).
+    pub attributes: u16,
+}
+
+/// A descriptor-table register (GDTR or IDTR).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+pub struct DescriptorTable {
+    /// Linear base address.
+    pub base: u64,
+    /// Limit (16 bits architecturally).
+    pub limit: u16,
+}
+
+/// x87 FPU state, plus MXCSR (both live in the XSAVE legacy region).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+pub struct Fpu {
+    /// Control word.
+    pub fcw: u16,
+    /// Status word (including TOP).
+    pub fsw: u16,
+    /// Full tag word, two bits per physical register (00 valid, 01 zero, 10 special, 11 empty).
+    pub ftw: u16,
+    /// Last instruction opcode (11 bits).
+    pub fop: u16,
+    /// Last instruction pointer (offset).
+    pub fip: u64,
+    /// Last data (operand) pointer (offset).
+    pub fdp: u64,
+    /// Last instruction pointer's code-segment selector.
+    pub fcs: u16,
+    /// Last data pointer's segment selector.
+    pub fds: u16,
+    /// ST0–ST7 (physical R0–R7 as stored by FXSAVE, in stack order), 80 bits each.
+    pub st: [u128; 8],
+    /// SSE control/status register.
+    pub mxcsr: u32,
+}
+
+/// The vector registers that XSAVE components 1, 2, 5, 6 and 7 hold.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+pub struct Vectors {
+    /// XMM0–XMM15 (XSAVE component 1, SSE).
+    pub xmm: [u128; 16],
+    /// Bits 255:128 of YMM0–YMM15 (component 2, AVX).
+    pub ymm_hi: [u128; 16],
+    /// Bits 511:256 of ZMM0–ZMM15 as two 128-bit lanes (component 6, ZMM_Hi256).
+    pub zmm_hi256: [[u128; 2]; 16],
+    /// ZMM16–ZMM31 as four 128-bit lanes (component 7, Hi16_ZMM).
+    pub hi16_zmm: [[u128; 4]; 16],
+    /// Opmask registers k0–k7 (component 5).
+    pub opmask: [u64; 8],
+}
+
+/// One machine-check bank's MSRs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+pub struct McBank {
+    /// IA32_MCi_CTL.
+    pub ctl: u64,
+    /// IA32_MCi_STATUS.
+    pub status: u64,
+    /// IA32_MCi_ADDR.
+    pub addr: u64,
+    /// IA32_MCi_MISC.
+    pub misc: u64,
+}
+
+/// The model-specific registers that RESET or INIT touch or keep.
+///
+/// IA32_FS_BASE and IA32_GS_BASE are not stored here: they are the hidden bases of FS and GS
+/// (Intel SDM Vol. 3A, §3.4.4), and [`crate::Field`] maps them onto [`VcpuState::segments`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[allow(missing_docs)] // each member is the MSR of the same name
+pub struct Msrs {
+    pub apic_base: u64,
+    pub tsc: u64,
+    pub tsc_adjust: u64,
+    pub tsc_aux: u64,
+    pub tsc_deadline: u64,
+    pub pat: u64,
+    pub mtrr_cap: u64,
+    pub mtrr_def_type: u64,
+    pub mtrr_fixed: [u64; FIXED_MTRRS],
+    pub mtrr_phys_base: [u64; VARIABLE_MTRRS],
+    pub mtrr_phys_mask: [u64; VARIABLE_MTRRS],
+    pub misc_enable: u64,
+    pub sysenter_cs: u64,
+    pub sysenter_esp: u64,
+    pub sysenter_eip: u64,
+    pub star: u64,
+    pub lstar: u64,
+    pub cstar: u64,
+    pub sfmask: u64,
+    pub kernel_gs_base: u64,
+    pub spec_ctrl: u64,
+    pub debugctl: u64,
+    pub perf_global_ctrl: u64,
+    pub feature_control: u64,
+    pub smbase: u64,
+    pub xss: u64,
+    pub mcg_status: u64,
+    pub mc_banks: [McBank; MCE_BANKS],
+}
+
+/// The local APIC's registers, xAPIC view.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[allow(missing_docs)] // each member is the register of the same name (SDM Vol. 3A, Table 11-1)
+pub struct Lapic {
+    pub id: u32,
+    pub version: u32,
+    pub tpr: u32,
+    pub apr: u32,
+    pub ppr: u32,
+    pub ldr: u32,
+    pub dfr: u32,
+    pub svr: u32,
+    pub isr: [u32; 8],
+    pub tmr: [u32; 8],
+    pub irr: [u32; 8],
+    pub esr: u32,
+    /// Interrupt command register, both halves (ICR_HI in bits 63:32).
+    pub icr: u64,
+    pub lvt_timer: u32,
+    pub lvt_thermal: u32,
+    pub lvt_perf: u32,
+    pub lvt_lint0: u32,
+    pub lvt_lint1: u32,
+    pub lvt_error: u32,
+    pub lvt_cmci: u32,
+    pub timer_initial: u32,
+    pub timer_current: u32,
+    pub timer_divide: u32,
+}
+
+/// Activity state, with the VMX guest activity-state encoding (Intel SDM Vol. 3C, §25.4.2).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(rename_all = "kebab-case"))]
+#[repr(u8)]
+pub enum Activity {
+    /// Executing instructions (KVM_MP_STATE_RUNNABLE).
+    #[default]
+    Active = 0,
+    /// Halted by HLT.
+    Hlt = 1,
+    /// Shut down (triple fault).
+    Shutdown = 2,
+    /// Waiting for a startup IPI (KVM_MP_STATE_INIT_RECEIVED / UNINITIALIZED).
+    WaitForSipi = 3,
+}
+
+impl Activity {
+    /// The activity state for an encoding, if it is one.
+    pub fn from_code(code: u128) -> Option<Self> {
+        match code {
+            0 => Some(Self::Active),
+            1 => Some(Self::Hlt),
+            2 => Some(Self::Shutdown),
+            3 => Some(Self::WaitForSipi),
+            _ => None,
+        }
+    }
+
+    /// Lower-case name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Active => "active",
+            Self::Hlt => "hlt",
+            Self::Shutdown => "shutdown",
+            Self::WaitForSipi => "wait-for-sipi",
+        }
+    }
+}
+
+/// Events pending or in flight, and event blocking.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+pub struct Events {
+    /// An NMI is pending.
+    pub nmi_pending: bool,
+    /// NMIs are blocked (an NMI handler is running).
+    pub nmi_masked: bool,
+    /// An exception is pending or being injected.
+    pub exception_pending: bool,
+    /// An external interrupt is being injected.
+    pub interrupt_pending: bool,
+    /// An SMI is pending.
+    pub smi_pending: bool,
+    /// The vCPU is in system-management mode.
+    pub smm: bool,
+    /// Blocking by STI or MOV SS (the interrupt shadow).
+    pub interrupt_shadow: bool,
+}
+
+/// Nested-virtualization state, at the level of detail the RESET/INIT tables need.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+pub struct Nested {
+    /// The vCPU is in VMX operation or SVM guest mode with state the hypervisor holds for it.
+    pub present: bool,
+}
+
+/// The complete vCPU state for RESET/INIT purposes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+pub struct VcpuState {
+    /// RAX, RCX, RDX, RBX, RSP, RBP, RSI, RDI, R8–R15, in the architectural encoding order.
+    pub gprs: [u64; GPRS],
+    /// Instruction pointer.
+    pub rip: u64,
+    /// Flags.
+    pub rflags: u64,
+    /// ES, CS, SS, DS, FS, GS, LDTR, TR, indexed by [`crate::Seg`].
+    pub segments: [Segment; 8],
+    /// Global descriptor-table register.
+    pub gdtr: DescriptorTable,
+    /// Interrupt descriptor-table register.
+    pub idtr: DescriptorTable,
+    /// CR0.
+    pub cr0: u64,
+    /// CR2.
+    pub cr2: u64,
+    /// CR3.
+    pub cr3: u64,
+    /// CR4.
+    pub cr4: u64,
+    /// CR8 (task-priority register, TPR[7:4]).
+    pub cr8: u64,
+    /// IA32_EFER.
+    pub efer: u64,
+    /// PAE page-directory-pointer-table entries.
+    pub pdptrs: [u64; 4],
+    /// DR0–DR3.
+    pub dr: [u64; 4],
+    /// DR6.
+    pub dr6: u64,
+    /// DR7.
+    pub dr7: u64,
+    /// x87 and MXCSR.
+    pub fpu: Fpu,
+    /// XMM/YMM/ZMM/opmask.
+    pub vectors: Vectors,
+    /// XCR0.
+    pub xcr0: u64,
+    /// PKRU (XSAVE component 9).
+    pub pkru: u32,
+    /// Model-specific registers.
+    pub msrs: Msrs,
+    /// Local APIC.
+    pub lapic: Lapic,
+    /// Activity state.
+    pub activity: Activity,
+    /// Pending events.
+    pub events: Events,
+    /// Nested-virtualization state.
+    pub nested: Nested,
+}

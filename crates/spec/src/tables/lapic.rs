@@ -1,0 +1,78 @@
+//! Local APIC registers.
+//!
+//! RESET: SDM Vol. 3A §11.4.7.1 (§10.4.7.1 before 2023). INIT: §11.4.7.3 — "the same as after a
+//! power-up or hardware reset, except that the APIC ID and arbitration ID registers are not
+//! affected". IA32_APIC_BASE is an MSR and lives in the MSR table.
+
+use super::gprs::unreachable_row;
+use super::{RowExt, mk};
+use crate::field::{Field, LapicReg};
+use crate::rule::{Citation, Derivation, Event, Row, Rule, Source, Vendor};
+
+fn citation(v: Vendor, e: Event) -> Citation {
+    match (v, e) {
+        (Vendor::Intel, Event::Reset) => Citation {
+            source: Source::SdmVol3A,
+            locator: "§11.4.7.1 \"Local APIC State After Power-Up or Reset\"",
+        },
+        (Vendor::Intel, Event::Init) => Citation {
+            source: Source::SdmVol3A,
+            locator: "§11.4.7.3 \"Local APIC State After an INIT Reset (Wait-for-SIPI State)\"",
+        },
+        (Vendor::Amd, _) => Citation {
+            source: Source::ApmVol2,
+            locator: "§16.3, Table 16-2 \"APIC Registers\" (reset values; referenced by Table 14-1)",
+        },
+    }
+}
+
+const LINT0_NOTE: &str = "Masked (00010000H) like every LVT. KVM (quirk LINT0_REENABLED, on by \
+    default) and QEMU give the BSP 00000700H (ExtINT, unmasked) at RESET, as a BIOS would \
+    program it; a deviation, reported as a finding. vcpu-reset writes the masked value.";
+
+pub(crate) fn row(f: Field, v: Vendor, e: Event) -> Row {
+    let c = citation(v, e);
+    match f {
+        Field::Lapic(r) => match r {
+            LapicReg::Id => match e {
+                Event::Reset => mk(f, Rule::Derived(Derivation::ApicId), c)
+                    .note("Assigned by hardware; vcpu-reset uses the vCPU index, as KVM does."),
+                Event::Init => mk(f, Rule::Preserved, c),
+            },
+            LapicReg::Version => match e {
+                Event::Reset => mk(f, Rule::Derived(Derivation::ApicVersion), c)
+                    .note("Hard-wired: \"the version register is not affected\"."),
+                Event::Init => mk(f, Rule::Preserved, c),
+            },
+            LapicReg::Dfr => mk(f, Rule::Value(0xffff_ffff), c).note("Flat model, all ones."),
+            LapicReg::Svr => mk(f, Rule::Value(0xff), c)
+                .note("Spurious vector FFH; bit 8 clear: the APIC is software-disabled."),
+            LapicReg::LvtLint0 => mk(f, Rule::Value(0x1_0000), c).note(LINT0_NOTE),
+            LapicReg::LvtCmci if v == Vendor::Amd => mk(
+                f,
+                Rule::Undefined {
+                    vmm: 0x1_0000,
+                    reason: "AMD APICs have no CMCI LVT; masked like the others",
+                },
+                c,
+            ),
+            LapicReg::LvtTimer
+            | LapicReg::LvtThermal
+            | LapicReg::LvtPerf
+            | LapicReg::LvtLint1
+            | LapicReg::LvtError
+            | LapicReg::LvtCmci => mk(f, Rule::Value(0x1_0000), c).note("Masked (bit 16)."),
+            LapicReg::Tpr
+            | LapicReg::Apr
+            | LapicReg::Ppr
+            | LapicReg::Ldr
+            | LapicReg::Esr
+            | LapicReg::Icr
+            | LapicReg::TimerInitial
+            | LapicReg::TimerCurrent
+            | LapicReg::TimerDivide => mk(f, Rule::Value(0), c),
+        },
+        Field::LapicBitmap(..) => mk(f, Rule::Value(0), c),
+        _ => unreachable_row(f, v),
+    }
+}

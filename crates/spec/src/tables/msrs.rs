@@ -1,0 +1,171 @@
+//! Model-specific registers.
+//!
+//! The SDM's table gives values for only a few MSRs and says "all other MSRs: undefined" after
+//! RESET and "unchanged" after INIT; the APM says INIT modifies no MSR. Where the documents
+//! leave a RESET value open, the row is `undefined` with the value vcpu-reset writes and why.
+
+use super::gprs::unreachable_row;
+use super::{RowExt, SDM_TABLE, mk, table_citation};
+use crate::field::{Field, McReg, Msr};
+use crate::rule::{Alternative, Citation, Derivation, Event, Row, Rule, Source, Vendor};
+
+const fn undefined(vmm: u128, reason: &'static str) -> Rule {
+    Rule::Undefined { vmm, reason }
+}
+
+const OTHER_MSR: &str = "undefined after RESET (\"all other MSRs\"); 0 leaves the feature off, \
+    as KVM's RESET does";
+
+fn sdm(locator: &'static str) -> Citation {
+    Citation {
+        source: Source::SdmVol3A,
+        locator,
+    }
+}
+
+fn apm(locator: &'static str) -> Citation {
+    Citation {
+        source: Source::ApmVol2,
+        locator,
+    }
+}
+
+fn mtrr_citation(v: Vendor) -> Citation {
+    match v {
+        Vendor::Intel => sdm(
+            "§12.11.5 \"MTRR Initialization\" (MTRRs disabled: IA32_MTRR_DEF_TYPE.E = 0, PHYSMASKn.V = 0, other bits undefined) and Table 10-1",
+        ),
+        Vendor::Amd => {
+            apm("§14.2.2 \"Cache Initialization\" (MTRRdefType cleared; MTRRs not initialized)")
+        }
+    }
+}
+
+/// The row for the RESET event; INIT is handled generically in [`row`].
+fn reset_row(f: Field, v: Vendor) -> Option<Row> {
+    let table = table_citation(v);
+    let intel = v == Vendor::Intel;
+    Some(match f {
+        Field::Msr(m) => match m {
+            Msr::ApicBase => mk(
+                f,
+                Rule::Derived(Derivation::ApicBase),
+                if intel {
+                    sdm("§11.4.4 \"Local APIC Status and Location\", Figure 11-5, and §11.12.5.1 (EN = 1, EXTD = 0 out of RESET)")
+                } else {
+                    apm("§16.3.1 \"Local APIC Enable\" (APIC_BASE reset value)")
+                },
+            )
+            .note("0xFEE00900 on the BSP, 0xFEE00800 on an AP; xAPIC mode."),
+            Msr::Tsc => mk(f, Rule::Value(0), table),
+            Msr::TscAdjust if intel => mk(
+                f,
+                Rule::Value(0),
+                Citation { source: Source::SdmVol3B, locator: "§18.17.3 \"Time-Stamp Counter Adjustment\" (IA32_TSC_ADJUST resets to 0)" },
+            ),
+            Msr::TscAux if intel => mk(f, Rule::Value(0), table)
+                .note("Table 10-1: \"IA32_TSC_AUX: 0 following power-up/reset, unchanged following INIT\"."),
+            Msr::TscDeadline if intel => mk(
+                f,
+                Rule::Value(0),
+                sdm("§11.5.4.1 \"TSC-Deadline Mode\" (IA32_TSC_DEADLINE is 0 after RESET: timer disarmed)"),
+            ),
+            Msr::TscAdjust | Msr::TscAux | Msr::TscDeadline => mk(f, undefined(0, OTHER_MSR), table),
+            Msr::Pat => mk(
+                f,
+                Rule::Value(0x0007_0406_0007_0406),
+                if intel {
+                    sdm("§12.12.4 \"Programming the PAT\" (power-up/reset default, unchanged by INIT)")
+                } else {
+                    apm("§7.8.2 \"PAT Register\" (reset value)")
+                },
+            )
+            .note("PA0..PA7 = WB, WT, UC-, UC, WB, WT, UC-, UC."),
+            Msr::MtrrCap => mk(f, Rule::Derived(Derivation::MtrrCap), mtrr_citation(v))
+                .note("Read-only; RESET and INIT leave it as the model defines it."),
+            Msr::MtrrDefType => mk(f, Rule::Value(0), mtrr_citation(v))
+                .note("E = 0 and FE = 0: all MTRRs disabled, memory type UC."),
+            Msr::MiscEnable if intel => mk(
+                f,
+                undefined(0x1, "model-specific; bit 0 (fast strings) is set by default, read-only bits 7/11/12 reflect the model (KVM reports 0x1800)"),
+                Citation { source: Source::SdmVol4, locator: "Table 2-2, IA32_MISC_ENABLE (1A0H)" },
+            ),
+            Msr::MiscEnable => mk(f, undefined(0, "Intel-only MSR"), table),
+            Msr::FsBase | Msr::GsBase => mk(f, Rule::Value(0), table)
+                .note("The hidden base of FS/GS (SDM Vol. 3A §3.4.4); 0 like every data segment base."),
+            Msr::SpecCtrl => mk(f, undefined(0, "no mitigation enabled; KVM zeroes it at RESET (and also at INIT)"), table),
+            Msr::DebugCtl if intel => mk(
+                f,
+                Rule::Value(0),
+                Citation { source: Source::SdmVol3B, locator: "§18.4.1 \"IA32_DEBUGCTL MSR\" (flags cleared at power-up/reset)" },
+            ),
+            Msr::PerfGlobalCtrl if intel => mk(f, Rule::Derived(Derivation::PerfGlobalCtrl), SDM_TABLE)
+                .note("Added in 325462-079US: the enable bit of each general-purpose counter is set at RESET (KVM commit de120e1d692d). Editions before March 2023 say 0, reported as spec-allows.")
+                .also(&[Alternative::Value(0)]),
+            Msr::PerfGlobalCtrl => mk(f, undefined(0, "Intel's MSR; AMD's counterpart is PerfCntrGlobalCtl (C000_0301H)"), table),
+            Msr::FeatureControl if intel => mk(
+                f,
+                Rule::Value(0),
+                Citation { source: Source::SdmVol3C, locator: "§24.7 \"Enabling and Entering VMX Operation\" (\"cleared to zero when a logical processor is reset\")" },
+            ),
+            Msr::FeatureControl => mk(f, undefined(0, "Intel-only MSR"), table),
+            Msr::Smbase => mk(
+                f,
+                Rule::Value(0x30000),
+                if intel {
+                    Citation { source: Source::SdmVol3C, locator: "System Management Mode chapter, §\"SMRAM\" (default SMBASE 30000H)" }
+                } else {
+                    table
+                },
+            ),
+            Msr::Xss => mk(f, undefined(0, "not a row of the tables; 0 enables no supervisor XSAVE component, the only safe value before an OS enables one; KVM writes 0 at RESET"), table),
+            Msr::McgStatus => mk(f, undefined(0, "machine-check architecture undefined after RESET; 0 = no machine check in progress"), table),
+            Msr::SysenterCs
+            | Msr::SysenterEsp
+            | Msr::SysenterEip
+            | Msr::Star
+            | Msr::Lstar
+            | Msr::Cstar
+            | Msr::Fmask
+            | Msr::KernelGsBase
+            | Msr::DebugCtl => mk(f, undefined(0, OTHER_MSR), table),
+        },
+        Field::MtrrFixed(_) | Field::MtrrPhysBase(_) => mk(
+            f,
+            undefined(0, "contents undefined after RESET; 0 (UC), which the disabled MTRRs imply, is what KVM and QEMU use"),
+            mtrr_citation(v),
+        ),
+        Field::MtrrPhysMask(_) => mk(
+            f,
+            undefined(0, "V (bit 11) is 0 after RESET, the other bits are undefined; 0 as KVM and QEMU use"),
+            mtrr_citation(v),
+        ),
+        Field::Mc(_, McReg::Ctl) => mk(
+            f,
+            undefined(u64::MAX.into(), "machine-check state undefined after RESET; all ones reports every error, as KVM_X86_SETUP_MCE and QEMU set it"),
+            table,
+        ),
+        Field::Mc(..) => mk(f, undefined(0, "machine-check state undefined after RESET; 0 = no error logged"), table),
+        _ => return None,
+    })
+}
+
+pub(crate) fn row(f: Field, v: Vendor, e: Event) -> Row {
+    let Some(reset) = reset_row(f, v) else {
+        return unreachable_row(f, v);
+    };
+    match e {
+        Event::Reset => reset,
+        Event::Init => match f {
+            // FS/GS bases are the segment bases, which INIT sets to 0.
+            Field::Msr(Msr::FsBase) | Field::Msr(Msr::GsBase) => reset,
+            Field::Msr(Msr::SpecCtrl) => mk(f, Rule::Preserved, table_citation(v)).note(
+                "MSRs are unchanged by INIT. KVM zeroes IA32_SPEC_CTRL on INIT: a deviation.",
+            ),
+            _ => mk(f, Rule::Preserved, table_citation(v)).note(match v {
+                Vendor::Intel => "INIT leaves MSRs and MTRRs unchanged (SDM §10.1; Table 10-1).",
+                Vendor::Amd => "INIT modifies no MSR (APM Table 14-1).",
+            }),
+        },
+    }
+}

@@ -1,0 +1,1 @@
+//! The Linux KVM backend (to be written).

@@ -1,0 +1,279 @@
+//! Backends: where vCPU state really lives.
+//!
+//! A backend moves whole [`StateClass`]es between a vCPU and a [`VcpuState`], runs the vCPU, and
+//! counts every call it makes. It knows nothing of caching; the [`crate::cache`] in front of it
+//! decides what to load and when to store. Two backends exist:
+//! - [`kvm`]: a Linux KVM vCPU (`/dev/kvm`), through `kvm-ioctls`;
+//! - [`model`]: a software vCPU whose guest state is kept like a VMCS guest-state area.
+
+pub mod kvm;
+pub mod model;
+
+use vcpu_reset_spec::VcpuState;
+
+/// A group of state a backend loads or stores in one operation (one ioctl on KVM).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum StateClass {
+    /// GPRs, RIP, RFLAGS (KVM_GET/SET_REGS).
+    Regs,
+    /// Segments, GDTR/IDTR, CR0/2/3/4/8, EFER, PDPTRs (KVM_GET/SET_SREGS or SREGS2).
+    Sregs,
+    /// DR0–DR3, DR6, DR7 (KVM_GET/SET_DEBUGREGS).
+    Debug,
+    /// x87, MXCSR, vector registers, PKRU (KVM_GET/SET_XSAVE).
+    Fpu,
+    /// XCR0 (KVM_GET/SET_XCRS).
+    Xcrs,
+    /// MSRs (KVM_GET/SET_MSRS), including IA32_APIC_BASE.
+    Msrs,
+    /// Local APIC registers (KVM_GET/SET_LAPIC).
+    Lapic,
+    /// Activity state (KVM_GET/SET_MP_STATE).
+    MpState,
+    /// Pending events (KVM_GET/SET_VCPU_EVENTS).
+    Events,
+    /// Nested-virtualization state (KVM_GET/SET_NESTED_STATE).
+    Nested,
+}
+
+impl StateClass {
+    /// All classes, in the order a full store writes them: CPU model and mode state first,
+    /// MP state and events last (MSRs before the LAPIC: KVM_SET_LAPIC's ID format depends on
+    /// IA32_APIC_BASE; events last so nothing written afterwards re-queues an event).
+    pub const ALL: [StateClass; 10] = [
+        StateClass::Nested,
+        StateClass::Msrs,
+        StateClass::Sregs,
+        StateClass::Regs,
+        StateClass::Fpu,
+        StateClass::Xcrs,
+        StateClass::Debug,
+        StateClass::Lapic,
+        StateClass::MpState,
+        StateClass::Events,
+    ];
+
+    /// Bit for [`ClassSet`].
+    pub const fn bit(self) -> u16 {
+        1 << self as u16
+    }
+
+    /// Lower-case name.
+    pub fn name(self) -> &'static str {
+        match self {
+            StateClass::Regs => "regs",
+            StateClass::Sregs => "sregs",
+            StateClass::Debug => "debugregs",
+            StateClass::Fpu => "xsave",
+            StateClass::Xcrs => "xcrs",
+            StateClass::Msrs => "msrs",
+            StateClass::Lapic => "lapic",
+            StateClass::MpState => "mp_state",
+            StateClass::Events => "vcpu_events",
+            StateClass::Nested => "nested_state",
+        }
+    }
+}
+
+impl std::fmt::Display for StateClass {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A set of [`StateClass`]es.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ClassSet(pub u16);
+
+impl ClassSet {
+    /// No class.
+    pub const EMPTY: ClassSet = ClassSet(0);
+
+    /// Every class.
+    pub fn all() -> ClassSet {
+        StateClass::ALL
+            .iter()
+            .fold(ClassSet::EMPTY, |s, c| s.with(*c))
+    }
+
+    /// This set plus `c`.
+    #[must_use]
+    pub const fn with(self, c: StateClass) -> ClassSet {
+        ClassSet(self.0 | c.bit())
+    }
+
+    /// Whether `c` is in the set.
+    pub const fn contains(self, c: StateClass) -> bool {
+        self.0 & c.bit() != 0
+    }
+
+    /// The classes in the set, in [`StateClass::ALL`] order.
+    pub fn iter(self) -> impl Iterator<Item = StateClass> {
+        StateClass::ALL
+            .into_iter()
+            .filter(move |c| self.contains(*c))
+    }
+}
+
+/// Direction of a port I/O exit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IoDir {
+    /// The guest executed IN: it reads `size` bytes; answer with [`Backend::set_io_in`].
+    In,
+    /// The guest executed OUT of the bytes in `data`.
+    Out,
+}
+
+/// Why a vCPU stopped running.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Exit {
+    /// Port I/O. For OUT, `data` holds the bytes written (`size` of them).
+    Io {
+        /// Direction.
+        dir: IoDir,
+        /// Port number.
+        port: u16,
+        /// Access size in bytes (1, 2 or 4).
+        size: u8,
+        /// For OUT, the bytes written.
+        data: [u8; 4],
+    },
+    /// MMIO access the backend could not handle.
+    Mmio {
+        /// Guest-physical address.
+        addr: u64,
+        /// Whether it was a write.
+        write: bool,
+        /// Length in bytes.
+        len: u8,
+        /// For writes, the data.
+        data: [u8; 8],
+    },
+    /// The guest executed HLT (only without an in-kernel local APIC).
+    Hlt,
+    /// Triple fault (KVM_EXIT_SHUTDOWN).
+    Shutdown,
+    /// The hypervisor reported a system event (KVM_SYSTEM_EVENT_*), with its type.
+    SystemEvent(u32),
+    /// The run was interrupted before or during guest execution (EINTR, immediate_exit).
+    Interrupted,
+    /// The hypervisor could not emulate or enter the guest; `reason` says what it reported.
+    InternalError {
+        /// KVM's suberror or entry-failure reason, as text.
+        reason: String,
+    },
+    /// Any other exit, with the hypervisor's exit-reason number.
+    Other(u32),
+}
+
+/// Calls a backend has made, by kind. On KVM every count is one ioctl.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Loads (KVM_GET_* ioctls, or VMREADs on the model).
+    pub loads: u64,
+    /// Stores (KVM_SET_* ioctls, or VMWRITEs on the model).
+    pub stores: u64,
+    /// Runs (KVM_RUN).
+    pub runs: u64,
+    /// Other calls (capability checks, KVM_SET_CPUID2, ...).
+    pub other: u64,
+    /// Loads served from the sync-regs area of `kvm_run` without a syscall.
+    pub sync_loads: u64,
+    /// Stores deferred to the next KVM_RUN through `kvm_dirty_regs`, without a syscall.
+    pub sync_stores: u64,
+}
+
+impl Stats {
+    /// Calls into the hypervisor (syscalls on KVM): loads + stores + runs + other.
+    pub fn calls(&self) -> u64 {
+        self.loads + self.stores + self.runs + self.other
+    }
+
+    /// The counts accumulated since `earlier`.
+    #[must_use]
+    pub fn since(&self, earlier: &Stats) -> Stats {
+        Stats {
+            loads: self.loads - earlier.loads,
+            stores: self.stores - earlier.stores,
+            runs: self.runs - earlier.runs,
+            other: self.other - earlier.other,
+            sync_loads: self.sync_loads - earlier.sync_loads,
+            sync_stores: self.sync_stores - earlier.sync_stores,
+        }
+    }
+}
+
+/// Errors from a backend.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    /// A KVM ioctl failed.
+    #[error("{op} failed: {errno} — {hint}")]
+    Ioctl {
+        /// The ioctl.
+        op: &'static str,
+        /// The error the kernel returned.
+        errno: vmm_sys_util::errno::Error,
+        /// What to do about it.
+        hint: &'static str,
+    },
+    /// KVM_GET/SET_MSRS stopped at an MSR the host refused.
+    #[error(
+        "{op} processed {done} of {total} MSRs and refused MSR {index:#x} — the host's KVM does not support it; leave it out of the MSR list"
+    )]
+    MsrRefused {
+        /// KVM_GET_MSRS or KVM_SET_MSRS.
+        op: &'static str,
+        /// How many were processed.
+        done: usize,
+        /// How many were asked for.
+        total: usize,
+        /// The first refused MSR.
+        index: u32,
+    },
+    /// The backend cannot hold this class of state.
+    #[error("{class} is not available on this backend: {why}")]
+    Unsupported {
+        /// The class.
+        class: StateClass,
+        /// Why, and what to do.
+        why: &'static str,
+    },
+    /// A value cannot be represented by the backend.
+    #[error("invalid {what}: {why}")]
+    Invalid {
+        /// What was invalid.
+        what: &'static str,
+        /// Why.
+        why: String,
+    },
+}
+
+/// A vCPU whose state can be moved class by class and which can be run.
+pub trait Backend {
+    /// Write the fields of `class` in `state` from the vCPU. Other fields are left alone.
+    fn load(&mut self, class: StateClass, state: &mut VcpuState) -> Result<(), BackendError>;
+
+    /// Write the fields of `class` of `state` to the vCPU. A backend may defer the write to
+    /// the next [`Backend::run`] when that costs no call (KVM sync regs); a later `load` of the
+    /// same class must still return what was stored.
+    fn store(&mut self, class: StateClass, state: &VcpuState) -> Result<(), BackendError>;
+
+    /// Run the vCPU until it exits.
+    fn run(&mut self) -> Result<Exit, BackendError>;
+
+    /// Answer the IN access of the last exit with `data` (up to 4 bytes).
+    fn set_io_in(&mut self, data: &[u8]);
+
+    /// Classes the vCPU may change while it runs; the cache forgets them after each exit.
+    fn volatile(&self) -> ClassSet;
+
+    /// Classes the last exit delivered, whose load costs no call.
+    fn delivered(&self) -> ClassSet;
+
+    /// Classes this backend can hold at all (e.g. no [`StateClass::Nested`] where the host
+    /// lacks KVM_CAP_NESTED_STATE).
+    fn supported(&self) -> ClassSet;
+
+    /// Calls made so far.
+    fn stats(&self) -> Stats;
+}

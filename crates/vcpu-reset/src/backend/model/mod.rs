@@ -1,0 +1,1 @@
+//! The software VMX-style backend (to be written).

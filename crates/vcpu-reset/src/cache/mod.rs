@@ -1,0 +1,1 @@
+//! Register cache (to be written).
