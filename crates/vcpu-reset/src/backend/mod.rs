@@ -274,6 +274,15 @@ pub trait Backend {
     /// lacks KVM_CAP_NESTED_STATE).
     fn supported(&self) -> ClassSet;
 
+    /// Whether this backend holds `field` (a field of a supported class can still be absent,
+    /// e.g. an MSR the host's KVM refuses, or the CMCI LVT on an APIC without it). A load leaves
+    /// fields that are not held unchanged, a store ignores them, and checks report them as
+    /// host limits.
+    fn holds(&self, field: vcpu_reset_spec::Field) -> bool {
+        let _ = field;
+        true
+    }
+
     /// Calls made so far.
     fn stats(&self) -> Stats;
 }
