@@ -229,7 +229,7 @@ pub struct CpuModel {
     pub vendor: Vendor,
     /// CPUID.01H:EAX.
     pub signature: u32,
-    /// Number of general-purpose performance counters (CPUID.0AH:EAX[15:8]).
+    /// Number of general-purpose performance counters (CPUID.0AH:EAX\[15:8\]).
     pub gp_counters: u8,
     /// The local APIC version register.
     pub apic_version: u32,

@@ -260,7 +260,7 @@ pub struct VcpuState {
     pub cr3: u64,
     /// CR4.
     pub cr4: u64,
-    /// CR8 (task-priority register, TPR[7:4]).
+    /// CR8 (task-priority register, TPR\[7:4\]).
     pub cr8: u64,
     /// IA32_EFER.
     pub efer: u64,

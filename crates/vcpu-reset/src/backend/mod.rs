@@ -8,6 +8,8 @@
 
 pub mod kvm;
 pub mod model;
+#[cfg(test)]
+pub(crate) mod recorder;
 
 use vcpu_reset_spec::VcpuState;
 

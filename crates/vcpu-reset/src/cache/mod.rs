@@ -17,7 +17,7 @@
 
 mod regs;
 
-pub use regs::{NR_REGS, Reg};
+pub use regs::{NR_REGS, Reg, fields_of};
 
 use vcpu_reset_spec::{Field, Gpr, Seg, Segment, VcpuState};
 
@@ -95,6 +95,44 @@ impl<B: Backend> VcpuCache<B> {
         let m = mask_of(self.supported);
         self.avail = m;
         self.dirty = m;
+    }
+
+    /// Make the vCPU's state `target`, writing as little as possible: a class the cache holds
+    /// completely is compared slot by slot and only differing slots become dirty; a class it
+    /// does not hold completely is written whole (every slot dirty, no load). Returns the number
+    /// of slots made dirty. Nothing reaches the backend before [`VcpuCache::flush`] or
+    /// [`VcpuCache::run`].
+    pub fn write_state(&mut self, target: &VcpuState) -> usize {
+        let mut dirtied = 0;
+        for class in self.supported.iter() {
+            let mask = Reg::class_mask(class);
+            let fields = regs::fields_of(class);
+            if self.avail & mask == mask {
+                let mut changed = 0u64;
+                for f in fields {
+                    if f.get(&self.state) != f.get(target) {
+                        changed |= Reg::of(*f).bit();
+                    }
+                }
+                for f in fields {
+                    if changed & Reg::of(*f).bit() != 0 {
+                        f.set(&mut self.state, f.get(target));
+                    }
+                }
+                self.avail |= changed;
+                self.dirty |= changed;
+                dirtied += changed.count_ones() as usize;
+            } else {
+                for f in fields {
+                    f.set(&mut self.state, f.get(target));
+                }
+                self.avail |= mask;
+                self.dirty |= mask;
+                dirtied += mask.count_ones() as usize;
+            }
+        }
+        self.check_invariant();
+        dirtied
     }
 
     /// The backend, for reading its counters or identity. Changing vCPU state behind the

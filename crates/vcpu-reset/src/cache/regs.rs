@@ -229,7 +229,7 @@ impl Reg {
 }
 
 /// The spec fields held by `class`, in [`Field::all`] order.
-pub(crate) fn fields_of(class: StateClass) -> &'static [Field] {
+pub fn fields_of(class: StateClass) -> &'static [Field] {
     static TABLE: std::sync::OnceLock<Vec<Vec<Field>>> = std::sync::OnceLock::new();
     let table = TABLE.get_or_init(|| {
         let mut t = vec![Vec::new(); StateClass::ALL.len()];

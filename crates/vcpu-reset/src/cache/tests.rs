@@ -2,81 +2,9 @@
 //! call. (The property test against the VMX-style model backend lives in `tests/`.)
 
 use super::*;
-use crate::backend::{BackendError, ClassSet, Exit, StateClass, Stats};
+use crate::backend::StateClass;
+use crate::backend::recorder::Recorder;
 use vcpu_reset_spec::{Field, Gpr, Msr, Seg, SegPart};
-
-/// A vCPU that is just a `VcpuState`, counting loads and stores per class.
-struct Recorder {
-    state: VcpuState,
-    loads: [u32; 10],
-    stores: [u32; 10],
-    stats: Stats,
-    /// What the "guest" does on run.
-    on_run: fn(&mut VcpuState),
-    not_held: Option<Field>,
-}
-
-impl Recorder {
-    fn new() -> Self {
-        let mut state = VcpuState::default();
-        for (i, g) in Gpr::ALL.iter().enumerate() {
-            state.gprs[*g as usize] = 0x1000 + i as u64;
-        }
-        state.rip = 0xfff0;
-        state.segments[Seg::Cs as usize].selector = 0xf000;
-        state.segments[Seg::Cs as usize].base = 0xffff_0000;
-        Recorder {
-            state,
-            loads: [0; 10],
-            stores: [0; 10],
-            stats: Stats::default(),
-            on_run: |s| s.gprs[Gpr::Rax as usize] += 1,
-            not_held: None,
-        }
-    }
-}
-
-fn copy_class(class: StateClass, from: &VcpuState, to: &mut VcpuState) {
-    for f in super::regs::fields_of(class) {
-        f.set(to, f.get(from));
-    }
-}
-
-impl Backend for Recorder {
-    fn load(&mut self, class: StateClass, state: &mut VcpuState) -> Result<(), BackendError> {
-        self.loads[class as usize] += 1;
-        self.stats.loads += 1;
-        copy_class(class, &self.state, state);
-        Ok(())
-    }
-    fn store(&mut self, class: StateClass, state: &VcpuState) -> Result<(), BackendError> {
-        self.stores[class as usize] += 1;
-        self.stats.stores += 1;
-        copy_class(class, state, &mut self.state);
-        Ok(())
-    }
-    fn run(&mut self) -> Result<Exit, BackendError> {
-        self.stats.runs += 1;
-        (self.on_run)(&mut self.state);
-        Ok(Exit::Hlt)
-    }
-    fn set_io_in(&mut self, _data: &[u8]) {}
-    fn volatile(&self) -> ClassSet {
-        ClassSet::all()
-    }
-    fn delivered(&self) -> ClassSet {
-        ClassSet::EMPTY
-    }
-    fn supported(&self) -> ClassSet {
-        ClassSet::all()
-    }
-    fn holds(&self, field: Field) -> bool {
-        self.not_held != Some(field)
-    }
-    fn stats(&self) -> Stats {
-        self.stats
-    }
-}
 
 #[test]
 fn adopted_cache_has_nothing_available() {
@@ -205,4 +133,34 @@ fn invalidate_keeps_dirty_slots() {
 fn reading_an_unloaded_register_panics_in_debug_builds() {
     let c = VcpuCache::adopt(Recorder::new());
     let _ = c.checked(Reg::Rip);
+}
+
+#[test]
+fn write_state_skips_slots_known_to_hold_the_target() {
+    let mut c = VcpuCache::adopt(Recorder::new());
+    let current = *c.state().unwrap();
+    let mut target = current;
+    target.rip = 0x9999;
+    let dirtied = c.write_state(&target);
+    assert_eq!(dirtied, 1);
+    assert!(c.is_dirty(Reg::Rip));
+    assert!(!c.is_dirty(Reg::Gpr(Gpr::Rax)));
+    c.flush().unwrap();
+    assert_eq!(
+        c.backend().stores.iter().sum::<u32>(),
+        1,
+        "only REGS is stored"
+    );
+    assert_eq!(c.backend().state.rip, 0x9999);
+}
+
+#[test]
+fn write_state_writes_unknown_classes_whole_without_loading() {
+    let mut c = VcpuCache::adopt(Recorder::new());
+    let target = VcpuState::default();
+    c.write_state(&target);
+    c.flush().unwrap();
+    assert_eq!(c.backend().loads.iter().sum::<u32>(), 0);
+    assert_eq!(c.backend().stores, [1; 10]);
+    assert_eq!(c.backend().state, target);
 }

@@ -1,0 +1,162 @@
+//! The RESET/INIT engine: puts a live vCPU into the exact state of the spec.
+//!
+//! [`Vcpu`] wraps a [`VcpuCache`] with the vCPU's identity (APIC ID, BSP or AP) and the CPU
+//! model the VM presents. [`Vcpu::reset`] computes the spec's RESET state and writes it through
+//! the cache, skipping what the cache already knows to hold its RESET value; [`Vcpu::init`]
+//! reads the current state, applies the spec's INIT rules to it and writes the result;
+//! [`Vcpu::sipi`] applies a startup IPI; [`Vcpu::verify`] reads everything back and reports
+//! every field that differs from what was established. Nothing here knows which backend it
+//! drives.
+
+mod verify;
+
+pub use verify::{Deviation, DeviationKind};
+
+use vcpu_reset_spec::{self as spec, CpuModel, Field, Transition, VcpuIdentity, VcpuState};
+
+use crate::backend::{Backend, Stats};
+use crate::cache::{CacheError, VcpuCache};
+
+/// Errors from the engine.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// Reading or writing vCPU state failed.
+    #[error(transparent)]
+    Cache(#[from] CacheError),
+    /// `verify()` was called before any RESET or INIT established an expected state.
+    #[error("nothing to verify: call reset() or init() first")]
+    NothingToVerify,
+}
+
+/// What a RESET, INIT or SIPI did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Outcome {
+    /// Cache slots that had to be written.
+    pub slots_written: usize,
+    /// Backend calls (ioctls on KVM) the operation made, including its flush.
+    pub calls: Stats,
+}
+
+/// A vCPU driven by the engine.
+pub struct Vcpu<B: Backend> {
+    cache: VcpuCache<B>,
+    model: CpuModel,
+    identity: VcpuIdentity,
+    expected: Option<(VcpuState, spec::Event)>,
+}
+
+impl<B: Backend> Vcpu<B> {
+    /// Drive `cache`, a vCPU of a VM presenting `model`, with `identity`.
+    pub fn new(cache: VcpuCache<B>, model: CpuModel, identity: VcpuIdentity) -> Self {
+        Vcpu {
+            cache,
+            model,
+            identity,
+            expected: None,
+        }
+    }
+
+    /// The cache.
+    pub fn cache(&mut self) -> &mut VcpuCache<B> {
+        &mut self.cache
+    }
+
+    /// The cache, read-only.
+    pub fn cache_ref(&self) -> &VcpuCache<B> {
+        &self.cache
+    }
+
+    /// The CPU model.
+    pub fn model(&self) -> &CpuModel {
+        &self.model
+    }
+
+    /// The vCPU's identity.
+    pub fn identity(&self) -> VcpuIdentity {
+        self.identity
+    }
+
+    /// The state the last RESET, INIT or SIPI established, if any.
+    pub fn expected(&self) -> Option<&VcpuState> {
+        self.expected.as_ref().map(|(s, _)| s)
+    }
+
+    /// Give the cache back.
+    pub fn into_cache(self) -> VcpuCache<B> {
+        self.cache
+    }
+
+    fn establish(&mut self, target: VcpuState, event: spec::Event) -> Result<Outcome, EngineError> {
+        let before = self.cache.backend_stats();
+        let slots_written = self.cache.write_state(&target);
+        self.cache.flush()?;
+        self.expected = Some((target, event));
+        Ok(Outcome {
+            slots_written,
+            calls: self.cache.backend_stats().since(&before),
+        })
+    }
+
+    /// Power-on RESET: every field of the spec's RESET state, written now.
+    ///
+    /// Nothing relies on a field having been zero before; fields the backend does not hold
+    /// (host limits) are skipped by the backend and reported by [`Vcpu::verify`].
+    pub fn reset(&mut self) -> Result<Outcome, EngineError> {
+        let target = spec::expected_state(&self.model, self.identity, Transition::Reset);
+        self.establish(target, spec::Event::Reset)
+    }
+
+    /// INIT: the spec's INIT rules applied to the current state (CR0.CD/NW, x87/SSE/AVX
+    /// state, MSRs, APIC ID and base kept; CR3 zeroed; the local APIC to its INIT state; an AP
+    /// to wait-for-SIPI).
+    pub fn init(&mut self) -> Result<Outcome, EngineError> {
+        let before = self.cache.backend_stats();
+        let prior = *self.cache.state()?;
+        let target = spec::expected_state(&self.model, self.identity, Transition::Init(&prior));
+        let mut out = self.establish(target, spec::Event::Init)?;
+        out.calls = self.cache.backend_stats().since(&before);
+        Ok(out)
+    }
+
+    /// A startup IPI with `vector`. A vCPU that is not waiting for SIPI ignores it (returns
+    /// `false`), as the processor does.
+    pub fn sipi(&mut self, vector: u8) -> Result<bool, EngineError> {
+        let mut target = *self.cache.state()?;
+        if !spec::sipi(&mut target, vector) {
+            return Ok(false);
+        }
+        let event = self.expected.map_or(spec::Event::Init, |(_, e)| e);
+        self.establish(target, event)?;
+        Ok(true)
+    }
+
+    /// Read every field back from the backend and report each that differs from the state
+    /// the last RESET, INIT or SIPI established. The spec's alternatives count as allowed;
+    /// fields the backend does not hold are reported as such.
+    pub fn verify(&mut self) -> Result<Vec<Deviation>, EngineError> {
+        let (expected, event) = self.expected.ok_or(EngineError::NothingToVerify)?;
+        self.cache.flush()?;
+        self.cache.invalidate();
+        let mut out = Vec::new();
+        for field in Field::all() {
+            if !self.cache.holds(field) {
+                out.push(Deviation::not_held(field, field.get(&expected)));
+                continue;
+            }
+            let actual = self.cache.get(field)?;
+            if let Some(d) = verify::compare(
+                field,
+                field.get(&expected),
+                actual,
+                self.model.vendor,
+                event,
+            ) {
+                out.push(d);
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,107 @@
+//! Engine logic over the in-memory recording backend. The same operations against the
+//! VMX-style model (with poison) and against KVM are tested in `tests/`.
+
+use super::*;
+use crate::backend::StateClass;
+use crate::backend::recorder::Recorder;
+use vcpu_reset_spec::{Activity, Gpr, Seg, Vendor};
+
+fn vcpu(id: u32) -> Vcpu<Recorder> {
+    let mut model = CpuModel::generic(Vendor::Intel);
+    model.signature = 0x000a_06a4;
+    Vcpu::new(
+        VcpuCache::adopt(Recorder::new()),
+        model,
+        VcpuIdentity::new(id),
+    )
+}
+
+#[test]
+fn reset_writes_the_spec_state_without_loading_anything() {
+    let mut v = vcpu(0);
+    let out = v.reset().unwrap();
+    let b = v.cache_ref().backend();
+    assert_eq!(b.loads.iter().sum::<u32>(), 0);
+    assert_eq!(b.stores, [1; 10]);
+    assert_eq!(out.calls.stores, 10);
+    assert_eq!(b.state.gprs[Gpr::Rdx as usize], 0x000a_06a4);
+    assert_eq!(b.state.cr0, 0x6000_0010);
+    assert_eq!(b.state.segments[Seg::Cs as usize].attributes, 0x9b);
+    assert_eq!(b.state.fpu.fcw, 0x0040);
+    assert_eq!(b.state.msrs.apic_base, 0xfee0_0900);
+    assert!(v.verify().unwrap().is_empty());
+}
+
+#[test]
+fn second_reset_writes_nothing_when_nothing_changed() {
+    let mut v = vcpu(0);
+    v.reset().unwrap();
+    let out = v.reset().unwrap();
+    assert_eq!(out.slots_written, 0);
+    assert_eq!(out.calls.calls(), 0);
+}
+
+#[test]
+fn init_keeps_cd_nw_and_zeroes_cr3() {
+    let mut v = vcpu(1);
+    v.reset().unwrap();
+    {
+        let b = v.cache().backend_mut();
+        b.state.cr0 = 0x8000_0011; // PG|ET|PE, CD/NW clear
+        b.state.cr3 = 0x1000;
+        b.state.fpu.fcw = 0x037f;
+        b.state.msrs.pat = 0x0606_0606_0606_0606;
+    }
+    v.cache().invalidate();
+    v.init().unwrap();
+    let b = v.cache_ref().backend();
+    assert_eq!(b.state.cr0, 0x10);
+    assert_eq!(b.state.cr3, 0);
+    assert_eq!(b.state.fpu.fcw, 0x037f, "x87 state is kept");
+    assert_eq!(b.state.msrs.pat, 0x0606_0606_0606_0606, "MSRs are kept");
+    assert_eq!(b.state.activity, Activity::WaitForSipi);
+    assert_eq!(b.state.lapic.id, 1 << 24);
+}
+
+#[test]
+fn sipi_starts_a_waiting_ap_and_is_ignored_otherwise() {
+    let mut ap = vcpu(1);
+    ap.reset().unwrap();
+    assert!(ap.sipi(0x9a).unwrap());
+    let s = ap.cache_ref().backend().state;
+    assert_eq!(s.segments[Seg::Cs as usize].selector, 0x9a00);
+    assert_eq!(s.segments[Seg::Cs as usize].base, 0x9a000);
+    assert_eq!(s.rip, 0);
+    assert_eq!(s.activity, Activity::Active);
+    assert!(!ap.sipi(0x10).unwrap(), "a running AP ignores SIPI");
+    assert!(ap.verify().unwrap().is_empty());
+}
+
+#[test]
+fn verify_reports_a_field_changed_behind_the_engines_back() {
+    let mut v = vcpu(0);
+    v.reset().unwrap();
+    v.cache().backend_mut().state.dr7 = 0x401;
+    let d = v.verify().unwrap();
+    assert_eq!(d.len(), 1);
+    assert_eq!(d[0].field, Field::Dr7);
+    assert_eq!((d[0].expected, d[0].actual), (0x400, 0x401));
+    assert_eq!(d[0].kind, DeviationKind::Mismatch);
+}
+
+#[test]
+fn verify_accepts_the_specs_alternatives() {
+    let mut v = vcpu(0);
+    v.reset().unwrap();
+    v.cache().backend_mut().state.segments[Seg::Cs as usize].attributes = 0x93;
+    let d = v.verify().unwrap();
+    assert_eq!(d.len(), 1);
+    assert_eq!(d[0].kind, DeviationKind::Allowed);
+}
+
+#[test]
+fn verify_before_reset_is_an_error() {
+    let mut v = vcpu(0);
+    assert!(matches!(v.verify(), Err(EngineError::NothingToVerify)));
+    assert_eq!(v.cache_ref().loads_since_run(StateClass::Regs), 0);
+}
