@@ -10,4 +10,5 @@ pub use vcpu_reset_spec as spec;
 
 pub mod backend;
 pub mod cache;
+pub mod check;
 pub mod engine;
