@@ -12,3 +12,4 @@ pub mod backend;
 pub mod cache;
 pub mod check;
 pub mod engine;
+pub mod runner;

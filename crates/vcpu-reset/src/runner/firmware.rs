@@ -1,0 +1,161 @@
+//! Flat firmware images, placed as on a PC: the image ends at 4 GiB, so the reset vector
+//! FFFFFFF0H is its last 16 bytes, and its last 64 KiB are also visible just below 1 MiB
+//! (000F0000H–000FFFFFH), where real-mode code after the first far jump runs.
+
+use std::path::Path;
+
+/// Largest image accepted: 16 MiB, the size of a large PC flash part.
+pub const MAX_FIRMWARE: usize = 16 << 20;
+/// Images are whole 4 KiB pages (KVM maps guest memory in pages).
+pub const FIRMWARE_ALIGN: usize = 4 << 10;
+/// How much of the image's top is also visible below 1 MiB.
+pub const LOW_ALIAS: usize = 64 << 10;
+/// End of the image in guest-physical space.
+pub const FIRMWARE_END: u64 = 1 << 32;
+
+/// Why a firmware image was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum FirmwareError {
+    /// The file does not exist.
+    #[error(
+        "firmware {path}: no such file — give the path of a flat image (e.g. one written by `vcpu-reset probe-image`)"
+    )]
+    NotFound {
+        /// The path.
+        path: String,
+    },
+    /// The file could not be read.
+    #[error("firmware {path}: cannot read it: {source}")]
+    Unreadable {
+        /// The path.
+        path: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// Empty image.
+    #[error(
+        "firmware {what}: the image is empty — a flat image needs at least one 4 KiB page ending in the reset vector"
+    )]
+    Empty {
+        /// The path or description.
+        what: String,
+    },
+    /// Too big.
+    #[error("firmware {what}: {size} bytes is more than the 16 MiB that fit below 4 GiB here")]
+    TooLarge {
+        /// The path or description.
+        what: String,
+        /// Its size.
+        size: usize,
+    },
+    /// Not whole pages.
+    #[error(
+        "firmware {what}: {size} bytes is not a multiple of 4 KiB — pad the image at its start so that it still ends with the reset vector"
+    )]
+    NotPageMultiple {
+        /// The path or description.
+        what: String,
+        /// Its size.
+        size: usize,
+    },
+}
+
+/// A validated flat firmware image.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Firmware {
+    bytes: Vec<u8>,
+}
+
+impl Firmware {
+    /// Validate `bytes` (described as `what` in errors).
+    pub fn from_bytes(bytes: Vec<u8>, what: &str) -> Result<Self, FirmwareError> {
+        let size = bytes.len();
+        if size == 0 {
+            return Err(FirmwareError::Empty { what: what.into() });
+        }
+        if size > MAX_FIRMWARE {
+            return Err(FirmwareError::TooLarge {
+                what: what.into(),
+                size,
+            });
+        }
+        if !size.is_multiple_of(FIRMWARE_ALIGN) {
+            return Err(FirmwareError::NotPageMultiple {
+                what: what.into(),
+                size,
+            });
+        }
+        Ok(Firmware { bytes })
+    }
+
+    /// Read and validate the image at `path`.
+    pub fn load(path: &Path) -> Result<Self, FirmwareError> {
+        let shown = path.display().to_string();
+        let bytes = std::fs::read(path).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                FirmwareError::NotFound {
+                    path: shown.clone(),
+                }
+            } else {
+                FirmwareError::Unreadable {
+                    path: shown.clone(),
+                    source: e,
+                }
+            }
+        })?;
+        Self::from_bytes(bytes, &shown)
+    }
+
+    /// The image.
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    /// Guest-physical address of the image's first byte (it ends at 4 GiB).
+    pub fn base(&self) -> u64 {
+        FIRMWARE_END - self.bytes.len() as u64
+    }
+
+    /// The part of the image also visible below 1 MiB: its last 64 KiB (or all of it when
+    /// smaller), and the guest-physical address where that part starts.
+    pub fn low_alias(&self) -> (u64, &[u8]) {
+        let n = self.bytes.len().min(LOW_ALIAS);
+        let part = &self.bytes[self.bytes.len() - n..];
+        ((1 << 20) - n as u64, part)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepts_whole_pages_and_places_the_image_below_4g() {
+        let fw = Firmware::from_bytes(vec![0; 8192], "t").unwrap();
+        assert_eq!(fw.base(), 0xffff_e000);
+        let (addr, part) = fw.low_alias();
+        assert_eq!((addr, part.len()), (0x000f_e000, 8192));
+        let big = Firmware::from_bytes(vec![0; 256 << 10], "t").unwrap();
+        let (addr, part) = big.low_alias();
+        assert_eq!((addr, part.len()), (0x000f_0000, 64 << 10));
+    }
+
+    #[test]
+    fn refuses_bad_images_with_clear_errors() {
+        assert!(matches!(
+            Firmware::from_bytes(vec![], "t"),
+            Err(FirmwareError::Empty { .. })
+        ));
+        assert!(matches!(
+            Firmware::from_bytes(vec![0; 4097], "t"),
+            Err(FirmwareError::NotPageMultiple { size: 4097, .. })
+        ));
+        assert!(matches!(
+            Firmware::from_bytes(vec![0; MAX_FIRMWARE + 4096], "t"),
+            Err(FirmwareError::TooLarge { .. })
+        ));
+        let e = Firmware::load(Path::new("/nonexistent/fw.bin")).unwrap_err();
+        assert!(matches!(e, FirmwareError::NotFound { .. }));
+        assert!(e.to_string().contains("no such file"));
+    }
+}

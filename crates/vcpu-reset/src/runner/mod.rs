@@ -1,0 +1,8 @@
+//! A small VM runner: RAM at 0, a flat firmware image at the top of 4 GiB, an in-kernel
+//! irqchip, a few port-I/O devices, warm reboot in place.
+
+pub mod devices;
+pub mod firmware;
+
+pub use devices::{Platform, PortAction, RebootKind, RebootReason, Sink};
+pub use firmware::{Firmware, FirmwareError};
