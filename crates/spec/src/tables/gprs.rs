@@ -14,7 +14,7 @@ fn signature_citation(v: Vendor) -> Citation {
         },
         Vendor::Amd => Citation {
             source: Source::ApmVol2,
-            locator: "§14.1.3, Table 14-1, and §14.2.1 \"Processor Identification\"",
+            locator: "§14.1.3, Table 14-1, and §14.2.1 \"Processor Implementation Information\"",
         },
     }
 }

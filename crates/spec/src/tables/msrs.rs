@@ -36,7 +36,7 @@ fn mtrr_citation(v: Vendor) -> Citation {
             "§12.11.5 \"MTRR Initialization\" (MTRRs disabled: IA32_MTRR_DEF_TYPE.E = 0, PHYSMASKn.V = 0, other bits undefined) and Table 10-1",
         ),
         Vendor::Amd => {
-            apm("§14.2.2 \"Cache Initialization\" (MTRRdefType cleared; MTRRs not initialized)")
+            apm("§14.2.2 \"Enabling Internal Caches\" (MTRRdefType cleared; MTRRs not initialized)")
         }
     }
 }
