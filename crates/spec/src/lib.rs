@@ -108,7 +108,8 @@ pub fn expected_state(model: &CpuModel, vcpu: VcpuIdentity, t: Transition<'_>) -
 /// CS.base = vector << 12, RIP = 0, and the vCPU becomes active. CS limit and attributes keep
 /// their INIT values.
 ///
-/// Intel SDM Vol. 3A §9.4.4.1 (the AP starts at 000VV000H); AMD APM Vol. 2 §16.5.
+/// Intel SDM Vol. 3A §9.4.3 and §11.6.1 (start-up IPI: the AP starts at 000VV000H); AMD APM
+/// Vol. 2 §16.5.
 /// A vCPU not waiting for SIPI ignores it: the state is returned unchanged and `false` says so.
 pub fn sipi(state: &mut VcpuState, vector: u8) -> bool {
     if state.activity != Activity::WaitForSipi {

@@ -11,7 +11,7 @@
 
 /// Number of variable-range MTRR pairs modelled (IA32_MTRRCAP.VCNT as KVM and QEMU report it).
 pub const VARIABLE_MTRRS: usize = 8;
-/// Number of fixed-range MTRRs (Intel SDM Vol. 3A, §12.11.2.2; AMD APM Vol. 2, §7.8.2).
+/// Number of fixed-range MTRRs (Intel SDM Vol. 3A, §12.11.2.2; AMD APM Vol. 2, §7.7).
 pub const FIXED_MTRRS: usize = 11;
 /// Number of machine-check banks modelled (QEMU's default bank count).
 pub const MCE_BANKS: usize = 10;

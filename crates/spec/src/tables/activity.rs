@@ -37,7 +37,7 @@ const EVENTS_NOTE: &str = "Not rows of the RESET/INIT tables. RESET and INIT sta
     completes INIT is not in SMM.";
 
 const NESTED_INTEL_INIT_NOTE: &str = "INIT is blocked in VMX root operation and causes a VM exit \
-    in VMX non-root operation (SDM Vol. 3C §26.2, §27.2), so an INIT that takes effect leaves \
+    in VMX non-root operation (SDM Vol. 3C §24.8, §26.2), so an INIT that takes effect leaves \
     VMX state as it was.";
 
 pub(crate) fn row(f: Field, v: Vendor, e: Event) -> Row {

@@ -25,8 +25,8 @@ const WIDE_NOTE: &str = "Not rows of Table 10-1; they follow the XMM rows: 0 aft
 
 fn xsave_citation() -> Citation {
     Citation {
-        source: Source::SdmVol1,
-        locator: "§13.3 \"Enabling the XSAVE Feature Set and XSAVE-Enabled Features\" (XCR0 is 1 after RESET)",
+        source: Source::SdmVol3A,
+        locator: "§2.6 \"Extended Control Registers (Including XCR0)\" (\"After reset, all bits (except bit 0) in XCR0 are cleared to zero; XCR0[0] is set to 1\")",
     }
 }
 

@@ -56,7 +56,10 @@ fn reset_row(f: Field, v: Vendor) -> Option<Row> {
                     apm("§16.3.1 \"Local APIC Enable\" (APIC_BASE reset value)")
                 },
             )
-            .note("0xFEE00900 on the BSP, 0xFEE00800 on an AP; xAPIC mode."),
+            .note(match v {
+                Vendor::Intel => "0xFEE00900 on the BSP, 0xFEE00800 on an AP; xAPIC mode.",
+                Vendor::Amd => "0xFEE00900 on the BSP, 0xFEE00800 on an AP. APM Table 14-1 says the APIC is \"Disabled\" after RESET and \"Enabled\" after INIT; since INIT changes no MSR, vcpu-reset reads that as the software-disabled state (SVR bit 8 = 0 after RESET), not APIC_BASE.AE = 0, and sets AE as KVM and QEMU do.",
+            }),
             Msr::Tsc => mk(f, Rule::Value(0), table),
             Msr::TscAdjust if intel => mk(
                 f,
@@ -77,14 +80,16 @@ fn reset_row(f: Field, v: Vendor) -> Option<Row> {
                 if intel {
                     sdm("§12.12.4 \"Programming the PAT\" (power-up/reset default, unchanged by INIT)")
                 } else {
-                    apm("§7.8.2 \"PAT Register\" (reset value)")
+                    apm("§7.8.1 \"PAT Register\" (reset value)")
                 },
             )
             .note("PA0..PA7 = WB, WT, UC-, UC, WB, WT, UC-, UC."),
             Msr::MtrrCap => mk(f, Rule::Derived(Derivation::MtrrCap), mtrr_citation(v))
                 .note("Read-only; RESET and INIT leave it as the model defines it."),
-            Msr::MtrrDefType => mk(f, Rule::Value(0), mtrr_citation(v))
-                .note("E = 0 and FE = 0: all MTRRs disabled, memory type UC."),
+            Msr::MtrrDefType => mk(f, Rule::Value(0), mtrr_citation(v)).note(match v {
+                Vendor::Intel => "E = 0 and FE = 0: all MTRRs disabled, memory type UC. The SDM requires only E = 0 (the other bits are undefined); vcpu-reset uses 0, as KVM and QEMU do, so a host with FE or a default type set is reported.",
+                Vendor::Amd => "Cleared to 0 at RESET (APM §14.2.2): all MTRRs disabled, memory type UC.",
+            }),
             Msr::MiscEnable if intel => mk(
                 f,
                 undefined(0x1, "model-specific; bit 0 (fast strings) is set by default, read-only bits 7/11/12 reflect the model (KVM reports 0x1800)"),
