@@ -3,6 +3,8 @@
 
 pub mod devices;
 pub mod firmware;
+pub mod memory;
 
 pub use devices::{Platform, PortAction, RebootKind, RebootReason, Sink};
 pub use firmware::{Firmware, FirmwareError};
+pub use memory::{GuestMemory, MemoryError};
