@@ -57,7 +57,7 @@ use std::sync::OnceLock;
 
 use vcpu_reset_spec::{Field, Msr, VcpuState};
 
-pub use nested::{LaunchState, NestedError, NestedVmx};
+pub use nested::{INVALID_VMCS_POINTER, LaunchState, NestedError, NestedVmx};
 pub use storage::{APIC_PAGE_SIZE, Location, POISON_BYTE, poison_pattern};
 pub use vmcs::VmcsError;
 

@@ -172,7 +172,7 @@ impl NestedVmx {
     }
 
     /// VMXON with the VMXON region at `address`: enter VMX root operation with no current VMCS
-    /// (SDM Vol. 3C Chapter 31, VMXON).
+    /// (SDM Vol. 3C Chapter 31, VMXON operation: "current-VMCS pointer ← FFFFFFFF_FFFFFFFFH").
     pub fn vmxon(&mut self, address: u64) -> Result<(), NestedError> {
         if self.vmxon.is_some() {
             return Err(NestedError::AlreadyInVmxOperation);

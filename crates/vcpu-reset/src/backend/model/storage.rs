@@ -707,15 +707,8 @@ impl Storage {
                 };
                 self.vmcs_write(enc, ar, via)
             }
-            Home::Activity => {
-                if v > 3 {
-                    return Err(BackendError::Invalid {
-                        what: "activity state",
-                        why: format!("{v:#x} is no activity-state encoding (SDM Vol. 3C §25.4.2)"),
-                    });
-                }
-                self.vmcs_write(vmcs::GUEST_ACTIVITY_STATE, v as u64, via)
-            }
+            // `v` is masked to the field's two bits: always an activity-state encoding.
+            Home::Activity => self.vmcs_write(vmcs::GUEST_ACTIVITY_STATE, v as u64, via),
             Home::Interruptibility(bits) => {
                 let enc = vmcs::GUEST_INTERRUPTIBILITY_STATE;
                 let cur = self.vmcs_read(enc, via)?;
