@@ -228,13 +228,16 @@ impl Reg {
     }
 }
 
-/// The spec fields held by `class`, in [`Field::all`] order.
+/// The spec fields a load or store of `class` moves, in [`Field::all`] order. IA32_FS_BASE and
+/// IA32_GS_BASE are left out: they are the FS and GS bases, moved as `fs.base` and `gs.base`.
 pub fn fields_of(class: StateClass) -> &'static [Field] {
     static TABLE: std::sync::OnceLock<Vec<Vec<Field>>> = std::sync::OnceLock::new();
     let table = TABLE.get_or_init(|| {
         let mut t = vec![Vec::new(); StateClass::ALL.len()];
         for f in Field::all() {
-            t[Reg::of(f).class() as usize].push(f);
+            if !matches!(f, Field::Msr(Msr::FsBase | Msr::GsBase)) {
+                t[Reg::of(f).class() as usize].push(f);
+            }
         }
         t
     });

@@ -53,9 +53,7 @@ pub mod nested;
 mod storage;
 pub mod vmcs;
 
-use std::sync::OnceLock;
-
-use vcpu_reset_spec::{Field, Msr, VcpuState};
+use vcpu_reset_spec::{Field, VcpuState};
 
 pub use nested::{INVALID_VMCS_POINTER, LaunchState, NestedError, NestedVmx};
 pub use storage::{APIC_PAGE_SIZE, Location, POISON_BYTE, poison_pattern};
@@ -65,62 +63,13 @@ use storage::{Storage, Via};
 
 use super::{Backend, BackendError, ClassSet, Exit, StateClass, Stats};
 
-/// The class a load or store of `field` goes through on the model, after KVM's ioctls (and the
-/// register cache's slots): FS/GS base MSRs go with the segments in [`StateClass::Sregs`].
+/// The class a load or store of `field` goes through: the register cache's mapping
+/// ([`crate::cache::Reg::of`]), so FS/GS base MSRs go with the segments in [`StateClass::Sregs`].
 pub fn state_class(field: Field) -> StateClass {
-    match field {
-        Field::Gpr(_) | Field::Rip | Field::Rflags => StateClass::Regs,
-        Field::Seg(..)
-        | Field::Dt(..)
-        | Field::Cr0
-        | Field::Cr2
-        | Field::Cr3
-        | Field::Cr4
-        | Field::Cr8
-        | Field::Efer
-        | Field::Pdptr(_)
-        | Field::Msr(Msr::FsBase | Msr::GsBase) => StateClass::Sregs,
-        Field::Dr(_) | Field::Dr6 | Field::Dr7 => StateClass::Debug,
-        Field::X87(_)
-        | Field::St(_)
-        | Field::Mxcsr
-        | Field::Xmm(_)
-        | Field::YmmHi(_)
-        | Field::ZmmHi256(..)
-        | Field::Hi16Zmm(..)
-        | Field::Opmask(_)
-        | Field::Pkru => StateClass::Fpu,
-        Field::Xcr0 => StateClass::Xcrs,
-        Field::Msr(_)
-        | Field::MtrrFixed(_)
-        | Field::MtrrPhysBase(_)
-        | Field::MtrrPhysMask(_)
-        | Field::Mc(..) => StateClass::Msrs,
-        Field::Lapic(_) | Field::LapicBitmap(..) => StateClass::Lapic,
-        Field::Activity => StateClass::MpState,
-        Field::Event(_) => StateClass::Events,
-        Field::Nested => StateClass::Nested,
-    }
+    crate::cache::Reg::of(field).class()
 }
 
-/// The fields a load or store of `class` moves, in [`Field::all`] order. IA32_FS_BASE and
-/// IA32_GS_BASE are left out: they are the FS and GS bases, moved as `fs.base` and `gs.base`.
-pub fn fields_of(class: StateClass) -> &'static [Field] {
-    static FIELDS: OnceLock<Vec<Vec<Field>>> = OnceLock::new();
-    let all = FIELDS.get_or_init(|| {
-        let mut by_class = vec![Vec::new(); StateClass::ALL.len()];
-        for f in Field::all() {
-            if matches!(f, Field::Msr(Msr::FsBase | Msr::GsBase)) {
-                continue;
-            }
-            if let Some(v) = by_class.get_mut(state_class(f) as usize) {
-                v.push(f);
-            }
-        }
-        by_class
-    });
-    all.get(class as usize).map_or(&[], Vec::as_slice)
-}
+pub use crate::cache::fields_of;
 
 /// Whether `value`, read from `field`, is the poison pattern: [`POISON_BYTE`] repeated over
 /// the bits of the field the model holds (its width, or less where its VMCS field is narrower,
