@@ -24,7 +24,7 @@ pub use field::{
     Class, Dt, EventFlag, FIXED_MTRR_MSRS, Field, Gpr, LapicBitmap, LapicReg, McReg, Msr, Seg,
     SegPart, X87,
 };
-pub use render::{Entry, entries, markdown, text_table};
+pub use render::{Entry, entries, hex, markdown, text_table};
 pub use rule::{
     Alternative, Citation, CpuModel, Derivation, Event, Row, Rule, Source, VcpuIdentity, Vendor,
 };

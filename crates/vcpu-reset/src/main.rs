@@ -4,6 +4,7 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use vcpu_reset::check;
 use vcpu_reset::spec::{self, Event, Vendor};
 
 #[derive(Parser)]
@@ -51,9 +52,34 @@ enum Command {
         #[arg(long, value_enum, default_value = "table")]
         format: SpecFormat,
     },
-    /// Run the conformance selftest (not implemented yet: prints the RESET table it will
-    /// check against).
-    Check,
+    /// Run the conformance selftest: RESET and INIT vCPUs, read their state back, compare it
+    /// with the spec. Exit status: 0 when vcpu-reset's own scenarios pass, 1 on any failure
+    /// (with --strict also on findings about the host), 2 when nothing could run.
+    Check {
+        /// Backend to run on: KVM where /dev/kvm opens, the software model otherwise.
+        #[arg(long, value_enum, default_value = "auto")]
+        backend: BackendArg,
+        /// Report format.
+        #[arg(long, value_enum, default_value = "table")]
+        format: CheckFormat,
+        /// Also fail on findings (deviations of the host's own RESET/INIT).
+        #[arg(long)]
+        strict: bool,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum BackendArg {
+    Auto,
+    Kvm,
+    Model,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum CheckFormat {
+    Table,
+    Json,
+    Tap,
 }
 
 fn vendor(v: VendorArg) -> Vendor {
@@ -104,12 +130,33 @@ fn main() -> ExitCode {
                 },
             }
         }
-        Command::Check => {
-            eprintln!(
-                "vcpu-reset check: the conformance selftest is not implemented yet; this is the \
-                 Intel RESET state it will check against."
-            );
-            print(&spec::text_table(Vendor::Intel, Event::Reset))
+        Command::Check {
+            backend,
+            format,
+            strict,
+        } => {
+            let backend = match backend {
+                BackendArg::Auto => check::BackendChoice::Auto,
+                BackendArg::Kvm => check::BackendChoice::Kvm,
+                BackendArg::Model => check::BackendChoice::Model,
+            };
+            let report = check::run(&check::CheckOptions { backend });
+            let text = match format {
+                CheckFormat::Table => report.to_table(),
+                CheckFormat::Tap => report.to_tap(strict),
+                CheckFormat::Json => match report.to_json() {
+                    Ok(s) => s + "\n",
+                    Err(e) => {
+                        eprintln!("vcpu-reset: serialising the report failed: {e}");
+                        return ExitCode::from(2);
+                    }
+                },
+            };
+            let printed = print(&text);
+            if printed != ExitCode::SUCCESS {
+                return printed;
+            }
+            ExitCode::from(report.exit_code(strict))
         }
     }
 }

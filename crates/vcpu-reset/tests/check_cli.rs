@@ -1,0 +1,64 @@
+//! `vcpu-reset check --backend model` in its three formats, run as a user would.
+
+use std::process::Command;
+
+fn check(args: &[&str]) -> (i32, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_vcpu-reset"))
+        .arg("check")
+        .args(["--backend", "model"])
+        .args(args)
+        .output()
+        .expect("the vcpu-reset binary runs");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+#[test]
+fn table_ends_with_a_summary_and_exits_zero() {
+    let (code, out) = check(&[]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("backend: model"), "{out}");
+    let last = out.lines().last().unwrap_or_default();
+    assert!(last.starts_with("summary: "), "{last}");
+    assert!(last.contains(" 0 fail;"), "{last}");
+    assert!(out.contains("cr0 "), "{out}");
+}
+
+#[test]
+fn tap_is_kselftest_shaped() {
+    let (code, out) = check(&["--format", "tap"]);
+    assert_eq!(code, 0);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[0], "TAP version 13");
+    let n: usize = lines[1].trim_start_matches("1..").parse().unwrap();
+    let points = lines
+        .iter()
+        .filter(|l| l.starts_with("ok ") || l.starts_with("not ok "))
+        .count();
+    assert_eq!(n, points);
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("ok ") && l.ends_with("reset/host/bsp: cr0"))
+    );
+    assert!(lines.last().unwrap().starts_with("# Totals: pass:"));
+}
+
+#[test]
+fn json_lists_every_verdict_with_expected_actual_and_citation() {
+    let (code, out) = check(&["--format", "json"]);
+    assert_eq!(code, 0);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let results = v["results"].as_array().unwrap();
+    assert!(results.len() > 1000);
+    let cr3 = results
+        .iter()
+        .find(|r| r["scenario"] == "init" && r["vcpu"] == "ap1" && r["field"] == "cr3")
+        .unwrap();
+    assert_eq!(cr3["verdict"], "pass");
+    assert_eq!(cr3["expected"], "0x0000000000000000");
+    assert!(cr3["citation"].as_str().unwrap().contains("Table 10-1"));
+    assert_eq!(v["summary"]["fail"], 0);
+}
