@@ -467,7 +467,7 @@ fn msr_state(vcpu: &KvmVcpu) -> VcpuState {
         *f = (0..8).fold(0, |v, byte| v | MTRR_TYPES[(i + byte) % 5] << (8 * byte));
     }
     for i in 0..m.mtrr_phys_base.len() {
-        m.mtrr_phys_base[i] = 0x1000_0000 * (i as u64 + 1) | 6;
+        m.mtrr_phys_base[i] = (0x1000_0000 * (i as u64 + 1)) | 6;
         m.mtrr_phys_mask[i] = 0xf000_0800;
     }
     m.sysenter_cs = 0x10;
@@ -710,5 +710,277 @@ fn nested_state_follows_the_capability() {
                 ..
             })
         ));
+    }
+}
+
+/// Real-mode guest at [`CODE`]:
+/// ```text
+/// 1000: e6 10     out 0x10, al      ; AL as stored
+/// 1002: b8 34 12  mov ax, 0x1234
+/// 1005: e6 10     out 0x10, al      ; 0x34
+/// 1007: 40        inc ax
+/// 1008: e6 10     out 0x10, al      ; AL+1, after the host stored RAX
+/// 100a: e4 11     in al, 0x11       ; the host answers
+/// 100c: 89 c3     mov bx, ax
+/// 100e: f4        hlt
+/// ```
+const PROGRAM: [u8; 15] = [
+    0xe6, 0x10, 0xb8, 0x34, 0x12, 0xe6, 0x10, 0x40, 0xe6, 0x10, 0xe4, 0x11, 0x89, 0xc3, 0xf4,
+];
+
+fn out(data: u8) -> Exit {
+    Exit::Io {
+        dir: IoDir::Out,
+        port: 0x10,
+        size: 1,
+        data: [data, 0, 0, 0],
+    }
+}
+
+/// What the host saw while running [`PROGRAM`]: each exit, with REGS and SREGS loaded after it.
+#[derive(Debug, PartialEq)]
+struct Trace {
+    exits: Vec<(Exit, VcpuState)>,
+}
+
+fn run_program(host: &KvmHost, sync: bool) -> (Trace, Stats) {
+    let mut g = guest(host, 0, false, sync, &PROGRAM);
+    let v = &mut g.vcpu;
+    real_mode_at_zero(v, 0xdead_beef_0000_005a);
+    let mut trace = Trace { exits: Vec::new() };
+    for step in 0..5 {
+        let exit = v.run().expect("run");
+        let s = load(v, &[StateClass::Regs, StateClass::Sregs]);
+        match step {
+            0 => {
+                assert_eq!(exit, out(0x5a), "the guest sees the stored RAX");
+                assert_eq!(s.rip, CODE + 2);
+            }
+            1 => {
+                assert_eq!(exit, out(0x34));
+                assert_eq!(
+                    s.gprs[Gpr::Rax as usize],
+                    0xdead_beef_0000_1234,
+                    "MOV AX kept RAX[63:16]"
+                );
+                assert_eq!(s.rip, CODE + 7);
+                // What the host stores now is what INC sees.
+                let mut changed = s;
+                changed.gprs[Gpr::Rax as usize] = 0x2000;
+                changed.gprs[Gpr::Rbx as usize] = 0xffff_0000_0000_0000;
+                v.store(StateClass::Regs, &changed).expect("store regs");
+            }
+            2 => {
+                assert_eq!(exit, out(0x01), "INC AX ran on the stored 0x2000");
+                assert_eq!(s.gprs[Gpr::Rax as usize], 0x2001);
+            }
+            3 => {
+                assert!(
+                    matches!(
+                        exit,
+                        Exit::Io {
+                            dir: IoDir::In,
+                            port: 0x11,
+                            size: 1,
+                            ..
+                        }
+                    ),
+                    "{exit:?}"
+                );
+                v.set_io_in(&[0x77]);
+            }
+            _ => {
+                assert_eq!(exit, Exit::Hlt);
+                assert_eq!(s.rip, CODE + 15);
+                assert_eq!(s.gprs[Gpr::Rax as usize], 0x2077, "IN AL took the answer");
+                assert_eq!(
+                    s.gprs[Gpr::Rbx as usize],
+                    0xffff_0000_0000_2077,
+                    "MOV BX, AX"
+                );
+            }
+        }
+        assert_eq!(s.segments[Seg::Cs as usize].base, 0);
+        assert_eq!(s.cr0 & 1, 0, "still in real mode");
+        trace.exits.push((exit, s));
+    }
+    (trace, v.stats())
+}
+
+#[test]
+fn real_mode_guest_sees_stores_and_loads_see_the_guest() {
+    let Some(host) = kvm_for_tests() else { return };
+    let (with_ioctls, ioctl_stats) = run_program(&host, false);
+    let (with_sync, sync_stats) = run_program(&host, true);
+    assert_eq!(
+        with_sync, with_ioctls,
+        "sync regs and ioctls show the same vCPU"
+    );
+    assert_eq!((ioctl_stats.sync_loads, ioctl_stats.sync_stores), (0, 0));
+    assert_eq!(ioctl_stats.runs, 5);
+    assert_eq!(sync_stats.runs, 5);
+    if host.caps().sync_regs & 7 == 7 {
+        // After the first exit every REGS/SREGS load and the REGS store are free.
+        assert!(
+            sync_stats.sync_loads >= 10 && sync_stats.sync_stores >= 1,
+            "{sync_stats:?}"
+        );
+        assert!(
+            sync_stats.calls() < ioctl_stats.calls(),
+            "{sync_stats:?} vs {ioctl_stats:?}"
+        );
+    }
+}
+
+#[test]
+fn with_sync_regs_an_exit_cycle_costs_one_ioctl() {
+    let Some(host) = kvm_for_tests() else { return };
+    if host.caps().sync_regs & 7 != 7 {
+        eprintln!("skipped: the host's KVM_CAP_SYNC_REGS lacks REGS|SREGS|EVENTS");
+        return;
+    }
+    // Ten OUTs, then HLT.
+    let mut code = [0xe6, 0x10].repeat(10);
+    code.push(0xf4);
+    let mut g = guest(&host, 0, false, true, &code);
+    let v = &mut g.vcpu;
+    real_mode_at_zero(v, 0x41);
+    assert_eq!(v.run().expect("first run"), out(0x41));
+    assert_eq!(
+        v.delivered(),
+        ClassSet::EMPTY
+            .with(StateClass::Regs)
+            .with(StateClass::Sregs)
+            .with(StateClass::Events)
+    );
+    for i in 0..9u8 {
+        let before = v.stats();
+        let mut s = load(v, &[StateClass::Regs, StateClass::Sregs]);
+        s.gprs[Gpr::Rax as usize] = u64::from(0x50 + i);
+        v.store(StateClass::Regs, &s).expect("store regs");
+        assert_eq!(v.run().expect("run"), out(0x50 + i));
+        let cost = v.stats().since(&before);
+        assert_eq!(
+            cost,
+            Stats {
+                runs: 1,
+                sync_loads: 2,
+                sync_stores: 1,
+                ..Stats::default()
+            },
+            "exit {i}"
+        );
+        assert_eq!(cost.calls(), 1, "only KVM_RUN");
+    }
+}
+
+#[test]
+fn a_deferred_store_is_what_a_load_returns() {
+    let Some(host) = kvm_for_tests() else { return };
+    let mut g = guest(&host, 0, false, true, &PROGRAM);
+    let v = &mut g.vcpu;
+    // Before the first run: nothing in kvm_run yet, so the loads are ioctls.
+    let before = v.stats();
+    let s = load(v, &[StateClass::Regs]);
+    assert_eq!(v.stats().since(&before).loads, 1);
+    assert_eq!(s.rip, 0xfff0);
+    let mut want = s;
+    want.gprs[Gpr::Rcx as usize] = 0xc0ffee;
+    v.store(StateClass::Regs, &want).expect("store regs");
+    let got = load(v, &[StateClass::Regs]);
+    assert_eq!(got.gprs[Gpr::Rcx as usize], 0xc0ffee);
+    if v.sync_regs() {
+        assert_eq!(v.stats().since(&before).sync_stores, 1);
+        assert!(v.delivered().contains(StateClass::Regs));
+    }
+}
+
+#[test]
+fn an_apic_base_write_survives_a_deferred_sregs_store() {
+    let Some(host) = kvm_for_tests() else { return };
+    let mut g = guest(&host, 0, true, true, &[0xe6, 0x10, 0xe6, 0x10, 0xe6, 0x10]);
+    let v = &mut g.vcpu;
+    real_mode_at_zero(v, 1);
+    assert_eq!(v.run().expect("run"), out(1));
+    // Store SREGS (deferred: it carries IA32_APIC_BASE), then change IA32_APIC_BASE with
+    // KVM_SET_MSRS; the next entry must not put the old value back.
+    let sregs = load(v, &[StateClass::Sregs]);
+    v.store(StateClass::Sregs, &sregs).expect("store sregs");
+    let mut msrs = load(v, &[StateClass::Msrs]);
+    assert_eq!(msrs.msrs.apic_base, 0xfee0_0900);
+    msrs.msrs.apic_base = 0xfee0_0800;
+    v.store(StateClass::Msrs, &msrs).expect("store msrs");
+    assert_eq!(v.run().expect("run"), out(1));
+    let after = load(v, &[StateClass::Msrs]);
+    assert_eq!(after.msrs.apic_base, 0xfee0_0800);
+}
+
+#[test]
+fn a_tpr_write_survives_a_deferred_sregs_store() {
+    let Some(host) = kvm_for_tests() else { return };
+    let mut g = guest(&host, 0, true, true, &[0xe6, 0x10, 0xe6, 0x10, 0xe6, 0x10]);
+    let v = &mut g.vcpu;
+    real_mode_at_zero(v, 2);
+    assert_eq!(v.run().expect("run"), out(2));
+    let sregs = load(v, &[StateClass::Sregs]);
+    assert_eq!(sregs.cr8, 0);
+    v.store(StateClass::Sregs, &sregs).expect("store sregs");
+    let mut lapic = load(v, &[StateClass::Lapic]);
+    lapic.lapic.tpr = 0x50;
+    v.store(StateClass::Lapic, &lapic).expect("store lapic");
+    assert_eq!(load(v, &[StateClass::Sregs]).cr8, 5, "CR8 is the TPR");
+    assert_eq!(v.run().expect("run"), out(2));
+    assert_eq!(load(v, &[StateClass::Lapic]).lapic.tpr, 0x50);
+    assert_eq!(load(v, &[StateClass::Sregs]).cr8, 5);
+    // And the other way round: a deferred CR8 is what a LAPIC load sees.
+    let mut sregs = load(v, &[StateClass::Sregs]);
+    sregs.cr8 = 7;
+    v.store(StateClass::Sregs, &sregs).expect("store sregs");
+    assert_eq!(load(v, &[StateClass::Lapic]).lapic.tpr, 0x70);
+}
+
+#[test]
+fn an_ap_that_was_never_started_takes_stores_by_ioctl() {
+    let Some(host) = kvm_for_tests() else { return };
+    let mut g = guest(&host, 1, true, true, &[]);
+    let v = &mut g.vcpu;
+    let before = v.stats();
+    let mut s = load(v, &[StateClass::Regs]);
+    s.gprs[Gpr::Rsi as usize] = 0x5151;
+    v.store(StateClass::Regs, &s).expect("store regs");
+    let cost = v.stats().since(&before);
+    assert_eq!(
+        (cost.stores, cost.sync_stores),
+        (1, 0),
+        "UNINITIALIZED: no deferral"
+    );
+    // Once its MP state is stored, stores may be deferred again.
+    let wait = VcpuState {
+        activity: Activity::WaitForSipi,
+        ..VcpuState::default()
+    };
+    v.store(StateClass::MpState, &wait).expect("store mp state");
+    let before = v.stats();
+    v.store(StateClass::Regs, &s).expect("store regs");
+    assert_eq!(
+        v.stats().since(&before).sync_stores,
+        u64::from(v.sync_regs())
+    );
+    assert_eq!(load(v, &[StateClass::Regs]).gprs[Gpr::Rsi as usize], 0x5151);
+}
+
+#[test]
+fn an_emulation_failure_is_an_exit_with_the_reason() {
+    let Some(host) = kvm_for_tests() else { return };
+    // FNSAVE [0x2000]; KVM's real-mode emulator does not implement it on some hosts.
+    let mut g = guest(&host, 0, false, true, &[0xdd, 0x36, 0x00, 0x20, 0xe6, 0x10]);
+    let v = &mut g.vcpu;
+    real_mode_at_zero(v, 0x99);
+    match v.run().expect("run") {
+        Exit::InternalError { reason } => {
+            assert!(reason.contains("suberror 1"), "{reason}");
+            eprintln!("host limit: {reason}");
+        }
+        exit => assert_eq!(exit, out(0x99), "FNSAVE ran in hardware or the emulator"),
     }
 }

@@ -1,4 +1,4 @@
-//! [`StateClass::Debug`]: DR0–DR3, DR6, DR7 (`kvm_debugregs`).
+//! [`StateClass::Debug`](crate::backend::StateClass::Debug): DR0–DR3, DR6, DR7 (`kvm_debugregs`).
 
 use kvm_bindings::kvm_debugregs;
 use vcpu_reset_spec::VcpuState;

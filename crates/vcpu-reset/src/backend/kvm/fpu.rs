@@ -1,5 +1,6 @@
-//! [`StateClass::Fpu`]: x87, MXCSR, XMM/YMM/ZMM, opmask and PKRU, through the XSAVE image of
-//! KVM_GET/SET_XSAVE (or XSAVE2 when the host's image is larger than 4 KiB).
+//! [`StateClass::Fpu`](crate::backend::StateClass::Fpu): x87, MXCSR, XMM/YMM/ZMM, opmask and
+//! PKRU, through the XSAVE image of KVM_GET/SET_XSAVE (or XSAVE2 when the host's image is larger
+//! than 4 KiB).
 //!
 //! The image is in the standard (non-compacted) format: the 512-byte legacy FXSAVE region (in
 //! its 64-bit layout: FIP and FDP are 64-bit, there are no FCS/FDS, so those two fields are not

@@ -58,7 +58,7 @@ impl KvmVcpu {
     }
 
     pub(super) fn store_mp_state(&mut self, state: &VcpuState) -> Result<(), BackendError> {
-        let mp_state = mp_state_of(state.activity).ok_or(BackendError::Invalid {
+        let mp_state = mp_state_of(state.activity).ok_or_else(|| BackendError::Invalid {
             what: "activity state",
             why: "KVM has no shutdown activity state; a triple fault ends the run with Exit::Shutdown instead".into(),
         })?;

@@ -1,5 +1,6 @@
-//! [`StateClass::Nested`]: nested-virtualization state (KVM_GET/SET_NESTED_STATE), only where
-//! the host has KVM_CAP_NESTED_STATE; elsewhere the class is not supported.
+//! [`StateClass::Nested`](crate::backend::StateClass::Nested): nested-virtualization state
+//! (KVM_GET/SET_NESTED_STATE), only where the host has KVM_CAP_NESTED_STATE; elsewhere the class
+//! is not supported.
 //!
 //! [`vcpu_reset_spec::Nested`] says only whether the vCPU has nested state (is in VMX operation,
 //! or in SVM guest mode). A store of "absent" writes a header-only state (VMX: no VMXON region,

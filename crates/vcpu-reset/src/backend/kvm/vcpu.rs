@@ -108,7 +108,7 @@ impl KvmVcpu {
     /// Create vCPU `id` in `vm`.
     ///
     /// The vCPU gets the host-supported CPUID with its APIC ID (`id`) patched into leaf 1
-    /// EBX[31:24] and leaves 0xB/0x1F EDX (and 0x8000001E EAX), and without x2APIC when the VM
+    /// EBX\[31:24\] and leaves 0xB/0x1F EDX (and 0x8000001E EAX), and without x2APIC when the VM
     /// has no in-kernel irqchip. Creation costs these ioctls, counted as `other`: KVM_CREATE_VCPU,
     /// KVM_GET_LAPIC (does the VM have an in-kernel local APIC?), KVM_SET_CPUID2, KVM_GET_MP_STATE
     /// (with an irqchip), KVM_GET_VCPU_EVENTS (does KVM report the interrupt shadow?) and one
@@ -268,7 +268,7 @@ impl KvmVcpu {
         self.identity.vendor_id
     }
 
-    /// Number of general-purpose performance counters (CPUID.0AH:EAX[15:8]).
+    /// Number of general-purpose performance counters (CPUID.0AH:EAX\[15:8\]).
     pub fn gp_counters(&self) -> u8 {
         self.identity.gp_counters
     }

@@ -1,4 +1,4 @@
-//! [`StateClass::Xcrs`]: XCR0 (`kvm_xcrs`).
+//! [`StateClass::Xcrs`](crate::backend::StateClass::Xcrs): XCR0 (`kvm_xcrs`).
 
 use kvm_bindings::{kvm_xcr, kvm_xcrs};
 use vcpu_reset_spec::VcpuState;
