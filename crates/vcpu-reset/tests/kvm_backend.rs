@@ -984,3 +984,86 @@ fn an_emulation_failure_is_an_exit_with_the_reason() {
         exit => assert_eq!(exit, out(0x99), "FNSAVE ran in hardware or the emulator"),
     }
 }
+
+#[test]
+fn the_guest_reads_its_apic_id_from_cpuid() {
+    let Some(host) = kvm_for_tests() else { return };
+    // mov eax, 1; cpuid; mov eax, ebx; out 0x10, eax;
+    // mov eax, 0xb; xor ecx, ecx; cpuid; mov eax, edx; out 0x10, eax
+    let code = [
+        0x66, 0xb8, 0x01, 0x00, 0x00, 0x00, 0x0f, 0xa2, 0x66, 0x89, 0xd8, 0x66, 0xe7, 0x10, //
+        0x66, 0xb8, 0x0b, 0x00, 0x00, 0x00, 0x66, 0x31, 0xc9, 0x0f, 0xa2, 0x66, 0x89, 0xd0, 0x66,
+        0xe7, 0x10,
+    ];
+    let has_leaf_b = host
+        .supported_cpuid()
+        .as_slice()
+        .iter()
+        .any(|e| e.function == 0xb);
+    for id in [0u64, 3] {
+        let mut g = guest(&host, id, false, true, &code);
+        let v = &mut g.vcpu;
+        real_mode_at_zero(v, 0);
+        let Exit::Io {
+            dir: IoDir::Out,
+            size: 4,
+            data,
+            ..
+        } = v.run().expect("run")
+        else {
+            panic!("expected OUT of EBX");
+        };
+        assert_eq!(
+            u32::from_le_bytes(data) >> 24,
+            id as u32,
+            "CPUID.1:EBX[31:24]"
+        );
+        if has_leaf_b {
+            let Exit::Io { size: 4, data, .. } = v.run().expect("run") else {
+                panic!("expected OUT of EDX");
+            };
+            assert_eq!(u32::from_le_bytes(data), id as u32, "CPUID.0BH:EDX");
+        }
+    }
+}
+
+#[test]
+fn mmio_exits_carry_and_take_data() {
+    let Some(host) = kvm_for_tests() else { return };
+    // mov ax, 0x2000; mov ds, ax; mov byte [0], 0xab; mov al, [0x10]; out 0x10, al; hlt
+    // (DS:0 is 0x20000, past guest memory.)
+    let code = [
+        0xb8, 0x00, 0x20, 0x8e, 0xd8, 0xc6, 0x06, 0x00, 0x00, 0xab, 0xa0, 0x10, 0x00, 0xe6, 0x10,
+        0xf4,
+    ];
+    for sync in both_paths() {
+        let mut g = guest(&host, 0, false, sync, &code);
+        let v = &mut g.vcpu;
+        real_mode_at_zero(v, 0);
+        assert_eq!(
+            v.run().expect("run"),
+            Exit::Mmio {
+                addr: 0x20000,
+                write: true,
+                len: 1,
+                data: [0xab, 0, 0, 0, 0, 0, 0, 0],
+            }
+        );
+        assert_eq!(
+            v.run().expect("run"),
+            Exit::Mmio {
+                addr: 0x20010,
+                write: false,
+                len: 1,
+                data: [0; 8],
+            }
+        );
+        v.set_io_in(&[0x3c]);
+        assert_eq!(
+            v.run().expect("run"),
+            out(0x3c),
+            "the MMIO read took the answer"
+        );
+        assert_eq!(v.run().expect("run"), Exit::Hlt);
+    }
+}

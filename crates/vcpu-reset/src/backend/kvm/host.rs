@@ -60,7 +60,8 @@ pub struct KvmCaps {
     pub irqchip: bool,
     /// KVM_CAP_MAX_VCPUS.
     pub max_vcpus: usize,
-    /// KVM_CAP_MCE: the number of machine-check banks a vCPU can have (0: no MCE emulation).
+    /// Machine-check banks a vCPU has: the bank count of KVM_X86_GET_MCE_CAP_SUPPORTED where it
+    /// reports one, else KVM_CAP_MCE's maximum (KVM's default for a new vCPU); 0 without MCE.
     pub mce_banks: u32,
     /// KVM_X86_GET_MCE_CAP_SUPPORTED: the IA32_MCG_CAP bits KVM can offer (0 without MCE).
     pub mce_cap: u64,
@@ -224,9 +225,9 @@ impl KvmHost {
 fn probe_caps(kvm: &Kvm) -> KvmCaps {
     let cap = |c: u32| kvm.check_extension_raw(c_ulong::from(c));
     let non_negative = |v: i32| usize::try_from(v).unwrap_or(0);
-    let mce_banks = u32::try_from(cap(KVM_CAP_MCE)).unwrap_or(0);
+    let max_banks = u32::try_from(cap(KVM_CAP_MCE)).unwrap_or(0);
     let mut mce_cap = 0u64;
-    if mce_banks > 0 {
+    if max_banks > 0 {
         // SAFETY: KVM_X86_GET_MCE_CAP_SUPPORTED is a system ioctl on the `/dev/kvm` fd that
         // `kvm` owns; it writes one u64 through the pointer, which `&mut mce_cap` provides.
         let ret = unsafe {
@@ -240,6 +241,12 @@ fn probe_caps(kvm: &Kvm) -> KvmCaps {
             mce_cap = 0;
         }
     }
+    // IA32_MCG_CAP.Count (bits 7:0) where KVM puts a bank count into the supported MCG_CAP,
+    // else KVM_CAP_MCE's answer, the most banks a vCPU can have.
+    let mce_banks = match u32::try_from(mce_cap & 0xff).unwrap_or(0) {
+        0 => max_banks,
+        count => count.min(max_banks),
+    };
     KvmCaps {
         sync_regs: u32::try_from(cap(KVM_CAP_SYNC_REGS)).unwrap_or(0),
         sregs2: cap(KVM_CAP_SREGS2) > 0,
@@ -290,14 +297,75 @@ fn supported_msrs(list: &[u32], cpuid: &CpuId, mce_banks: u32) -> Vec<u32> {
 /// When the environment variable `VCPU_RESET_REQUIRE_KVM` is `1` and KVM cannot be opened:
 /// CI sets it where `/dev/kvm` exists, so that a broken KVM fails the run instead of skipping.
 pub fn kvm_for_tests() -> Option<KvmHost> {
-    match KvmHost::open() {
+    let required = std::env::var("VCPU_RESET_REQUIRE_KVM").is_ok_and(|v| v == "1");
+    host_or_skip(KvmHost::open(), required, &mut std::io::stderr())
+}
+
+fn host_or_skip<T>(
+    opened: Result<T, KvmError>,
+    required: bool,
+    log: &mut dyn std::io::Write,
+) -> Option<T> {
+    match opened {
         Ok(host) => Some(host),
         Err(e) => {
-            if std::env::var("VCPU_RESET_REQUIRE_KVM").is_ok_and(|v| v == "1") {
-                panic!("VCPU_RESET_REQUIRE_KVM=1 but KVM cannot be used: {e}");
-            }
-            eprintln!("skipped: no /dev/kvm ({e})");
+            assert!(
+                !required,
+                "VCPU_RESET_REQUIRE_KVM=1 but KVM cannot be used: {e}"
+            );
+            // Nothing useful can be done if stderr is gone.
+            let _ = writeln!(log, "skipped: no /dev/kvm ({e})");
             None
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_kvm_skips_with_the_reason() {
+        let mut log = Vec::new();
+        let host: Option<()> = host_or_skip(Err(KvmError::NoDevice), false, &mut log);
+        assert!(host.is_none());
+        assert_eq!(
+            String::from_utf8_lossy(&log),
+            "skipped: no /dev/kvm (no /dev/kvm — load the kvm module or run on a host with \
+             virtualization enabled)\n"
+        );
+        let mut log = Vec::new();
+        let _: Option<()> = host_or_skip(Err(KvmError::PermissionDenied), false, &mut log);
+        assert_eq!(
+            String::from_utf8_lossy(&log),
+            "skipped: no /dev/kvm (permission denied on /dev/kvm — add the user to group kvm)\n"
+        );
+    }
+
+    #[test]
+    #[should_panic(expected = "VCPU_RESET_REQUIRE_KVM=1 but KVM cannot be used: no /dev/kvm")]
+    fn a_missing_kvm_fails_where_it_is_required() {
+        let _: Option<()> = host_or_skip(Err(KvmError::NoDevice), true, &mut Vec::new());
+    }
+
+    #[test]
+    fn the_msr_list_gains_what_kvm_leaves_out() {
+        let mut cpuid = CpuId::new(1).expect("one entry");
+        cpuid.as_mut_slice()[0].function = 1;
+        cpuid.as_mut_slice()[0].edx = CPUID_1_EDX_MTRR;
+        let msrs = supported_msrs(&[0x277, 0x10], &cpuid, 32);
+        for index in [0x10, 0x1b, 0xfe, 0x250, 0x20f, 0x277, 0x2ff, 0x400, 0x427] {
+            assert!(msrs.binary_search(&index).is_ok(), "{index:#x}");
+        }
+        assert!(
+            msrs.binary_search(&0x428).is_err(),
+            "only the modelled banks"
+        );
+        assert!(
+            msrs.binary_search(&0x210).is_err(),
+            "only the modelled variable MTRRs"
+        );
+        let no_mtrr = supported_msrs(&[], &CpuId::new(0).expect("empty"), 0);
+        assert_eq!(no_mtrr, vec![0x1b]);
     }
 }
