@@ -12,6 +12,26 @@
 //!
 //! Every ioctl a vCPU makes is counted in its [`Stats`](crate::backend::Stats), creation and
 //! capability checks included (as `other`).
+//!
+//! # Sync regs
+//!
+//! Where the host's KVM_CAP_SYNC_REGS has REGS, SREGS and EVENTS (and
+//! [`KvmVcpuOptions::sync_regs`] is set), KVM copies `kvm_regs`, `kvm_sregs` and
+//! `kvm_vcpu_events` into the `kvm_run` page on every exit, and [`Backend::delivered`] says so:
+//! loading them costs no ioctl (counted as `sync_loads`). Storing them writes the `kvm_run` copy
+//! and flags it in `kvm_dirty_regs`; the next KVM_RUN applies it (counted as `sync_stores`), and a
+//! load before that returns the stored value. Before the first run, loads use the ioctls. State
+//! that another ioctl also writes is kept consistent: a KVM_SET_MSRS of IA32_APIC_BASE and a
+//! KVM_SET_LAPIC (TPR = CR8) patch the deferred `kvm_sregs`; a deferred `kvm_sregs` is written
+//! with its ioctl before KVM_GET_LAPIC, before a KVM_SET_MP_STATE it would undo (KVM forces a
+//! BSP at the reset vector runnable), and with everything else before KVM_SET_NESTED_STATE. An AP
+//! that has never run (KVM_MP_STATE_UNINITIALIZED) takes stores by ioctl, because KVM_RUN returns
+//! there before applying `kvm_dirty_regs`. PDPTRs are not in `kvm_sregs`: in PAE paging mode a
+//! SREGS load reads them with KVM_GET_SREGS2 (so SREGS is then not "delivered") and a SREGS store
+//! uses KVM_SET_SREGS2. A deferred store KVM rejects fails the next [`Backend::run`].
+//!
+//! [`Backend::delivered`]: crate::backend::Backend::delivered
+//! [`Backend::run`]: crate::backend::Backend::run
 
 mod debugregs;
 mod error;

@@ -110,9 +110,10 @@ impl KvmVcpu {
     /// The vCPU gets the host-supported CPUID with its APIC ID (`id`) patched into leaf 1
     /// EBX\[31:24\] and leaves 0xB/0x1F EDX (and 0x8000001E EAX), and without x2APIC when the VM
     /// has no in-kernel irqchip. Creation costs these ioctls, counted as `other`: KVM_CREATE_VCPU,
-    /// KVM_GET_LAPIC (does the VM have an in-kernel local APIC?), KVM_SET_CPUID2, KVM_GET_MP_STATE
-    /// (with an irqchip), KVM_GET_VCPU_EVENTS (does KVM report the interrupt shadow?) and one
-    /// KVM_GET_MSRS per MSR the host lists but refuses, plus one (which MSRs does it hold?).
+    /// KVM_GET_LAPIC (does the VM have an in-kernel local APIC?), KVM_SET_CPUID2, with an irqchip
+    /// KVM_GET_LAPIC again (the APIC version under this CPUID) and KVM_GET_MP_STATE (is it an AP
+    /// not yet started?), KVM_GET_VCPU_EVENTS (does KVM report the interrupt shadow?), and one
+    /// KVM_GET_MSRS, plus one more per MSR the host lists but the vCPU refuses.
     ///
     /// # Errors
     /// [`KvmError::Ioctl`] naming the ioctl that failed.
@@ -133,9 +134,9 @@ impl KvmVcpu {
         })?;
         let caps = *host.caps();
 
+        // Only a VM with an in-kernel irqchip has a local APIC to read.
         stats.other += 1;
-        let lapic = fd.get_lapic().ok();
-        let irqchip = lapic.is_some();
+        let irqchip = fd.get_lapic().is_ok();
 
         let apic_id = u32::try_from(id).unwrap_or(u32::MAX);
         let cpuid = vcpu_cpuid(host.supported_cpuid(), apic_id, irqchip);
@@ -150,8 +151,20 @@ impl KvmVcpu {
         let identity = identity(&cpuid);
         let xsave = XsaveLayout::from_cpuid(&cpuid, caps.xsave2_size);
 
+        let mut apic_version = None;
         let mut may_be_uninitialized = false;
         if irqchip {
+            // The version register depends on the CPUID just set (e.g. directed EOI).
+            stats.other += 1;
+            let lapic = fd.get_lapic().map_err(|e| {
+                KvmError::ioctl(
+                    "KVM_GET_LAPIC",
+                    e,
+                    "the new vCPU's local APIC does not answer",
+                )
+            })?;
+            apic_version = Some(super::lapic::read_reg(&lapic, LapicReg::Version.offset()));
+
             stats.other += 1;
             let mp = fd.get_mp_state().map_err(|e| {
                 KvmError::ioctl(
@@ -181,7 +194,6 @@ impl KvmVcpu {
         let (msrs, probes) = MsrSet::probe(&fd, host.supported_msrs())?;
         stats.other += probes;
 
-        let apic_version = lapic.map(|l| super::lapic::read_reg(&l, LapicReg::Version.offset()));
         let lapic_cmci = apic_version.is_some_and(|v| (v >> 16) & 0xff >= 6);
 
         let sync_bits = u64::from(kvm_bindings::KVM_SYNC_X86_VALID_FIELDS);
