@@ -1,1 +1,100 @@
-//! The Linux KVM backend (to be written).
+//! The Linux KVM backend: a KVM vCPU behind [`Backend`](crate::backend::Backend).
+//!
+//! - [`KvmHost`] opens `/dev/kvm`, checks the API version, records what the host offers
+//!   ([`KvmCaps`], supported CPUID, MSRs) and creates VMs ([`KvmHost::create_vm`]).
+//! - [`KvmVcpu`] is one vCPU. Each [`StateClass`] maps onto one KVM structure, in its own file:
+//!   `regs.rs` (`kvm_regs`), `sregs.rs` (`kvm_sregs2`/`kvm_sregs`), `debugregs.rs`, `fpu.rs`
+//!   (the XSAVE image; `x87.rs` converts the tag word), `xcrs.rs`, `msrs.rs`, `lapic.rs`,
+//!   `mp_state.rs`, `events.rs` and `nested.rs`.
+//! - With sync regs (`sync.rs`), REGS, SREGS and EVENTS come with every exit and stores of them
+//!   are deferred to the next KVM_RUN, without ioctls. `run.rs` runs the vCPU and maps exits.
+//! - [`kvm_for_tests`] opens KVM for a test or says why the test is skipped.
+//!
+//! Every ioctl a vCPU makes is counted in its [`Stats`](crate::backend::Stats), creation and
+//! capability checks included (as `other`).
+//!
+//! # Sync regs
+//!
+//! Where the host's KVM_CAP_SYNC_REGS has REGS, SREGS and EVENTS (and
+//! [`KvmVcpuOptions::sync_regs`] is set), KVM copies `kvm_regs`, `kvm_sregs` and
+//! `kvm_vcpu_events` into the `kvm_run` page on every exit, and [`Backend::delivered`] says so:
+//! loading them costs no ioctl (counted as `sync_loads`). Storing them writes the `kvm_run` copy
+//! and flags it in `kvm_dirty_regs`; the next KVM_RUN applies it (counted as `sync_stores`), and a
+//! load before that returns the stored value. Before the first run, loads use the ioctls. State
+//! that another ioctl also writes is kept consistent: a KVM_SET_MSRS of IA32_APIC_BASE and a
+//! KVM_SET_LAPIC (TPR = CR8) patch the deferred `kvm_sregs`; a deferred `kvm_sregs` is written
+//! with its ioctl before KVM_GET_LAPIC, before a KVM_SET_MP_STATE it would undo (KVM forces a
+//! BSP at the reset vector runnable), and with everything else before KVM_SET_NESTED_STATE. An AP
+//! that has never run (KVM_MP_STATE_UNINITIALIZED) takes stores by ioctl, because KVM_RUN returns
+//! there before applying `kvm_dirty_regs`. PDPTRs are not in `kvm_sregs`: in PAE paging mode a
+//! SREGS load reads them with KVM_GET_SREGS2 (so SREGS is then not "delivered") and a SREGS store
+//! uses KVM_SET_SREGS2. A deferred store KVM rejects fails the next [`Backend::run`].
+//!
+//! [`Backend::delivered`]: crate::backend::Backend::delivered
+//! [`Backend::run`]: crate::backend::Backend::run
+
+mod debugregs;
+mod error;
+mod events;
+mod fpu;
+mod host;
+mod ioctls;
+mod lapic;
+mod mp_state;
+mod msrs;
+mod nested;
+mod regs;
+mod run;
+mod sregs;
+mod sync;
+mod vcpu;
+mod x87;
+mod xcrs;
+
+pub use error::KvmError;
+pub use host::{
+    IDENTITY_MAP_ADDRESS, KVM_API_VERSION, KvmCaps, KvmHost, TSS_ADDRESS, kvm_for_tests,
+};
+pub use vcpu::{KvmVcpu, KvmVcpuOptions};
+
+use vcpu_reset_spec::{Field, Msr};
+
+use crate::backend::StateClass;
+
+/// The [`StateClass`] that moves `field` on KVM. IA32_FS_BASE and IA32_GS_BASE are the FS and GS
+/// segment bases and move with [`StateClass::Sregs`]; EFER too.
+pub fn field_class(field: Field) -> StateClass {
+    match field {
+        Field::Gpr(_) | Field::Rip | Field::Rflags => StateClass::Regs,
+        Field::Seg(..)
+        | Field::Dt(..)
+        | Field::Cr0
+        | Field::Cr2
+        | Field::Cr3
+        | Field::Cr4
+        | Field::Cr8
+        | Field::Efer
+        | Field::Pdptr(_)
+        | Field::Msr(Msr::FsBase | Msr::GsBase) => StateClass::Sregs,
+        Field::Dr(_) | Field::Dr6 | Field::Dr7 => StateClass::Debug,
+        Field::X87(_)
+        | Field::St(_)
+        | Field::Mxcsr
+        | Field::Xmm(_)
+        | Field::YmmHi(_)
+        | Field::ZmmHi256(..)
+        | Field::Hi16Zmm(..)
+        | Field::Opmask(_)
+        | Field::Pkru => StateClass::Fpu,
+        Field::Xcr0 => StateClass::Xcrs,
+        Field::Msr(_)
+        | Field::MtrrFixed(_)
+        | Field::MtrrPhysBase(_)
+        | Field::MtrrPhysMask(_)
+        | Field::Mc(..) => StateClass::Msrs,
+        Field::Lapic(_) | Field::LapicBitmap(..) => StateClass::Lapic,
+        Field::Activity => StateClass::MpState,
+        Field::Event(_) => StateClass::Events,
+        Field::Nested => StateClass::Nested,
+    }
+}

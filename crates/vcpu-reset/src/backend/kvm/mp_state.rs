@@ -1,0 +1,103 @@
+//! [`StateClass::MpState`]: the activity state (`kvm_mp_state`), with an in-kernel irqchip only.
+//!
+//! RUNNABLE is [`Activity::Active`], HALTED [`Activity::Hlt`], INIT_RECEIVED and UNINITIALIZED
+//! (an AP that has not been started yet) [`Activity::WaitForSipi`], which is stored as
+//! INIT_RECEIVED. KVM has no shutdown activity state (a triple fault ends the run with
+//! KVM_EXIT_SHUTDOWN instead), so [`Activity::Shutdown`] cannot be stored.
+
+use kvm_bindings::{
+    KVM_MP_STATE_AP_RESET_HOLD, KVM_MP_STATE_HALTED, KVM_MP_STATE_INIT_RECEIVED,
+    KVM_MP_STATE_RUNNABLE, KVM_MP_STATE_SIPI_RECEIVED, KVM_MP_STATE_UNINITIALIZED, kvm_mp_state,
+};
+use vcpu_reset_spec::{Activity, VcpuState};
+
+use super::KvmVcpu;
+use super::sregs::forces_bsp_runnable;
+use super::vcpu::ioctl_error;
+use crate::backend::{BackendError, StateClass};
+
+/// The activity state of a KVM MP state. SIPI_RECEIVED (a startup IPI KVM is about to deliver)
+/// counts as active; AP_RESET_HOLD (SEV-ES) as waiting for SIPI.
+pub(super) fn activity_of(mp_state: u32) -> Option<Activity> {
+    match mp_state {
+        KVM_MP_STATE_RUNNABLE | KVM_MP_STATE_SIPI_RECEIVED => Some(Activity::Active),
+        KVM_MP_STATE_HALTED => Some(Activity::Hlt),
+        KVM_MP_STATE_INIT_RECEIVED | KVM_MP_STATE_UNINITIALIZED | KVM_MP_STATE_AP_RESET_HOLD => {
+            Some(Activity::WaitForSipi)
+        }
+        _ => None,
+    }
+}
+
+/// The KVM MP state for an activity state, if KVM has one.
+pub(super) fn mp_state_of(activity: Activity) -> Option<u32> {
+    match activity {
+        Activity::Active => Some(KVM_MP_STATE_RUNNABLE),
+        Activity::Hlt => Some(KVM_MP_STATE_HALTED),
+        Activity::WaitForSipi => Some(KVM_MP_STATE_INIT_RECEIVED),
+        Activity::Shutdown => None,
+    }
+}
+
+impl KvmVcpu {
+    pub(super) fn load_mp_state(&mut self, state: &mut VcpuState) -> Result<(), BackendError> {
+        self.stats.loads += 1;
+        let mp = self
+            .fd
+            .get_mp_state()
+            .map_err(|e| ioctl_error("KVM_GET_MP_STATE", e))?;
+        self.may_be_uninitialized = mp.mp_state == KVM_MP_STATE_UNINITIALIZED;
+        state.activity = activity_of(mp.mp_state).ok_or_else(|| BackendError::Invalid {
+            what: "MP state",
+            why: format!(
+                "KVM reported MP state {}, which no x86 activity state matches",
+                mp.mp_state
+            ),
+        })?;
+        Ok(())
+    }
+
+    pub(super) fn store_mp_state(&mut self, state: &VcpuState) -> Result<(), BackendError> {
+        let mp_state = mp_state_of(state.activity).ok_or_else(|| BackendError::Invalid {
+            what: "activity state",
+            why: "KVM has no shutdown activity state; a triple fault ends the run with Exit::Shutdown instead".into(),
+        })?;
+        // A deferred kvm_sregs at the reset vector would make KVM force the BSP runnable at the
+        // next entry, undoing this store; write it first, in the order the caller stored them.
+        if mp_state != KVM_MP_STATE_RUNNABLE
+            && self.pending(StateClass::Sregs)
+            && forces_bsp_runnable(&self.fd.sync_regs_mut().sregs)
+        {
+            self.flush_sregs()?;
+        }
+        self.stats.stores += 1;
+        self.fd
+            .set_mp_state(kvm_mp_state { mp_state })
+            .map_err(|e| ioctl_error("KVM_SET_MP_STATE", e))?;
+        self.may_be_uninitialized = false;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn activity_mapping() {
+        for a in [Activity::Active, Activity::Hlt, Activity::WaitForSipi] {
+            let mp = mp_state_of(a).expect("KVM has this state");
+            assert_eq!(activity_of(mp), Some(a));
+        }
+        assert_eq!(
+            mp_state_of(Activity::WaitForSipi),
+            Some(KVM_MP_STATE_INIT_RECEIVED)
+        );
+        assert_eq!(
+            activity_of(KVM_MP_STATE_UNINITIALIZED),
+            Some(Activity::WaitForSipi)
+        );
+        assert_eq!(mp_state_of(Activity::Shutdown), None);
+        assert_eq!(activity_of(99), None);
+    }
+}

@@ -1,0 +1,227 @@
+//! KVM_RUN and the mapping of its exits to [`Exit`].
+
+use kvm_bindings::{KVM_EXIT_IO, KVM_EXIT_IO_IN, kvm_run, kvm_sync_regs};
+use kvm_ioctls::VcpuExit;
+
+use super::KvmVcpu;
+use crate::backend::{BackendError, Exit, IoDir};
+
+/// Where the answer to an IN or MMIO read goes.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Answer {
+    /// Port input: `len` bytes at `offset` into the `kvm_run` mapping.
+    Io { offset: usize, len: usize },
+    /// MMIO read: `len` bytes of `kvm_run.mmio.data`.
+    Mmio { len: usize },
+}
+
+/// What the first look at an exit found, before `kvm_run` can be read again.
+enum Seen {
+    Exit(Exit),
+    Io { port: u16, out: [u8; 4] },
+    MmioRead { addr: u64, len: usize },
+    Internal,
+    Other,
+}
+
+fn internal_error_text(suberror: u32) -> &'static str {
+    match suberror {
+        1 => {
+            "emulation failure: KVM's instruction emulator cannot run an instruction the guest executed"
+        }
+        2 => "simultaneous exceptions",
+        3 => "event delivery failed",
+        4 => "unexpected exit reason",
+        _ => "internal error",
+    }
+}
+
+impl KvmVcpu {
+    pub(super) fn run_vcpu(&mut self) -> Result<Exit, BackendError> {
+        self.answer = None;
+        // Deferred stores survive a KVM_RUN that returns before applying them.
+        let pending = self.fd.get_kvm_run().kvm_dirty_regs;
+        let saved: Option<kvm_sync_regs> = (pending != 0).then(|| *self.fd.sync_regs_mut());
+        self.stats.runs += 1;
+        let seen = match self.fd.run() {
+            Ok(exit) => Ok(match exit {
+                VcpuExit::IoOut(port, data) => {
+                    let mut out = [0u8; 4];
+                    let n = data.len().min(4);
+                    out[..n].copy_from_slice(&data[..n]);
+                    Seen::Io { port, out }
+                }
+                VcpuExit::IoIn(port, _) => Seen::Io { port, out: [0; 4] },
+                VcpuExit::MmioRead(addr, data) => Seen::MmioRead {
+                    addr,
+                    len: data.len(),
+                },
+                VcpuExit::MmioWrite(addr, data) => {
+                    let mut d = [0u8; 8];
+                    let n = data.len().min(8);
+                    d[..n].copy_from_slice(&data[..n]);
+                    Seen::Exit(Exit::Mmio {
+                        addr,
+                        write: true,
+                        len: n as u8,
+                        data: d,
+                    })
+                }
+                VcpuExit::Hlt => Seen::Exit(Exit::Hlt),
+                VcpuExit::Shutdown => Seen::Exit(Exit::Shutdown),
+                VcpuExit::SystemEvent(kind, _) => Seen::Exit(Exit::SystemEvent(kind)),
+                VcpuExit::Intr => Seen::Exit(Exit::Interrupted),
+                VcpuExit::InternalError => Seen::Internal,
+                VcpuExit::FailEntry(reason, cpu) => Seen::Exit(Exit::InternalError {
+                    reason: format!(
+                        "KVM_EXIT_FAIL_ENTRY: hardware entry failure reason {reason:#x} on host CPU {cpu}"
+                    ),
+                }),
+                VcpuExit::MemoryFault { flags, gpa, size } => Seen::Exit(Exit::InternalError {
+                    reason: format!(
+                        "KVM_EXIT_MEMORY_FAULT at guest-physical {gpa:#x}, {size:#x} bytes, flags {flags:#x}"
+                    ),
+                }),
+                _ => Seen::Other,
+            }),
+            Err(e) => Err(e),
+        };
+        if let Some(saved) = saved {
+            self.restore_unapplied(&saved);
+        }
+        match seen {
+            Ok(seen) => {
+                self.after_run(true);
+                let exit = self.finish_exit(seen);
+                if !matches!(exit, Exit::Interrupted) {
+                    // The vCPU ran, so it is not waiting in UNINITIALIZED any more.
+                    self.may_be_uninitialized = false;
+                }
+                Ok(exit)
+            }
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+                self.after_run(true);
+                Ok(Exit::Interrupted)
+            }
+            Err(e) => {
+                let dropped = self.drop_pending();
+                self.after_run(false);
+                let hint = if dropped.0 != 0 {
+                    "KVM rejected REGS/SREGS/EVENTS stored through sync regs at entry; those stores were dropped — store valid state again"
+                } else {
+                    "the vCPU cannot run: check that guest memory covers CS:RIP and that the stored state is consistent"
+                };
+                Err(BackendError::Ioctl {
+                    op: "KVM_RUN",
+                    errno: e,
+                    hint,
+                })
+            }
+        }
+    }
+
+    /// Put back deferred stores that KVM_RUN returned without applying (it leaves their
+    /// `kvm_dirty_regs` bits set but refreshes the sync area).
+    fn restore_unapplied(&mut self, saved: &kvm_sync_regs) {
+        let still = self.fd.get_kvm_run().kvm_dirty_regs;
+        if still == 0 {
+            return;
+        }
+        let mirror = self.fd.sync_regs_mut();
+        if still & u64::from(kvm_bindings::KVM_SYNC_X86_REGS) != 0 {
+            mirror.regs = saved.regs;
+        }
+        if still & u64::from(kvm_bindings::KVM_SYNC_X86_SREGS) != 0 {
+            mirror.sregs = saved.sregs;
+        }
+        if still & u64::from(kvm_bindings::KVM_SYNC_X86_EVENTS) != 0 {
+            mirror.events = saved.events;
+        }
+    }
+
+    fn finish_exit(&mut self, seen: Seen) -> Exit {
+        let run_size = self.run_size;
+        let run: &mut kvm_run = self.fd.get_kvm_run();
+        match seen {
+            Seen::Exit(exit) => exit,
+            Seen::Io { port, out } => {
+                // SAFETY: KVM_RUN returned KVM_EXIT_IO (kvm-ioctls matched it), so `io` is the
+                // active member of the exit union; it is plain integers.
+                let io = unsafe { run.__bindgen_anon_1.io };
+                let size = usize::from(io.size);
+                let offset = io.data_offset as usize;
+                if io.count != 1 || size > 4 || offset + size > run_size {
+                    // String I/O (INS/OUTS with a count) does not fit Exit::Io.
+                    return Exit::Other(KVM_EXIT_IO);
+                }
+                let dir = if io.direction == KVM_EXIT_IO_IN as u8 {
+                    self.answer = Some(Answer::Io { offset, len: size });
+                    IoDir::In
+                } else {
+                    IoDir::Out
+                };
+                Exit::Io {
+                    dir,
+                    port,
+                    size: io.size,
+                    data: if dir == IoDir::Out { out } else { [0; 4] },
+                }
+            }
+            Seen::MmioRead { addr, len } => {
+                let len = len.min(8);
+                self.answer = Some(Answer::Mmio { len });
+                Exit::Mmio {
+                    addr,
+                    write: false,
+                    len: len as u8,
+                    data: [0; 8],
+                }
+            }
+            Seen::Internal => {
+                // SAFETY: KVM_RUN returned KVM_EXIT_INTERNAL_ERROR, so `internal` is the active
+                // member of the exit union; it is plain integers.
+                let internal = unsafe { run.__bindgen_anon_1.internal };
+                let n = (internal.ndata as usize).min(internal.data.len());
+                let words: Vec<String> = internal.data[..n]
+                    .iter()
+                    .map(|w| format!("{w:#x}"))
+                    .collect();
+                Exit::InternalError {
+                    reason: format!(
+                        "KVM_EXIT_INTERNAL_ERROR suberror {}: {} [{}]",
+                        internal.suberror,
+                        internal_error_text(internal.suberror),
+                        words.join(", ")
+                    ),
+                }
+            }
+            Seen::Other => Exit::Other(run.exit_reason),
+        }
+    }
+
+    /// Write the answer to the last exit's IN (or MMIO read) into `kvm_run`.
+    pub(super) fn answer_in(&mut self, data: &[u8]) {
+        let Some(answer) = self.answer else {
+            return;
+        };
+        match answer {
+            Answer::Io { offset, len } => {
+                let n = len.min(data.len());
+                let base = std::ptr::from_mut(self.fd.get_kvm_run()).cast::<u8>();
+                // SAFETY: `base` is the start of the vCPU's `kvm_run` mapping, `run_size` bytes
+                // long and alive as long as `self.fd`; the exit checked that
+                // `offset + len <= run_size`, and `n <= len`. `&mut self` means nothing else
+                // refers to those bytes while they are written.
+                unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), base.add(offset), n) };
+            }
+            Answer::Mmio { len } => {
+                let run = self.fd.get_kvm_run();
+                // SAFETY: the last KVM_RUN returned KVM_EXIT_MMIO (an answer is only recorded
+                // then), so `mmio` is the active member of the exit union.
+                let mmio = unsafe { &mut run.__bindgen_anon_1.mmio };
+                let n = len.min(data.len()).min(mmio.data.len());
+                mmio.data[..n].copy_from_slice(&data[..n]);
+            }
+        }
+    }
+}

@@ -1,0 +1,400 @@
+//! [`StateClass::Sregs`]: segments, GDTR/IDTR, CR0/2/3/4/8, EFER and the PDPTRs.
+//!
+//! Moved with KVM_GET/SET_SREGS2 where the host has KVM_CAP_SREGS2 (kvm-ioctls has no wrapper;
+//! the raw ioctls are in `ioctls.rs`), else KVM_GET/SET_SREGS, which cannot reach the PDPTRs.
+//! KVM only takes PDPTRs from userspace in PAE paging mode (CR0.PG, CR4.PAE, not EFER.LMA), and
+//! reports zeros outside it, so that is what a load returns there. Both structures also carry
+//! IA32_APIC_BASE, which belongs to [`StateClass::Msrs`]: a store writes the vCPU's current
+//! value back (known from the last load, store or exit, else read with one KVM_GET_MSRS).
+//! `kvm_sregs`' interrupt bitmap (a pending external interrupt) belongs to
+//! [`StateClass::Events`]: stores leave it empty, which queues nothing.
+
+use kvm_bindings::{
+    KVM_SREGS2_FLAGS_PDPTRS_VALID, kvm_dtable, kvm_msr_entry, kvm_segment, kvm_sregs, kvm_sregs2,
+};
+use vcpu_reset_spec::{DescriptorTable, Seg, Segment, VcpuState};
+
+use super::KvmVcpu;
+use super::ioctls::{KVM_GET_SREGS2, KVM_SET_SREGS2};
+use super::vcpu::ioctl_error;
+use crate::backend::{BackendError, StateClass};
+
+const CR0_PG: u64 = 1 << 31;
+const CR0_PE: u64 = 1;
+const CR4_PAE: u64 = 1 << 5;
+const EFER_LMA: u64 = 1 << 10;
+const MSR_IA32_APIC_BASE: u32 = 0x1b;
+
+/// Whether CR0, CR4 and EFER select PAE paging, the only mode with PDPTRs.
+pub(super) fn is_pae_paging(cr0: u64, cr4: u64, efer: u64) -> bool {
+    cr0 & CR0_PG != 0 && cr4 & CR4_PAE != 0 && efer & EFER_LMA == 0
+}
+
+/// Whether a `kvm_sregs` store would make KVM force the BSP runnable ("older userspace won't
+/// unhalt the vcpu on reset": CS at the reset vector, CR0.PE clear).
+pub(super) fn forces_bsp_runnable(s: &kvm_sregs) -> bool {
+    s.cs.selector == 0xf000 && s.cs.base == 0xffff_0000 && s.cr0 & CR0_PE == 0
+}
+
+/// A `kvm_segment` as a [`Segment`] with VMX access rights. A segment KVM marks unusable is
+/// reported not present.
+pub(super) fn segment_to_state(k: &kvm_segment) -> Segment {
+    let bit = |v: u8, shift: u16| u16::from(v & 1) << shift;
+    let present = k.present != 0 && k.unusable == 0;
+    Segment {
+        selector: k.selector,
+        base: k.base,
+        limit: k.limit,
+        attributes: u16::from(k.type_ & 0xf)
+            | bit(k.s, 4)
+            | (u16::from(k.dpl & 3) << 5)
+            | (u16::from(present) << 7)
+            | bit(k.avl, 12)
+            | bit(k.l, 13)
+            | bit(k.db, 14)
+            | bit(k.g, 15),
+    }
+}
+
+/// A [`Segment`] as a `kvm_segment`; a segment that is not present is unusable.
+pub(super) fn segment_from_state(s: &Segment) -> kvm_segment {
+    let a = s.attributes;
+    let bit = |shift: u16| u8::from(a & (1 << shift) != 0);
+    let present = bit(7);
+    kvm_segment {
+        base: s.base,
+        limit: s.limit,
+        selector: s.selector,
+        type_: (a & 0xf) as u8,
+        present,
+        dpl: ((a >> 5) & 3) as u8,
+        db: bit(14),
+        s: bit(4),
+        l: bit(13),
+        g: bit(15),
+        avl: bit(12),
+        unusable: 1 - present,
+        padding: 0,
+    }
+}
+
+fn dtable_to_state(d: &kvm_dtable) -> DescriptorTable {
+    DescriptorTable {
+        base: d.base,
+        limit: d.limit,
+    }
+}
+
+fn dtable_from_state(d: &DescriptorTable) -> kvm_dtable {
+    kvm_dtable {
+        base: d.base,
+        limit: d.limit,
+        padding: [0; 3],
+    }
+}
+
+/// The eight segments of `kvm_sregs2`, in [`Seg`] order.
+fn segments_mut(s: &mut kvm_sregs2) -> [&mut kvm_segment; 8] {
+    [
+        &mut s.es, &mut s.cs, &mut s.ss, &mut s.ds, &mut s.fs, &mut s.gs, &mut s.ldt, &mut s.tr,
+    ]
+}
+
+fn segments(s: &kvm_sregs2) -> [&kvm_segment; 8] {
+    [&s.es, &s.cs, &s.ss, &s.ds, &s.fs, &s.gs, &s.ldt, &s.tr]
+}
+
+/// Copy `kvm_sregs2` into the state; the PDPTRs only `with_pdptrs`.
+pub(super) fn sregs_to_state(s: &kvm_sregs2, state: &mut VcpuState, with_pdptrs: bool) {
+    for (seg, k) in Seg::ALL.iter().zip(segments(s)) {
+        state.segments[*seg as usize] = segment_to_state(k);
+    }
+    state.gdtr = dtable_to_state(&s.gdt);
+    state.idtr = dtable_to_state(&s.idt);
+    state.cr0 = s.cr0;
+    state.cr2 = s.cr2;
+    state.cr3 = s.cr3;
+    state.cr4 = s.cr4;
+    state.cr8 = s.cr8;
+    state.efer = s.efer;
+    if with_pdptrs {
+        state.pdptrs = s.pdptrs;
+    }
+}
+
+/// The `kvm_sregs2` for the state, with `apic_base`; the PDPTRs flagged valid when asked.
+pub(super) fn sregs_from_state(state: &VcpuState, apic_base: u64, pdptrs: bool) -> kvm_sregs2 {
+    let mut s = kvm_sregs2::default();
+    for (seg, k) in Seg::ALL.iter().zip(segments_mut(&mut s)) {
+        *k = segment_from_state(&state.segments[*seg as usize]);
+    }
+    s.gdt = dtable_from_state(&state.gdtr);
+    s.idt = dtable_from_state(&state.idtr);
+    s.cr0 = state.cr0;
+    s.cr2 = state.cr2;
+    s.cr3 = state.cr3;
+    s.cr4 = state.cr4;
+    s.cr8 = state.cr8;
+    s.efer = state.efer;
+    s.apic_base = apic_base;
+    if pdptrs {
+        s.flags = u64::from(KVM_SREGS2_FLAGS_PDPTRS_VALID);
+        s.pdptrs = state.pdptrs;
+    }
+    s
+}
+
+/// `kvm_sregs2` as `kvm_sregs`, with an empty interrupt bitmap.
+pub(super) fn to_legacy(s: &kvm_sregs2) -> kvm_sregs {
+    kvm_sregs {
+        cs: s.cs,
+        ds: s.ds,
+        es: s.es,
+        fs: s.fs,
+        gs: s.gs,
+        ss: s.ss,
+        tr: s.tr,
+        ldt: s.ldt,
+        gdt: s.gdt,
+        idt: s.idt,
+        cr0: s.cr0,
+        cr2: s.cr2,
+        cr3: s.cr3,
+        cr4: s.cr4,
+        cr8: s.cr8,
+        efer: s.efer,
+        apic_base: s.apic_base,
+        interrupt_bitmap: [0; 4],
+    }
+}
+
+/// `kvm_sregs` as `kvm_sregs2`, without PDPTRs.
+pub(super) fn from_legacy(s: &kvm_sregs) -> kvm_sregs2 {
+    kvm_sregs2 {
+        cs: s.cs,
+        ds: s.ds,
+        es: s.es,
+        fs: s.fs,
+        gs: s.gs,
+        ss: s.ss,
+        tr: s.tr,
+        ldt: s.ldt,
+        gdt: s.gdt,
+        idt: s.idt,
+        cr0: s.cr0,
+        cr2: s.cr2,
+        cr3: s.cr3,
+        cr4: s.cr4,
+        cr8: s.cr8,
+        efer: s.efer,
+        apic_base: s.apic_base,
+        flags: 0,
+        pdptrs: [0; 4],
+    }
+}
+
+impl KvmVcpu {
+    fn get_sregs2(&mut self) -> Result<kvm_sregs2, BackendError> {
+        let mut s = kvm_sregs2::default();
+        self.stats.loads += 1;
+        // SAFETY: KVM_GET_SREGS2 on the vCPU fd `self.fd` owns writes exactly one
+        // `struct kvm_sregs2` (its size is encoded in the request number) through the pointer,
+        // which `&mut s` provides; the return value is checked.
+        let ret =
+            unsafe { vmm_sys_util::ioctl::ioctl_with_mut_ref(&self.fd, KVM_GET_SREGS2(), &mut s) };
+        if ret != 0 {
+            return Err(ioctl_error(
+                "KVM_GET_SREGS2",
+                vmm_sys_util::errno::Error::last(),
+            ));
+        }
+        Ok(s)
+    }
+
+    fn set_sregs2(&mut self, s: &kvm_sregs2) -> Result<(), BackendError> {
+        self.stats.stores += 1;
+        // SAFETY: KVM_SET_SREGS2 on the vCPU fd `self.fd` owns reads exactly one
+        // `struct kvm_sregs2` through the pointer, which `s` provides; the return value is
+        // checked.
+        let ret = unsafe { vmm_sys_util::ioctl::ioctl_with_ref(&self.fd, KVM_SET_SREGS2(), s) };
+        if ret != 0 {
+            return Err(ioctl_error(
+                "KVM_SET_SREGS2",
+                vmm_sys_util::errno::Error::last(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The vCPU's IA32_APIC_BASE, from what is known or with one KVM_GET_MSRS.
+    pub(super) fn current_apic_base(&mut self) -> Result<u64, BackendError> {
+        if let Some(apic_base) = self.shadow.apic_base {
+            return Ok(apic_base);
+        }
+        if self.mirrored(StateClass::Sregs) {
+            return Ok(self.fd.sync_regs_mut().sregs.apic_base);
+        }
+        let mut msrs = kvm_bindings::Msrs::from_entries(&[kvm_msr_entry {
+            index: MSR_IA32_APIC_BASE,
+            ..Default::default()
+        }])
+        .map_err(|e| BackendError::Invalid {
+            what: "MSR list",
+            why: e.to_string(),
+        })?;
+        self.stats.loads += 1;
+        let done = self
+            .fd
+            .get_msrs(&mut msrs)
+            .map_err(|e| ioctl_error("KVM_GET_MSRS", e))?;
+        if done != 1 {
+            return Err(BackendError::MsrRefused {
+                op: "KVM_GET_MSRS",
+                done,
+                total: 1,
+                index: MSR_IA32_APIC_BASE,
+            });
+        }
+        let apic_base = msrs.as_slice()[0].data;
+        self.shadow.apic_base = Some(apic_base);
+        Ok(apic_base)
+    }
+
+    pub(super) fn load_sregs(&mut self, state: &mut VcpuState) -> Result<(), BackendError> {
+        let sregs2 = self.caps.sregs2;
+        if self.mirrored(StateClass::Sregs) {
+            let mut s = from_legacy(&self.fd.sync_regs_mut().sregs);
+            self.stats.sync_loads += 1;
+            if sregs2 {
+                s.pdptrs = match self.shadow.pdptrs {
+                    Some(p) => p,
+                    None if is_pae_paging(s.cr0, s.cr4, s.efer) => self.get_sregs2()?.pdptrs,
+                    None => [0; 4],
+                };
+                self.shadow.pdptrs = Some(s.pdptrs);
+            }
+            sregs_to_state(&s, state, sregs2);
+            self.shadow.apic_base = Some(s.apic_base);
+            return Ok(());
+        }
+        let s = if sregs2 {
+            self.get_sregs2()?
+        } else {
+            self.stats.loads += 1;
+            from_legacy(
+                &self
+                    .fd
+                    .get_sregs()
+                    .map_err(|e| ioctl_error("KVM_GET_SREGS", e))?,
+            )
+        };
+        sregs_to_state(&s, state, sregs2);
+        self.shadow.apic_base = Some(s.apic_base);
+        if sregs2 {
+            self.shadow.pdptrs = Some(s.pdptrs);
+        }
+        if self.sync {
+            self.fd.sync_regs_mut().sregs = to_legacy(&s);
+            self.mirror_filled(StateClass::Sregs);
+        }
+        Ok(())
+    }
+
+    pub(super) fn store_sregs(&mut self, state: &VcpuState) -> Result<(), BackendError> {
+        let apic_base = self.current_apic_base()?;
+        let sregs2 = self.caps.sregs2;
+        let pae = is_pae_paging(state.cr0, state.cr4, state.efer);
+        let with_pdptrs = sregs2 && pae;
+        let s = sregs_from_state(state, apic_base, with_pdptrs);
+        if self.can_defer() && !with_pdptrs {
+            self.fd.sync_regs_mut().sregs = to_legacy(&s);
+            self.defer(StateClass::Sregs);
+        } else {
+            if sregs2 {
+                self.set_sregs2(&s)?;
+            } else {
+                self.stats.stores += 1;
+                self.fd
+                    .set_sregs(&to_legacy(&s))
+                    .map_err(|e| ioctl_error("KVM_SET_SREGS", e))?;
+            }
+            self.stored_by_ioctl(StateClass::Sregs);
+        }
+        self.shadow.apic_base = Some(apic_base);
+        self.shadow.pdptrs = match (sregs2, with_pdptrs) {
+            (false, _) => None,
+            (true, true) => Some(state.pdptrs),
+            (true, false) if pae => None,
+            (true, false) => Some([0; 4]),
+        };
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn access_rights_round_trip() {
+        // 64-bit code: type 0xb, S, DPL 0, P, L, G.
+        let seg = Segment {
+            selector: 0x10,
+            base: 0,
+            limit: 0xffff_ffff,
+            attributes: 0xa09b,
+        };
+        let k = segment_from_state(&seg);
+        assert_eq!(
+            (
+                k.type_, k.s, k.dpl, k.present, k.l, k.db, k.g, k.avl, k.unusable
+            ),
+            (0xb, 1, 0, 1, 1, 0, 1, 0, 0)
+        );
+        assert_eq!(segment_to_state(&k), seg);
+        // DPL 3 data, D/B, AVL.
+        let seg = Segment {
+            attributes: 0x50f3,
+            ..seg
+        };
+        assert_eq!(segment_to_state(&segment_from_state(&seg)), seg);
+    }
+
+    #[test]
+    fn absent_segments_are_unusable() {
+        let seg = Segment {
+            attributes: 0x0002,
+            ..Segment::default()
+        };
+        let k = segment_from_state(&seg);
+        assert_eq!((k.present, k.unusable), (0, 1));
+        let k = kvm_segment {
+            present: 1,
+            unusable: 1,
+            type_: 3,
+            s: 1,
+            ..Default::default()
+        };
+        assert_eq!(segment_to_state(&k).attributes, 0x13);
+    }
+
+    #[test]
+    fn pdptrs_only_in_pae_paging() {
+        assert!(is_pae_paging(0x8000_0011, 0x20, 0));
+        assert!(!is_pae_paging(0x8000_0011, 0x20, 0x500));
+        assert!(!is_pae_paging(0x11, 0x20, 0));
+        let mut state = VcpuState {
+            cr0: 0x8000_0011,
+            cr4: 0x20,
+            pdptrs: [1, 2, 3, 4],
+            ..VcpuState::default()
+        };
+        let s = sregs_from_state(&state, 0xfee0_0900, true);
+        assert_eq!(s.flags, u64::from(KVM_SREGS2_FLAGS_PDPTRS_VALID));
+        assert_eq!((s.pdptrs, s.apic_base), ([1, 2, 3, 4], 0xfee0_0900));
+        state.pdptrs = [0; 4];
+        sregs_to_state(&s, &mut state, true);
+        assert_eq!(state.pdptrs, [1, 2, 3, 4]);
+        assert_eq!(from_legacy(&to_legacy(&s)).cr0, s.cr0);
+    }
+}

@@ -1,0 +1,513 @@
+//! [`KvmVcpu`]: one KVM vCPU, its identity, and the [`Backend`] implementation that dispatches
+//! to one mapping file per [`StateClass`].
+
+use kvm_bindings::{CpuId, kvm_vcpu_events};
+use kvm_ioctls::{VcpuFd, VmFd};
+use vcpu_reset_spec::{CpuModel, EventFlag, Field, LapicReg, VcpuState, Vendor, X87};
+use vmm_sys_util::errno;
+
+use super::fpu::XsaveLayout;
+use super::host::{KvmCaps, KvmHost};
+use super::msrs::MsrSet;
+use super::{KvmError, field_class};
+use crate::backend::{Backend, BackendError, ClassSet, Exit, StateClass, Stats};
+
+/// How [`KvmVcpu::with_options`] sets up the vCPU.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KvmVcpuOptions {
+    /// Use `KVM_CAP_SYNC_REGS` where the host offers REGS, SREGS and EVENTS: every exit then
+    /// delivers those classes in `kvm_run`, and stores of them are deferred to the next run.
+    /// `false` moves every class with its ioctl.
+    pub sync_regs: bool,
+}
+
+impl Default for KvmVcpuOptions {
+    fn default() -> Self {
+        KvmVcpuOptions { sync_regs: true }
+    }
+}
+
+/// What the vCPU's CPUID says about the CPU it models.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Identity {
+    pub(super) vendor_id: [u8; 12],
+    pub(super) signature: u32,
+    pub(super) gp_counters: u8,
+}
+
+/// Copies of vCPU state kept to avoid ioctls, each valid until the guest can change it.
+#[derive(Default)]
+pub(super) struct Shadow {
+    /// IA32_APIC_BASE, which `kvm_sregs` carries: a sregs store must write the current value.
+    pub(super) apic_base: Option<u64>,
+    /// The PDPTRs as KVM_GET_SREGS2 would report them.
+    pub(super) pdptrs: Option<[u64; 4]>,
+    /// The last `kvm_vcpu_events` read or written, for the details [`VcpuState`] does not keep
+    /// (exception and interrupt vectors).
+    pub(super) events: Option<kvm_vcpu_events>,
+}
+
+/// A KVM vCPU behind the [`Backend`] trait.
+///
+/// Each [`StateClass`] moves with one ioctl (KVM_GET/SET_REGS, SREGS2, XSAVE, ...), except that
+/// with sync regs REGS, SREGS and EVENTS are read from and written to the `kvm_run` page without
+/// one (see the [module documentation](super)). Every ioctl is counted in [`Backend::stats`].
+pub struct KvmVcpu {
+    pub(super) fd: VcpuFd,
+    id: u64,
+    pub(super) run_size: usize,
+    pub(super) caps: KvmCaps,
+    identity: Identity,
+    pub(super) irqchip: bool,
+    supported: ClassSet,
+    pub(super) xsave: XsaveLayout,
+    pub(super) msrs: MsrSet,
+    /// The local APIC has the CMCI LVT (its version register reports 7 LVT entries).
+    pub(super) lapic_cmci: bool,
+    apic_version: Option<u32>,
+    /// KVM reports and accepts the interrupt shadow in `kvm_vcpu_events`.
+    pub(super) events_shadow: bool,
+    /// Sync regs are in use.
+    pub(super) sync: bool,
+    /// Sync classes whose copy in `kvm_run` is current (delivered by an exit, or written by us).
+    pub(super) mirror: ClassSet,
+    pub(super) shadow: Shadow,
+    /// The vCPU may be in KVM_MP_STATE_UNINITIALIZED, where KVM_RUN returns before applying
+    /// `kvm_dirty_regs` and then overwrites the sync area: stores must not be deferred.
+    pub(super) may_be_uninitialized: bool,
+    /// Where the answer to the last exit's IN or MMIO read goes.
+    pub(super) answer: Option<super::run::Answer>,
+    pub(super) stats: Stats,
+}
+
+impl std::fmt::Debug for KvmVcpu {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KvmVcpu")
+            .field("id", &self.id)
+            .field("irqchip", &self.irqchip)
+            .field("sync", &self.sync)
+            .field("supported", &self.supported)
+            .field("stats", &self.stats)
+            .finish_non_exhaustive()
+    }
+}
+
+const CPUID_1_ECX_X2APIC: u32 = 1 << 21;
+
+impl KvmVcpu {
+    /// Create vCPU `id` in `vm` with sync regs where the host offers them.
+    ///
+    /// See [`KvmVcpu::with_options`].
+    ///
+    /// # Errors
+    /// As [`KvmVcpu::with_options`].
+    pub fn new(host: &KvmHost, vm: &VmFd, id: u64) -> Result<KvmVcpu, KvmError> {
+        KvmVcpu::with_options(host, vm, id, KvmVcpuOptions::default())
+    }
+
+    /// Create vCPU `id` in `vm`.
+    ///
+    /// The vCPU gets the host-supported CPUID with its APIC ID (`id`) patched into leaf 1
+    /// EBX\[31:24\] and leaves 0xB/0x1F EDX (and 0x8000001E EAX), and without x2APIC when the VM
+    /// has no in-kernel irqchip. Creation costs these ioctls, counted as `other`: KVM_CREATE_VCPU,
+    /// KVM_GET_LAPIC (does the VM have an in-kernel local APIC?), KVM_SET_CPUID2, with an irqchip
+    /// KVM_GET_LAPIC again (the APIC version under this CPUID) and KVM_GET_MP_STATE (is it an AP
+    /// not yet started?), KVM_GET_VCPU_EVENTS (does KVM report the interrupt shadow?), and one
+    /// KVM_GET_MSRS, plus one more per MSR the host lists but the vCPU refuses.
+    ///
+    /// # Errors
+    /// [`KvmError::Ioctl`] naming the ioctl that failed.
+    pub fn with_options(
+        host: &KvmHost,
+        vm: &VmFd,
+        id: u64,
+        options: KvmVcpuOptions,
+    ) -> Result<KvmVcpu, KvmError> {
+        let mut stats = Stats::default();
+        stats.other += 1;
+        let fd = vm.create_vcpu(id).map_err(|e| {
+            KvmError::ioctl(
+                "KVM_CREATE_VCPU",
+                e,
+                "vCPU ids must be unique and below KVM_CAP_MAX_VCPU_ID; create the irqchip before the vCPUs",
+            )
+        })?;
+        let caps = *host.caps();
+
+        // Only a VM with an in-kernel irqchip has a local APIC to read.
+        stats.other += 1;
+        let irqchip = fd.get_lapic().is_ok();
+
+        let apic_id = u32::try_from(id).unwrap_or(u32::MAX);
+        let cpuid = vcpu_cpuid(host.supported_cpuid(), apic_id, irqchip);
+        stats.other += 1;
+        fd.set_cpuid2(&cpuid).map_err(|e| {
+            KvmError::ioctl(
+                "KVM_SET_CPUID2",
+                e,
+                "KVM refused the host-supported CPUID; the host's KVM is inconsistent",
+            )
+        })?;
+        let identity = identity(&cpuid);
+        let xsave = XsaveLayout::from_cpuid(&cpuid, caps.xsave2_size);
+
+        let mut apic_version = None;
+        let mut may_be_uninitialized = false;
+        if irqchip {
+            // The version register depends on the CPUID just set (e.g. directed EOI).
+            stats.other += 1;
+            let lapic = fd.get_lapic().map_err(|e| {
+                KvmError::ioctl(
+                    "KVM_GET_LAPIC",
+                    e,
+                    "the new vCPU's local APIC does not answer",
+                )
+            })?;
+            apic_version = Some(super::lapic::read_reg(&lapic, LapicReg::Version.offset()));
+
+            stats.other += 1;
+            let mp = fd.get_mp_state().map_err(|e| {
+                KvmError::ioctl(
+                    "KVM_GET_MP_STATE",
+                    e,
+                    "the new vCPU does not report its MP state",
+                )
+            })?;
+            may_be_uninitialized = mp.mp_state == kvm_bindings::KVM_MP_STATE_UNINITIALIZED;
+        }
+
+        let mut events_shadow = caps.intr_shadow;
+        let mut events = None;
+        if caps.vcpu_events {
+            stats.other += 1;
+            let e = fd.get_vcpu_events().map_err(|e| {
+                KvmError::ioctl(
+                    "KVM_GET_VCPU_EVENTS",
+                    e,
+                    "the new vCPU does not report its events",
+                )
+            })?;
+            events_shadow |= e.flags & kvm_bindings::KVM_VCPUEVENT_VALID_SHADOW != 0;
+            events = Some(e);
+        }
+
+        let (msrs, probes) = MsrSet::probe(&fd, host.supported_msrs())?;
+        stats.other += probes;
+
+        let lapic_cmci = apic_version.is_some_and(|v| (v >> 16) & 0xff >= 6);
+
+        let sync_bits = u64::from(kvm_bindings::KVM_SYNC_X86_VALID_FIELDS);
+        let sync = options.sync_regs && u64::from(caps.sync_regs) & sync_bits == sync_bits;
+        let mut vcpu = KvmVcpu {
+            fd,
+            id,
+            run_size: vm.run_size(),
+            caps,
+            identity,
+            irqchip,
+            supported: ClassSet::EMPTY,
+            xsave,
+            msrs,
+            lapic_cmci,
+            apic_version,
+            events_shadow,
+            sync,
+            mirror: ClassSet::EMPTY,
+            shadow: Shadow {
+                events,
+                ..Shadow::default()
+            },
+            may_be_uninitialized,
+            answer: None,
+            stats,
+        };
+        vcpu.supported = vcpu.compute_supported();
+        if sync {
+            vcpu.enable_sync_regs();
+        }
+        Ok(vcpu)
+    }
+
+    fn compute_supported(&self) -> ClassSet {
+        let mut s = ClassSet::EMPTY
+            .with(StateClass::Regs)
+            .with(StateClass::Sregs)
+            .with(StateClass::Msrs);
+        let caps = &self.caps;
+        for (class, has) in [
+            (StateClass::Fpu, caps.xsave && self.xsave.usable()),
+            (StateClass::Xcrs, caps.xcrs),
+            (StateClass::Debug, caps.debugregs),
+            (StateClass::Events, caps.vcpu_events),
+            (StateClass::Lapic, self.irqchip),
+            (StateClass::MpState, self.irqchip),
+            (StateClass::Nested, caps.nested_state > 0),
+        ] {
+            if has {
+                s = s.with(class);
+            }
+        }
+        s
+    }
+
+    /// The vCPU id given at creation (also its initial APIC ID).
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// Whether the VM has an in-kernel irqchip, so the local APIC and MP state are held.
+    pub fn has_irqchip(&self) -> bool {
+        self.irqchip
+    }
+
+    /// Whether REGS, SREGS and EVENTS travel through sync regs.
+    pub fn sync_regs(&self) -> bool {
+        self.sync
+    }
+
+    /// CPUID.01H:EAX of the vCPU (family, model, stepping).
+    pub fn cpuid_signature(&self) -> u32 {
+        self.identity.signature
+    }
+
+    /// The vendor CPUID.0H names, if it is Intel or AMD.
+    pub fn vendor(&self) -> Option<Vendor> {
+        Vendor::from_cpuid_vendor(&self.identity.vendor_id)
+    }
+
+    /// The CPUID.0H vendor string.
+    pub fn vendor_id(&self) -> [u8; 12] {
+        self.identity.vendor_id
+    }
+
+    /// Number of general-purpose performance counters (CPUID.0AH:EAX\[15:8\]).
+    pub fn gp_counters(&self) -> u8 {
+        self.identity.gp_counters
+    }
+
+    /// The local APIC version register as the vCPU was created, with an in-kernel irqchip.
+    pub fn apic_version(&self) -> Option<u32> {
+        self.apic_version
+    }
+
+    /// IA32_MTRRCAP, where the vCPU has MTRRs.
+    pub fn mtrr_cap(&self) -> Option<u64> {
+        self.msrs.mtrr_cap()
+    }
+
+    /// The CPU model the RESET/INIT tables need, where the vendor is Intel or AMD. Without an
+    /// in-kernel irqchip or MTRRs, the APIC version and IA32_MTRRCAP are those of
+    /// [`CpuModel::generic`].
+    pub fn cpu_model(&self) -> Option<CpuModel> {
+        let vendor = self.vendor()?;
+        let generic = CpuModel::generic(vendor);
+        Some(CpuModel {
+            vendor,
+            signature: self.identity.signature,
+            gp_counters: self.identity.gp_counters,
+            apic_version: self.apic_version.unwrap_or(generic.apic_version),
+            mtrr_cap: self.mtrr_cap().unwrap_or(generic.mtrr_cap),
+        })
+    }
+
+    /// The MSR indices this vCPU holds, in the order they are moved.
+    pub fn msr_indices(&self) -> Vec<u32> {
+        self.msrs.indices()
+    }
+
+    /// XSAVE components whose registers this vCPU holds (a mask like XCR0).
+    pub fn xsave_components(&self) -> u64 {
+        self.xsave.held_components()
+    }
+
+    fn require(&self, class: StateClass) -> Result<(), BackendError> {
+        if self.supported.contains(class) {
+            return Ok(());
+        }
+        Err(BackendError::Unsupported {
+            class,
+            why: match class {
+                StateClass::Lapic | StateClass::MpState => {
+                    "the VM has no in-kernel irqchip; create it with KvmHost::create_vm(true)"
+                }
+                StateClass::Nested => {
+                    "the host's KVM has no KVM_CAP_NESTED_STATE (nested virtualization is off or unsupported)"
+                }
+                StateClass::Fpu => {
+                    "the host's KVM has no KVM_CAP_XSAVE or reports an XSAVE layout this crate cannot parse"
+                }
+                StateClass::Xcrs => "the host's KVM has no KVM_CAP_XCRS",
+                StateClass::Debug => "the host's KVM has no KVM_CAP_DEBUGREGS",
+                StateClass::Events => "the host's KVM has no KVM_CAP_VCPU_EVENTS",
+                StateClass::Regs | StateClass::Sregs | StateClass::Msrs => {
+                    "this class is always available on KVM"
+                }
+            },
+        })
+    }
+
+    /// Forget guest state the last run may have changed; with sync regs the exit refreshed
+    /// REGS, SREGS and EVENTS in `kvm_run`.
+    pub(super) fn after_run(&mut self, refreshed: bool) {
+        self.shadow = Shadow::default();
+        if self.sync && refreshed {
+            self.mirror = super::sync::SYNC_CLASSES;
+            let sregs = &self.fd.sync_regs_mut().sregs;
+            self.shadow.apic_base = Some(sregs.apic_base);
+            if !super::sregs::is_pae_paging(sregs.cr0, sregs.cr4, sregs.efer) {
+                self.shadow.pdptrs = Some([0; 4]);
+            }
+        } else {
+            self.mirror = ClassSet::EMPTY;
+        }
+    }
+}
+
+/// The host-supported CPUID with this vCPU's APIC ID.
+fn vcpu_cpuid(supported: &CpuId, apic_id: u32, irqchip: bool) -> CpuId {
+    let mut cpuid = supported.clone();
+    for e in cpuid.as_mut_slice() {
+        match e.function {
+            1 => {
+                e.ebx = (e.ebx & 0x00ff_ffff) | ((apic_id & 0xff) << 24);
+                if !irqchip {
+                    e.ecx &= !CPUID_1_ECX_X2APIC;
+                }
+            }
+            0xb | 0x1f => e.edx = apic_id,
+            0x8000_001e => e.eax = apic_id,
+            _ => {}
+        }
+    }
+    cpuid
+}
+
+fn identity(cpuid: &CpuId) -> Identity {
+    let leaf = |function: u32| {
+        cpuid
+            .as_slice()
+            .iter()
+            .find(|e| e.function == function && e.index == 0)
+    };
+    let mut vendor_id = [0u8; 12];
+    if let Some(e) = leaf(0) {
+        vendor_id[0..4].copy_from_slice(&e.ebx.to_le_bytes());
+        vendor_id[4..8].copy_from_slice(&e.edx.to_le_bytes());
+        vendor_id[8..12].copy_from_slice(&e.ecx.to_le_bytes());
+    }
+    Identity {
+        vendor_id,
+        signature: leaf(1).map_or(0, |e| e.eax),
+        gp_counters: leaf(0xa).map_or(0, |e| e.eax.to_le_bytes()[1]),
+    }
+}
+
+/// A failed vCPU ioctl as a [`BackendError`], with what to do about it.
+pub(super) fn ioctl_error(op: &'static str, errno: errno::Error) -> BackendError {
+    let hint = match op {
+        "KVM_SET_REGS" => "KVM rejected the general registers",
+        "KVM_SET_SREGS" | "KVM_SET_SREGS2" => {
+            "KVM rejected the segment/control state: CR0, CR4 and EFER must be consistent (no PG without PE, LMA only with LME and PG, no CR4 bit the vCPU's CPUID lacks)"
+        }
+        "KVM_SET_XSAVE" => {
+            "KVM rejected the XSAVE image: MXCSR has reserved bits set, or a component the vCPU's CPUID does not enable is present"
+        }
+        "KVM_SET_XCRS" => {
+            "XCR0 must have bit 0, AVX needs SSE, AVX-512 needs bits 5-7 together, and every bit must be in CPUID.(EAX=0DH,ECX=0)"
+        }
+        "KVM_SET_DEBUGREGS" => "DR6 and DR7 bits 63:32 must be zero",
+        "KVM_SET_LAPIC" => "KVM rejected the local APIC page (in x2APIC mode the ID must match)",
+        "KVM_SET_MP_STATE" => "KVM rejected the MP state for this vCPU",
+        "KVM_SET_VCPU_EVENTS" => {
+            "KVM rejected the events: SMM needs KVM_CAP_X86_SMM and exception vectors must be below 32"
+        }
+        "KVM_SET_NESTED_STATE" => "KVM rejected the nested state",
+        "KVM_RUN" => {
+            "the vCPU cannot run: guest memory may be missing, or KVM rejected REGS/SREGS/EVENTS stored through sync regs"
+        }
+        _ => {
+            "the vCPU did not answer; the host's KVM may lack the capability or the vCPU is unusable"
+        }
+    };
+    BackendError::Ioctl { op, errno, hint }
+}
+
+impl Backend for KvmVcpu {
+    fn load(&mut self, class: StateClass, state: &mut VcpuState) -> Result<(), BackendError> {
+        self.require(class)?;
+        match class {
+            StateClass::Regs => self.load_regs(state),
+            StateClass::Sregs => self.load_sregs(state),
+            StateClass::Debug => self.load_debugregs(state),
+            StateClass::Fpu => self.load_fpu(state),
+            StateClass::Xcrs => self.load_xcrs(state),
+            StateClass::Msrs => self.load_msrs(state),
+            StateClass::Lapic => self.load_lapic(state),
+            StateClass::MpState => self.load_mp_state(state),
+            StateClass::Events => self.load_events(state),
+            StateClass::Nested => self.load_nested(state),
+        }
+    }
+
+    fn store(&mut self, class: StateClass, state: &VcpuState) -> Result<(), BackendError> {
+        self.require(class)?;
+        match class {
+            StateClass::Regs => self.store_regs(state),
+            StateClass::Sregs => self.store_sregs(state),
+            StateClass::Debug => self.store_debugregs(state),
+            StateClass::Fpu => self.store_fpu(state),
+            StateClass::Xcrs => self.store_xcrs(state),
+            StateClass::Msrs => self.store_msrs(state),
+            StateClass::Lapic => self.store_lapic(state),
+            StateClass::MpState => self.store_mp_state(state),
+            StateClass::Events => self.store_events(state),
+            StateClass::Nested => self.store_nested(state),
+        }
+    }
+
+    fn run(&mut self) -> Result<Exit, BackendError> {
+        self.run_vcpu()
+    }
+
+    fn set_io_in(&mut self, data: &[u8]) {
+        self.answer_in(data);
+    }
+
+    fn volatile(&self) -> ClassSet {
+        self.supported
+    }
+
+    fn delivered(&self) -> ClassSet {
+        self.free_classes()
+    }
+
+    fn supported(&self) -> ClassSet {
+        self.supported
+    }
+
+    fn holds(&self, field: Field) -> bool {
+        let class = field_class(field);
+        if !self.supported.contains(class) {
+            return false;
+        }
+        match field {
+            Field::Pdptr(_) => self.caps.sregs2,
+            Field::X87(X87::Fcs | X87::Fds) => false,
+            Field::YmmHi(_) | Field::ZmmHi256(..) | Field::Hi16Zmm(..) | Field::Opmask(_) => {
+                self.xsave.holds(field)
+            }
+            Field::Pkru => self.xsave.holds(field),
+            Field::Lapic(LapicReg::LvtCmci) => self.lapic_cmci,
+            Field::Event(EventFlag::Smm | EventFlag::SmiPending) => self.caps.x86_smm,
+            Field::Event(EventFlag::InterruptShadow) => self.events_shadow,
+            _ if class == StateClass::Msrs => field
+                .msr_index()
+                .is_some_and(|index| self.msrs.holds(index)),
+            _ => true,
+        }
+    }
+
+    fn stats(&self) -> Stats {
+        self.stats
+    }
+}
