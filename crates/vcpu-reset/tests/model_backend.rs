@@ -8,7 +8,7 @@ use vcpu_reset::backend::model::vmcs::{
 };
 use vcpu_reset::backend::model::{
     GuestView, INVALID_VMCS_POINTER, Location, ModelVcpu, POISON_BYTE, VmcsError, fields_of,
-    is_poison, poison_pattern, state_class,
+    is_poison, poison_pattern,
 };
 use vcpu_reset::backend::{Backend, BackendError, ClassSet, Exit, IoDir, StateClass, Stats};
 use vcpu_reset::spec::{
@@ -145,9 +145,9 @@ fn backend_reports_every_class_and_field() {
     // and gs.base.
     let moved: usize = StateClass::ALL.iter().map(|c| fields_of(*c).len()).sum();
     assert_eq!(moved, Field::all().len() - 2);
-    assert_eq!(state_class(Field::Msr(Msr::FsBase)), StateClass::Sregs);
-    assert_eq!(state_class(Field::Msr(Msr::ApicBase)), StateClass::Msrs);
-    assert_eq!(state_class(Field::Xcr0), StateClass::Xcrs);
+    assert_eq!(StateClass::of(Field::Msr(Msr::FsBase)), StateClass::Sregs);
+    assert_eq!(StateClass::of(Field::Msr(Msr::ApicBase)), StateClass::Msrs);
+    assert_eq!(StateClass::of(Field::Xcr0), StateClass::Xcrs);
 }
 
 #[test]
@@ -312,7 +312,7 @@ proptest! {
             let mut got = before;
             m.load(class, &mut got).unwrap();
             for f in Field::all() {
-                let (g, expect) = if state_class(f) == class {
+                let (g, expect) = if StateClass::of(f) == class {
                     (f.get(&got), f.get(&want))
                 } else {
                     (f.get(&got), f.get(&before))

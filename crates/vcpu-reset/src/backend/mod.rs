@@ -55,6 +55,13 @@ impl StateClass {
         StateClass::Events,
     ];
 
+    /// The class that loads and stores `field`: the class of the register-cache slot that
+    /// holds it ([`crate::cache::Reg::of`]), so there is one list to extend. IA32_FS_BASE and
+    /// IA32_GS_BASE are the FS and GS bases and move with [`StateClass::Sregs`].
+    pub fn of(field: vcpu_reset_spec::Field) -> StateClass {
+        crate::cache::Reg::of(field).class()
+    }
+
     /// Bit for [`ClassSet`].
     pub const fn bit(self) -> u16 {
         1 << self as u16
@@ -220,7 +227,7 @@ pub enum BackendError {
     },
     /// KVM_GET/SET_MSRS stopped at an MSR the host refused.
     #[error(
-        "{op} processed {done} of {total} MSRs and refused MSR {index:#x} — the host's KVM does not support it; leave it out of the MSR list"
+        "{op} processed {done} of {total} MSRs and refused MSR {index:#x} — the host's KVM does not support that MSR or rejects the value written to it (e.g. a reserved MTRR type)"
     )]
     MsrRefused {
         /// KVM_GET_MSRS or KVM_SET_MSRS.
@@ -263,7 +270,8 @@ pub trait Backend {
     /// Run the vCPU until it exits.
     fn run(&mut self) -> Result<Exit, BackendError>;
 
-    /// Answer the IN access of the last exit with `data` (up to 4 bytes).
+    /// Answer the IN access (up to 4 bytes) or MMIO read (up to 8 bytes) of the last exit
+    /// with `data`.
     fn set_io_in(&mut self, data: &[u8]);
 
     /// Classes the vCPU may change while it runs; the cache forgets them after each exit.

@@ -6,10 +6,10 @@ use kvm_ioctls::{VcpuFd, VmFd};
 use vcpu_reset_spec::{CpuModel, EventFlag, Field, LapicReg, VcpuState, Vendor, X87};
 use vmm_sys_util::errno;
 
+use super::KvmError;
 use super::fpu::XsaveLayout;
 use super::host::{KvmCaps, KvmHost};
 use super::msrs::MsrSet;
-use super::{KvmError, field_class};
 use crate::backend::{Backend, BackendError, ClassSet, Exit, StateClass, Stats};
 
 /// How [`KvmVcpu::with_options`] sets up the vCPU.
@@ -486,7 +486,7 @@ impl Backend for KvmVcpu {
     }
 
     fn holds(&self, field: Field) -> bool {
-        let class = field_class(field);
+        let class = StateClass::of(field);
         if !self.supported.contains(class) {
             return false;
         }

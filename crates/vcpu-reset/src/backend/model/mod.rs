@@ -63,12 +63,6 @@ use storage::{Storage, Via};
 
 use super::{Backend, BackendError, ClassSet, Exit, StateClass, Stats};
 
-/// The class a load or store of `field` goes through: the register cache's mapping
-/// ([`crate::cache::Reg::of`]), so FS/GS base MSRs go with the segments in [`StateClass::Sregs`].
-pub fn state_class(field: Field) -> StateClass {
-    crate::cache::Reg::of(field).class()
-}
-
 pub use crate::cache::fields_of;
 
 /// Whether `value`, read from `field`, is the poison pattern: [`POISON_BYTE`] repeated over
