@@ -66,6 +66,34 @@ enum Command {
         #[arg(long)]
         strict: bool,
     },
+    /// Boot a flat firmware image on KVM at the real reset vector, rebooting in place (RESET or
+    /// INIT of every vCPU, RAM kept) whenever the guest asks, until it writes the exit port.
+    Run {
+        /// The firmware: a flat image of whole 4 KiB pages, at most 16 MiB, ending with the
+        /// reset vector; it is placed to end at 4 GiB.
+        firmware: std::path::PathBuf,
+        /// Number of vCPUs; APs wait for INIT-SIPI-SIPI from the guest.
+        #[arg(long, default_value_t = 1)]
+        vcpus: u32,
+        /// RAM in MiB.
+        #[arg(long, default_value_t = 16)]
+        memory: u32,
+        /// Most reboots before the run is ended with an error.
+        #[arg(long, default_value_t = 100)]
+        reboots: u32,
+        /// Time limit in seconds; a guest that hangs ends with an error.
+        #[arg(long, default_value_t = 10.0)]
+        timeout: f64,
+        /// Write port 0xE9 and COM1 output to this file instead of stdout.
+        #[arg(long)]
+        output: Option<std::path::PathBuf>,
+        /// The guest's exit port (a write of value V ends the run; V's low byte is the status).
+        #[arg(long, default_value_t = 0xf4)]
+        exit_port: u16,
+        /// Start from KVM's own vCPU-creation state instead of vcpu-reset's RESET.
+        #[arg(long)]
+        kvm_create_state: bool,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -80,6 +108,77 @@ enum CheckFormat {
     Table,
     Json,
     Tap,
+}
+
+#[allow(clippy::too_many_arguments)] // the `run` subcommand's options, one each
+fn run_firmware(
+    firmware: &std::path::Path,
+    vcpus: u32,
+    memory: u32,
+    reboots: u32,
+    timeout: f64,
+    output: Option<&std::path::Path>,
+    exit_port: u16,
+    kvm_create_state: bool,
+) -> ExitCode {
+    use vcpu_reset::runner::{Firmware, Sink, Vm, VmConfig};
+    let fw = match Firmware::load(firmware) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("vcpu-reset run: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if !(timeout.is_finite() && timeout > 0.0) {
+        eprintln!("vcpu-reset run: --timeout must be a positive number of seconds");
+        return ExitCode::from(2);
+    }
+    let sink = match output {
+        None => Sink::Stdout,
+        Some(p) => match std::fs::File::create(p) {
+            Ok(f) => Sink::File(std::sync::Arc::new(std::sync::Mutex::new(f))),
+            Err(e) => {
+                eprintln!("vcpu-reset run: cannot create {}: {e}", p.display());
+                return ExitCode::from(2);
+            }
+        },
+    };
+    let config = VmConfig {
+        vcpus,
+        memory_mib: memory,
+        max_reboots: reboots,
+        timeout: std::time::Duration::from_secs_f64(timeout),
+        sink,
+        exit_port,
+        kvm_create_state,
+    };
+    let mut vm = match Vm::new(&fw, config) {
+        Ok(vm) => vm,
+        Err(e) => {
+            eprintln!("vcpu-reset run: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match vm.run() {
+        Ok(out) => {
+            let reasons: Vec<&str> = out.reboots.iter().map(|r| r.reason.name()).collect();
+            eprintln!(
+                "vcpu-reset run: the guest exited with value {:#x} after {} reboot(s){}",
+                out.exit_value,
+                out.reboots.len(),
+                if reasons.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {}", reasons.join(", "))
+                }
+            );
+            ExitCode::from((out.exit_value & 0xff) as u8)
+        }
+        Err(e) => {
+            eprintln!("vcpu-reset run: {e}");
+            ExitCode::from(1)
+        }
+    }
 }
 
 fn vendor(v: VendorArg) -> Vendor {
@@ -130,6 +229,25 @@ fn main() -> ExitCode {
                 },
             }
         }
+        Command::Run {
+            firmware,
+            vcpus,
+            memory,
+            reboots,
+            timeout,
+            output,
+            exit_port,
+            kvm_create_state,
+        } => run_firmware(
+            &firmware,
+            vcpus,
+            memory,
+            reboots,
+            timeout,
+            output.as_deref(),
+            exit_port,
+            kvm_create_state,
+        ),
         Command::Check {
             backend,
             format,

@@ -4,7 +4,9 @@
 pub mod devices;
 pub mod firmware;
 pub mod memory;
+pub mod vm;
 
 pub use devices::{Platform, PortAction, RebootKind, RebootReason, Sink};
 pub use firmware::{Firmware, FirmwareError};
 pub use memory::{GuestMemory, MemoryError};
+pub use vm::{RebootRecord, RunError, RunOutcome, SharedBuffer, Vm, VmConfig};

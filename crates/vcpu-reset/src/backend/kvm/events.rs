@@ -12,7 +12,7 @@
 
 use kvm_bindings::{
     KVM_VCPUEVENT_VALID_NMI_PENDING, KVM_VCPUEVENT_VALID_SHADOW, KVM_VCPUEVENT_VALID_SMM,
-    KVM_X86_SHADOW_INT_STI, kvm_vcpu_events,
+    KVM_VCPUEVENT_VALID_TRIPLE_FAULT, KVM_X86_SHADOW_INT_STI, kvm_vcpu_events,
 };
 use vcpu_reset_spec::VcpuState;
 
@@ -178,6 +178,27 @@ impl KvmVcpu {
             .set_vcpu_events(&e)
             .map_err(|e| ioctl_error("KVM_SET_VCPU_EVENTS", e))?;
         self.stored_by_ioctl(StateClass::Events);
+        Ok(())
+    }
+
+    /// Make the vCPU triple-fault (KVM_EXIT_SHUTDOWN) on its next KVM_RUN, as a guest would.
+    /// The VM must have KVM_CAP_X86_TRIPLE_FAULT_EVENT enabled; other event state is kept.
+    pub fn inject_triple_fault(&mut self) -> Result<(), BackendError> {
+        let mut e = self.get_events()?;
+        e.flags = KVM_VCPUEVENT_VALID_TRIPLE_FAULT;
+        e.triple_fault.pending = 1;
+        self.stats.stores += 1;
+        self.fd
+            .set_vcpu_events(&e)
+            .map_err(|e| ioctl_error("KVM_SET_VCPU_EVENTS (triple fault)", e))?;
+        // A deferred EVENTS store still flagged in `kvm_dirty_regs` would be applied by the next
+        // KVM_RUN from the `kvm_run` copy, which KVM_GET_VCPU_EVENTS just filled with
+        // `triple_fault.pending = 0` and the flag that makes it count: keep it pending there too.
+        if self.sync {
+            let m = &mut self.fd.sync_regs_mut().events;
+            m.flags |= KVM_VCPUEVENT_VALID_TRIPLE_FAULT;
+            m.triple_fault.pending = 1;
+        }
         Ok(())
     }
 }

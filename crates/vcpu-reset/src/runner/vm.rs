@@ -1,0 +1,541 @@
+//! The VM: KVM VM and vCPUs, guest memory, devices, the run loop and warm reboot in place.
+//!
+//! Each vCPU runs `KVM_RUN` on its own thread for one *boot*. A boot ends when a vCPU asks for
+//! a reboot (triple fault, 0xCF9, port 0x92, KBC 0xFE), the guest writes the exit port, a vCPU
+//! fails, or the time limit passes. The main thread then stops the others by signalling their
+//! threads (a no-op handler makes `KVM_RUN` return `EINTR`), and — for a reboot — puts every
+//! vCPU back with the engine, the in-kernel PIC/IOAPIC/PIT back to the state they had when the
+//! VM was created, and the firmware image back in place. RAM is kept. No VM or vCPU fd is ever
+//! recreated.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex, Once};
+use std::time::{Duration, Instant};
+
+use kvm_bindings::{
+    KVM_CAP_X86_TRIPLE_FAULT_EVENT, KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER,
+    KVM_IRQCHIP_PIC_SLAVE, KVM_PIT_SPEAKER_DUMMY, kvm_enable_cap, kvm_irqchip, kvm_pit_config,
+    kvm_pit_state2,
+};
+use kvm_ioctls::{Cap, VmFd};
+use vcpu_reset_spec::{CpuModel, VcpuIdentity};
+
+use super::devices::{Platform, PortAction, RebootKind, RebootReason, Sink};
+use super::firmware::Firmware;
+use super::memory::{GuestMemory, MemoryError};
+use crate::backend::kvm::{KvmError, KvmHost, KvmVcpu};
+use crate::backend::{Exit, IoDir, Stats};
+use crate::cache::VcpuCache;
+use crate::engine::{EngineError, Vcpu};
+
+/// How to build and run a VM.
+#[derive(Clone)]
+pub struct VmConfig {
+    /// Number of vCPUs (vCPU 0 is the BSP).
+    pub vcpus: u32,
+    /// RAM in MiB.
+    pub memory_mib: u32,
+    /// Most reboots before the run is ended.
+    pub max_reboots: u32,
+    /// Time limit for the whole run.
+    pub timeout: Duration,
+    /// Where port 0xE9 and COM1 output goes.
+    pub sink: Sink,
+    /// The guest-requested exit port.
+    pub exit_port: u16,
+    /// Start from KVM's own vCPU-creation state instead of vcpu-reset's RESET.
+    pub kvm_create_state: bool,
+}
+
+impl Default for VmConfig {
+    fn default() -> Self {
+        VmConfig {
+            vcpus: 1,
+            memory_mib: 16,
+            max_reboots: 100,
+            timeout: Duration::from_secs(10),
+            sink: Sink::Stdout,
+            exit_port: super::devices::EXIT_PORT,
+            kvm_create_state: false,
+        }
+    }
+}
+
+/// Errors from the runner.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// Opening KVM or creating the VM/vCPUs failed.
+    #[error(transparent)]
+    Kvm(#[from] KvmError),
+    /// Guest memory could not be set up.
+    #[error(transparent)]
+    Memory(#[from] MemoryError),
+    /// The engine failed to reset a vCPU.
+    #[error("vCPU {vcpu}: {source}")]
+    Engine {
+        /// Which vCPU.
+        vcpu: u32,
+        /// What failed.
+        source: EngineError,
+    },
+    /// Bad vCPU count.
+    #[error("{asked} vCPUs asked for — choose 1 to {max} (the host's KVM_CAP_MAX_VCPUS)")]
+    VcpuCount {
+        /// Asked for.
+        asked: u32,
+        /// Host limit.
+        max: u32,
+    },
+    /// A VM-level ioctl failed.
+    #[error("{op} failed: {errno}")]
+    VmIoctl {
+        /// The ioctl.
+        op: &'static str,
+        /// The error.
+        errno: vmm_sys_util::errno::Error,
+    },
+    /// A vCPU stopped in a way the runner cannot continue from.
+    #[error("vCPU {vcpu} stopped: {what}")]
+    VcpuFailed {
+        /// Which vCPU.
+        vcpu: u32,
+        /// What happened.
+        what: String,
+    },
+    /// The time limit passed.
+    #[error(
+        "the guest did not finish within {secs:.1} s (after {reboots} reboot(s)) — it may hang; raise --timeout if it is just slow"
+    )]
+    Timeout {
+        /// The limit.
+        secs: f64,
+        /// Reboots done.
+        reboots: u32,
+    },
+    /// The reboot limit was reached.
+    #[error("the guest asked for reboot {n} ({reason}) but --reboots allows {max}")]
+    RebootLimit {
+        /// Reboot number asked for.
+        n: u32,
+        /// Why.
+        reason: &'static str,
+        /// The limit.
+        max: u32,
+    },
+}
+
+/// One warm reboot.
+#[derive(Clone, Copy, Debug, serde::Serialize)]
+pub struct RebootRecord {
+    /// 1 for the first reboot.
+    pub number: u32,
+    /// What asked for it.
+    pub reason: RebootReason,
+    /// RESET or INIT.
+    pub kind: RebootKind,
+    /// The vCPU that asked.
+    pub vcpu: u32,
+    /// Wall time to put the VM back, in microseconds.
+    pub micros: u64,
+    /// Backend calls (ioctls) per vCPU for the engine's part.
+    pub calls_per_vcpu: f64,
+}
+
+/// How a run ended.
+#[derive(Clone, Debug)]
+pub struct RunOutcome {
+    /// The value the guest wrote to the exit port.
+    pub exit_value: u32,
+    /// Every reboot, in order.
+    pub reboots: Vec<RebootRecord>,
+}
+
+/// What ended one boot.
+enum BootEnd {
+    Exit(u32),
+    Reboot(RebootReason, u32),
+    Failed(u32, String),
+    Timeout,
+}
+
+extern "C" fn kick_handler(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
+
+fn kick_signal() -> libc::c_int {
+    vmm_sys_util::signal::SIGRTMIN()
+}
+
+/// Install the no-op handler that makes a signalled `KVM_RUN` return `EINTR`.
+fn install_kick_handler() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        // Failure leaves the default action; the runner would then not be able to stop a
+        // vCPU that never exits, which the time limit reports.
+        let _ = vmm_sys_util::signal::register_signal_handler(kick_signal(), kick_handler);
+    });
+}
+
+/// A VM built from a firmware image.
+pub struct Vm {
+    // Field order is drop order: vCPUs and the VM fd go before the memory they map.
+    vcpus: Vec<Vcpu<KvmVcpu>>,
+    vm: VmFd,
+    memory: GuestMemory,
+    host: KvmHost,
+    platform: Mutex<Platform>,
+    pristine_chips: Vec<kvm_irqchip>,
+    pristine_pit: kvm_pit_state2,
+    config: VmConfig,
+    model: CpuModel,
+}
+
+impl Vm {
+    /// Open KVM and build the VM: memory, firmware, in-kernel irqchip and PIT, vCPUs.
+    pub fn new(firmware: &Firmware, config: VmConfig) -> Result<Vm, RunError> {
+        let host = KvmHost::open()?;
+        Self::with_host(host, firmware, config)
+    }
+
+    /// Build the VM on an already opened host.
+    pub fn with_host(host: KvmHost, firmware: &Firmware, config: VmConfig) -> Result<Vm, RunError> {
+        let max = u32::try_from(host.caps().max_vcpus).unwrap_or(u32::MAX);
+        if config.vcpus == 0 || config.vcpus > max {
+            return Err(RunError::VcpuCount {
+                asked: config.vcpus,
+                max,
+            });
+        }
+        let memory = GuestMemory::new(config.memory_mib, firmware)?;
+        let vm = host.create_vm(true)?;
+        vm.create_pit2(kvm_pit_config {
+            flags: KVM_PIT_SPEAKER_DUMMY,
+            ..Default::default()
+        })
+        .map_err(|errno| RunError::VmIoctl {
+            op: "KVM_CREATE_PIT2",
+            errno,
+        })?;
+        memory.register(&vm, vm.check_extension(Cap::ReadonlyMem))?;
+        // Lets a triple fault be raised from the host (Vm::inject_triple_fault), for tests and
+        // for VMMs that model a shutdown cycle; harmless otherwise.
+        if vm.check_extension_raw(u64::from(KVM_CAP_X86_TRIPLE_FAULT_EVENT)) > 0 {
+            let cap = kvm_enable_cap {
+                cap: KVM_CAP_X86_TRIPLE_FAULT_EVENT,
+                args: [1, 0, 0, 0],
+                ..Default::default()
+            };
+            vm.enable_cap(&cap).map_err(|errno| RunError::VmIoctl {
+                op: "KVM_ENABLE_CAP(KVM_CAP_X86_TRIPLE_FAULT_EVENT)",
+                errno,
+            })?;
+        }
+        let mut pristine_chips = Vec::new();
+        for chip_id in [
+            KVM_IRQCHIP_PIC_MASTER,
+            KVM_IRQCHIP_PIC_SLAVE,
+            KVM_IRQCHIP_IOAPIC,
+        ] {
+            let mut chip = kvm_irqchip {
+                chip_id,
+                ..Default::default()
+            };
+            vm.get_irqchip(&mut chip)
+                .map_err(|errno| RunError::VmIoctl {
+                    op: "KVM_GET_IRQCHIP",
+                    errno,
+                })?;
+            pristine_chips.push(chip);
+        }
+        let pristine_pit = vm.get_pit2().map_err(|errno| RunError::VmIoctl {
+            op: "KVM_GET_PIT2",
+            errno,
+        })?;
+        let mut vcpus = Vec::new();
+        let mut model = None;
+        for id in 0..config.vcpus {
+            let kv = KvmVcpu::new(&host, &vm, u64::from(id))?;
+            let m = *model.get_or_insert_with(|| {
+                kv.cpu_model().unwrap_or(CpuModel {
+                    signature: kv.cpuid_signature(),
+                    ..CpuModel::generic(vcpu_reset_spec::Vendor::Intel)
+                })
+            });
+            vcpus.push(Vcpu::new(VcpuCache::adopt(kv), m, VcpuIdentity::new(id)));
+        }
+        let model = model.unwrap_or_else(|| CpuModel::generic(vcpu_reset_spec::Vendor::Intel));
+        let platform = Mutex::new(Platform::new(config.sink.clone(), config.exit_port));
+        let mut vm = Vm {
+            vcpus,
+            vm,
+            memory,
+            host,
+            platform,
+            pristine_chips,
+            pristine_pit,
+            config,
+            model,
+        };
+        if !vm.config.kvm_create_state {
+            vm.reset_vcpus(RebootKind::Reset)?;
+        }
+        Ok(vm)
+    }
+
+    /// The vCPUs.
+    pub fn vcpus(&mut self) -> &mut [Vcpu<KvmVcpu>] {
+        &mut self.vcpus
+    }
+
+    /// The guest memory.
+    pub fn memory(&self) -> &GuestMemory {
+        &self.memory
+    }
+
+    /// The host.
+    pub fn host(&self) -> &KvmHost {
+        &self.host
+    }
+
+    /// The CPU model the VM presents.
+    pub fn model(&self) -> &CpuModel {
+        &self.model
+    }
+
+    /// Make vCPU `vcpu` triple-fault on its next run (KVM_CAP_X86_TRIPLE_FAULT_EVENT), as if
+    /// the guest had.
+    pub fn inject_triple_fault(&mut self, vcpu: usize) -> Result<(), RunError> {
+        let v = self.vcpus.get_mut(vcpu).ok_or(RunError::VcpuCount {
+            asked: vcpu as u32 + 1,
+            max: 0,
+        })?;
+        let fail = |e: crate::cache::CacheError| RunError::Engine {
+            vcpu: vcpu as u32,
+            source: EngineError::Cache(e),
+        };
+        v.cache().flush().map_err(fail)?;
+        v.cache()
+            .backend_mut()
+            .inject_triple_fault()
+            .map_err(|e| fail(e.into()))?;
+        v.cache().invalidate();
+        Ok(())
+    }
+
+    /// Put every vCPU through RESET or INIT with the engine; returns the backend calls made.
+    fn reset_vcpus(&mut self, kind: RebootKind) -> Result<Stats, RunError> {
+        let mut total = Stats::default();
+        for (i, v) in self.vcpus.iter_mut().enumerate() {
+            let out = match kind {
+                RebootKind::Reset => v.reset(),
+                RebootKind::Init => v.init(),
+            }
+            .map_err(|source| RunError::Engine {
+                vcpu: i as u32,
+                source,
+            })?;
+            total.loads += out.calls.loads;
+            total.stores += out.calls.stores;
+            total.other += out.calls.other;
+        }
+        Ok(total)
+    }
+
+    /// Reboot in place: vCPUs through the engine, irqchip and PIT back to their creation
+    /// state on RESET, firmware restored, RAM kept. Returns the engine's backend calls.
+    pub fn reboot(&mut self, kind: RebootKind) -> Result<Stats, RunError> {
+        let calls = self.reset_vcpus(kind)?;
+        if kind == RebootKind::Reset {
+            for chip in &self.pristine_chips {
+                self.vm
+                    .set_irqchip(chip)
+                    .map_err(|errno| RunError::VmIoctl {
+                        op: "KVM_SET_IRQCHIP",
+                        errno,
+                    })?;
+            }
+            self.vm
+                .set_pit2(&self.pristine_pit)
+                .map_err(|errno| RunError::VmIoctl {
+                    op: "KVM_SET_PIT2",
+                    errno,
+                })?;
+        }
+        self.memory.restore_firmware()?;
+        if let Ok(mut p) = self.platform.lock() {
+            p.on_reboot(kind);
+        }
+        Ok(calls)
+    }
+
+    /// Run until the guest writes the exit port, rebooting in place whenever it asks.
+    pub fn run(&mut self) -> Result<RunOutcome, RunError> {
+        let deadline = Instant::now() + self.config.timeout;
+        let mut reboots = Vec::new();
+        loop {
+            match self.boot(deadline) {
+                BootEnd::Exit(v) => {
+                    return Ok(RunOutcome {
+                        exit_value: v,
+                        reboots,
+                    });
+                }
+                BootEnd::Timeout => {
+                    return Err(RunError::Timeout {
+                        secs: self.config.timeout.as_secs_f64(),
+                        reboots: reboots.len() as u32,
+                    });
+                }
+                BootEnd::Failed(vcpu, what) => return Err(RunError::VcpuFailed { vcpu, what }),
+                BootEnd::Reboot(reason, vcpu) => {
+                    let number = reboots.len() as u32 + 1;
+                    if number > self.config.max_reboots {
+                        return Err(RunError::RebootLimit {
+                            n: number,
+                            reason: reason.name(),
+                            max: self.config.max_reboots,
+                        });
+                    }
+                    let start = Instant::now();
+                    let calls = self.reboot(reason.kind())?;
+                    reboots.push(RebootRecord {
+                        number,
+                        reason,
+                        kind: reason.kind(),
+                        vcpu,
+                        micros: start.elapsed().as_micros() as u64,
+                        calls_per_vcpu: calls.calls() as f64 / self.vcpus.len() as f64,
+                    });
+                }
+            }
+        }
+    }
+
+    /// One boot: every vCPU on its own thread until something ends it.
+    fn boot(&mut self, deadline: Instant) -> BootEnd {
+        install_kick_handler();
+        let n = self.vcpus.len();
+        let stop = AtomicBool::new(false);
+        let tids: Vec<AtomicU64> = (0..n).map(|_| AtomicU64::new(0)).collect();
+        let (tx, rx) = mpsc::channel::<BootEnd>();
+        let platform = &self.platform;
+        std::thread::scope(|s| {
+            let mut handles = Vec::new();
+            for (i, v) in self.vcpus.iter_mut().enumerate() {
+                let tx = tx.clone();
+                let stop = &stop;
+                let tid = &tids[i];
+                handles.push(s.spawn(move || {
+                    // SAFETY: pthread_self has no preconditions.
+                    tid.store(unsafe { libc::pthread_self() } as u64, Ordering::SeqCst);
+                    if let Some(end) = vcpu_loop(i as u32, v, platform, stop) {
+                        let _ = tx.send(end);
+                    }
+                }));
+            }
+            drop(tx);
+            let end = match deadline.checked_duration_since(Instant::now()) {
+                Some(left) => rx.recv_timeout(left).unwrap_or(BootEnd::Timeout),
+                None => BootEnd::Timeout,
+            };
+            stop.store(true, Ordering::SeqCst);
+            // Kick until every thread is out: a signal that lands just before a thread enters
+            // KVM_RUN is lost, so repeat.
+            while handles.iter().any(|h| !h.is_finished()) {
+                for (h, tid) in handles.iter().zip(&tids) {
+                    let t = tid.load(Ordering::SeqCst);
+                    if !h.is_finished() && t != 0 {
+                        // SAFETY: `t` is the pthread_t of a scoped thread that has not been
+                        // joined yet (joining happens when the scope ends), so it is valid.
+                        unsafe { libc::pthread_kill(t as libc::pthread_t, kick_signal()) };
+                    }
+                }
+                std::thread::sleep(Duration::from_micros(200));
+            }
+            end
+        })
+    }
+}
+
+/// Run one vCPU until it has something to report or is told to stop.
+fn vcpu_loop(
+    id: u32,
+    v: &mut Vcpu<KvmVcpu>,
+    platform: &Mutex<Platform>,
+    stop: &AtomicBool,
+) -> Option<BootEnd> {
+    loop {
+        if stop.load(Ordering::SeqCst) {
+            return None;
+        }
+        let exit = match v.cache().run() {
+            Ok(e) => e,
+            Err(e) => return Some(BootEnd::Failed(id, e.to_string())),
+        };
+        match exit {
+            Exit::Io {
+                dir: IoDir::Out,
+                port,
+                size,
+                data,
+            } => {
+                let action = match platform.lock() {
+                    Ok(mut p) => p.io_out(port, &data[..usize::from(size.min(4))]),
+                    Err(_) => PortAction::Continue,
+                };
+                match action {
+                    PortAction::Continue => {}
+                    PortAction::Exit(v) => return Some(BootEnd::Exit(v)),
+                    PortAction::Reboot(r) => return Some(BootEnd::Reboot(r, id)),
+                }
+            }
+            Exit::Io {
+                dir: IoDir::In,
+                port,
+                size,
+                ..
+            } => {
+                let data = match platform.lock() {
+                    Ok(mut p) => p.io_in(port, size),
+                    Err(_) => [0xff; 4],
+                };
+                v.cache().set_io_in(&data[..usize::from(size.min(4))]);
+            }
+            // Writes to the read-only firmware are dropped, reads of unmapped space float.
+            Exit::Mmio { write, len, .. } => {
+                if !write {
+                    v.cache().set_io_in(&[0xff; 8][..usize::from(len.min(8))]);
+                }
+            }
+            Exit::Interrupted => {}
+            Exit::Shutdown => return Some(BootEnd::Reboot(RebootReason::TripleFault, id)),
+            Exit::SystemEvent(_) => return Some(BootEnd::Reboot(RebootReason::SystemEvent, id)),
+            Exit::Hlt => {
+                return Some(BootEnd::Failed(
+                    id,
+                    "HLT with no in-kernel local APIC to wake the vCPU".into(),
+                ));
+            }
+            Exit::InternalError { reason } => {
+                let rip = v.cache().rip().unwrap_or(0);
+                let cs = v
+                    .cache()
+                    .segment(vcpu_reset_spec::Seg::Cs)
+                    .map(|s| s.selector)
+                    .unwrap_or(0);
+                return Some(BootEnd::Failed(
+                    id,
+                    format!("KVM internal error at {cs:04x}:{rip:x}: {reason}"),
+                ));
+            }
+            Exit::Other(n) => {
+                return Some(BootEnd::Failed(
+                    id,
+                    format!("unexpected KVM exit reason {n}"),
+                ));
+            }
+        }
+    }
+}
+
+/// A buffer sink shared with the caller (tests, `check`).
+pub type SharedBuffer = Arc<Mutex<Vec<u8>>>;
