@@ -10,3 +10,4 @@ pub use vcpu_reset_spec as spec;
 
 pub mod backend;
 pub mod cache;
+pub mod probe;
