@@ -28,6 +28,31 @@
 //!     keeping the record count and checksum as it goes.
 //! 11. Exits as [`ProbeOptions::exit`] says.
 //!
+//! # Memory layout
+//!
+//! Code and read-only data live together at [`ProbeOptions::origin`]: the code, the exception
+//! handlers, a two-entry GDT (null, flat 4 GiB data at selector 8) and its pseudo-descriptor,
+//! the MSR index table, the APIC offset table, the record table (key string, slot, length,
+//! status word per record) and the strings. The scratch area at [`ProbeOptions::scratch`]
+//! (segment 0, addressed with DS = 0) holds, from its base `S`:
+//!
+//! | offset | contents |
+//! |---|---|
+//! | `S+0x000` | FXSAVE image (512 bytes, 16-byte aligned) |
+//! | `S+0x200` | EAX, EBX, ECX, EDX, ESI, EDI, EBP, ESP at entry |
+//! | `S+0x220` | EFLAGS; `S+0x224` CS, DS, ES, FS, GS, SS selectors |
+//! | `S+0x230` | CR0, CR2, CR3, CR4; `S+0x240` DR0–DR3, DR6, DR7 |
+//! | `S+0x258` | SGDT image; `S+0x260` SIDT image |
+//! | `S+0x268` | FCW, FSW, then the status words of the x87, FXSAVE and APIC steps |
+//! | `S+0x272` | `fault`, `resume`, record count, checksum (and copies for the end line) |
+//! | `S+0x280` | saved IVT entries 6, 7, 13 |
+//! | `S+0x290` | one 10-byte slot per MSR: value (8), status word (2) |
+//! | then | one 4-byte slot per APIC read |
+//! | then | 512 bytes of stack, ending at a 16-byte boundary ([`ProbeImage::scratch`]'s end) |
+//!
+//! A status word is 0 when the step worked, else two ASCII letters (`gp`, `ud`, `nm`, `na`)
+//! that the printer turns into `!gp` etc.
+//!
 //! # What it leaves changed
 //!
 //! The scratch area and stack ([`ProbeImage::scratch`]), SS:ESP, DS, ES (0), the FS hidden
