@@ -759,11 +759,14 @@ fn emit(
         g.a.mov(dword_ptr(4 * v), eax)?;
     }
 
-    // 10. Print: begin line (not counted), records, end line.
-    g.a.mov(si, u32::from(g.addr("s_begin")))?;
-    g.a.call(puts)?;
+    // 10. Print: a newline to end any partial line of other output (not summed), the begin
+    // line (summed, not counted), the records, the end line.
+    g.a.mov(al, u32::from(b'\n'))?;
+    g.a.call(putc)?;
     g.a.mov(word_ptr(l.count), 0u32)?;
     g.a.mov(word_ptr(l.sum), 0u32)?;
+    g.a.mov(si, u32::from(g.addr("s_begin")))?;
+    g.a.call(puts)?;
     let mut rec_loop = g.a.create_label();
     let mut rec_done = g.a.create_label();
     let mut val = g.a.create_label();
@@ -956,7 +959,7 @@ fn emit(
     g.set("s_marker")?;
     g.a.db(format!("{MARKER}\0").as_bytes())?;
     g.set("s_begin")?;
-    g.a.db(format!("\n{MARKER}begin {}\n\0", opts.tag).as_bytes())?;
+    g.a.db(format!("{MARKER}begin {}\n\0", opts.tag).as_bytes())?;
     g.set("s_end")?;
     g.a.db(format!("{MARKER}end \0").as_bytes())?;
     for (i, r) in plan.recs.iter().enumerate() {

@@ -30,9 +30,10 @@
 //!     IA32_APIC_BASE, so there is nothing at its MMIO page).
 //! - A run is bracketed by `#VR1 begin <tag>` and `#VR1 end <count> <checksum>`. `<tag>` is
 //!   `[A-Za-z0-9._-]+`. `<count>` (hex) is the number of record lines between the two, and
-//!   `<checksum>` (hex) is the 16-bit wrapping sum of every byte of those lines, each taken as
-//!   `#VR1 <key> <value>\n` (marker to newline inclusive, without any `\r` or noise). The probe
-//!   prints both as four digits; the parser accepts one to eight.
+//!   `<checksum>` (hex) is the 16-bit wrapping sum of every byte of the `begin` line and of
+//!   those record lines, each taken as `#VR1 ...\n` (marker to newline inclusive, without any
+//!   `\r` or noise). The probe prints both as four digits; the parser accepts one to eight
+//!   lower-case digits.
 //! - `begin` and `end` are not keys. A key occurs at most once in a run.
 //!
 //! The parser reports a broken run precisely: no `end` ([`RecordError::MissingEnd`]), wrong
@@ -365,12 +366,12 @@ pub fn checksum(bytes: &[u8]) -> u16 {
 
 /// Formats a whole run, as the probe would print it (with a leading newline).
 pub fn format_run(tag: &str, records: &[(String, Value)]) -> String {
-    let mut body = String::new();
+    let mut body = format!("{MARKER}begin {tag}\n");
     for (k, v) in records {
         body.push_str(&format_record(k, v));
     }
     format!(
-        "\n{MARKER}begin {tag}\n{body}{MARKER}end {:04x} {:04x}\n",
+        "\n{body}{MARKER}end {:04x} {:04x}\n",
         records.len(),
         checksum(body.as_bytes())
     )
@@ -410,7 +411,12 @@ fn parse_value(s: &str) -> Option<Value> {
 }
 
 fn parse_hex_u32(s: &str) -> Option<u32> {
-    if s.is_empty() || s.len() > 8 {
+    if s.is_empty()
+        || s.len() > 8
+        || !s
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    {
         return None;
     }
     u32::from_str_radix(s, 16).ok()
@@ -478,7 +484,7 @@ pub fn parse_all(log: &[u8]) -> Vec<Result<ProbeRun, RecordError>> {
                     line: line_no,
                     records: Vec::new(),
                     count: 0,
-                    sum: 0,
+                    sum: checksum(rec).wrapping_add(u16::from(b'\n')),
                     error: None,
                 });
             }
@@ -771,13 +777,30 @@ mod tests {
     #[test]
     fn checksum_and_count_are_what_the_probe_prints() {
         let log = format_run("t", &[("cr0".into(), Value::Hex("10".into()))]);
+        let begin = "#VR1 begin t\n";
         let line = "#VR1 cr0 10\n";
-        let sum = checksum(line.as_bytes());
+        let sum = checksum(format!("{begin}{line}").as_bytes());
+        assert_eq!(log, format!("\n{begin}{line}#VR1 end 0001 {sum:04x}\n"));
         assert_eq!(
-            log,
-            format!("\n#VR1 begin t\n{line}#VR1 end 0001 {sum:04x}\n")
+            sum,
+            begin
+                .bytes()
+                .chain(line.bytes())
+                .map(u16::from)
+                .sum::<u16>()
         );
-        assert_eq!(sum, line.bytes().map(u16::from).sum::<u16>());
+        // A changed tag is caught too.
+        let bad = log.replacen("begin t", "begin u", 1);
+        assert!(matches!(
+            parse(bad.as_bytes()),
+            Err(RecordError::ChecksumMismatch { .. })
+        ));
+        // The end line's numbers are strict lower-case hex.
+        assert!(parse(log.replacen("end 0001", "end +001", 1).as_bytes()).is_err());
+        let upper = log.replacen(&format!("{sum:04x}"), &format!("{sum:04X}"), 1);
+        if upper != log {
+            assert!(parse(upper.as_bytes()).is_err());
+        }
     }
 
     #[test]
@@ -1059,5 +1082,71 @@ mod tests {
             f[&Field::X87(crate::spec::X87::Ftw)],
             Observed::Fault(Fault::Ud)
         );
+    }
+
+    mod props {
+        use super::super::*;
+        use proptest::prelude::*;
+
+        fn value() -> impl Strategy<Value = Value> {
+            prop_oneof![
+                "[0-9a-f]{1,40}".prop_map(Value::Hex),
+                "[a-z]{2}".prop_map(|c| if c == "na" {
+                    Value::NotAvailable
+                } else {
+                    Value::Fault(Fault::from_code(&c))
+                }),
+            ]
+        }
+
+        fn records() -> impl Strategy<Value = Vec<(String, Value)>> {
+            prop::collection::btree_map("[a-z][a-z0-9._]{0,16}", value(), 0..16).prop_map(|m| {
+                m.into_iter()
+                    .filter(|(k, _)| k != "begin" && k != "end")
+                    .collect()
+            })
+        }
+
+        proptest! {
+            #[test]
+            fn round_trip_through_noise(
+                tag in "[A-Za-z0-9._-]{1,12}",
+                recs in records(),
+                noise in prop::collection::vec(("[ -~]{0,40}", any::<bool>()), 0..24),
+            ) {
+                let run = format_run(&tag, &recs);
+                let mut lines = run.lines();
+                let mut log = String::new();
+                for (n, crlf) in &noise {
+                    log.push_str(&n.replace("#VR1 ", "#VR0 "));
+                    log.push_str(if *crlf { "\r\n" } else { "\n" });
+                    if let Some(l) = lines.next() {
+                        log.push_str(l);
+                        log.push_str(if *crlf { "\r\n" } else { "\n" });
+                    }
+                }
+                for l in lines {
+                    log.push_str(l);
+                    log.push('\n');
+                }
+                let runs = parse(log.as_bytes());
+                prop_assert_eq!(runs, Ok(vec![ProbeRun { tag, records: recs }]));
+            }
+
+            #[test]
+            fn any_changed_byte_is_detected(
+                tag in "[A-Za-z0-9._-]{1,12}",
+                recs in records(),
+                at in any::<prop::sample::Index>(),
+                byte in any::<u8>(),
+            ) {
+                let mut log = format_run(&tag, &recs).into_bytes();
+                // Any byte from the begin marker to the end line's newline.
+                let i = 1 + at.index(log.len() - 1);
+                prop_assume!(log[i] != byte);
+                log[i] = byte;
+                prop_assert!(parse(&log).is_err(), "{:?}", String::from_utf8_lossy(&log));
+            }
+        }
     }
 }
