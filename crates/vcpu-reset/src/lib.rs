@@ -5,6 +5,10 @@
 //! - [`spec`] (re-exported `vcpu-reset-spec`): the state after RESET and INIT, cited.
 //! - [`backend`]: KVM and a software VMX-style model, behind one trait.
 //! - [`cache`]: the register cache with available/dirty tracking in front of a backend.
+//! - [`engine`]: RESET, INIT, SIPI and verify on a cached vCPU.
+//! - [`runner`]: a small VM that boots a flat firmware and reboots it in place.
+//! - [`probe`]: guest programs that record what the guest sees, and their record format.
+//! - [`check`]: the conformance selftest's scenarios, verdicts and reports.
 
 pub use vcpu_reset_spec as spec;
 
@@ -12,4 +16,5 @@ pub mod backend;
 pub mod cache;
 pub mod check;
 pub mod engine;
+pub mod probe;
 pub mod runner;

@@ -1,0 +1,19 @@
+//! A real-mode conformance probe: guest code that records what the vCPU itself sees right after
+//! RESET or INIT, and the host-side parser for what it prints.
+//!
+//! - [`program`] assembles the probe (iced-x86, 16-bit) for a given load address, output ports,
+//!   exit method and MSR list.
+//! - [`record`] defines the line-based record format (`#VR1 <key> <value>`), parses logs that
+//!   contain it (KVM port-I/O streams, QEMU debugcon files, serial consoles) and decodes the
+//!   FXSAVE image into spec fields.
+
+pub mod program;
+pub mod record;
+
+pub use program::{
+    Exit, Origin, ProbeError, ProbeImage, ProbeOptions, assemble, assemble_image, default_msrs,
+    firmware_image,
+};
+pub use record::{
+    Fault, FxsaveFormat, FxsaveImage, Observed, ProbeRun, RecordError, Value, parse, parse_all,
+};
