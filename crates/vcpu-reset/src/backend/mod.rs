@@ -39,19 +39,24 @@ pub enum StateClass {
 }
 
 impl StateClass {
-    /// All classes, in the order a full store writes them: CPU model and mode state first,
-    /// MP state and events last (MSRs before the LAPIC: KVM_SET_LAPIC's ID format depends on
-    /// IA32_APIC_BASE; events last so nothing written afterwards re-queues an event).
+    /// All classes, in the order a full store writes them:
+    /// - nested state first (leaving guest mode changes what the other classes mean);
+    /// - MSRs before the LAPIC (KVM_SET_LAPIC's ID format depends on IA32_APIC_BASE);
+    /// - the LAPIC before the MP state (KVM needs an in-kernel LAPIC for wait-for-SIPI);
+    /// - the MP state before registers: an AP never run is in KVM_MP_STATE_UNINITIALIZED,
+    ///   where KVM_RUN returns before applying sync regs, so leaving it first lets REGS, SREGS
+    ///   and EVENTS ride the `kvm_run` page instead of three ioctls;
+    /// - events last, so nothing written afterwards re-queues an event.
     pub const ALL: [StateClass; 10] = [
         StateClass::Nested,
         StateClass::Msrs,
+        StateClass::Lapic,
+        StateClass::MpState,
         StateClass::Sregs,
         StateClass::Regs,
         StateClass::Fpu,
         StateClass::Xcrs,
         StateClass::Debug,
-        StateClass::Lapic,
-        StateClass::MpState,
         StateClass::Events,
     ];
 
