@@ -6,6 +6,7 @@
 //! `kvm-init`) and what the guest itself sees.
 
 pub mod dirty;
+pub mod kvm;
 pub mod model;
 pub mod report;
 pub mod scenario;
@@ -45,14 +46,24 @@ pub fn run(opts: &CheckOptions) -> Report {
     };
     match opts.backend {
         BackendChoice::Model => run_model(&mut report),
-        BackendChoice::Kvm | BackendChoice::Auto => {
-            report.host.insert(
-                "note".into(),
-                "the KVM scenarios are not implemented yet; running against the software model"
-                    .into(),
-            );
-            run_model(&mut report);
-        }
+        BackendChoice::Kvm | BackendChoice::Auto => match crate::backend::kvm::KvmHost::open() {
+            Ok(host) => kvm::run(&mut report, &host),
+            Err(e) if opts.backend == BackendChoice::Auto => {
+                report.host.insert(
+                    "note".into(),
+                    format!("{e}; running against the software model instead"),
+                );
+                run_model(&mut report);
+            }
+            Err(e) => {
+                report.host.insert("backend".into(), "kvm".into());
+                report.scenarios.push(ScenarioInfo {
+                    name: "kvm".into(),
+                    owner: Owner::VcpuReset,
+                    error: Some(e.to_string()),
+                });
+            }
+        },
     }
     report
 }

@@ -75,7 +75,9 @@ pub fn judge(field: Field, j: Judge<'_>) -> (Verdict, Option<String>) {
         Observed::Unobservable(why) => return (Verdict::HostLimit, Some(why.clone())),
         Observed::Value(v) => *v & field.mask(),
     };
-    if actual == j.expected & field.mask() {
+    if actual == j.expected & field.mask()
+        || crate::engine::counted_from(field, j.expected & field.mask(), actual)
+    {
         return (Verdict::Pass, None);
     }
     let row = spec::row(field, j.vendor, j.event);

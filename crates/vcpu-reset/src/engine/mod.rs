@@ -10,7 +10,7 @@
 
 mod verify;
 
-pub use verify::{Deviation, DeviationKind};
+pub use verify::{Deviation, DeviationKind, counted_from};
 
 use vcpu_reset_spec::{self as spec, CpuModel, Field, Transition, VcpuIdentity, VcpuState};
 

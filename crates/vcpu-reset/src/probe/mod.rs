@@ -11,8 +11,8 @@ pub mod program;
 pub mod record;
 
 pub use program::{
-    Exit, Origin, ProbeError, ProbeImage, ProbeOptions, assemble, assemble_image, default_msrs,
-    firmware_image,
+    BOOT_COUNTER, Exit, Origin, ProbeError, ProbeImage, ProbeOptions, REBOOT_DIRTY_PAT,
+    REBOOT_DIRTY_SYSENTER_CS, RebootVia, assemble, assemble_image, default_msrs, firmware_image,
 };
 pub use record::{
     Fault, FxsaveFormat, FxsaveImage, Observed, ProbeRun, RecordError, Value, parse, parse_all,

@@ -138,6 +138,50 @@ pub enum Exit {
     },
 }
 
+/// How a probe reboots itself after its first run (see [`ProbeOptions::reboot`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RebootVia {
+    /// 0x06 to port 0xCF9: hard reset (RESET).
+    Cf9Hard,
+    /// 0x04 to port 0xCF9: soft reset (INIT).
+    Cf9Soft,
+    /// Port 0x92 bit 0 from 0 to 1: fast reset (INIT).
+    Port92,
+    /// Keyboard-controller command 0xFE (INIT).
+    Kbc,
+}
+
+impl RebootVia {
+    /// All four.
+    pub const ALL: [RebootVia; 4] = [
+        RebootVia::Cf9Hard,
+        RebootVia::Cf9Soft,
+        RebootVia::Port92,
+        RebootVia::Kbc,
+    ];
+
+    /// Lower-case name.
+    pub fn name(self) -> &'static str {
+        match self {
+            RebootVia::Cf9Hard => "cf9-hard",
+            RebootVia::Cf9Soft => "cf9-soft",
+            RebootVia::Port92 => "port92",
+            RebootVia::Kbc => "kbc",
+        }
+    }
+}
+
+/// RAM byte counting the probe's boots when it reboots itself (below the scratch area, above
+/// the IVT and BIOS data words the probe uses; RAM is kept across the reboot).
+pub const BOOT_COUNTER: u16 = 0x4f0;
+
+/// What the probe changes before it reboots itself: CR0.CD/NW cleared, the x87 unit
+/// re-initialised (FCW 0x037F, all registers empty), IA32_PAT and IA32_SYSENTER_CS written.
+/// INIT must keep all of these; RESET must reset all of them.
+pub const REBOOT_DIRTY_PAT: u64 = 0x0006_0606_0006_0606;
+/// IA32_SYSENTER_CS written before a self-reboot.
+pub const REBOOT_DIRTY_SYSENTER_CS: u64 = 0x10;
+
 /// What to build.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ProbeOptions {
@@ -154,6 +198,10 @@ pub struct ProbeOptions {
     pub msrs: Vec<u32>,
     /// Tag of the `begin` line (`[A-Za-z0-9._-]+`).
     pub tag: String,
+    /// After the first run, dirty state (see [`REBOOT_DIRTY_PAT`]) and reboot through this
+    /// mechanism, so that the second run shows the state after the reboot; the second run
+    /// exits. `None`: exit after the first run.
+    pub reboot: Option<RebootVia>,
 }
 
 impl ProbeOptions {
@@ -173,6 +221,7 @@ impl ProbeOptions {
             },
             msrs: default_msrs(),
             tag: tag.to_string(),
+            reboot: None,
         }
     }
 }
@@ -849,7 +898,50 @@ fn emit(
     g.a.mov(al, u32::from(b'\n'))?;
     g.a.call(putc)?;
 
-    // 11. Exit.
+    // 11. Reboot once, if asked: count boots in RAM, dirty, pull the reset line.
+    if let Some(via) = opts.reboot {
+        let mut second = g.a.create_label();
+        g.a.cmp(byte_ptr(u32::from(BOOT_COUNTER)), 0u32)?;
+        g.a.jne(second)?;
+        g.a.mov(byte_ptr(u32::from(BOOT_COUNTER)), 1u32)?;
+        g.a.mov(eax, cr0)?;
+        g.a.and(eax, 0x9fff_ffffu32 as i32)?;
+        g.a.mov(cr0, eax)?;
+        g.a.fninit()?;
+        for (msr, v) in [
+            (0x277u32, REBOOT_DIRTY_PAT),
+            (0x174, REBOOT_DIRTY_SYSENTER_CS),
+        ] {
+            g.a.mov(ecx, msr)?;
+            g.a.mov(eax, (v & 0xffff_ffff) as u32)?;
+            g.a.mov(edx, (v >> 32) as u32)?;
+            g.a.wrmsr()?;
+        }
+        match via {
+            RebootVia::Cf9Hard | RebootVia::Cf9Soft => {
+                g.a.mov(dx, 0xcf9u32)?;
+                g.a.mov(al, if via == RebootVia::Cf9Hard { 6u32 } else { 4 })?;
+                g.a.out(dx, al)?;
+            }
+            RebootVia::Port92 => {
+                g.a.in_(al, 0x92)?;
+                g.a.and(al, 0xfeu32)?;
+                g.a.out(0x92, al)?;
+                g.a.or(al, 1u32)?;
+                g.a.out(0x92, al)?;
+            }
+            RebootVia::Kbc => {
+                g.a.mov(al, 0xfeu32)?;
+                g.a.out(0x64, al)?;
+            }
+        }
+        let mut wait = g.a.create_label();
+        g.a.set_label(&mut wait)?;
+        g.a.jmp(wait)?;
+        g.a.set_label(&mut second)?;
+    }
+
+    // 12. Exit.
     if let Exit::Out { port, value } = opts.exit {
         g.a.mov(dx, u32::from(port))?;
         g.a.mov(al, u32::from(value))?;

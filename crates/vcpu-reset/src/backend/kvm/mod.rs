@@ -45,6 +45,7 @@ mod msrs;
 mod nested;
 mod regs;
 mod run;
+mod signals;
 mod sregs;
 mod sync;
 mod vcpu;

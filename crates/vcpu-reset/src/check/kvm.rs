@@ -1,0 +1,499 @@
+//! Scenarios on KVM, each observed host-side (every field through a fresh register cache) and
+//! guest-side (the real-mode probe, run by the vCPU itself):
+//!
+//! | scenario | what happens | owner |
+//! |---|---|---|
+//! | `create` | fresh vCPUs, KVM's own RESET at KVM_CREATE_VCPU | host |
+//! | `kvm-init` | vCPUs dirtied through the cache, then KVM's own INIT and SIPI, raised through the in-kernel local APIC | host |
+//! | `reset` | vCPUs dirtied through the cache, then vcpu-reset's RESET | vcpu-reset |
+//! | `init` | vCPUs dirtied through the cache, then vcpu-reset's INIT (APs started by vcpu-reset's SIPI) | vcpu-reset |
+//! | `reboot-<how>` | the probe firmware dirties state and reboots itself through the runner (0xCF9 hard/soft, port 0x92, KBC; a triple fault raised by KVM) | vcpu-reset |
+//!
+//! The BSP is probed at the reset vector; an AP after a startup IPI, with the probe copied to
+//! the SIPI page. Fields the guest cannot see from real mode, and fields KVM does not hold on
+//! this host, are `host-limit` with the reason.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use vcpu_reset_spec::{self as spec, CpuModel, Event, Field, Transition, VcpuIdentity, VcpuState};
+
+use super::dirty::dirtied;
+use super::report::{Report, ScenarioInfo, View};
+use super::scenario::{Expectation, judge_all, vcpu_label};
+use super::verdict::{Observed, Owner};
+use crate::backend::kvm::{KvmHost, KvmVcpu};
+use crate::backend::{Backend, StateClass};
+use crate::engine::Vcpu;
+use crate::probe::{self, ProbeOptions, RebootVia};
+use crate::runner::{Firmware, RebootKind, SharedBuffer, Sink, Vm, VmConfig};
+
+/// The SIPI vector an AP is started with; its probe is copied to `vector << 12`.
+const AP_SIPI_VECTOR: u8 = 0x10;
+/// Time limit of one probe run.
+const RUN_LIMIT: Duration = Duration::from_secs(20);
+
+type Fail = String;
+
+fn err(e: impl std::fmt::Display) -> Fail {
+    e.to_string()
+}
+
+/// A two-vCPU VM whose firmware is the probe (rebooting itself once through `reboot`).
+fn probe_vm(
+    tag: &str,
+    reboot: Option<RebootVia>,
+    kvm_create_state: bool,
+) -> Result<(Vm, SharedBuffer), Fail> {
+    let mut opts = ProbeOptions::reset_vector(tag);
+    opts.reboot = reboot;
+    let image = probe::firmware_image(&opts).map_err(err)?;
+    let fw = Firmware::from_bytes(image, "probe firmware").map_err(err)?;
+    let buf = SharedBuffer::default();
+    let config = VmConfig {
+        vcpus: if reboot.is_some() { 1 } else { 2 },
+        memory_mib: 2,
+        max_reboots: 4,
+        timeout: RUN_LIMIT,
+        sink: Sink::Buffer(buf.clone()),
+        kvm_create_state,
+        ..VmConfig::default()
+    };
+    let host = KvmHost::open().map_err(err)?;
+    let vm = Vm::with_host(host, &fw, config).map_err(err)?;
+    Ok((vm, buf))
+}
+
+/// Why KVM does not hold `field` here.
+fn not_held_reason(vcpu: &KvmVcpu, field: Field) -> String {
+    let class = StateClass::of(field);
+    if !vcpu.supported().contains(class) {
+        format!("KVM offers no {class} state on this host")
+    } else if class == StateClass::Msrs {
+        "the host's KVM refuses this MSR for this vCPU".into()
+    } else {
+        format!("not in what KVM's {class} interface carries on this host")
+    }
+}
+
+/// Every field of vCPU `v`, read through a fresh cache (flushed and invalidated first).
+fn host_observe(v: &mut Vcpu<KvmVcpu>) -> Result<BTreeMap<Field, Observed>, Fail> {
+    v.cache().flush().map_err(err)?;
+    v.cache().invalidate();
+    let state = *v.cache().state().map_err(err)?;
+    let mut out = BTreeMap::new();
+    for f in Field::all() {
+        let o = if v.cache_ref().holds(f) {
+            Observed::Value(f.get(&state))
+        } else {
+            Observed::Unobservable(not_held_reason(v.cache_ref().backend(), f))
+        };
+        out.insert(f, o);
+    }
+    Ok(out)
+}
+
+/// What the probe run in `log` (the `index`-th run) saw, as observations of every field.
+/// A field the vCPU does not implement (KVM does not hold it, e.g. the CMCI LVT of an APIC with
+/// six LVT entries, whose MMIO read returns stale data) is a host limit whatever the guest read.
+fn guest_observe(
+    log: &[u8],
+    index: usize,
+    expected: &VcpuState,
+    vcpu: &Vcpu<KvmVcpu>,
+) -> Result<BTreeMap<Field, Observed>, Fail> {
+    let runs = probe::parse(log).map_err(|e| format!("probe output: {e}"))?;
+    let run = runs.get(index).ok_or_else(|| {
+        format!(
+            "probe output has {} run(s), wanted run {}",
+            runs.len(),
+            index + 1
+        )
+    })?;
+    let seen = run.fields().map_err(err)?;
+    let mut out = BTreeMap::new();
+    for f in Field::all() {
+        if !vcpu.cache_ref().holds(f) {
+            let why = format!(
+                "the vCPU does not implement it ({}), so what the guest reads is meaningless",
+                not_held_reason(vcpu.cache_ref().backend(), f)
+            );
+            out.insert(f, Observed::Unobservable(why));
+            continue;
+        }
+        let o = match seen.get(&f) {
+            // Bits the probe cannot see (e.g. RAX[63:32] in real mode) are taken as expected.
+            Some(probe::Observed::Value { value, mask }) => {
+                Observed::Value((value & mask) | (f.get(expected) & f.mask() & !mask))
+            }
+            Some(probe::Observed::Fault(fault)) => Observed::Unobservable(format!(
+                "the guest's read faulted ({}): the vCPU does not implement it",
+                fault.code()
+            )),
+            Some(probe::Observed::NotAvailable) => {
+                Observed::Unobservable("the probe could not measure it".into())
+            }
+            None => Observed::Unobservable("not observable by a real-mode guest probe".into()),
+        };
+        out.insert(f, o);
+    }
+    Ok(out)
+}
+
+struct Judged<'a> {
+    scenario: &'a str,
+    owner: Owner,
+    model: &'a CpuModel,
+    event: Event,
+    /// Fields measured to be out of vcpu-reset's reach on this host, with the reason.
+    limits: &'a BTreeMap<Field, String>,
+}
+
+impl Judged<'_> {
+    fn add(
+        &self,
+        report: &mut Report,
+        view: View,
+        id: u32,
+        expected: &VcpuState,
+        prior: Option<&VcpuState>,
+        obs: &BTreeMap<Field, Observed>,
+    ) {
+        judge_all(
+            report,
+            &Expectation {
+                scenario: self.scenario,
+                owner: self.owner,
+                view,
+                vcpu: vcpu_label(id),
+                vendor: self.model.vendor,
+                event: self.event,
+                expected,
+                prior,
+            },
+            |f| match self.limits.get(&f) {
+                Some(why) if self.owner == Owner::VcpuReset => {
+                    Some(Observed::Unobservable(why.clone()))
+                }
+                _ => obs.get(&f).cloned(),
+            },
+        );
+    }
+}
+
+/// Run the probe for the AP: copy it to the SIPI page, start the AP with `start`, run.
+fn probe_ap(
+    vm: &mut Vm,
+    buf: &SharedBuffer,
+    tag: &str,
+    start: impl FnOnce(&mut Vm) -> Result<(), Fail>,
+) -> Result<Vec<u8>, Fail> {
+    let mut opts = ProbeOptions::reset_vector(tag);
+    opts.origin = probe::Origin {
+        segment: u16::from(AP_SIPI_VECTOR) << 8,
+        offset: 0,
+    };
+    let image = probe::assemble_image(&opts).map_err(err)?;
+    vm.memory()
+        .write(u64::from(opts.origin.linear()), &image.bytes)
+        .map_err(err)?;
+    take(buf);
+    start(vm)?;
+    vm.run().map_err(err)?;
+    Ok(take(buf))
+}
+
+fn take(buf: &SharedBuffer) -> Vec<u8> {
+    buf.lock()
+        .map(|mut b| std::mem::take(&mut *b))
+        .unwrap_or_default()
+}
+
+/// Dirty every vCPU through its cache; returns the states KVM then holds (the priors).
+fn dirty_all(vm: &mut Vm) -> Result<Vec<VcpuState>, Fail> {
+    let model = *vm.model();
+    let mut priors = Vec::new();
+    for (i, v) in vm.vcpus().iter_mut().enumerate() {
+        let reset = spec::expected_state(&model, VcpuIdentity::new(i as u32), Transition::Reset);
+        v.cache().write_state(&dirtied(&reset));
+        v.cache().flush().map_err(err)?;
+        v.cache().invalidate();
+        priors.push(*v.cache().state().map_err(err)?);
+    }
+    Ok(priors)
+}
+
+fn create(report: &mut Report, limits: &BTreeMap<Field, String>) -> Result<(), Fail> {
+    let (mut vm, buf) = probe_vm("create", None, true)?;
+    let model = *vm.model();
+    let j = Judged {
+        scenario: "create",
+        owner: Owner::Host,
+        model: &model,
+        event: Event::Reset,
+        limits,
+    };
+    for id in 0..2u32 {
+        let expected = spec::expected_state(&model, VcpuIdentity::new(id), Transition::Reset);
+        let obs = host_observe(&mut vm.vcpus()[id as usize])?;
+        j.add(report, View::Host, id, &expected, None, &obs);
+    }
+    let expected = spec::expected_state(&model, VcpuIdentity::new(0), Transition::Reset);
+    vm.run().map_err(err)?;
+    let obs = guest_observe(&take(&buf), 0, &expected, &vm.vcpus()[0])?;
+    j.add(report, View::Guest, 0, &expected, None, &obs);
+    Ok(())
+}
+
+/// `reset`, `init` (vcpu-reset's) and `kvm-init` (KVM's): dirty, apply, observe.
+fn transition(
+    report: &mut Report,
+    name: &str,
+    event: Event,
+    kvm_own: bool,
+    limits: &BTreeMap<Field, String>,
+) -> Result<(), Fail> {
+    let (mut vm, buf) = probe_vm(name, None, kvm_own)?;
+    let model = *vm.model();
+    let priors = dirty_all(&mut vm)?;
+    let j = Judged {
+        scenario: name,
+        owner: if kvm_own {
+            Owner::Host
+        } else {
+            Owner::VcpuReset
+        },
+        model: &model,
+        event,
+        limits,
+    };
+    match (event, kvm_own) {
+        (Event::Reset, _) => {
+            vm.reboot(RebootKind::Reset).map_err(err)?;
+        }
+        (Event::Init, false) => {
+            vm.reboot(RebootKind::Init).map_err(err)?;
+        }
+        (Event::Init, true) => {
+            for v in vm.vcpus() {
+                v.cache().flush().map_err(err)?;
+                v.cache().backend_mut().kvm_init().map_err(err)?;
+                v.cache().invalidate();
+            }
+        }
+    }
+    let expect = |id: u32| match event {
+        Event::Reset => spec::expected_state(&model, VcpuIdentity::new(id), Transition::Reset),
+        Event::Init => spec::expected_state(
+            &model,
+            VcpuIdentity::new(id),
+            Transition::Init(&priors[id as usize]),
+        ),
+    };
+    for id in 0..2u32 {
+        let obs = host_observe(&mut vm.vcpus()[id as usize])?;
+        let prior = (event == Event::Init).then(|| &priors[id as usize]);
+        j.add(report, View::Host, id, &expect(id), prior, &obs);
+    }
+    // The BSP is at the reset vector: the probe firmware runs.
+    vm.run().map_err(err)?;
+    let bsp = expect(0);
+    let log = take(&buf);
+    let obs = guest_observe(&log, 0, &bsp, &vm.vcpus()[0])?;
+    j.add(
+        report,
+        View::Guest,
+        0,
+        &bsp,
+        (event == Event::Init).then(|| &priors[0]),
+        &obs,
+    );
+    // The AP waits for SIPI: start it at the probe's copy.
+    let mut ap = expect(1);
+    spec::sipi(&mut ap, AP_SIPI_VECTOR);
+    let log = probe_ap(&mut vm, &buf, name, |vm| {
+        let v = &mut vm.vcpus()[1];
+        if kvm_own {
+            v.cache().flush().map_err(err)?;
+            v.cache()
+                .backend_mut()
+                .kvm_sipi(AP_SIPI_VECTOR)
+                .map_err(err)?;
+            v.cache().invalidate();
+            Ok(())
+        } else {
+            match v.sipi(AP_SIPI_VECTOR).map_err(err)? {
+                true => Ok(()),
+                false => Err("the AP was not waiting for SIPI".into()),
+            }
+        }
+    })?;
+    let obs = guest_observe(&log, 0, &ap, &vm.vcpus()[1])?;
+    j.add(
+        report,
+        View::Guest,
+        1,
+        &ap,
+        (event == Event::Init).then(|| &priors[1]),
+        &obs,
+    );
+    Ok(())
+}
+
+/// The state the probe left before rebooting itself: the RESET state with the probe's
+/// dirtying applied (see `probe::REBOOT_DIRTY_PAT`).
+fn before_self_reboot(reset: &VcpuState) -> VcpuState {
+    let mut s = *reset;
+    s.cr0 &= !0x6000_0000;
+    s.fpu.fcw = 0x037f;
+    s.fpu.fsw = 0;
+    s.fpu.ftw = 0xffff;
+    s.fpu.fop = 0;
+    s.fpu.fip = 0;
+    s.fpu.fdp = 0;
+    s.fpu.fcs = 0;
+    s.fpu.fds = 0;
+    s.msrs.pat = probe::REBOOT_DIRTY_PAT;
+    s.msrs.sysenter_cs = probe::REBOOT_DIRTY_SYSENTER_CS;
+    s
+}
+
+fn reboot(
+    report: &mut Report,
+    via: Option<RebootVia>,
+    limits: &BTreeMap<Field, String>,
+) -> Result<(), Fail> {
+    let name = format!("reboot-{}", via.map_or("triple-fault", RebootVia::name));
+    let (mut vm, buf) = probe_vm(&name, via, false)?;
+    let model = *vm.model();
+    let reset = spec::expected_state(&model, VcpuIdentity::new(0), Transition::Reset);
+    if via.is_none() {
+        vm.inject_triple_fault(0).map_err(err)?;
+    }
+    let out = vm.run().map_err(err)?;
+    let Some(record) = out.reboots.first() else {
+        return Err("the guest did not reboot".into());
+    };
+    let kind = record.kind;
+    let log = take(&buf);
+    let mut prior = before_self_reboot(&reset);
+    // The TSC kept counting through the first run: take what the guest saw there as the prior.
+    if via.is_some()
+        && let Ok(runs) = probe::parse(&log)
+        && let Some(tsc) = runs
+            .first()
+            .and_then(|r| r.number(&probe::record::msr_key(0x10)))
+    {
+        prior.msrs.tsc = tsc as u64;
+    }
+    let (event, expected) = match kind {
+        RebootKind::Reset => (Event::Reset, reset),
+        RebootKind::Init => (
+            Event::Init,
+            spec::expected_state(&model, VcpuIdentity::new(0), Transition::Init(&prior)),
+        ),
+    };
+    let j = Judged {
+        scenario: &name,
+        owner: Owner::VcpuReset,
+        model: &model,
+        event,
+        limits,
+    };
+    // With a self-reboot the second run is after it; with the injected triple fault, the only run.
+    let index = usize::from(via.is_some());
+    let obs = guest_observe(&log, index, &expected, &vm.vcpus()[0])?;
+    j.add(
+        report,
+        View::Guest,
+        0,
+        &expected,
+        (event == Event::Init).then_some(&prior),
+        &obs,
+    );
+    Ok(())
+}
+
+fn record(report: &mut Report, name: &str, owner: Owner, result: Result<(), Fail>) {
+    report.scenarios.push(ScenarioInfo {
+        name: name.into(),
+        owner,
+        error: result.err(),
+    });
+}
+
+/// Run every KVM scenario.
+pub fn run(report: &mut Report, host: &KvmHost) {
+    report.host.insert("backend".into(), "kvm".into());
+    let caps = host.caps();
+    report.host.insert(
+        "kvm".into(),
+        format!(
+            "sync_regs={} sregs2={} nested_state={} max_vcpus={}",
+            caps.sync_regs, caps.sregs2, caps.nested_state, caps.max_vcpus
+        ),
+    );
+    let limits = measured_limits();
+    for (f, why) in &limits {
+        report.host.insert(format!("limit {f}"), why.clone());
+    }
+    let r = create(report, &limits);
+    record(report, "create", Owner::Host, r);
+    if let Some(m) = report_model(report) {
+        report.host.insert("cpu".into(), m);
+    }
+    let r = transition(report, "kvm-init", Event::Init, true, &limits);
+    record(report, "kvm-init", Owner::Host, r);
+    let r = transition(report, "reset", Event::Reset, false, &limits);
+    record(report, "reset", Owner::VcpuReset, r);
+    let r = transition(report, "init", Event::Init, false, &limits);
+    record(report, "init", Owner::VcpuReset, r);
+    for via in RebootVia::ALL.map(Some).into_iter().chain([None]) {
+        let name = format!("reboot-{}", via.map_or("triple-fault", RebootVia::name));
+        let r = reboot(report, via, &limits);
+        record(report, &name, Owner::VcpuReset, r);
+    }
+}
+
+/// What vcpu-reset cannot set on this host, measured: a value written to IA32_TSC through
+/// KVM_SET_MSRS that does not read back (plus the counting since) was ignored.
+fn measured_limits() -> BTreeMap<Field, String> {
+    let mut out = BTreeMap::new();
+    let tsc = Field::Msr(vcpu_reset_spec::Msr::Tsc);
+    let probe = || -> Option<(u128, u128)> {
+        let host = KvmHost::open().ok()?;
+        let vm = host.create_vm(true).ok()?;
+        let kv = KvmVcpu::new(&host, &vm, 0).ok()?;
+        let mut c = crate::cache::VcpuCache::adopt(kv);
+        let written = c.get(tsc).ok()? ^ (1 << 44);
+        c.set(tsc, written).ok()?;
+        c.flush().ok()?;
+        c.invalidate();
+        Some((written, c.get(tsc).ok()?))
+    };
+    if let Some((written, read)) = probe()
+        && !crate::engine::counted_from(tsc, written, read)
+    {
+        out.insert(
+            tsc,
+            format!(
+                "this host's KVM accepts writes to IA32_TSC but ignores them (wrote {written:#x}, read back {read:#x})"
+            ),
+        );
+    }
+    out
+}
+
+fn report_model(_report: &Report) -> Option<String> {
+    let host = KvmHost::open().ok()?;
+    let vm = host.create_vm(false).ok()?;
+    let v = KvmVcpu::new(&host, &vm, 0).ok()?;
+    let m = v.cpu_model()?;
+    Some(format!(
+        "{} signature {:#x}, {} GP counters, APIC version {:#x}",
+        m.vendor.name(),
+        m.signature,
+        m.gp_counters,
+        m.apic_version
+    ))
+}
