@@ -65,6 +65,28 @@ enum Command {
         /// Also fail on findings (deviations of the host's own RESET/INIT).
         #[arg(long)]
         strict: bool,
+        /// Judge the output of a probe image (`vcpu-reset probe-image`) that ran elsewhere
+        /// (e.g. QEMU's debugcon or serial log) instead of running scenarios here.
+        #[arg(long, value_name = "FILE")]
+        from_log: Option<std::path::PathBuf>,
+        /// With --from-log: the vendor whose documents apply.
+        #[arg(long, value_enum, default_value = "intel")]
+        vendor: VendorArg,
+        /// With --from-log: the vCPU's CPUID.01H:EAX signature, to check EDX (hex).
+        #[arg(long, value_parser = parse_hex_u32)]
+        signature: Option<u32>,
+    },
+    /// Write a flat firmware image that runs the guest probe at the reset vector on any VMM or
+    /// emulator, prints its records on port 0xE9 and COM1, and ends through port 0xF4 (QEMU's
+    /// isa-debug-exit). `check --from-log` turns its output into verdicts.
+    ProbeImage {
+        /// Where to write the 64 KiB image.
+        #[arg(short, long)]
+        output: std::path::PathBuf,
+        /// After the first probe, dirty CR0.CD/NW, the x87 unit, PAT and SYSENTER_CS and reboot
+        /// once this way, then probe again.
+        #[arg(long, value_enum)]
+        reboot: Option<RebootArg>,
     },
     /// Boot a flat firmware image on KVM at the real reset vector, rebooting in place (RESET or
     /// INIT of every vCPU, RAM kept) whenever the guest asks, until it writes the exit port.
@@ -101,6 +123,19 @@ enum BackendArg {
     Auto,
     Kvm,
     Model,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum RebootArg {
+    Cf9Hard,
+    Cf9Soft,
+    Port92,
+    Kbc,
+}
+
+fn parse_hex_u32(s: &str) -> Result<u32, String> {
+    let digits = s.trim_start_matches("0x").trim_start_matches("0X");
+    u32::from_str_radix(digits, 16).map_err(|e| format!("{s:?} is not a hex number: {e}"))
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -181,6 +216,48 @@ fn run_firmware(
     }
 }
 
+fn probe_image(output: &std::path::Path, reboot: Option<RebootArg>) -> ExitCode {
+    use vcpu_reset::probe::{self, ProbeOptions, RebootVia};
+    let via = reboot.map(|r| match r {
+        RebootArg::Cf9Hard => RebootVia::Cf9Hard,
+        RebootArg::Cf9Soft => RebootVia::Cf9Soft,
+        RebootArg::Port92 => RebootVia::Port92,
+        RebootArg::Kbc => RebootVia::Kbc,
+    });
+    let tag = match via {
+        Some(v) => format!("probe-{}", v.name()),
+        None => "probe".to_string(),
+    };
+    let mut opts = ProbeOptions::reset_vector(&tag);
+    opts.out_ports = vec![0xe9, 0x3f8];
+    opts.reboot = via;
+    let image = match probe::firmware_image(&opts) {
+        Ok(i) => i,
+        Err(e) => {
+            eprintln!("vcpu-reset probe-image: building the probe failed: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match std::fs::write(output, &image) {
+        Ok(()) => {
+            eprintln!(
+                "vcpu-reset probe-image: wrote {} ({} bytes); e.g. qemu-system-x86_64 -bios {} -display none -debugcon file:probe.log -global isa-debugcon.iobase=0xe9 -device isa-debug-exit,iobase=0xf4,iosize=0x04, then vcpu-reset check --from-log probe.log",
+                output.display(),
+                image.len(),
+                output.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!(
+                "vcpu-reset probe-image: cannot write {}: {e}",
+                output.display()
+            );
+            ExitCode::from(2)
+        }
+    }
+}
+
 fn vendor(v: VendorArg) -> Vendor {
     match v {
         VendorArg::Intel => Vendor::Intel,
@@ -248,17 +325,38 @@ fn main() -> ExitCode {
             exit_port,
             kvm_create_state,
         ),
+        Command::ProbeImage { output, reboot } => probe_image(&output, reboot),
         Command::Check {
             backend,
             format,
             strict,
+            from_log,
+            vendor: v,
+            signature,
         } => {
             let backend = match backend {
                 BackendArg::Auto => check::BackendChoice::Auto,
                 BackendArg::Kvm => check::BackendChoice::Kvm,
                 BackendArg::Model => check::BackendChoice::Model,
             };
-            let report = check::run(&check::CheckOptions { backend });
+            let report = match from_log {
+                None => check::run(&check::CheckOptions { backend }),
+                Some(path) => match std::fs::read(&path) {
+                    Ok(log) => {
+                        let mut model = spec::CpuModel::generic(vendor(v));
+                        if let Some(sig) = signature {
+                            model.signature = sig;
+                        }
+                        let mut r = check::Report::default();
+                        check::log::run(&mut r, &log, &model, signature.is_some());
+                        r
+                    }
+                    Err(e) => {
+                        eprintln!("vcpu-reset check: cannot read {}: {e}", path.display());
+                        return ExitCode::from(2);
+                    }
+                },
+            };
             let text = match format {
                 CheckFormat::Table => report.to_table(),
                 CheckFormat::Tap => report.to_tap(strict),

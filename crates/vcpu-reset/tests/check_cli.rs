@@ -62,3 +62,48 @@ fn json_lists_every_verdict_with_expected_actual_and_citation() {
     assert!(cr3["citation"].as_str().unwrap().contains("Table 10-1"));
     assert_eq!(v["summary"]["fail"], 0);
 }
+
+fn check_log(log: &[u8]) -> (i32, String) {
+    let dir = std::env::temp_dir().join(format!(
+        "vcpu-reset-log-{}-{}",
+        std::process::id(),
+        log.len()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("probe.log");
+    std::fs::write(&path, log).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_vcpu-reset"))
+        .args(["check", "--from-log"])
+        .arg(&path)
+        .output()
+        .expect("the vcpu-reset binary runs");
+    let _ = std::fs::remove_dir_all(&dir);
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+#[test]
+fn from_log_without_a_probe_run_exits_two_and_says_why() {
+    let (code, out) = check_log(b"SeaBIOS (version 1.16)\nBooting from ROM...\n");
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("no probe run"), "{out}");
+}
+
+#[test]
+fn from_log_with_a_damaged_run_exits_two_and_says_why() {
+    let (code, out) = check_log(b"#VR1 begin probe\n#VR1 cr0 60000010\n");
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("damaged"), "{out}");
+}
+
+#[test]
+fn from_log_of_a_missing_file_is_a_clear_error() {
+    let out = Command::new(env!("CARGO_BIN_EXE_vcpu-reset"))
+        .args(["check", "--from-log", "/nonexistent/probe.log"])
+        .output()
+        .expect("the vcpu-reset binary runs");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read"));
+}

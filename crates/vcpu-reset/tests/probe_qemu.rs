@@ -169,3 +169,122 @@ fn probe_runs_as_qemu_firmware_under_kvm() {
         Some(&probe::Value::Fault(probe::Fault::Gp))
     );
 }
+
+/// Verdicts (`scenario field` → verdict) from `vcpu-reset check --from-log` on `log`.
+fn verdicts_from_log(dir: &Path, log: &[u8]) -> std::collections::BTreeMap<String, String> {
+    let path = dir.join("judge.log");
+    std::fs::write(&path, log).expect("write log");
+    let out = Command::new(env!("CARGO_BIN_EXE_vcpu-reset"))
+        .args(["check", "--format", "json", "--from-log"])
+        .arg(&path)
+        .output()
+        .expect("run vcpu-reset check --from-log");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON report");
+    for s in v["scenarios"].as_array().expect("scenarios") {
+        assert!(
+            s["error"].is_null(),
+            "scenario {} could not be judged: {}",
+            s["name"],
+            s["error"]
+        );
+    }
+    v["results"]
+        .as_array()
+        .expect("results")
+        .iter()
+        .map(|r| {
+            (
+                format!(
+                    "{} {}",
+                    r["scenario"].as_str().unwrap_or(""),
+                    r["field"].as_str().unwrap_or("")
+                ),
+                r["verdict"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect()
+}
+
+/// The image `vcpu-reset probe-image --reboot cf9-hard` writes, booted in QEMU under TCG and
+/// under KVM; `check --from-log` judges both logs, and the verdicts agree on the architectural
+/// core of the RESET state (QEMU gives the same reset state whichever accelerator runs it).
+#[test]
+fn probe_image_in_qemu_tcg_and_kvm_gives_the_same_core_verdicts() {
+    let dir = TempDir::new("qemu-verdicts");
+    let rom_path = dir.0.join("image.rom");
+    let status = Command::new(env!("CARGO_BIN_EXE_vcpu-reset"))
+        .args(["probe-image", "--reboot", "cf9-hard", "-o"])
+        .arg(&rom_path)
+        .status()
+        .expect("run vcpu-reset probe-image");
+    assert!(status.success());
+    let rom = std::fs::read(&rom_path).expect("read image");
+    assert_eq!(rom.len(), 64 << 10);
+    let mut per_accel = Vec::new();
+    for accel in ["tcg", "kvm"] {
+        if accel == "kvm" && std::fs::File::open("/dev/kvm").is_err() {
+            eprintln!("skipped: no /dev/kvm (QEMU -accel kvm part)");
+            continue;
+        }
+        let Some((debugcon, serial, code)) = run_qemu(&dir.0, accel, &rom) else {
+            return;
+        };
+        assert_eq!(
+            code,
+            Some(1),
+            "isa-debug-exit with 0 exits QEMU with 1 ({accel})"
+        );
+        assert_eq!(
+            debugcon, serial,
+            "port 0xE9 and COM1 carry the same records ({accel})"
+        );
+        let v = verdicts_from_log(&dir.0, &debugcon);
+        for scenario in ["power-on", "reboot-cf9-hard"] {
+            for field in [
+                "cr0",
+                "cr2",
+                "cr3",
+                "cr4",
+                "efer",
+                "dr6",
+                "dr7",
+                "gdtr.limit",
+                "idtr.limit",
+                "cs.selector",
+                "msr.ia32_pat",
+                "msr.ia32_mtrr_def_type",
+                "msr.ia32_apic_base",
+                "mxcsr",
+                "lapic.svr",
+            ] {
+                let key = format!("{scenario} {field}");
+                assert_eq!(
+                    v.get(&key).map(String::as_str),
+                    Some("pass"),
+                    "{key} under {accel}"
+                );
+            }
+            // QEMU resets the x87 unit to the FINIT state, not the power-up state.
+            assert_eq!(
+                v.get(&format!("{scenario} x87.fcw")).map(String::as_str),
+                Some("finding")
+            );
+        }
+        per_accel.push((accel, v));
+    }
+    if let [(_, tcg), (_, kvm)] = per_accel.as_slice() {
+        let core: Vec<&String> = tcg
+            .keys()
+            .filter(|k| !k.contains("msr.") && !k.contains(" rdx") && !k.contains("lapic."))
+            .collect();
+        let differ: Vec<String> = core
+            .iter()
+            .filter(|k| tcg.get(**k) != kvm.get(**k))
+            .map(|k| format!("{k}: tcg {:?} kvm {:?}", tcg.get(*k), kvm.get(*k)))
+            .collect();
+        assert!(
+            differ.is_empty(),
+            "TCG and KVM verdicts differ: {differ:#?}"
+        );
+    }
+}

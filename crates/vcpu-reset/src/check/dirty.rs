@@ -71,3 +71,22 @@ pub fn dirtied(base: &VcpuState) -> VcpuState {
     }
     s
 }
+
+/// The state the probe firmware leaves before it reboots itself (`ProbeOptions::reboot`): the
+/// RESET state with CR0.CD/NW cleared, the x87 unit after FNINIT, and IA32_PAT and
+/// IA32_SYSENTER_CS written (see `probe::REBOOT_DIRTY_PAT`). An INIT must keep all of these.
+pub fn before_probe_reboot(reset: &VcpuState) -> VcpuState {
+    let mut s = *reset;
+    s.cr0 &= !0x6000_0000;
+    s.fpu.fcw = 0x037f;
+    s.fpu.fsw = 0;
+    s.fpu.ftw = 0xffff;
+    s.fpu.fop = 0;
+    s.fpu.fip = 0;
+    s.fpu.fdp = 0;
+    s.fpu.fcs = 0;
+    s.fpu.fds = 0;
+    s.msrs.pat = crate::probe::REBOOT_DIRTY_PAT;
+    s.msrs.sysenter_cs = crate::probe::REBOOT_DIRTY_SYSENTER_CS;
+    s
+}

@@ -20,7 +20,7 @@ use vcpu_reset_spec::{self as spec, CpuModel, Event, Field, Transition, VcpuIden
 
 use super::dirty::dirtied;
 use super::report::{Report, ScenarioInfo, View};
-use super::scenario::{Expectation, judge_all, vcpu_label};
+use super::scenario::{Expectation, judge_all, observe_probe_run, vcpu_label};
 use super::verdict::{Observed, Owner};
 use crate::backend::kvm::{KvmHost, KvmVcpu};
 use crate::backend::{Backend, StateClass};
@@ -102,42 +102,17 @@ fn guest_observe(
     expected: &VcpuState,
     vcpu: &Vcpu<KvmVcpu>,
 ) -> Result<BTreeMap<Field, Observed>, Fail> {
-    let runs = probe::parse(log).map_err(|e| format!("probe output: {e}"))?;
-    let run = runs.get(index).ok_or_else(|| {
-        format!(
-            "probe output has {} run(s), wanted run {}",
-            runs.len(),
-            index + 1
-        )
-    })?;
-    let seen = run.fields().map_err(err)?;
-    let mut out = BTreeMap::new();
-    for f in Field::all() {
-        if !vcpu.cache_ref().holds(f) {
-            let why = format!(
+    let held = |f: Field| {
+        if vcpu.cache_ref().holds(f) {
+            None
+        } else {
+            Some(format!(
                 "the vCPU does not implement it ({}), so what the guest reads is meaningless",
                 not_held_reason(vcpu.cache_ref().backend(), f)
-            );
-            out.insert(f, Observed::Unobservable(why));
-            continue;
+            ))
         }
-        let o = match seen.get(&f) {
-            // Bits the probe cannot see (e.g. RAX[63:32] in real mode) are taken as expected.
-            Some(probe::Observed::Value { value, mask }) => {
-                Observed::Value((value & mask) | (f.get(expected) & f.mask() & !mask))
-            }
-            Some(probe::Observed::Fault(fault)) => Observed::Unobservable(format!(
-                "the guest's read faulted ({}): the vCPU does not implement it",
-                fault.code()
-            )),
-            Some(probe::Observed::NotAvailable) => {
-                Observed::Unobservable("the probe could not measure it".into())
-            }
-            None => Observed::Unobservable("not observable by a real-mode guest probe".into()),
-        };
-        out.insert(f, o);
-    }
-    Ok(out)
+    };
+    observe_probe_run(log, index, expected, held)
 }
 
 struct Judged<'a> {
@@ -340,24 +315,6 @@ fn transition(
     Ok(())
 }
 
-/// The state the probe left before rebooting itself: the RESET state with the probe's
-/// dirtying applied (see `probe::REBOOT_DIRTY_PAT`).
-fn before_self_reboot(reset: &VcpuState) -> VcpuState {
-    let mut s = *reset;
-    s.cr0 &= !0x6000_0000;
-    s.fpu.fcw = 0x037f;
-    s.fpu.fsw = 0;
-    s.fpu.ftw = 0xffff;
-    s.fpu.fop = 0;
-    s.fpu.fip = 0;
-    s.fpu.fdp = 0;
-    s.fpu.fcs = 0;
-    s.fpu.fds = 0;
-    s.msrs.pat = probe::REBOOT_DIRTY_PAT;
-    s.msrs.sysenter_cs = probe::REBOOT_DIRTY_SYSENTER_CS;
-    s
-}
-
 fn reboot(
     report: &mut Report,
     via: Option<RebootVia>,
@@ -376,7 +333,7 @@ fn reboot(
     };
     let kind = record.kind;
     let log = take(&buf);
-    let mut prior = before_self_reboot(&reset);
+    let mut prior = super::dirty::before_probe_reboot(&reset);
     // The TSC kept counting through the first run: take what the guest saw there as the prior.
     if via.is_some()
         && let Ok(runs) = probe::parse(&log)

@@ -7,6 +7,7 @@
 
 pub mod dirty;
 pub mod kvm;
+pub mod log;
 pub mod model;
 pub mod report;
 pub mod scenario;

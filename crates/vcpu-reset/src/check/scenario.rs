@@ -1,9 +1,12 @@
 //! Turning observed states into verdicts, shared by every scenario and backend.
 
+use std::collections::BTreeMap;
+
 use vcpu_reset_spec::{self as spec, Event, Field, VcpuState, Vendor};
 
 use super::report::{FieldResult, Report, View};
 use super::verdict::{Judge, Observed, Owner, judge};
+use crate::probe;
 
 /// What one observation of one vCPU in one scenario is judged against.
 pub struct Expectation<'a> {
@@ -64,6 +67,49 @@ pub fn judge_all(
             reason,
         });
     }
+}
+
+/// What run `index` of the probe output in `log` saw, as observations of every field: bits the
+/// probe cannot see (e.g. RAX\[63:32\] in real mode) are taken as expected; a faulting read, an
+/// unmeasured value and a field the probe does not record are host limits with the reason, and
+/// so is every field for which `not_implemented` gives a reason.
+pub fn observe_probe_run(
+    log: &[u8],
+    index: usize,
+    expected: &VcpuState,
+    not_implemented: impl Fn(Field) -> Option<String>,
+) -> Result<BTreeMap<Field, Observed>, String> {
+    let runs = probe::parse(log).map_err(|e| format!("probe output: {e}"))?;
+    let run = runs.get(index).ok_or_else(|| {
+        format!(
+            "probe output has {} run(s), wanted run {}",
+            runs.len(),
+            index + 1
+        )
+    })?;
+    let seen = run.fields().map_err(|e| e.to_string())?;
+    let mut out = BTreeMap::new();
+    for f in Field::all() {
+        if let Some(why) = not_implemented(f) {
+            out.insert(f, Observed::Unobservable(why));
+            continue;
+        }
+        let o = match seen.get(&f) {
+            Some(probe::Observed::Value { value, mask }) => {
+                Observed::Value((value & mask) | (f.get(expected) & f.mask() & !mask))
+            }
+            Some(probe::Observed::Fault(fault)) => Observed::Unobservable(format!(
+                "the guest's read faulted ({}): the vCPU does not implement it",
+                fault.code()
+            )),
+            Some(probe::Observed::NotAvailable) => {
+                Observed::Unobservable("the probe could not measure it".into())
+            }
+            None => Observed::Unobservable("not observable by a real-mode guest probe".into()),
+        };
+        out.insert(f, o);
+    }
+    Ok(out)
 }
 
 /// `bsp` for vCPU 0, `ap<N>` otherwise.
