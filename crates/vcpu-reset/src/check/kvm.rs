@@ -198,6 +198,42 @@ fn dirty_all(vm: &mut Vm) -> Result<Vec<VcpuState>, Fail> {
     Ok(priors)
 }
 
+/// Scenario `views-<of>`: the values the cache read for vCPU `id` (through KVM_GET_SREGS and
+/// KVM_GET_XSAVE) against the same fields read through KVM's other interfaces (KVM_GET_MSRS,
+/// KVM_GET_FPU). They must agree; a disagreement is a finding about the host.
+fn cross_check(report: &mut Report, of: &str, id: u32, v: &mut Vcpu<KvmVcpu>) -> Result<(), Fail> {
+    v.cache().flush().map_err(err)?;
+    let others = v.cache().backend_mut().other_views().map_err(err)?;
+    v.cache().invalidate();
+    for o in others {
+        let mine = v.cache().get(o.field).map_err(err)?;
+        let (verdict, reason) = if mine == o.value {
+            (super::Verdict::Pass, None)
+        } else {
+            (
+                super::Verdict::Finding,
+                Some(format!(
+                    "{} reports {:#x}, the interface vcpu-reset uses reports {:#x}",
+                    o.via, o.value, mine
+                )),
+            )
+        };
+        report.results.push(super::FieldResult {
+            scenario: format!("views-{of}"),
+            view: View::Host,
+            vcpu: vcpu_label(id),
+            field: o.field.name(),
+            class: o.field.class().name().into(),
+            verdict,
+            expected: spec::hex(o.field, mine),
+            actual: Some(spec::hex(o.field, o.value)),
+            citation: format!("{} and the view vcpu-reset reads must agree", o.via),
+            reason,
+        });
+    }
+    Ok(())
+}
+
 fn create(report: &mut Report, limits: &BTreeMap<Field, String>) -> Result<(), Fail> {
     let (mut vm, buf) = probe_vm("create", None, true)?;
     let model = *vm.model();
@@ -212,6 +248,7 @@ fn create(report: &mut Report, limits: &BTreeMap<Field, String>) -> Result<(), F
         let expected = spec::expected_state(&model, VcpuIdentity::new(id), Transition::Reset);
         let obs = host_observe(&mut vm.vcpus()[id as usize])?;
         j.add(report, View::Host, id, &expected, None, &obs);
+        cross_check(report, "create", id, &mut vm.vcpus()[id as usize])?;
     }
     let expected = spec::expected_state(&model, VcpuIdentity::new(0), Transition::Reset);
     vm.run().map_err(err)?;
@@ -269,6 +306,7 @@ fn transition(
         let obs = host_observe(&mut vm.vcpus()[id as usize])?;
         let prior = (event == Event::Init).then(|| &priors[id as usize]);
         j.add(report, View::Host, id, &expect(id), prior, &obs);
+        cross_check(report, name, id, &mut vm.vcpus()[id as usize])?;
     }
     // The BSP is at the reset vector: the probe firmware runs.
     vm.run().map_err(err)?;

@@ -49,6 +49,7 @@ mod signals;
 mod sregs;
 mod sync;
 mod vcpu;
+mod views;
 mod x87;
 mod xcrs;
 
@@ -57,3 +58,4 @@ pub use host::{
     IDENTITY_MAP_ADDRESS, KVM_API_VERSION, KvmCaps, KvmHost, TSS_ADDRESS, kvm_for_tests,
 };
 pub use vcpu::{KvmVcpu, KvmVcpuOptions};
+pub use views::OtherView;
