@@ -35,6 +35,24 @@ impl KvmVcpu {
         self.may_be_uninitialized = false;
     }
 
+    /// KVM_GET_VCPU_EVENTS, let `change` set the flags and fields to write, KVM_SET_VCPU_EVENTS.
+    fn update_events(
+        &mut self,
+        what: &'static str,
+        change: impl FnOnce(&mut kvm_bindings::kvm_vcpu_events),
+    ) -> Result<(), BackendError> {
+        self.stats.loads += 1;
+        let mut e = self
+            .fd
+            .get_vcpu_events()
+            .map_err(|e| ioctl_error("KVM_GET_VCPU_EVENTS", e))?;
+        change(&mut e);
+        self.stats.stores += 1;
+        self.fd
+            .set_vcpu_events(&e)
+            .map_err(|e| ioctl_error(what, e))
+    }
+
     /// Have KVM perform INIT on this vCPU now, as an INIT IPI to its in-kernel local APIC
     /// would: KVM's `kvm_vcpu_reset(vcpu, true)` runs, the BSP becomes runnable at the reset
     /// vector and an AP waits for SIPI. Pending deferred stores are written first. A cache in
@@ -42,17 +60,10 @@ impl KvmVcpu {
     pub fn kvm_init(&mut self) -> Result<(), BackendError> {
         self.need_irqchip()?;
         self.flush_all()?;
-        self.stats.loads += 1;
-        let mut e = self
-            .fd
-            .get_vcpu_events()
-            .map_err(|e| ioctl_error("KVM_GET_VCPU_EVENTS", e))?;
-        e.flags = KVM_VCPUEVENT_VALID_SMM;
-        e.smi.latched_init = 1;
-        self.stats.stores += 1;
-        self.fd
-            .set_vcpu_events(&e)
-            .map_err(|e| ioctl_error("KVM_SET_VCPU_EVENTS (latched INIT)", e))?;
+        self.update_events("KVM_SET_VCPU_EVENTS (latched INIT)", |e| {
+            e.flags = KVM_VCPUEVENT_VALID_SMM;
+            e.smi.latched_init = 1;
+        })?;
         // KVM accepts pending INIT/SIPI when the MP state is read.
         self.stats.loads += 1;
         self.fd
@@ -67,17 +78,10 @@ impl KvmVcpu {
     pub fn kvm_sipi(&mut self, vector: u8) -> Result<(), BackendError> {
         self.need_irqchip()?;
         self.flush_all()?;
-        self.stats.loads += 1;
-        let mut e = self
-            .fd
-            .get_vcpu_events()
-            .map_err(|e| ioctl_error("KVM_GET_VCPU_EVENTS", e))?;
-        e.flags = KVM_VCPUEVENT_VALID_SIPI_VECTOR;
-        e.sipi_vector = u32::from(vector);
-        self.stats.stores += 1;
-        self.fd
-            .set_vcpu_events(&e)
-            .map_err(|e| ioctl_error("KVM_SET_VCPU_EVENTS (SIPI vector)", e))?;
+        self.update_events("KVM_SET_VCPU_EVENTS (SIPI vector)", |e| {
+            e.flags = KVM_VCPUEVENT_VALID_SIPI_VECTOR;
+            e.sipi_vector = u32::from(vector);
+        })?;
         self.stats.stores += 1;
         self.fd
             .set_mp_state(kvm_mp_state {
