@@ -7,14 +7,27 @@ use vmm_sys_util::errno;
 #[derive(Debug, thiserror::Error)]
 pub enum KvmError {
     /// `/dev/kvm` does not exist.
-    #[error("no /dev/kvm — load the kvm module or run on a host with virtualization enabled")]
-    NoDevice,
+    #[error("no {path} — load the kvm module or run on a host with virtualization enabled")]
+    NoDevice {
+        /// The device path (`/dev/kvm` unless `VCPU_RESET_KVM_DEVICE` says otherwise).
+        path: String,
+    },
     /// `/dev/kvm` exists but may not be opened read-write.
-    #[error("permission denied on /dev/kvm — add the user to group kvm")]
-    PermissionDenied,
+    #[error("permission denied on {path} — add the user to group kvm")]
+    PermissionDenied {
+        /// The device path.
+        path: String,
+    },
     /// `/dev/kvm` could not be opened for another reason.
-    #[error("cannot open /dev/kvm: {0} — check that the kvm module loaded without errors (dmesg)")]
-    Open(errno::Error),
+    #[error(
+        "cannot open {path}: {errno} — check that the kvm module loaded without errors (dmesg)"
+    )]
+    Open {
+        /// The device path.
+        path: String,
+        /// The error.
+        errno: errno::Error,
+    },
     /// KVM_GET_API_VERSION did not return 12.
     #[error(
         "/dev/kvm reports KVM API version {0}, not 12 — this is not a KVM this crate can drive"

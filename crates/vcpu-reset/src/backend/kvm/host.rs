@@ -97,11 +97,23 @@ impl KvmHost {
     /// [`KvmError::NoDevice`] and [`KvmError::PermissionDenied`] say what to fix;
     /// [`KvmError::ApiVersion`] when the API version is not 12; [`KvmError::Ioctl`] when a
     /// system ioctl (supported CPUID, MSR index list) fails.
+    ///
+    /// The device is `/dev/kvm`, or the path in the environment variable
+    /// `VCPU_RESET_KVM_DEVICE` when it is set (for tests of the error paths, and hosts that
+    /// put the device elsewhere).
     pub fn open() -> Result<KvmHost, KvmError> {
-        let kvm = Kvm::new().map_err(|e| match e.errno() {
-            libc::ENOENT | libc::ENODEV | libc::ENXIO => KvmError::NoDevice,
-            libc::EACCES | libc::EPERM => KvmError::PermissionDenied,
-            _ => KvmError::Open(e),
+        let path = std::env::var("VCPU_RESET_KVM_DEVICE").unwrap_or_else(|_| "/dev/kvm".into());
+        let c_path = std::ffi::CString::new(path.clone())
+            .map_err(|_| KvmError::NoDevice { path: path.clone() })?;
+        let kvm = Kvm::new_with_path(&c_path).map_err(|e| match e.errno() {
+            libc::ENOENT | libc::ENODEV | libc::ENXIO | libc::ENOTDIR => {
+                KvmError::NoDevice { path: path.clone() }
+            }
+            libc::EACCES | libc::EPERM => KvmError::PermissionDenied { path: path.clone() },
+            _ => KvmError::Open {
+                path: path.clone(),
+                errno: e,
+            },
         })?;
         let version = kvm.get_api_version();
         if version != KVM_API_VERSION {
@@ -327,7 +339,13 @@ mod tests {
     #[test]
     fn a_missing_kvm_skips_with_the_reason() {
         let mut log = Vec::new();
-        let host: Option<()> = host_or_skip(Err(KvmError::NoDevice), false, &mut log);
+        let host: Option<()> = host_or_skip(
+            Err(KvmError::NoDevice {
+                path: "/dev/kvm".into(),
+            }),
+            false,
+            &mut log,
+        );
         assert!(host.is_none());
         assert_eq!(
             String::from_utf8_lossy(&log),
@@ -335,7 +353,13 @@ mod tests {
              virtualization enabled)\n"
         );
         let mut log = Vec::new();
-        let _: Option<()> = host_or_skip(Err(KvmError::PermissionDenied), false, &mut log);
+        let _: Option<()> = host_or_skip(
+            Err(KvmError::PermissionDenied {
+                path: "/dev/kvm".into(),
+            }),
+            false,
+            &mut log,
+        );
         assert_eq!(
             String::from_utf8_lossy(&log),
             "skipped: no /dev/kvm (permission denied on /dev/kvm — add the user to group kvm)\n"
@@ -345,7 +369,13 @@ mod tests {
     #[test]
     #[should_panic(expected = "VCPU_RESET_REQUIRE_KVM=1 but KVM cannot be used: no /dev/kvm")]
     fn a_missing_kvm_fails_where_it_is_required() {
-        let _: Option<()> = host_or_skip(Err(KvmError::NoDevice), true, &mut Vec::new());
+        let _: Option<()> = host_or_skip(
+            Err(KvmError::NoDevice {
+                path: "/dev/kvm".into(),
+            }),
+            true,
+            &mut Vec::new(),
+        );
     }
 
     #[test]
