@@ -7,6 +7,7 @@
 
 pub mod dirty;
 pub mod model;
+pub mod nested;
 pub mod report;
 pub mod scenario;
 pub mod verdict;
@@ -54,5 +55,6 @@ pub fn run(opts: &CheckOptions) -> Report {
             run_model(&mut report);
         }
     }
+    nested::run(&mut report, opts.backend);
     report
 }
