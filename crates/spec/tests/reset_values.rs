@@ -1558,3 +1558,50 @@ fn sipi_ignored_when_not_waiting() {
         assert_eq!(halted, before);
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// The default VMX configuration
+// ---------------------------------------------------------------------------------------------
+
+/// `CpuModel::generic(Intel)`'s VMX capabilities obey the SDM's reporting rules (Vol. 3D,
+/// Appendix A) and encode KVM's virtual VMCS in IA32_VMX_BASIC.
+#[test]
+fn default_vmx_capabilities_are_consistent() {
+    let caps = CpuModel::generic(Vendor::Intel).vmx_capabilities;
+    assert_eq!(caps, vcpu_reset_spec::DEFAULT_VMX_CAPABILITIES);
+    // A.1: revision in bits 30:0 (KVM's VMCS12_REVISION 11E57ED0H), region size in bits 44:32
+    // (4 KiB), memory type in bits 53:50 (6 = WB), INS/OUTS info bit 54, TRUE controls bit 55.
+    let basic = caps[0];
+    assert_eq!(basic & 0x7fff_ffff, 0x11e5_7ed0);
+    assert_eq!((basic >> 32) & 0x1fff, 0x1000);
+    assert_eq!((basic >> 50) & 0xf, 6);
+    assert_eq!((basic >> 54) & 3, 3);
+    // A.3: allowed-0 settings (bits 31:0) are a subset of allowed-1 settings (bits 63:32), and
+    // the non-TRUE MSRs report the default1 bits as required: pin-based 16H, primary
+    // processor-based 0401E172H, exit 00036DFFH, entry 000011FFH.
+    for (i, default1) in [
+        (1, 0x16u64),
+        (2, 0x0401_e172),
+        (3, 0x0003_6dff),
+        (4, 0x11ff),
+    ] {
+        let (a0, a1) = (caps[i] & 0xffff_ffff, caps[i] >> 32);
+        assert_eq!(a0 & !a1, 0, "MSR {i}: allowed-0 not within allowed-1");
+        assert_eq!(
+            a0 & default1,
+            default1,
+            "MSR {i}: default1 bits not required"
+        );
+        // The TRUE MSR (i + 12) allows the same and requires no more.
+        let t = caps[i + 12];
+        assert_eq!(t >> 32, a1, "TRUE MSR {i}: allowed-1 differs");
+        assert_eq!((t & 0xffff_ffff) & !a0, 0, "TRUE MSR {i} requires more");
+    }
+    // A.7, A.8: CR0.PE, NE, PG and CR4.VMXE fixed to 1 in VMX operation, and allowed.
+    assert_eq!(caps[6], 0x8000_0021);
+    assert_eq!(caps[6] & !caps[7], 0);
+    assert_eq!(caps[8], 0x2000);
+    assert_eq!(caps[8] & !caps[9], 0);
+    // AMD has none.
+    assert_eq!(CpuModel::generic(Vendor::Amd).vmx_capabilities, [0; 18]);
+}
