@@ -5,7 +5,10 @@
 //! and write it generically as a `u128`. The RESET/INIT tables, the renderers, the register cache
 //! and the conformance checks all walk [`Field::all`], so a field added here is seen everywhere.
 
-use crate::state::{Activity, FIXED_MTRRS, GPRS, MCE_BANKS, VARIABLE_MTRRS, VcpuState};
+use crate::state::{
+    Activity, FIXED_MTRRS, GPRS, MCE_BANKS, SGX_LE_HASH_MSRS, VARIABLE_MTRRS, VMX_CAPABILITY_MSRS,
+    VcpuState,
+};
 
 /// General-purpose registers, in the architectural encoding order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -186,11 +189,12 @@ pub enum Msr {
     Smbase,
     Xss,
     McgStatus,
+    VmHsavePa,
 }
 
 impl Msr {
     /// All single MSRs.
-    pub const ALL: [Msr; 26] = [
+    pub const ALL: [Msr; 27] = [
         Msr::ApicBase,
         Msr::Tsc,
         Msr::TscAdjust,
@@ -217,9 +221,11 @@ impl Msr {
         Msr::Smbase,
         Msr::Xss,
         Msr::McgStatus,
+        Msr::VmHsavePa,
     ];
 
-    /// The architectural MSR index (Intel SDM Vol. 4, Table 2-2; AMD APM Vol. 2, Appendix A).
+    /// The architectural MSR index (Intel SDM Vol. 4, Table 2-2; AMD APM Vol. 2, Appendix A;
+    /// VM_HSAVE_PA: AMD APM Vol. 2, §15.30.4).
     pub fn index(self) -> u32 {
         match self {
             Msr::ApicBase => 0x1b,
@@ -248,6 +254,7 @@ impl Msr {
             Msr::Smbase => 0x9e,
             Msr::Xss => 0xda0,
             Msr::McgStatus => 0x17a,
+            Msr::VmHsavePa => 0xc001_0117,
         }
     }
 
@@ -280,6 +287,7 @@ impl Msr {
             Msr::Smbase => "ia32_smbase",
             Msr::Xss => "ia32_xss",
             Msr::McgStatus => "ia32_mcg_status",
+            Msr::VmHsavePa => "vm_hsave_pa",
         }
     }
 }
@@ -298,6 +306,93 @@ pub const FIXED_MTRR_MSRS: [(&str, u32); FIXED_MTRRS] = [
     ("ia32_mtrr_fix4k_f0000", 0x26e),
     ("ia32_mtrr_fix4k_f8000", 0x26f),
 ];
+
+/// The VMX capability MSRs IA32_VMX_BASIC through IA32_VMX_VMFUNC, names and indices (Intel SDM
+/// Vol. 4, Table 2-2, 480H–491H; Vol. 3D, Appendix A).
+pub const VMX_CAPABILITY_MSR_NAMES: [(&str, u32); VMX_CAPABILITY_MSRS] = [
+    ("ia32_vmx_basic", 0x480),
+    ("ia32_vmx_pinbased_ctls", 0x481),
+    ("ia32_vmx_procbased_ctls", 0x482),
+    ("ia32_vmx_exit_ctls", 0x483),
+    ("ia32_vmx_entry_ctls", 0x484),
+    ("ia32_vmx_misc", 0x485),
+    ("ia32_vmx_cr0_fixed0", 0x486),
+    ("ia32_vmx_cr0_fixed1", 0x487),
+    ("ia32_vmx_cr4_fixed0", 0x488),
+    ("ia32_vmx_cr4_fixed1", 0x489),
+    ("ia32_vmx_vmcs_enum", 0x48a),
+    ("ia32_vmx_procbased_ctls2", 0x48b),
+    ("ia32_vmx_ept_vpid_cap", 0x48c),
+    ("ia32_vmx_true_pinbased_ctls", 0x48d),
+    ("ia32_vmx_true_procbased_ctls", 0x48e),
+    ("ia32_vmx_true_exit_ctls", 0x48f),
+    ("ia32_vmx_true_entry_ctls", 0x490),
+    ("ia32_vmx_vmfunc", 0x491),
+];
+
+/// Index of IA32_SGXLEPUBKEYHASH0; HASH1–3 follow (Intel SDM Vol. 4, Table 2-2, 8CH–8FH).
+pub const SGX_LE_HASH0_INDEX: u32 = 0x8c;
+
+/// Parts of the nested-virtualization state (see [`crate::Nested`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum NestedReg {
+    /// The VMXON pointer; all-ones when not in VMX operation.
+    VmxonPointer,
+    /// The current-VMCS pointer; all-ones when there is no current VMCS.
+    CurrentVmcs,
+    /// The enlightened-VMCS (Hyper-V) pointer; all-ones when none is in use.
+    EvmcsPointer,
+    /// VMX non-root operation or SVM guest mode: a nested guest is running.
+    GuestMode,
+    /// SVM's global interrupt flag.
+    Gif,
+    /// SVM guest mode with the INIT intercept set in the guest's VMCB.
+    InterceptInit,
+}
+
+impl NestedReg {
+    /// All six, in table order.
+    pub const ALL: [NestedReg; 6] = [
+        NestedReg::VmxonPointer,
+        NestedReg::CurrentVmcs,
+        NestedReg::EvmcsPointer,
+        NestedReg::GuestMode,
+        NestedReg::Gif,
+        NestedReg::InterceptInit,
+    ];
+
+    /// Lower-case name.
+    pub fn name(self) -> &'static str {
+        match self {
+            NestedReg::VmxonPointer => "vmxon_pointer",
+            NestedReg::CurrentVmcs => "current_vmcs_pointer",
+            NestedReg::EvmcsPointer => "evmcs_pointer",
+            NestedReg::GuestMode => "guest_mode",
+            NestedReg::Gif => "gif",
+            NestedReg::InterceptInit => "intercept_init",
+        }
+    }
+
+    /// Width in bits: 64 for the pointers, 1 for the flags.
+    pub fn width(self) -> u32 {
+        match self {
+            NestedReg::VmxonPointer | NestedReg::CurrentVmcs | NestedReg::EvmcsPointer => 64,
+            NestedReg::GuestMode | NestedReg::Gif | NestedReg::InterceptInit => 1,
+        }
+    }
+
+    /// The value that means "no nested state here": all-ones for the pointers, GIF set, the
+    /// other flags clear. It is the RESET value on both vendors.
+    pub fn none(self) -> u128 {
+        match self {
+            NestedReg::VmxonPointer | NestedReg::CurrentVmcs | NestedReg::EvmcsPointer => {
+                u64::MAX.into()
+            }
+            NestedReg::Gif => 1,
+            NestedReg::GuestMode | NestedReg::InterceptInit => 0,
+        }
+    }
+}
 
 /// The four MSRs of a machine-check bank.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -597,6 +692,10 @@ pub enum Field {
     MtrrPhysMask(u8),
     /// A machine-check bank register.
     Mc(u8, McReg),
+    /// VMX capability MSR `n` (see [`VMX_CAPABILITY_MSR_NAMES`]).
+    VmxCap(u8),
+    /// IA32_SGXLEPUBKEYHASH0–3.
+    SgxLeHash(u8),
     /// A single local APIC register.
     Lapic(LapicReg),
     /// Word 0–7 of ISR, TMR or IRR.
@@ -605,8 +704,10 @@ pub enum Field {
     Activity,
     /// A pending-event flag.
     Event(EventFlag),
-    /// Nested-virtualization state present (1) or not (0).
+    /// Nested-virtualization state present (1: in VMX operation or SVM guest mode) or not (0).
     Nested,
+    /// A part of the nested-virtualization state.
+    NestedReg(NestedReg),
 }
 
 fn seg_index(s: Seg) -> usize {
@@ -671,6 +772,8 @@ impl Field {
         for b in 0..MCE_BANKS as u8 {
             v.extend(McReg::ALL.map(|r| Field::Mc(b, r)));
         }
+        v.extend((0..VMX_CAPABILITY_MSRS as u8).map(Field::VmxCap));
+        v.extend((0..SGX_LE_HASH_MSRS as u8).map(Field::SgxLeHash));
         v.extend(LapicReg::ALL.map(Field::Lapic));
         for bm in LapicBitmap::ALL {
             v.extend((0..8).map(|i| Field::LapicBitmap(bm, i)));
@@ -678,6 +781,7 @@ impl Field {
         v.push(Field::Activity);
         v.extend(EventFlag::ALL.map(Field::Event));
         v.push(Field::Nested);
+        v.extend(NestedReg::ALL.map(Field::NestedReg));
         v
     }
 
@@ -723,11 +827,14 @@ impl Field {
             Field::MtrrPhysBase(i) => format!("msr.ia32_mtrr_physbase{i}"),
             Field::MtrrPhysMask(i) => format!("msr.ia32_mtrr_physmask{i}"),
             Field::Mc(b, r) => format!("msr.ia32_mc{b}_{}", r.name()),
+            Field::VmxCap(i) => format!("msr.{}", VMX_CAPABILITY_MSR_NAMES[i as usize].0),
+            Field::SgxLeHash(i) => format!("msr.ia32_sgxlepubkeyhash{i}"),
             Field::Lapic(r) => format!("lapic.{}", r.name()),
             Field::LapicBitmap(b, i) => format!("lapic.{}{i}", b.name()),
             Field::Activity => "activity.state".into(),
             Field::Event(e) => format!("events.{}", e.name()),
             Field::Nested => "nested.state".into(),
+            Field::NestedReg(r) => format!("nested.{}", r.name()),
         }
     }
 
@@ -758,9 +865,13 @@ impl Field {
             | Field::MtrrFixed(_)
             | Field::MtrrPhysBase(_)
             | Field::MtrrPhysMask(_)
-            | Field::Mc(..) => Class::Msrs,
+            | Field::Mc(..)
+            | Field::VmxCap(_)
+            | Field::SgxLeHash(_) => Class::Msrs,
             Field::Lapic(_) | Field::LapicBitmap(..) => Class::Lapic,
-            Field::Activity | Field::Event(_) | Field::Nested => Class::Activity,
+            Field::Activity | Field::Event(_) | Field::Nested | Field::NestedReg(_) => {
+                Class::Activity
+            }
         }
     }
 
@@ -773,6 +884,8 @@ impl Field {
             Field::MtrrPhysBase(i) => Some(0x200 + 2 * u32::from(i)),
             Field::MtrrPhysMask(i) => Some(0x201 + 2 * u32::from(i)),
             Field::Mc(b, r) => Some(0x400 + 4 * u32::from(b) + r as u32),
+            Field::VmxCap(i) => Some(VMX_CAPABILITY_MSR_NAMES[i as usize].1),
+            Field::SgxLeHash(i) => Some(SGX_LE_HASH0_INDEX + u32::from(i)),
             _ => None,
         }
     }
@@ -793,6 +906,7 @@ impl Field {
             Field::Lapic(_) | Field::LapicBitmap(..) => 32,
             Field::Activity => 2,
             Field::Event(_) | Field::Nested => 1,
+            Field::NestedReg(r) => r.width(),
             _ => 64,
         }
     }
@@ -880,7 +994,10 @@ impl Field {
             }
             Field::Activity => (s.activity as u8).into(),
             Field::Event(e) => u128::from(*event_ref_const(s, e)),
+            Field::VmxCap(i) => s.msrs.vmx_capabilities[i as usize].into(),
+            Field::SgxLeHash(i) => s.msrs.sgx_le_pubkey_hash[i as usize].into(),
             Field::Nested => s.nested.present.into(),
+            Field::NestedReg(r) => nested_get(s, r),
         };
         v & self.mask()
     }
@@ -975,7 +1092,10 @@ impl Field {
                 }
             }
             Field::Event(e) => *event_mut(s, e) = v != 0,
+            Field::VmxCap(i) => s.msrs.vmx_capabilities[i as usize] = v as u64,
+            Field::SgxLeHash(i) => s.msrs.sgx_le_pubkey_hash[i as usize] = v as u64,
             Field::Nested => s.nested.present = v != 0,
+            Field::NestedReg(r) => nested_set(s, r, v),
         }
     }
 }
@@ -1017,6 +1137,7 @@ macro_rules! msr_slot {
             Msr::Smbase => &$($mu)? $s.msrs.smbase,
             Msr::Xss => &$($mu)? $s.msrs.xss,
             Msr::McgStatus => &$($mu)? $s.msrs.mcg_status,
+            Msr::VmHsavePa => &$($mu)? $s.msrs.vm_hsave_pa,
         }
     };
 }
@@ -1060,6 +1181,31 @@ macro_rules! event_slot {
             EventFlag::InterruptShadow => &$($mu)? $s.events.interrupt_shadow,
         }
     };
+}
+
+fn nested_get(s: &VcpuState, r: NestedReg) -> u128 {
+    let n = &s.nested;
+    match r {
+        NestedReg::VmxonPointer => n.vmxon_pointer.into(),
+        NestedReg::CurrentVmcs => n.current_vmcs_pointer.into(),
+        NestedReg::EvmcsPointer => n.evmcs_pointer.into(),
+        NestedReg::GuestMode => n.guest_mode.into(),
+        NestedReg::Gif => n.gif.into(),
+        NestedReg::InterceptInit => n.intercept_init.into(),
+    }
+}
+
+#[allow(clippy::cast_possible_truncation)] // masked to the field width by the caller
+fn nested_set(s: &mut VcpuState, r: NestedReg, v: u128) {
+    let n = &mut s.nested;
+    match r {
+        NestedReg::VmxonPointer => n.vmxon_pointer = v as u64,
+        NestedReg::CurrentVmcs => n.current_vmcs_pointer = v as u64,
+        NestedReg::EvmcsPointer => n.evmcs_pointer = v as u64,
+        NestedReg::GuestMode => n.guest_mode = v != 0,
+        NestedReg::Gif => n.gif = v != 0,
+        NestedReg::InterceptInit => n.intercept_init = v != 0,
+    }
 }
 
 fn msr_ref(s: &VcpuState, m: Msr) -> u64 {

@@ -9,28 +9,33 @@
 //! - [`expected_state`] gives the whole state after RESET, or after INIT from a given earlier
 //!   state; [`sipi`] then applies a startup IPI.
 //! - [`entries`] flattens a table for rendering (table, JSON, markdown).
+//! - [`init_outcome`] says whether an INIT takes effect, is held (VMX root, SVM GIF = 0) or
+//!   becomes a VM exit (VMX non-root, SVM intercept), by the rules [`init_rules`] lists.
 //!
 //! The crate has no dependencies; `serde` support is behind the `serde` feature.
 
 #![forbid(unsafe_code)]
 
+mod blocking;
 mod field;
 mod render;
 mod rule;
 mod state;
 mod tables;
 
+pub use blocking::{InitOutcome, InitRule, init_outcome, init_rules, init_vm_exit};
 pub use field::{
-    Class, Dt, EventFlag, FIXED_MTRR_MSRS, Field, Gpr, LapicBitmap, LapicReg, McReg, Msr, Seg,
-    SegPart, X87,
+    Class, Dt, EventFlag, FIXED_MTRR_MSRS, Field, Gpr, LapicBitmap, LapicReg, McReg, Msr,
+    NestedReg, SGX_LE_HASH0_INDEX, Seg, SegPart, VMX_CAPABILITY_MSR_NAMES, X87,
 };
 pub use render::{Entry, entries, hex, markdown, text_table};
 pub use rule::{
-    Alternative, Citation, CpuModel, Derivation, Event, Row, Rule, Source, VcpuIdentity, Vendor,
+    Alternative, Citation, CpuModel, DEFAULT_VMX_CAPABILITIES, Derivation, Event,
+    INTEL_LE_PUBKEY_HASH, Row, Rule, Source, VcpuIdentity, Vendor,
 };
 pub use state::{
     Activity, DescriptorTable, Events, FIXED_MTRRS, Fpu, GPRS, Lapic, MCE_BANKS, McBank, Msrs,
-    Nested, Segment, VARIABLE_MTRRS, VcpuState, Vectors,
+    Nested, SGX_LE_HASH_MSRS, Segment, VARIABLE_MTRRS, VMX_CAPABILITY_MSRS, VcpuState, Vectors,
 };
 
 /// The row for `field` in `vendor`'s table for `event`.

@@ -169,5 +169,25 @@ pub fn markdown() -> String {
             }
         }
     }
+    out.push_str(
+        "\n## INIT blocking and latching\n\n\
+         The tables above say what INIT does when it takes effect. With virtualization \
+         extensions an INIT can instead be held pending (it takes effect when the rule stops \
+         applying) or become a VM exit to the guest hypervisor (it is consumed).\n\n\
+         | vendor | rule | effect | condition and effect | citation |\n|---|---|---|---|---|\n",
+    );
+    for r in crate::InitRule::ALL {
+        out.push_str(&format!(
+            "| {} | `{}` | {} | {} | {} |\n",
+            match r.vendor() {
+                Vendor::Intel => "Intel",
+                Vendor::Amd => "AMD",
+            },
+            r.name(),
+            if r.holds() { "held" } else { "VM exit" },
+            md_escape(r.describe()),
+            md_escape(&r.citation().to_string())
+        ));
+    }
     out
 }

@@ -1,7 +1,7 @@
 //! What a table row says about a field: a value, or a rule, with its citation.
 
 use crate::field::Field;
-use crate::state::{Activity, VcpuState};
+use crate::state::{Activity, SGX_LE_HASH_MSRS, VMX_CAPABILITY_MSRS, VcpuState};
 
 /// Processor vendor; the tables differ where the Intel SDM and the AMD APM differ.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -65,6 +65,8 @@ pub enum Source {
     SdmVol3B,
     /// Intel SDM Vol. 3C (System Programming Guide, Part 3).
     SdmVol3C,
+    /// Intel SDM Vol. 3D (System Programming Guide, Part 4).
+    SdmVol3D,
     /// Intel SDM Vol. 4 (Model-Specific Registers).
     SdmVol4,
     /// AMD64 Architecture Programmer's Manual Vol. 2 (System Programming).
@@ -79,6 +81,7 @@ impl Source {
             Source::SdmVol3A => "Intel SDM Vol. 3A (325462-079US, March 2023)",
             Source::SdmVol3B => "Intel SDM Vol. 3B (325462-079US, March 2023)",
             Source::SdmVol3C => "Intel SDM Vol. 3C (325462-079US, March 2023)",
+            Source::SdmVol3D => "Intel SDM Vol. 3D (325462-079US, March 2023)",
             Source::SdmVol4 => "Intel SDM Vol. 4 (325462-079US, March 2023)",
             Source::ApmVol2 => "AMD64 APM Vol. 2 (24593, Rev. 3.42, March 2024)",
         }
@@ -119,6 +122,12 @@ pub enum Derivation {
     PerfGlobalCtrl,
     /// CR0 after INIT: CD and NW kept from the state before, ET (bit 4) set, all else 0.
     Cr0Init,
+    /// VMX capability MSR `n` (480H + n): the model's configured value
+    /// ([`CpuModel::vmx_capabilities`]), 0 where the model offers no VMX.
+    VmxCapability(u8),
+    /// IA32_SGXLEPUBKEYHASHn: the digest of Intel's signing key ([`INTEL_LE_PUBKEY_HASH`])
+    /// where the model offers SGX launch control, 0 (no such MSR) where it does not.
+    SgxLePubKeyHash(u8),
 }
 
 impl Derivation {
@@ -139,6 +148,12 @@ impl Derivation {
                 "bits n-1:0 set, n = number of general-purpose counters (CPUID.0AH:EAX[15:8])"
             }
             Derivation::Cr0Init => "0x00000010 | (CR0 before INIT & 0x60000000): CD/NW kept",
+            Derivation::VmxCapability(_) => {
+                "the CPU model's configured VMX capability (read-only to the guest; 0 without VMX)"
+            }
+            Derivation::SgxLePubKeyHash(_) => {
+                "the digest of Intel's signing key where the model offers SGX launch control, else 0 (no such MSR)"
+            }
         }
     }
 
@@ -160,6 +175,23 @@ impl Derivation {
             Derivation::PerfGlobalCtrl => (1u128 << model.gp_counters.min(64)) - 1,
             Derivation::Cr0Init => {
                 0x10 | prior.map_or(0x6000_0000, |p| u128::from(p.cr0) & 0x6000_0000)
+            }
+            Derivation::VmxCapability(i) => model
+                .vmx_capabilities
+                .get(usize::from(i))
+                .copied()
+                .unwrap_or(0)
+                .into(),
+            Derivation::SgxLePubKeyHash(i) => {
+                if model.sgx_launch_control {
+                    INTEL_LE_PUBKEY_HASH
+                        .get(usize::from(i))
+                        .copied()
+                        .unwrap_or(0)
+                        .into()
+                } else {
+                    0
+                }
             }
         }
     }
@@ -235,13 +267,72 @@ pub struct CpuModel {
     pub apic_version: u32,
     /// IA32_MTRRCAP.
     pub mtrr_cap: u64,
+    /// The VMX capability MSRs IA32_VMX_BASIC … IA32_VMX_VMFUNC (480H–491H) as the VMM
+    /// configures them: restored at RESET, kept by INIT. All zero where VMX is not offered (and
+    /// on AMD, which has no VMX).
+    pub vmx_capabilities: [u64; VMX_CAPABILITY_MSRS],
+    /// SGX launch control is offered (CPUID.(EAX=07H,ECX=0):ECX\[30\]), so the
+    /// IA32_SGXLEPUBKEYHASH0–3 MSRs exist and reset to the digest of Intel's signing key.
+    pub sgx_launch_control: bool,
 }
+
+/// The digest of Intel's launch-enclave signing key, IA32_SGXLEPUBKEYHASH0–3 in order: the
+/// RESET value of those MSRs (Intel SDM Vol. 4, Table 2-2: "On reset, the default value is the
+/// digest of Intel's signing key"). The SDM does not print the digest; these are the values
+/// Linux KVM (`arch/x86/kvm/vmx/sgx.c`, `setup_default_sgx_lepubkeyhash`) and QEMU
+/// (`target/i386/cpu.c`, "defined in Skylake HW") use.
+pub const INTEL_LE_PUBKEY_HASH: [u64; SGX_LE_HASH_MSRS] = [
+    0xa605_3e05_1270_b7ac,
+    0x6cfb_e8ba_8b3b_413d,
+    0xc491_6d99_f2b3_735d,
+    0xd4f8_c059_09f9_bb3b,
+];
+
+/// vcpu-reset's default VMX capability configuration for an Intel model that offers VMX, in
+/// MSR order 480H–491H. It is an example of a nested-VMX configuration of the kind KVM reports,
+/// not any one host's:
+///
+/// - IA32_VMX_BASIC exactly as KVM encodes it for its virtual VMCS (`nested_vmx_setup_basic`):
+///   revision 11E57ED0H (`VMCS12_REVISION`), region size 4 KiB (bits 44:32 = 1000H), memory
+///   type WB (bits 53:50 = 6), INS/OUTS exit information (bit 54), TRUE controls (bit 55)
+///   (SDM Vol. 3D, Appendix A.1);
+/// - the control MSRs report their "default1" bits as required (allowed-0 settings in bits
+///   31:0; SDM Vol. 3D, Appendix A.3) and a common feature set as allowed (allowed-1 settings
+///   in bits 63:32); the TRUE MSRs let CR3-load/store exiting and the debug-control load/save
+///   be 0;
+/// - IA32_VMX_CR0_FIXED0 = PE | NE | PG and IA32_VMX_CR4_FIXED0 = VMXE, the bits VMX operation
+///   requires set (SDM Vol. 3D, Appendices A.7 and A.8; KVM's `VMXON_CR0_ALWAYSON` and
+///   `VMXON_CR4_ALWAYSON`);
+/// - IA32_VMX_MISC as KVM emulates it: preemption-timer rate 5, EFER.LMA stored, HLT and
+///   wait-for-SIPI activity states, VMWRITE to VM-exit information fields (bit 29);
+/// - IA32_VMX_VMFUNC = EPTP switching.
+pub const DEFAULT_VMX_CAPABILITIES: [u64; VMX_CAPABILITY_MSRS] = [
+    0x00d8_1000_11e5_7ed0, // IA32_VMX_BASIC
+    0x0000_00ff_0000_0016, // IA32_VMX_PINBASED_CTLS
+    0xfff9_fffe_0401_e172, // IA32_VMX_PROCBASED_CTLS
+    0x003f_efff_0003_6dff, // IA32_VMX_EXIT_CTLS
+    0x0000_f3ff_0000_11ff, // IA32_VMX_ENTRY_CTLS
+    0x0000_0000_2000_0165, // IA32_VMX_MISC
+    0x0000_0000_8000_0021, // IA32_VMX_CR0_FIXED0
+    0x0000_0000_ffff_ffff, // IA32_VMX_CR0_FIXED1
+    0x0000_0000_0000_2000, // IA32_VMX_CR4_FIXED0
+    0x0000_0000_0077_2fff, // IA32_VMX_CR4_FIXED1
+    0x0000_0000_0000_002e, // IA32_VMX_VMCS_ENUM
+    0x0013_7bff_0000_0000, // IA32_VMX_PROCBASED_CTLS2
+    0x0000_0f01_0633_4141, // IA32_VMX_EPT_VPID_CAP
+    0x0000_00ff_0000_0016, // IA32_VMX_TRUE_PINBASED_CTLS
+    0xfff9_fffe_0400_6172, // IA32_VMX_TRUE_PROCBASED_CTLS
+    0x003f_efff_0003_6dfb, // IA32_VMX_TRUE_EXIT_CTLS
+    0x0000_f3ff_0000_11fb, // IA32_VMX_TRUE_ENTRY_CTLS
+    0x0000_0000_0000_0001, // IA32_VMX_VMFUNC
+];
 
 impl CpuModel {
     /// A plain model of this vendor: a signature of family 6 (Intel) or 0x17 (AMD), no
-    /// performance counters, an xAPIC of version 0x14 with six LVT entries, and 8 variable plus
-    /// fixed MTRRs with write-combining (IA32_MTRRCAP = 0x508).
-    pub fn generic(vendor: Vendor) -> Self {
+    /// performance counters, an xAPIC of version 0x14 with six LVT entries, 8 variable plus
+    /// fixed MTRRs with write-combining (IA32_MTRRCAP = 0x508), no SGX launch control, and on
+    /// Intel VMX with [`DEFAULT_VMX_CAPABILITIES`].
+    pub const fn generic(vendor: Vendor) -> Self {
         CpuModel {
             vendor,
             signature: match vendor {
@@ -251,6 +342,11 @@ impl CpuModel {
             gp_counters: 0,
             apic_version: 0x0005_0014,
             mtrr_cap: 0x508,
+            vmx_capabilities: match vendor {
+                Vendor::Intel => DEFAULT_VMX_CAPABILITIES,
+                Vendor::Amd => [0; VMX_CAPABILITY_MSRS],
+            },
+            sgx_launch_control: false,
         }
     }
 }

@@ -17,6 +17,11 @@ pub const FIXED_MTRRS: usize = 11;
 pub const MCE_BANKS: usize = 10;
 /// Number of general-purpose registers in 64-bit mode (APX's R16–R31 are not modelled).
 pub const GPRS: usize = 16;
+/// Number of VMX capability MSRs modelled: IA32_VMX_BASIC (480H) through IA32_VMX_VMFUNC (491H)
+/// (Intel SDM Vol. 3D, Appendix A; Vol. 4, Table 2-2).
+pub const VMX_CAPABILITY_MSRS: usize = 18;
+/// Number of SGX launch-enclave public-key-hash MSRs, IA32_SGXLEPUBKEYHASH0–3 (8CH–8FH).
+pub const SGX_LE_HASH_MSRS: usize = 4;
 
 /// One segment register: the visible selector and the hidden descriptor cache.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -135,6 +140,12 @@ pub struct Msrs {
     pub xss: u64,
     pub mcg_status: u64,
     pub mc_banks: [McBank; MCE_BANKS],
+    /// IA32_VMX_BASIC … IA32_VMX_VMFUNC, in index order (480H–491H).
+    pub vmx_capabilities: [u64; VMX_CAPABILITY_MSRS],
+    /// IA32_SGXLEPUBKEYHASH0–3: the SHA-256 digest of the launch enclave's signing key.
+    pub sgx_le_pubkey_hash: [u64; SGX_LE_HASH_MSRS],
+    /// AMD's VM_HSAVE_PA (C001_0117H): where VMRUN saves host state.
+    pub vm_hsave_pa: u64,
 }
 
 /// The local APIC's registers, xAPIC view.
@@ -228,12 +239,49 @@ pub struct Events {
     pub interrupt_shadow: bool,
 }
 
-/// Nested-virtualization state, at the level of detail the RESET/INIT tables need.
+/// Nested-virtualization state, at the level of detail the RESET/INIT tables and the INIT
+/// blocking rules need.
+///
+/// "None" is all-ones for the pointers (KVM's `INVALID_GPA`; the SDM's value of the
+/// current-VMCS pointer when there is no current VMCS), GIF set and the flags clear; see
+/// [`crate::NestedReg::none`]. `Default` is all-zero, like the rest of [`VcpuState`], and is not
+/// "no nested state".
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct Nested {
     /// The vCPU is in VMX operation or SVM guest mode with state the hypervisor holds for it.
     pub present: bool,
+    /// VMXON pointer (all-ones: not in VMX operation).
+    pub vmxon_pointer: u64,
+    /// Current-VMCS pointer (all-ones: no current VMCS).
+    pub current_vmcs_pointer: u64,
+    /// Enlightened-VMCS pointer (all-ones: none in use).
+    pub evmcs_pointer: u64,
+    /// VMX non-root operation or SVM guest mode.
+    pub guest_mode: bool,
+    /// SVM global interrupt flag.
+    pub gif: bool,
+    /// SVM guest mode with INIT intercepted by the guest's VMCB.
+    pub intercept_init: bool,
+}
+
+impl Nested {
+    /// No nested state: not in VMX operation, no current or enlightened VMCS, not in guest
+    /// mode, GIF set.
+    pub const NONE: Nested = Nested {
+        present: false,
+        vmxon_pointer: u64::MAX,
+        current_vmcs_pointer: u64::MAX,
+        evmcs_pointer: u64::MAX,
+        guest_mode: false,
+        gif: true,
+        intercept_init: false,
+    };
+
+    /// In VMX operation (root or non-root).
+    pub fn in_vmx_operation(&self) -> bool {
+        self.vmxon_pointer != u64::MAX
+    }
 }
 
 /// The complete vCPU state for RESET/INIT purposes.

@@ -11,8 +11,10 @@
 //! - AMD APM Vol. 2 Table 14-1: x87, 64-bit media, SSE state, MTRRs, machine-check, performance
 //!   and other MSRs, TSC, SMBASE, XCR0, PKRU and DR0–DR7 are "Not modified" by INIT.
 //! - The FS and GS base MSRs are the FS/GS segment bases, which INIT sets to 0.
-//! - Intel: INIT is blocked in VMX root operation, so nested (VMX) state survives an INIT that
-//!   takes effect; AMD: INIT clears EFER and with it SVME.
+//! - Intel: INIT is blocked in VMX root operation and is a VM exit in non-root operation, so
+//!   every part of the nested state survives an INIT that takes effect (and the SVM-only parts,
+//!   which Intel lacks, are left alone); AMD: INIT clears EFER and with it SVME, leaving guest
+//!   mode, and is only recognised with GIF = 1, so every nested part takes its RESET value.
 //! - CR0 is neither: INIT sets it to 0x10 | (CR0 before & 0x6000_0000) (SDM Table 10-1 note 2,
 //!   APM Table 14-1).
 
@@ -39,7 +41,7 @@ fn preserved_by_init(name: &str, vendor: Vendor) -> bool {
         || name == "lapic.id"
         || name == "lapic.version"
         || (vendor == Vendor::Amd && debug)
-        || (vendor == Vendor::Intel && name == "nested.state")
+        || (vendor == Vendor::Intel && name.starts_with("nested."))
 }
 
 fn model(vendor: Vendor, gp_counters: u8) -> CpuModel {
@@ -52,6 +54,11 @@ fn model(vendor: Vendor, gp_counters: u8) -> CpuModel {
         gp_counters,
         apic_version: 0x0005_0014,
         mtrr_cap: 0x508,
+        vmx_capabilities: match vendor {
+            Vendor::Intel => vcpu_reset_spec::DEFAULT_VMX_CAPABILITIES,
+            Vendor::Amd => [0; 18],
+        },
+        sgx_launch_control: vendor == Vendor::Intel,
     }
 }
 

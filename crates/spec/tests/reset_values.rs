@@ -9,8 +9,9 @@
 
 use vcpu_reset_spec::{
     Activity, Class, CpuModel, Derivation, DescriptorTable, Dt, Event, EventFlag, Events, Field,
-    Fpu, Gpr, Lapic, LapicBitmap, LapicReg, McBank, Msr, Msrs, Nested, Rule, Seg, SegPart, Segment,
-    Transition, VcpuIdentity, VcpuState, Vectors, Vendor, X87, expected_state, row, sipi, table,
+    Fpu, Gpr, Lapic, LapicBitmap, LapicReg, McBank, Msr, Msrs, Nested, NestedReg, Rule, Seg,
+    SegPart, Segment, Source, Transition, VcpuIdentity, VcpuState, Vectors, Vendor, X87,
+    expected_state, row, sipi, table,
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -18,14 +19,40 @@ use vcpu_reset_spec::{
 // ---------------------------------------------------------------------------------------------
 
 /// An Intel model: family 6 model 9EH stepping 10 (CPUID.01H:EAX 000906EAH), four
-/// general-purpose counters, an xAPIC with version 14H and six LVT entries, IA32_MTRRCAP 508H.
+/// general-purpose counters, an xAPIC with version 14H and six LVT entries, IA32_MTRRCAP 508H,
+/// VMX with the capability MSRs below, and SGX launch control.
 const INTEL: CpuModel = CpuModel {
     vendor: Vendor::Intel,
     signature: 0x0009_06ea,
     gp_counters: 4,
     apic_version: 0x0005_0014,
     mtrr_cap: 0x508,
+    vmx_capabilities: INTEL_VMX,
+    sgx_launch_control: true,
 };
+
+/// The VMX capability MSRs of the Intel model, 480H–491H: a configuration typed here, distinct
+/// in every MSR, so that each RESET value is seen to come from the model.
+const INTEL_VMX: [u64; 18] = [
+    0x00da_0400_0000_0004,
+    0x0000_007f_0000_0016,
+    0xfff9_fffe_0401_e172,
+    0x01ff_ffff_0003_6dff,
+    0x0003_ffff_0000_11ff,
+    0x0000_0000_7004_c1e7,
+    0x0000_0000_8000_0021,
+    0x0000_0000_ffff_ffff,
+    0x0000_0000_0000_2000,
+    0x0000_0000_003f_67ff,
+    0x0000_0000_0000_002e,
+    0x0051_7fff_0000_0000,
+    0x0000_0f01_0677_6141,
+    0x0000_007f_0000_0016,
+    0xfff9_fffe_0400_6172,
+    0x01ff_ffff_0003_6dfb,
+    0x0003_ffff_0000_11fb,
+    0x0000_0000_0000_0001,
+];
 
 /// An AMD model: family 19H model 21H stepping 2 (CPUID.01H:EAX 00A20F12H), six counters, an
 /// APIC version of the form 80??0010H (APM Table 16-2).
@@ -35,6 +62,8 @@ const AMD: CpuModel = CpuModel {
     gp_counters: 6,
     apic_version: 0x8005_0010,
     mtrr_cap: 0x508,
+    vmx_capabilities: [0; 18],
+    sgx_launch_control: false,
 };
 
 const MODELS: [CpuModel; 2] = [INTEL, AMD];
@@ -144,6 +173,10 @@ fn dirty_prior() -> VcpuState {
                 addr: 0x1234_5000,
                 misc: 0x86,
             }; 10],
+            // A VMM narrowed every capability; a guest wrote its own launch-enclave key.
+            vmx_capabilities: [0x0000_0001_0000_0000; 18],
+            sgx_le_pubkey_hash: [0x1234_5678_9abc_def0; 4],
+            vm_hsave_pa: 0x0000_0000_7fff_e000,
         },
         lapic: Lapic {
             id: 0x0700_0000,
@@ -180,7 +213,17 @@ fn dirty_prior() -> VcpuState {
             smm: true,
             interrupt_shadow: true,
         },
-        nested: Nested { present: true },
+        // In VMX non-root operation with an enlightened VMCS, GIF clear, INIT intercepted:
+        // every part away from its RESET value.
+        nested: Nested {
+            present: true,
+            vmxon_pointer: 0x0010_0000,
+            current_vmcs_pointer: 0x0010_1000,
+            evmcs_pointer: 0x0010_2000,
+            guest_mode: true,
+            gif: false,
+            intercept_init: true,
+        },
     }
 }
 
@@ -942,6 +985,147 @@ fn nested_state() {
     }
 }
 
+/// SDM Vol. 3C §24.7 (RESET leaves VMX operation), §25.1 (no current VMCS: FFFFFFFF_FFFFFFFFH);
+/// AMD APM Vol. 2 Table 14-1 (EFER.SVME = 0) and §15.17 (GIF).
+#[test]
+fn nested_parts_after_reset() {
+    for model in [INTEL, AMD] {
+        for vcpu in VCPUS {
+            let s = reset(model, vcpu);
+            assert_eq!(val(&s, "nested.vmxon_pointer"), 0xffff_ffff_ffff_ffff);
+            assert_eq!(
+                val(&s, "nested.current_vmcs_pointer"),
+                0xffff_ffff_ffff_ffff
+            );
+            assert_eq!(val(&s, "nested.evmcs_pointer"), 0xffff_ffff_ffff_ffff);
+            assert_eq!(val(&s, "nested.guest_mode"), 0);
+            assert_eq!(val(&s, "nested.gif"), 1);
+            assert_eq!(val(&s, "nested.intercept_init"), 0);
+            assert_eq!(s.nested, Nested::NONE);
+        }
+    }
+}
+
+/// Intel: an INIT that takes effect keeps VMX state (SDM Vol. 3C §24.8, §26.2: it cannot take
+/// effect in VMX operation at all); AMD: INIT leaves guest mode (Table 14-1: EFER = 0) and is
+/// recognised only with GIF = 1 (§15.17).
+#[test]
+fn nested_parts_after_init() {
+    let prior = dirty_prior();
+    for vcpu in VCPUS {
+        let s = init(INTEL, vcpu, &prior);
+        assert_eq!(val(&s, "nested.vmxon_pointer"), 0x0010_0000);
+        assert_eq!(val(&s, "nested.current_vmcs_pointer"), 0x0010_1000);
+        assert_eq!(val(&s, "nested.evmcs_pointer"), 0x0010_2000);
+        assert_eq!(val(&s, "nested.guest_mode"), 1);
+        assert_eq!(val(&s, "nested.gif"), 0);
+        assert_eq!(val(&s, "nested.intercept_init"), 1);
+        let s = init(AMD, vcpu, &prior);
+        assert_eq!(s.nested, Nested::NONE);
+    }
+}
+
+/// IA32_VMX_BASIC … IA32_VMX_VMFUNC: RESET gives the model's configuration (SDM Vol. 3D,
+/// Appendix A), INIT keeps whatever the VMM configured; AMD has none.
+#[test]
+fn vmx_capability_msrs() {
+    let names = [
+        ("msr.ia32_vmx_basic", 0x480),
+        ("msr.ia32_vmx_pinbased_ctls", 0x481),
+        ("msr.ia32_vmx_procbased_ctls", 0x482),
+        ("msr.ia32_vmx_exit_ctls", 0x483),
+        ("msr.ia32_vmx_entry_ctls", 0x484),
+        ("msr.ia32_vmx_misc", 0x485),
+        ("msr.ia32_vmx_cr0_fixed0", 0x486),
+        ("msr.ia32_vmx_cr0_fixed1", 0x487),
+        ("msr.ia32_vmx_cr4_fixed0", 0x488),
+        ("msr.ia32_vmx_cr4_fixed1", 0x489),
+        ("msr.ia32_vmx_vmcs_enum", 0x48a),
+        ("msr.ia32_vmx_procbased_ctls2", 0x48b),
+        ("msr.ia32_vmx_ept_vpid_cap", 0x48c),
+        ("msr.ia32_vmx_true_pinbased_ctls", 0x48d),
+        ("msr.ia32_vmx_true_procbased_ctls", 0x48e),
+        ("msr.ia32_vmx_true_exit_ctls", 0x48f),
+        ("msr.ia32_vmx_true_entry_ctls", 0x490),
+        ("msr.ia32_vmx_vmfunc", 0x491),
+    ];
+    let prior = dirty_prior();
+    for vcpu in VCPUS {
+        for (i, (name, index)) in names.iter().enumerate() {
+            let f = Field::from_name(name).unwrap_or_else(|| panic!("no field named {name}"));
+            assert_eq!(f.msr_index(), Some(*index), "{name}");
+            assert_eq!(
+                val(&reset(INTEL, vcpu), name),
+                u128::from(INTEL_VMX[i]),
+                "{name}"
+            );
+            assert_eq!(
+                val(&init(INTEL, vcpu, &prior), name),
+                0x0000_0001_0000_0000,
+                "{name}"
+            );
+            assert_eq!(val(&reset(AMD, vcpu), name), 0, "{name}");
+        }
+    }
+    assert_eq!(
+        row(Field::VmxCap(0), Vendor::Intel, Event::Reset)
+            .citation
+            .source,
+        Source::SdmVol3D
+    );
+}
+
+/// IA32_SGXLEPUBKEYHASH0–3 (8CH–8FH): "On reset, the default value is the digest of Intel's
+/// signing key" (SDM Vol. 4, Table 2-2); the digest as KVM and QEMU write it.
+#[test]
+fn sgx_launch_enclave_hash_msrs() {
+    let prior = dirty_prior();
+    let digest: [u128; 4] = [
+        0xa605_3e05_1270_b7ac,
+        0x6cfb_e8ba_8b3b_413d,
+        0xc491_6d99_f2b3_735d,
+        0xd4f8_c059_09f9_bb3b,
+    ];
+    let no_lc = CpuModel {
+        sgx_launch_control: false,
+        ..INTEL
+    };
+    for vcpu in VCPUS {
+        for (i, d) in digest.iter().enumerate() {
+            let name = format!("msr.ia32_sgxlepubkeyhash{i}");
+            let f = Field::from_name(&name).unwrap_or_else(|| panic!("no field named {name}"));
+            assert_eq!(f.msr_index(), Some(0x8c + i as u32));
+            assert_eq!(val(&reset(INTEL, vcpu), &name), *d, "{name}");
+            assert_eq!(
+                val(&reset(no_lc, vcpu), &name),
+                0,
+                "{name} without launch control"
+            );
+            assert_eq!(
+                val(&init(INTEL, vcpu, &prior), &name),
+                0x1234_5678_9abc_def0
+            );
+            assert_eq!(val(&reset(AMD, vcpu), &name), 0);
+        }
+    }
+}
+
+/// VM_HSAVE_PA (C001_0117H, APM Vol. 2 §15.30.4): 0 at RESET (undefined; what KVM and Bochs
+/// use), kept by INIT (INIT modifies no MSR, APM Table 14-1).
+#[test]
+fn vm_hsave_pa() {
+    let prior = dirty_prior();
+    assert_eq!(Field::Msr(Msr::VmHsavePa).msr_index(), Some(0xc001_0117));
+    for vcpu in VCPUS {
+        assert_eq!(val(&reset(AMD, vcpu), "msr.vm_hsave_pa"), 0);
+        assert_eq!(
+            val(&init(AMD, vcpu, &prior), "msr.vm_hsave_pa"),
+            0x7fff_e000
+        );
+        assert_eq!(val(&reset(INTEL, vcpu), "msr.vm_hsave_pa"), 0);
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Rule kinds, through `row`
 // ---------------------------------------------------------------------------------------------
@@ -1052,6 +1236,30 @@ fn rule_kinds_of_key_rows() {
     assert_eq!(row(Field::Nested, Intel, Reset).rule, Rule::Value(0));
     assert_eq!(row(Field::Nested, Intel, Init).rule, Rule::Preserved);
     assert_eq!(row(Field::Nested, Amd, Init).rule, Rule::Value(0));
+    let cur = Field::NestedReg(NestedReg::CurrentVmcs);
+    assert_eq!(row(cur, Intel, Reset).rule, Rule::Value(u64::MAX.into()));
+    assert_eq!(row(cur, Intel, Init).rule, Rule::Preserved);
+    assert_eq!(row(cur, Amd, Init).rule, Rule::Value(u64::MAX.into()));
+    // VMX capabilities and SGX hashes: derived from the model at RESET, kept by INIT.
+    assert_eq!(
+        row(Field::VmxCap(0), Intel, Reset).rule,
+        Rule::Derived(Derivation::VmxCapability(0))
+    );
+    assert_eq!(row(Field::VmxCap(17), Intel, Init).rule, Rule::Preserved);
+    assert_eq!(
+        row(Field::SgxLeHash(3), Intel, Reset).rule,
+        Rule::Derived(Derivation::SgxLePubKeyHash(3))
+    );
+    assert_eq!(row(Field::SgxLeHash(3), Intel, Init).rule, Rule::Preserved);
+    assert_eq!(row(Field::VmxCap(0), Amd, Reset).rule.kind(), "undefined");
+    assert_eq!(
+        row(Field::Msr(Msr::VmHsavePa), Amd, Reset).rule.kind(),
+        "undefined"
+    );
+    assert_eq!(
+        row(Field::Msr(Msr::VmHsavePa), Amd, Init).rule,
+        Rule::Preserved
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1147,7 +1355,10 @@ fn field_names_unique_lower_case_dotted() {
             | Field::MtrrFixed(_)
             | Field::MtrrPhysBase(_)
             | Field::MtrrPhysMask(_)
-            | Field::Mc(..) => Some("msr.".into()),
+            | Field::Mc(..)
+            | Field::VmxCap(_)
+            | Field::SgxLeHash(_) => Some("msr.".into()),
+            Field::Nested | Field::NestedReg(_) => Some("nested.".into()),
             Field::Lapic(_) | Field::LapicBitmap(..) => Some("lapic.".into()),
             Field::Event(_) => Some("events.".into()),
             _ => None,
@@ -1346,4 +1557,51 @@ fn sipi_ignored_when_not_waiting() {
         assert!(!sipi(&mut halted, 0x9a));
         assert_eq!(halted, before);
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The default VMX configuration
+// ---------------------------------------------------------------------------------------------
+
+/// `CpuModel::generic(Intel)`'s VMX capabilities obey the SDM's reporting rules (Vol. 3D,
+/// Appendix A) and encode KVM's virtual VMCS in IA32_VMX_BASIC.
+#[test]
+fn default_vmx_capabilities_are_consistent() {
+    let caps = CpuModel::generic(Vendor::Intel).vmx_capabilities;
+    assert_eq!(caps, vcpu_reset_spec::DEFAULT_VMX_CAPABILITIES);
+    // A.1: revision in bits 30:0 (KVM's VMCS12_REVISION 11E57ED0H), region size in bits 44:32
+    // (4 KiB), memory type in bits 53:50 (6 = WB), INS/OUTS info bit 54, TRUE controls bit 55.
+    let basic = caps[0];
+    assert_eq!(basic & 0x7fff_ffff, 0x11e5_7ed0);
+    assert_eq!((basic >> 32) & 0x1fff, 0x1000);
+    assert_eq!((basic >> 50) & 0xf, 6);
+    assert_eq!((basic >> 54) & 3, 3);
+    // A.3: allowed-0 settings (bits 31:0) are a subset of allowed-1 settings (bits 63:32), and
+    // the non-TRUE MSRs report the default1 bits as required: pin-based 16H, primary
+    // processor-based 0401E172H, exit 00036DFFH, entry 000011FFH.
+    for (i, default1) in [
+        (1, 0x16u64),
+        (2, 0x0401_e172),
+        (3, 0x0003_6dff),
+        (4, 0x11ff),
+    ] {
+        let (a0, a1) = (caps[i] & 0xffff_ffff, caps[i] >> 32);
+        assert_eq!(a0 & !a1, 0, "MSR {i}: allowed-0 not within allowed-1");
+        assert_eq!(
+            a0 & default1,
+            default1,
+            "MSR {i}: default1 bits not required"
+        );
+        // The TRUE MSR (i + 12) allows the same and requires no more.
+        let t = caps[i + 12];
+        assert_eq!(t >> 32, a1, "TRUE MSR {i}: allowed-1 differs");
+        assert_eq!((t & 0xffff_ffff) & !a0, 0, "TRUE MSR {i} requires more");
+    }
+    // A.7, A.8: CR0.PE, NE, PG and CR4.VMXE fixed to 1 in VMX operation, and allowed.
+    assert_eq!(caps[6], 0x8000_0021);
+    assert_eq!(caps[6] & !caps[7], 0);
+    assert_eq!(caps[8], 0x2000);
+    assert_eq!(caps[8] & !caps[9], 0);
+    // AMD has none.
+    assert_eq!(CpuModel::generic(Vendor::Amd).vmx_capabilities, [0; 18]);
 }

@@ -29,11 +29,13 @@ fn fields() -> &'static [Field] {
 }
 
 /// What the model can hold: SYSENTER_CS and SMBASE are 32-bit VMCS fields, and nested state
-/// can only be dropped (1 means "in VMX operation", entered by VMXON, not by a write).
+/// can only be dropped (1 means "in VMX operation", entered by VMXON, not by a write; each part
+/// can be written only with its "none" value).
 fn held(field: Field, v: u128) -> u128 {
     match field {
         Field::Msr(Msr::SysenterCs | Msr::Smbase) => v & 0xffff_ffff,
         Field::Nested => 0,
+        Field::NestedReg(r) => r.none(),
         _ => v & field.mask(),
     }
 }

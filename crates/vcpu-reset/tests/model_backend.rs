@@ -12,7 +12,7 @@ use vcpu_reset::backend::model::{
 };
 use vcpu_reset::backend::{Backend, BackendError, ClassSet, Exit, IoDir, StateClass, Stats};
 use vcpu_reset::spec::{
-    Activity, EventFlag, Field, Gpr, LapicReg, Msr, Seg, SegPart, VcpuState, X87,
+    Activity, EventFlag, Field, Gpr, LapicReg, Msr, Nested, Seg, SegPart, VcpuState, X87,
 };
 
 const P64: u64 = u64::from_ne_bytes([POISON_BYTE; 8]);
@@ -39,14 +39,34 @@ fn canonical(mut s: VcpuState) -> VcpuState {
     s
 }
 
+/// A state with every field from `values`, except what the model can only get from the guest:
+/// the activity state is one of the four, and the nested state is none, or (`nested`) VMX root
+/// operation with the VMXON region at 0x1000 as the tests below enter it.
 fn state_from(values: &[u128], activity: u8, nested: bool) -> VcpuState {
     let mut s = VcpuState::default();
     for (f, v) in Field::all().into_iter().zip(values.iter().copied()) {
         f.set(&mut s, v);
     }
     Field::Activity.set(&mut s, u128::from(activity & 3));
-    s.nested.present = nested;
+    s.nested = if nested {
+        Nested {
+            present: true,
+            vmxon_pointer: 0x1000,
+            ..Nested::NONE
+        }
+    } else {
+        Nested::NONE
+    };
     s
+}
+
+/// All zero, except the nested state, which is none (all-zero pointers would be a VMXON region
+/// at 0, which a store cannot create).
+fn zero_state() -> VcpuState {
+    VcpuState {
+        nested: Nested::NONE,
+        ..VcpuState::default()
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -153,7 +173,7 @@ fn backend_reports_every_class_and_field() {
 #[test]
 fn each_class_counts_one_access_per_field() {
     let mut m = ModelVcpu::new();
-    let s = VcpuState::default();
+    let s = zero_state();
     let mut out = VcpuState::default();
     // (class, VMWRITEs on store, store writes, VMREADs on load, store reads)
     let expect = [
@@ -166,16 +186,18 @@ fn each_class_counts_one_access_per_field() {
         // 8 x87 env + 8 ST + MXCSR + 16 XMM + 16 YMM_H + 32 ZMM_H + 64 Hi16_ZMM + 8 k + PKRU.
         (StateClass::Fpu, 0, 154, 0, 154),
         (StateClass::Xcrs, 0, 1, 0, 1),
-        // PAT, DEBUGCTL, PERF_GLOBAL_CTRL, SYSENTER_CS/ESP/EIP, SMBASE; 84 MSRs in the store.
-        (StateClass::Msrs, 7, 84, 7, 84),
+        // PAT, DEBUGCTL, PERF_GLOBAL_CTRL, SYSENTER_CS/ESP/EIP, SMBASE; 85 MSRs in the store,
+        // 18 VMX capability MSRs, 4 SGX launch-enclave hash MSRs.
+        (StateClass::Msrs, 7, 85 + 18 + 4, 7, 85 + 18 + 4),
         // 19 single registers + ICR (two words) + 24 bitmap words.
         (StateClass::Lapic, 0, 45, 0, 45),
         (StateClass::MpState, 1, 0, 1, 0),
         // Interruptibility and pending debug exceptions; 5 model flags. A load reads the
         // interruptibility state once per flag (shadow, NMI blocking).
         (StateClass::Events, 2, 5, 2, 5),
-        // Drop: three pointers and the link pointer. Load: three pointers.
-        (StateClass::Nested, 1, 3, 0, 3),
+        // Drop: three pointers, three flags and the link pointer, then each of the six parts.
+        // Load: the VMXON pointer and guest-mode flag for nested.state, then each part.
+        (StateClass::Nested, 1, 6 + 6, 0, 2 + 6),
     ];
     for (class, vmw, sw, vmr, sr) in expect {
         let before_vmcs = m.vmcs_counts();
@@ -346,9 +368,12 @@ fn a_poisoned_vcpu_lists_every_location() {
     assert_eq!(m.poisoned_locations(), all);
     let listed = m.poisoned();
     assert_eq!(listed.len(), all.len());
-    // 59 VMCS fields, 15 GPRs, CR2, CR8, DR0-3, DR6, 154 XSAVE slots, XCR0, 84 MSRs, 45 APIC
-    // words, 5 event flags, 3 nested pointers.
-    assert_eq!(all.len(), 59 + 15 + 2 + 5 + 154 + 1 + 84 + 45 + 5 + 3);
+    // 59 VMCS fields, 15 GPRs, CR2, CR8, DR0-3, DR6, 154 XSAVE slots, XCR0, 85 + 18 + 4 MSRs,
+    // 45 APIC words, 5 event flags, 3 nested pointers and 3 nested flags.
+    assert_eq!(
+        all.len(),
+        59 + 15 + 2 + 5 + 154 + 1 + (85 + 18 + 4) + 45 + 5 + 3 + 3
+    );
     for want in [
         "vmcs 0x6800 GUEST_CR0",
         "vmcs 0x2800 VMCS_LINK_POINTER",
@@ -366,6 +391,11 @@ fn a_poisoned_vcpu_lists_every_location() {
         "nested vmxon pointer",
         "nested current-VMCS pointer",
         "nested enlightened-VMCS pointer",
+        "nested nested.guest_mode",
+        "nested nested.gif",
+        "msr 0x480 msr.ia32_vmx_basic",
+        "msr 0x8c msr.ia32_sgxlepubkeyhash0",
+        "msr 0xc0010117 msr.vm_hsave_pa",
     ] {
         assert!(listed.iter().any(|l| l == want), "{want} not in {listed:?}");
     }
@@ -383,7 +413,7 @@ fn a_poisoned_vcpu_loads_poison_everywhere() {
     for class in StateClass::ALL {
         match class {
             // Neither an activity-state encoding nor a flag can be the pattern: refused.
-            StateClass::MpState | StateClass::Events => {
+            StateClass::MpState | StateClass::Events | StateClass::Nested => {
                 let e = m.load(class, &mut s).unwrap_err();
                 assert!(matches!(e, BackendError::Invalid { .. }), "{class}: {e}");
                 continue;
@@ -397,7 +427,9 @@ fn a_poisoned_vcpu_loads_poison_everywhere() {
             }
         }
     }
-    assert_eq!(checked, Field::all().len() - 2 - 1 - 7 - 1);
+    // All but FS/GS base (moved as segment bases), the activity state, the seven event flags,
+    // nested.state and the six nested parts (their classes refuse to load).
+    assert_eq!(checked, Field::all().len() - 2 - 1 - 7 - 1 - 6);
     // Real values, by width.
     assert_eq!(s.gprs[Gpr::Rax as usize], P64);
     assert_eq!(s.gprs[Gpr::Rsp as usize], P64);
@@ -414,7 +446,7 @@ fn a_poisoned_vcpu_loads_poison_everywhere() {
     assert_eq!(s.lapic.icr, P64);
     assert_eq!(s.lapic.isr[7], 0xa5a5_a5a5);
     // The poisoned nested pointers count as nested state.
-    assert!(s.nested.present);
+    assert!(m.nested().in_operation());
     assert_eq!(m.nested().current_vmcs_pointer(), P64);
 }
 
@@ -438,9 +470,9 @@ fn is_poison_matches_the_pattern_for_the_held_width() {
 #[test]
 fn storing_an_all_zero_state_reaches_every_location() {
     let mut m = ModelVcpu::new_poisoned();
-    store_all(&mut m, &VcpuState::default());
+    store_all(&mut m, &zero_state());
     assert_eq!(m.poisoned(), Vec::<String>::new());
-    assert_eq!(load_all(&mut m), VcpuState::default());
+    assert_eq!(load_all(&mut m), zero_state());
     // What the stores wrote where no spec field maps.
     assert_eq!(m.vmread(VMCS_LINK_POINTER).unwrap(), u64::MAX);
     assert_eq!(m.vmread(GUEST_PENDING_DEBUG_EXCEPTIONS).unwrap(), 0);
@@ -454,7 +486,7 @@ fn every_class_owns_locations_and_together_they_cover_all() {
     let mut covered: Vec<Location> = Vec::new();
     for class in StateClass::ALL {
         let mut m = ModelVcpu::new_poisoned();
-        m.store(class, &VcpuState::default()).unwrap();
+        m.store(class, &zero_state()).unwrap();
         let left = m.poisoned_locations();
         let owned: Vec<Location> = fresh
             .iter()
@@ -489,8 +521,8 @@ fn storing_nested_zero_drops_all_nested_state() {
     // Storing 1 keeps it.
     m.store(StateClass::Nested, &s).unwrap();
     assert_eq!(m.nested().current_vmcs(), Some(0x2000));
-    // Storing 0 drops all of it.
-    s.nested.present = false;
+    // Storing 0 (and every part's "none") drops all of it.
+    s.nested = Nested::NONE;
     m.store(StateClass::Nested, &s).unwrap();
     let n = m.nested();
     assert_eq!(n.vmxon_pointer(), None);
@@ -604,7 +636,7 @@ fn the_guest_hook_changes_rax_and_the_next_load_sees_it() {
 #[test]
 fn without_a_hook_run_halts_and_changes_nothing() {
     let mut m = ModelVcpu::new_poisoned();
-    let mut s = VcpuState::default();
+    let mut s = zero_state();
     s.gprs[Gpr::Rcx as usize] = 7;
     store_all(&mut m, &s);
     let before = load_all(&mut m);

@@ -49,7 +49,7 @@ pub(crate) fn row(f: Field, v: Vendor, e: Event) -> Row {
         Field::Efer => match v {
             Vendor::Intel => mk(f, Rule::Value(0), table).note(EFER_NOTE_INTEL),
             Vendor::Amd => mk(f, Rule::Value(0), table)
-                .note("Listed as 0 after both RESET and INIT; INIT thereby also clears EFER.SVME."),
+                .note("Listed as 0 after both RESET and INIT; INIT thereby also clears EFER.SVME (bit 12): SVM is off after either, and an INIT taken in guest mode leaves it (see nested.guest_mode)."),
         },
         Field::Pdptr(_) => mk(
             f,

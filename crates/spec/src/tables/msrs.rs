@@ -13,6 +13,17 @@ const fn undefined(vmm: u128, reason: &'static str) -> Rule {
     Rule::Undefined { vmm, reason }
 }
 
+const VMX_CAP_NOTE: &str = "Read-only capability MSRs: the guest cannot change them (WRMSR \
+    raises #GP); a VMM may narrow them (KVM: host-initiated KVM_SET_MSRS). They describe the CPU \
+    model, so RESET restores the model's configuration (KVM's __vmx_vcpu_reset copies \
+    vmcs_config.nested) and INIT keeps them. 0 where the model offers no VMX.";
+
+const SGX_HASH_NOTE: &str = "Exist only where SGX launch control is offered (CPUID.(EAX=07H,\
+    ECX=0):ECX[30]); writable when IA32_FEATURE_CONTROL bits 17 and 0 are set. Intel's digest \
+    A6053E051270B7ACH, 6CFBE8BA8B3B413DH, C4916D99F2B3735DH, D4F8C05909F9BB3BH is what KVM \
+    (setup_default_sgx_lepubkeyhash) and QEMU use; the SDM names it without printing it. INIT \
+    keeps the MSRs (\"all other MSRs\" unchanged; QEMU keeps them).";
+
 const OTHER_MSR: &str = "undefined after RESET (\"all other MSRs\"); 0 leaves the feature off, \
     as KVM's RESET does";
 
@@ -112,7 +123,8 @@ fn reset_row(f: Field, v: Vendor) -> Option<Row> {
                 f,
                 Rule::Value(0),
                 Citation { source: Source::SdmVol3C, locator: "§24.7 \"Enabling and Entering VMX Operation\" (\"cleared to zero when a logical processor is reset\")" },
-            ),
+            )
+            .note("Lock (bit 0), VMXON enables (bits 1–2), SGX launch-control write enable (bit 17) and SGX enable (bit 18) all clear: firmware sets and locks them again after RESET. INIT keeps the MSR (and its lock). KVM: a host-initiated write of 0 also takes the vCPU out of VMX operation."),
             Msr::FeatureControl => mk(f, undefined(0, "Intel-only MSR"), table),
             Msr::Smbase => mk(
                 f,
@@ -125,6 +137,13 @@ fn reset_row(f: Field, v: Vendor) -> Option<Row> {
             ),
             Msr::Xss => mk(f, undefined(0, "not a row of the tables; 0 enables no supervisor XSAVE component, the only safe value before an OS enables one; KVM writes 0 at RESET"), table),
             Msr::McgStatus => mk(f, undefined(0, "machine-check architecture undefined after RESET; 0 = no machine check in progress"), table),
+            Msr::VmHsavePa if !intel => mk(
+                f,
+                undefined(0, "the APM gives no RESET value; 0 = no host save area, as Bochs and KVM (zeroed at vCPU creation) use"),
+                apm("§15.30.4 \"VM_HSAVE_PA MSR (C001_0117h)\""),
+            )
+            .note("Holds the physical address where VMRUN saves host state; software must set it before VMRUN. INIT modifies no MSR (Table 14-1), so INIT keeps it (QEMU keeps it; Bochs clears it on INIT)."),
+            Msr::VmHsavePa => mk(f, undefined(0, "AMD-only MSR (SVM); Intel has no such MSR"), table),
             Msr::SysenterCs
             | Msr::SysenterEsp
             | Msr::SysenterEip
@@ -151,6 +170,20 @@ fn reset_row(f: Field, v: Vendor) -> Option<Row> {
             table,
         ),
         Field::Mc(..) => mk(f, undefined(0, "machine-check state undefined after RESET; 0 = no error logged"), table),
+        Field::VmxCap(i) if intel => mk(
+            f,
+            Rule::Derived(Derivation::VmxCapability(i)),
+            Citation { source: Source::SdmVol3D, locator: "Appendix A \"VMX Capability Reporting Facility\" (read-only MSRs 480H–491H; indices in SDM Vol. 4, Table 2-2)" },
+        )
+        .note(VMX_CAP_NOTE),
+        Field::VmxCap(_) => mk(f, undefined(0, "Intel-only MSRs (VMX); AMD has no VMX and RDMSR of them raises #GP"), table),
+        Field::SgxLeHash(i) if intel => mk(
+            f,
+            Rule::Derived(Derivation::SgxLePubKeyHash(i)),
+            Citation { source: Source::SdmVol4, locator: "Table 2-2, IA32_SGXLEPUBKEYHASH0–3 (8CH–8FH) (\"On reset, the default value is the digest of Intel's signing key\")" },
+        )
+        .note(SGX_HASH_NOTE),
+        Field::SgxLeHash(_) => mk(f, undefined(0, "Intel-only MSRs (SGX launch control)"), table),
         _ => return None,
     })
 }
@@ -167,6 +200,11 @@ pub(crate) fn row(f: Field, v: Vendor, e: Event) -> Row {
             Field::Msr(Msr::SpecCtrl) => mk(f, Rule::Preserved, table_citation(v)).note(
                 "MSRs are unchanged by INIT. KVM zeroes IA32_SPEC_CTRL on INIT: a deviation.",
             ),
+            Field::VmxCap(_) if v == Vendor::Intel => mk(f, Rule::Preserved, table_citation(v))
+                .note("INIT leaves MSRs unchanged (SDM §10.1; Table 10-1); the VMX capabilities are the model's and are not reconfigured by INIT."),
+            Field::SgxLeHash(_) if v == Vendor::Intel => {
+                mk(f, Rule::Preserved, table_citation(v)).note(SGX_HASH_NOTE)
+            }
             _ => mk(f, Rule::Preserved, table_citation(v)).note(match v {
                 Vendor::Intel => "INIT leaves MSRs and MTRRs unchanged (SDM §10.1; Table 10-1).",
                 Vendor::Amd => "INIT modifies no MSR (APM Table 14-1).",

@@ -161,11 +161,13 @@ impl Reg {
             | Field::MtrrFixed(_)
             | Field::MtrrPhysBase(_)
             | Field::MtrrPhysMask(_)
-            | Field::Mc(..) => Reg::Msrs,
+            | Field::Mc(..)
+            | Field::VmxCap(_)
+            | Field::SgxLeHash(_) => Reg::Msrs,
             Field::Lapic(_) | Field::LapicBitmap(..) => Reg::Lapic,
             Field::Activity => Reg::MpState,
             Field::Event(_) => Reg::Events,
-            Field::Nested => Reg::Nested,
+            Field::Nested | Field::NestedReg(_) => Reg::Nested,
         }
     }
 

@@ -9,6 +9,7 @@ pub mod dirty;
 pub mod kvm;
 pub mod log;
 pub mod model;
+pub mod nested;
 pub mod report;
 pub mod scenario;
 pub mod verdict;
@@ -66,5 +67,6 @@ pub fn run(opts: &CheckOptions) -> Report {
             }
         },
     }
+    nested::run(&mut report, opts.backend);
     report
 }

@@ -7,9 +7,18 @@
 //! [`Vcpu::sipi`] applies a startup IPI; [`Vcpu::verify`] reads everything back and reports
 //! every field that differs from what was established. Nothing here knows which backend it
 //! drives.
+//!
+//! INIT honours the virtualization extensions' blocking rules ([`spec::init_outcome`]): held
+//! in VMX root operation or with SVM's GIF clear (latched, and applied by
+//! [`Vcpu::deliver_latched_init`] once the rule no longer applies), a VM exit in VMX non-root
+//! operation or SVM guest mode with INIT intercepted. [`Outcome::init`] says which applied.
+//! RESET drops all nested state and any latched INIT; [`Vcpu::verify`] checks every nested
+//! part with the rest.
 
+mod nested;
 mod verify;
 
+pub use nested::NESTED_FIELDS;
 pub use verify::{Deviation, DeviationKind, counted_from};
 
 use vcpu_reset_spec::{self as spec, CpuModel, Field, Transition, VcpuIdentity, VcpuState};
@@ -35,6 +44,8 @@ pub struct Outcome {
     pub slots_written: usize,
     /// Backend calls (ioctls on KVM) the operation made, including its flush.
     pub calls: Stats,
+    /// For an INIT: whether it took effect, was held (and by which rule) or became a VM exit.
+    pub init: Option<spec::InitOutcome>,
 }
 
 /// A vCPU driven by the engine.
@@ -43,6 +54,7 @@ pub struct Vcpu<B: Backend> {
     model: CpuModel,
     identity: VcpuIdentity,
     expected: Option<(VcpuState, spec::Event)>,
+    init_latched: Option<spec::InitRule>,
 }
 
 impl<B: Backend> Vcpu<B> {
@@ -53,6 +65,7 @@ impl<B: Backend> Vcpu<B> {
             model,
             identity,
             expected: None,
+            init_latched: None,
         }
     }
 
@@ -94,28 +107,29 @@ impl<B: Backend> Vcpu<B> {
         Ok(Outcome {
             slots_written,
             calls: self.cache.backend_stats().since(&before),
+            init: None,
         })
     }
 
     /// Power-on RESET: every field of the spec's RESET state, written now.
     ///
     /// Nothing relies on a field having been zero before; fields the backend does not hold
-    /// (host limits) are skipped by the backend and reported by [`Vcpu::verify`].
+    /// (host limits) are skipped by the backend and reported by [`Vcpu::verify`]. Nested state
+    /// (VMX operation, current and enlightened VMCS, guest mode, GIF) is dropped and a latched
+    /// INIT forgotten: RESET is not blocked by anything.
     pub fn reset(&mut self) -> Result<Outcome, EngineError> {
         let target = spec::expected_state(&self.model, self.identity, Transition::Reset);
+        self.init_latched = None;
         self.establish(target, spec::Event::Reset)
     }
 
     /// INIT: the spec's INIT rules applied to the current state (CR0.CD/NW, x87/SSE/AVX
     /// state, MSRs, APIC ID and base kept; CR3 zeroed; the local APIC to its INIT state; an AP
-    /// to wait-for-SIPI).
+    /// to wait-for-SIPI) — unless a blocking rule applies: then the INIT is held (nothing
+    /// changes; [`Vcpu::init_latched`] says why) or becomes a VM exit to the guest hypervisor.
+    /// [`Outcome::init`] reports which.
     pub fn init(&mut self) -> Result<Outcome, EngineError> {
-        let before = self.cache.backend_stats();
-        let prior = *self.cache.state()?;
-        let target = spec::expected_state(&self.model, self.identity, Transition::Init(&prior));
-        let mut out = self.establish(target, spec::Event::Init)?;
-        out.calls = self.cache.backend_stats().since(&before);
-        Ok(out)
+        self.init_with_rules()
     }
 
     /// A startup IPI with `vector`. A vCPU that is not waiting for SIPI ignores it (returns

@@ -5,11 +5,13 @@
 //! also answers: at creation one KVM_GET_MSRS reads them all, and each MSR KVM refuses costs one
 //! more and is dropped. KVM_GET/SET_MSRS stop at the first MSR they refuse and return how many
 //! they processed; a short count is [`BackendError::MsrRefused`]. IA32_MTRRCAP is read-only:
-//! it is loaded but never stored.
+//! it is loaded but never stored. The VMX capability MSRs (held only where the host offers
+//! nested VMX) are recorded as they read at creation: that is the VM's configuration, which
+//! RESET restores ([`vcpu_reset_spec::CpuModel::vmx_capabilities`]).
 
 use kvm_bindings::{Msrs, kvm_msr_entry};
 use kvm_ioctls::VcpuFd;
-use vcpu_reset_spec::{Class, Field, Msr, VcpuState};
+use vcpu_reset_spec::{Class, Field, Msr, SGX_LE_HASH0_INDEX, VMX_CAPABILITY_MSRS, VcpuState};
 
 use super::vcpu::ioctl_error;
 use super::{KvmError, KvmVcpu};
@@ -23,6 +25,7 @@ const MSR_IA32_MTRRCAP: u32 = 0xfe;
 pub(super) struct MsrSet {
     held: Vec<(Field, u32)>,
     mtrr_cap: Option<u64>,
+    vmx_capabilities: [Option<u64>; VMX_CAPABILITY_MSRS],
 }
 
 /// The MSR fields this class moves: those with an MSR index, except EFER and FS/GS base.
@@ -78,6 +81,11 @@ impl MsrSet {
                 if entry.index == MSR_IA32_MTRRCAP {
                     set.mtrr_cap = Some(entry.data);
                 }
+                if let Field::VmxCap(i) = field.0
+                    && let Some(slot) = set.vmx_capabilities.get_mut(usize::from(i))
+                {
+                    *slot = Some(entry.data);
+                }
                 set.held.push(*field);
             }
             rest = rest.get(done + 1..).unwrap_or(&[]);
@@ -98,6 +106,16 @@ impl MsrSet {
     /// IA32_MTRRCAP as the vCPU reported it at creation.
     pub(super) fn mtrr_cap(&self) -> Option<u64> {
         self.mtrr_cap
+    }
+
+    /// The VMX capability MSRs as the vCPU reported them at creation (0 for those not held).
+    pub(super) fn vmx_capabilities(&self) -> [u64; VMX_CAPABILITY_MSRS] {
+        self.vmx_capabilities.map(|v| v.unwrap_or(0))
+    }
+
+    /// Whether the SGX launch-enclave hash MSRs are held (the VM offers SGX launch control).
+    pub(super) fn sgx_launch_control(&self) -> bool {
+        self.holds(SGX_LE_HASH0_INDEX)
     }
 }
 

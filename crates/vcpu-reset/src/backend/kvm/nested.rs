@@ -2,15 +2,21 @@
 //! (KVM_GET/SET_NESTED_STATE), only where the host has KVM_CAP_NESTED_STATE; elsewhere the class
 //! is not supported.
 //!
-//! [`vcpu_reset_spec::Nested`] says only whether the vCPU has nested state (is in VMX operation,
-//! or in SVM guest mode). A store of "absent" writes a header-only state (VMX: no VMXON region,
-//! no current VMCS), which takes the vCPU out of VMX operation or SVM guest mode. A store of
+//! `nested.state` says whether the vCPU has nested state (is in VMX operation, or in SVM guest
+//! mode). A store of "absent" writes a header-only state (VMX: no VMXON region, no current
+//! VMCS; SVM: GIF set), which takes the vCPU out of VMX operation or SVM guest mode. A store of
 //! "present" can only keep state the vCPU already has: it cannot be made from a flag.
+//!
+//! The parts are read from the header: the VMXON and current-VMCS pointers (VMX `vmxon_pa`,
+//! `vmcs12_pa`; all-ones on SVM), guest mode (`KVM_STATE_NESTED_GUEST_MODE`) and GIF (SVM:
+//! `KVM_STATE_NESTED_GIF_SET`; VMX has none and reads 1). The enlightened-VMCS address and the
+//! INIT intercept are not in KVM's nested state, so the backend does not hold them. Stores
+//! follow `nested.state`: the parts of a state without nested state are the header-only ones.
 
 use kvm_bindings::nested::KvmNestedStateBuffer;
 use kvm_bindings::{
-    KVM_STATE_NESTED_FORMAT_SVM, KVM_STATE_NESTED_FORMAT_VMX, KVM_STATE_NESTED_GUEST_MODE,
-    kvm_nested_state, kvm_vmx_nested_state_hdr,
+    KVM_STATE_NESTED_FORMAT_SVM, KVM_STATE_NESTED_FORMAT_VMX, KVM_STATE_NESTED_GIF_SET,
+    KVM_STATE_NESTED_GUEST_MODE, kvm_nested_state, kvm_vmx_nested_state_hdr,
 };
 use vcpu_reset_spec::{VcpuState, Vendor};
 
@@ -44,7 +50,22 @@ impl KvmVcpu {
 
     pub(super) fn load_nested(&mut self, state: &mut VcpuState) -> Result<(), BackendError> {
         let buf = self.get_nested()?;
-        state.nested.present = present(&buf);
+        let n = &mut state.nested;
+        n.present = present(&buf);
+        let flags = u32::from(buf.flags);
+        n.guest_mode = flags & KVM_STATE_NESTED_GUEST_MODE != 0;
+        if u32::from(buf.format) == KVM_STATE_NESTED_FORMAT_VMX {
+            // SAFETY: the format says the header is the VMX one, and every bit pattern is a
+            // valid `kvm_vmx_nested_state_hdr` (plain integers).
+            let vmx = unsafe { buf.hdr.vmx };
+            n.vmxon_pointer = vmx.vmxon_pa;
+            n.current_vmcs_pointer = vmx.vmcs12_pa;
+            n.gif = true;
+        } else {
+            n.vmxon_pointer = u64::MAX;
+            n.current_vmcs_pointer = u64::MAX;
+            n.gif = flags & KVM_STATE_NESTED_GIF_SET != 0;
+        }
         Ok(())
     }
 
@@ -66,6 +87,7 @@ impl KvmVcpu {
         buf.size = std::mem::size_of::<kvm_nested_state>() as u32;
         if self.vendor() == Some(Vendor::Amd) {
             buf.format = KVM_STATE_NESTED_FORMAT_SVM as u16;
+            buf.flags = KVM_STATE_NESTED_GIF_SET as u16;
         } else {
             buf.format = KVM_STATE_NESTED_FORMAT_VMX as u16;
             buf.hdr.vmx = kvm_vmx_nested_state_hdr {

@@ -3,7 +3,7 @@
 
 use kvm_bindings::{CpuId, kvm_vcpu_events};
 use kvm_ioctls::{VcpuFd, VmFd};
-use vcpu_reset_spec::{CpuModel, EventFlag, Field, LapicReg, VcpuState, Vendor, X87};
+use vcpu_reset_spec::{CpuModel, EventFlag, Field, LapicReg, NestedReg, VcpuState, Vendor, X87};
 use vmm_sys_util::errno;
 
 use super::KvmError;
@@ -297,7 +297,9 @@ impl KvmVcpu {
 
     /// The CPU model the RESET/INIT tables need, where the vendor is Intel or AMD. Without an
     /// in-kernel irqchip or MTRRs, the APIC version and IA32_MTRRCAP are those of
-    /// [`CpuModel::generic`].
+    /// [`CpuModel::generic`]. The VMX capabilities are the MSRs as they read at creation (0
+    /// where the host offers no nested VMX); SGX launch control is offered where the
+    /// launch-enclave hash MSRs are held.
     pub fn cpu_model(&self) -> Option<CpuModel> {
         let vendor = self.vendor()?;
         let generic = CpuModel::generic(vendor);
@@ -307,6 +309,8 @@ impl KvmVcpu {
             gp_counters: self.identity.gp_counters,
             apic_version: self.apic_version.unwrap_or(generic.apic_version),
             mtrr_cap: self.mtrr_cap().unwrap_or(generic.mtrr_cap),
+            vmx_capabilities: self.msrs.vmx_capabilities(),
+            sgx_launch_control: self.msrs.sgx_launch_control(),
         })
     }
 
@@ -500,6 +504,9 @@ impl Backend for KvmVcpu {
             Field::Lapic(LapicReg::LvtCmci) => self.lapic_cmci,
             Field::Event(EventFlag::Smm | EventFlag::SmiPending) => self.caps.x86_smm,
             Field::Event(EventFlag::InterruptShadow) => self.events_shadow,
+            // KVM_GET_NESTED_STATE has no enlightened-VMCS address (only a flag) and keeps
+            // the INIT intercept inside the saved VMCB.
+            Field::NestedReg(NestedReg::EvmcsPointer | NestedReg::InterceptInit) => false,
             _ if class == StateClass::Msrs => field
                 .msr_index()
                 .is_some_and(|index| self.msrs.holds(index)),

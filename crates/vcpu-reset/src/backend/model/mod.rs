@@ -13,7 +13,8 @@
 //!   x87/SSE/XSAVE store (FPU, vector registers, PKRU), XCR0, an MSR store keyed by MSR index
 //!   (every spec MSR not in the VMCS), a 1 KiB local-APIC register page keyed by xAPIC offset,
 //!   the pending-event flags the VMCS has no bit for (NMI, exception, interrupt and SMI pending,
-//!   SMM), and the nested-VMX state ([`NestedVmx`]).
+//!   SMM), and the nested state ([`NestedVmx`]: VMX pointers, guest mode, SVM's GIF and INIT
+//!   intercept).
 //!
 //! # Mapping rules
 //!
@@ -30,9 +31,15 @@
 //! - The activity state is GUEST_ACTIVITY_STATE (0 active, 1 HLT, 2 shutdown, 3 wait-for-SIPI;
 //!   SDM Vol. 3C §25.4.2). A load of a value that is no encoding fails with
 //!   [`BackendError::Invalid`], as does a load of an event flag that is not 0 or 1.
-//! - `nested.state` reads 1 when any nested state is present; a store of 0 drops all of it
+//! - `nested.state` reads 1 in VMX operation or guest mode; a store of 0 drops all nested state
 //!   (and sets the VMCS link pointer to all-ones); a store of 1 keeps what is there and fails
-//!   with [`BackendError::Invalid`] when nothing is.
+//!   with [`BackendError::Invalid`] when the vCPU is in neither. The parts (`nested.vmxon_pointer`
+//!   … `nested.intercept_init`) are stored after it: each can be kept or dropped to its "none"
+//!   value, GIF set either way, but nothing created ([`NestedVmx::store_part`]). A load of a
+//!   nested flag that is not 0 or 1 (poison) fails with [`BackendError::Invalid`].
+//! - The VMX capability MSRs, the SGX launch-enclave hash MSRs and VM_HSAVE_PA live in the MSR
+//!   store like any MSR the VMCS has no field for; the model enforces no read-only-ness (a
+//!   VMM may narrow the capabilities, as KVM lets it).
 //!
 //! # Poison
 //!
@@ -55,7 +62,7 @@ pub mod vmcs;
 
 use vcpu_reset_spec::{Field, VcpuState};
 
-pub use nested::{INVALID_VMCS_POINTER, LaunchState, NestedError, NestedVmx};
+pub use nested::{INVALID_VMCS_POINTER, LaunchState, NestedError, NestedVmx, StoreRefused};
 pub use storage::{APIC_PAGE_SIZE, Location, POISON_BYTE, poison_pattern};
 pub use vmcs::VmcsError;
 
@@ -196,9 +203,15 @@ impl ModelVcpu {
             .collect()
     }
 
-    /// The nested-VMX state.
+    /// The nested state.
     pub fn nested(&self) -> &NestedVmx {
         &self.storage.nested
+    }
+
+    /// The nested state, for the processor's own changes (VMX and SVM instructions, fault
+    /// injection); uncounted, like [`GuestView::nested`].
+    pub fn nested_mut(&mut self) -> &mut NestedVmx {
+        &mut self.storage.nested
     }
 
     /// VMXON with the VMXON region at `address` (see [`NestedVmx::vmxon`]).

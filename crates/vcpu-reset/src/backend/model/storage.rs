@@ -4,14 +4,16 @@
 //! VMREAD/VMWRITE or the processor's own uncounted access) or in stores kept beside it, as KVM
 //! keeps them beside its VMCS: the GPRs other than RSP, CR2, CR8, DR0–DR3, DR6, an
 //! x87/SSE/XSAVE store, XCR0, an MSR store keyed by MSR index, a 1 KiB local-APIC register page
-//! keyed by xAPIC offset, model event flags, and nested-VMX state. Every such place is a
+//! keyed by xAPIC offset, model event flags, and nested state (three pointers, three flags).
+//! Every such place is a
 //! [`Location`]; [`home`] says which location(s) hold a field.
 
 use std::collections::BTreeMap;
 use std::fmt;
 
 use vcpu_reset_spec::{
-    Dt, EventFlag, Field, Fpu, GPRS, Gpr, LapicReg, Msr, Seg, SegPart, VcpuState, Vectors, X87,
+    Dt, EventFlag, Field, Fpu, GPRS, Gpr, LapicReg, Msr, NestedReg, Seg, SegPart, VcpuState,
+    Vectors, X87,
 };
 
 use super::nested::NestedVmx;
@@ -73,6 +75,8 @@ pub enum Location {
     CurrentVmcsPointer,
     /// The nested enlightened-VMCS pointer.
     EvmcsPointer,
+    /// A nested flag (guest mode, GIF, INIT intercept): one byte, 0 or 1.
+    NestedFlag(NestedReg),
 }
 
 impl Location {
@@ -90,7 +94,7 @@ impl Location {
                 other => other.width(),
             },
             Location::Apic(_) => 32,
-            Location::Event(_) => 8,
+            Location::Event(_) | Location::NestedFlag(_) => 8,
             Location::Gpr(_)
             | Location::Cr2
             | Location::Cr8
@@ -132,6 +136,7 @@ impl fmt::Display for Location {
             Location::VmxonPointer => f.write_str("nested vmxon pointer"),
             Location::CurrentVmcsPointer => f.write_str("nested current-VMCS pointer"),
             Location::EvmcsPointer => f.write_str("nested enlightened-VMCS pointer"),
+            Location::NestedFlag(r) => write!(f, "nested {}", Field::NestedReg(*r)),
         }
     }
 }
@@ -170,8 +175,10 @@ pub(crate) enum Home {
     Store(Location),
     /// The ICR: two APIC-page words.
     Icr,
-    /// The nested-VMX state as a whole.
+    /// The nested state as a whole (`nested.state`).
     Nested,
+    /// One part of the nested state.
+    NestedPart(NestedReg),
 }
 
 /// Where `field` lives in the model.
@@ -224,7 +231,9 @@ pub(crate) fn home(field: Field) -> Home {
         | Field::MtrrFixed(_)
         | Field::MtrrPhysBase(_)
         | Field::MtrrPhysMask(_)
-        | Field::Mc(..) => match field.msr_index() {
+        | Field::Mc(..)
+        | Field::VmxCap(_)
+        | Field::SgxLeHash(_) => match field.msr_index() {
             Some(i) => Home::Store(Location::Msr(i)),
             // Every MSR field has an index (spec `Field::msr_index`); keep the arm total.
             None => Home::Store(Location::Msr(u32::MAX)),
@@ -241,6 +250,7 @@ pub(crate) fn home(field: Field) -> Home {
         Field::Event(EventFlag::NmiMasked) => Home::Interruptibility(BLOCKING_BY_NMI),
         Field::Event(e) => Home::Store(Location::Event(e)),
         Field::Nested => Home::Nested,
+        Field::NestedReg(r) => Home::NestedPart(r),
     }
 }
 
@@ -252,6 +262,7 @@ pub(crate) fn held_width(field: Field) -> u32 {
         Home::AccessRights(_) => 16,
         Home::Activity => 2,
         Home::Interruptibility(_) | Home::Nested => 1,
+        Home::NestedPart(r) => r.width(),
         Home::Store(loc) => loc.width(),
         Home::Icr => 64,
     };
@@ -403,6 +414,9 @@ impl Storage {
             Location::VmxonPointer,
             Location::CurrentVmcsPointer,
             Location::EvmcsPointer,
+            Location::NestedFlag(NestedReg::GuestMode),
+            Location::NestedFlag(NestedReg::Gif),
+            Location::NestedFlag(NestedReg::InterceptInit),
         ]);
         v
     }
@@ -438,6 +452,7 @@ impl Storage {
             Location::VmxonPointer => self.nested.vmxon_pointer().map(u128::from),
             Location::CurrentVmcsPointer => Some(self.nested.current_vmcs_pointer().into()),
             Location::EvmcsPointer => self.nested.evmcs_pointer().map(u128::from),
+            Location::NestedFlag(r) => Some(self.nested.part(r).into()),
         }
     }
 
@@ -517,6 +532,10 @@ impl Storage {
             }
             Location::EvmcsPointer => {
                 self.nested.set_evmcs_raw(Some(v as u64));
+                true
+            }
+            Location::NestedFlag(r) => {
+                self.nested.set_flag_raw(r, v as u8);
                 true
             }
         };
@@ -632,12 +651,30 @@ impl Storage {
         self.raw_set(loc, value)
     }
 
+    /// `nested.state`: in VMX operation or guest mode.
     fn nested_present(&mut self, via: Via) -> bool {
         if via == Via::Vmm {
-            // The VMXON, current-VMCS and eVMCS pointers.
-            self.store_reads += 3;
+            // The VMXON pointer and the guest-mode flag.
+            self.store_reads += 2;
         }
-        self.nested.is_present()
+        self.nested.in_operation()
+    }
+
+    fn nested_part(&mut self, part: NestedReg, via: Via) -> Result<u128, BackendError> {
+        if via == Via::Vmm {
+            self.store_reads += 1;
+        }
+        let v = self.nested.part(part);
+        if part.width() == 1 && v > 1 {
+            return Err(BackendError::Invalid {
+                what: "nested flag",
+                why: format!(
+                    "{} holds {v:#x}, not 0 or 1: it was never written — store the nested_state class first",
+                    Location::NestedFlag(part)
+                ),
+            });
+        }
+        Ok(v.into())
     }
 
     /// Read `field` (not yet masked to its width; `Field::set` masks).
@@ -682,6 +719,7 @@ impl Storage {
                 Ok(lo | hi << 32)
             }
             Home::Nested => Ok(self.nested_present(via).into()),
+            Home::NestedPart(r) => self.nested_part(r, via),
         }
     }
 
@@ -731,7 +769,8 @@ impl Storage {
             Home::Nested => {
                 if v == 0 {
                     if via == Via::Vmm {
-                        self.store_writes += 3;
+                        // Three pointers and three flags.
+                        self.store_writes += 6;
                     }
                     self.nested.drop_all();
                     // Without VMCS shadowing the link pointer must be all-ones (SDM Vol. 3C
@@ -745,6 +784,17 @@ impl Storage {
                         why: "nested.state = 1 on a vCPU without nested state: nested state cannot be created from a bit; enter VMX operation (vmxon) instead".into(),
                     })
                 }
+            }
+            Home::NestedPart(r) => {
+                if via == Via::Vmm {
+                    self.store_writes += 1;
+                }
+                self.nested
+                    .store_part(r, v as u64)
+                    .map_err(|e| BackendError::Invalid {
+                        what: "nested state",
+                        why: e.to_string(),
+                    })
             }
         }
     }
@@ -806,6 +856,7 @@ mod tests {
             let expected = match loc {
                 Location::VmxonPointer | Location::EvmcsPointer => None,
                 Location::CurrentVmcsPointer => Some(u128::from(u64::MAX)),
+                Location::NestedFlag(NestedReg::Gif) => Some(1),
                 _ => Some(0),
             };
             assert_eq!(s.raw_get(*loc), expected, "{loc}");
@@ -816,10 +867,13 @@ mod tests {
     fn msr_store_holds_exactly_the_msrs_outside_the_vmcs() {
         let s = Storage::zeroed();
         let keys: Vec<u32> = s.msrs.keys().copied().collect();
-        // 26 single MSRs minus EFER-free VMCS ones (PAT, DEBUGCTL, PERF_GLOBAL_CTRL,
-        // SYSENTER_CS/ESP/EIP, SMBASE, FS_BASE, GS_BASE) = 17, + 11 fixed MTRRs, + 16 variable
-        // MTRR MSRs, + 40 machine-check MSRs.
-        assert_eq!(keys.len(), 17 + 11 + 16 + 40);
+        // 27 single MSRs minus EFER-free VMCS ones (PAT, DEBUGCTL, PERF_GLOBAL_CTRL,
+        // SYSENTER_CS/ESP/EIP, SMBASE, FS_BASE, GS_BASE) = 18, + 11 fixed MTRRs, + 16 variable
+        // MTRR MSRs, + 40 machine-check MSRs, + 18 VMX capability MSRs, + 4 SGX hash MSRs.
+        assert_eq!(keys.len(), 18 + 11 + 16 + 40 + 18 + 4);
+        assert!(keys.contains(&0x480)); // IA32_VMX_BASIC
+        assert!(keys.contains(&0x8f)); // IA32_SGXLEPUBKEYHASH3
+        assert!(keys.contains(&0xc001_0117)); // VM_HSAVE_PA
         assert!(keys.contains(&0x1b)); // IA32_APIC_BASE
         assert!(!keys.contains(&0x277)); // IA32_PAT is GUEST_IA32_PAT
         assert!(!keys.contains(&0xc000_0080)); // IA32_EFER is GUEST_IA32_EFER
