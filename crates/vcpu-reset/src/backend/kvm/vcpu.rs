@@ -3,13 +3,13 @@
 
 use kvm_bindings::{CpuId, kvm_vcpu_events};
 use kvm_ioctls::{VcpuFd, VmFd};
-use vcpu_reset_spec::{CpuModel, EventFlag, Field, LapicReg, VcpuState, Vendor, X87};
+use vcpu_reset_spec::{CpuModel, EventFlag, Field, LapicReg, Msr, VcpuState, Vendor, X87};
 use vmm_sys_util::errno;
 
 use super::KvmError;
 use super::fpu::XsaveLayout;
 use super::host::{KvmCaps, KvmHost};
-use super::msrs::MsrSet;
+use super::msrs::{MsrSet, TscState};
 use crate::backend::{Backend, BackendError, ClassSet, Exit, StateClass, Stats};
 
 /// How [`KvmVcpu::with_options`] sets up the vCPU.
@@ -62,6 +62,8 @@ pub struct KvmVcpu {
     supported: ClassSet,
     pub(super) xsave: XsaveLayout,
     pub(super) msrs: MsrSet,
+    /// What is known about IA32_TSC writes (see `msrs.rs`).
+    pub(super) tsc: TscState,
     /// The local APIC has the CMCI LVT (its version register reports 7 LVT entries).
     pub(super) lapic_cmci: bool,
     apic_version: Option<u32>,
@@ -208,6 +210,7 @@ impl KvmVcpu {
             supported: ClassSet::EMPTY,
             xsave,
             msrs,
+            tsc: TscState::default(),
             lapic_cmci,
             apic_version,
             events_shadow,
@@ -350,6 +353,7 @@ impl KvmVcpu {
     /// REGS, SREGS and EVENTS in `kvm_run`.
     pub(super) fn after_run(&mut self, refreshed: bool) {
         self.shadow = Shadow::default();
+        self.tsc.ran();
         if self.sync && refreshed {
             self.mirror = super::sync::SYNC_CLASSES;
             let sregs = &self.fd.sync_regs_mut().sregs;
@@ -500,6 +504,7 @@ impl Backend for KvmVcpu {
             Field::Lapic(LapicReg::LvtCmci) => self.lapic_cmci,
             Field::Event(EventFlag::Smm | EventFlag::SmiPending) => self.caps.x86_smm,
             Field::Event(EventFlag::InterruptShadow) => self.events_shadow,
+            Field::Msr(Msr::Tsc) if self.tsc.ignored => false,
             _ if class == StateClass::Msrs => field
                 .msr_index()
                 .is_some_and(|index| self.msrs.holds(index)),
