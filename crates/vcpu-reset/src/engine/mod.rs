@@ -7,6 +7,22 @@
 //! [`Vcpu::sipi`] applies a startup IPI; [`Vcpu::verify`] reads everything back and reports
 //! every field that differs from what was established. Nothing here knows which backend it
 //! drives.
+//!
+//! # The TSC
+//!
+//! RESET sets IA32_TSC to 0 (Intel SDM Vol. 3A Table 10-1, AMD APM Vol. 2 Table 14-1) and INIT
+//! leaves it alone (same tables). The counter runs on by itself, so "0 after RESET" means
+//! "counting from 0 since the RESET": [`Vcpu::verify`] accepts any value from the one
+//! established up to 2^40 above it (over 100 s at 10 GHz), and a second RESET with nothing
+//! else changed does not write it again. The engine asks for 0; what that takes is the
+//! backend's business. KVM reads a host write of 0 as "synchronise this new or hot-plugged vCPU
+//! with the others" and leaves the counter running, so the KVM backend writes 1 instead, as
+//! QEMU does; KVM matches host writes that land within a second of each other onto one TSC
+//! offset, so the vCPUs of a VM RESET together keep equal TSCs. The KVM backend never writes
+//! back a TSC value it read (that would set the counter back), so INIT, and any store of the
+//! MSRs that does not change the TSC, leave it counting. Where the host accepts TSC writes but
+//! ignores them, the backend finds out at the next read and stops holding the field: verify
+//! then reports it [`DeviationKind::NotHeld`], a host limit.
 
 mod verify;
 
@@ -137,6 +153,9 @@ impl<B: Backend> Vcpu<B> {
         let (expected, event) = self.expected.ok_or(EngineError::NothingToVerify)?;
         self.cache.flush()?;
         self.cache.invalidate();
+        // Read everything first: a backend can learn from a read that it does not hold a field
+        // (the KVM backend and a host that ignores TSC writes).
+        self.cache.state()?;
         let mut out = Vec::new();
         for field in Field::all() {
             if !self.cache.holds(field) {
