@@ -44,11 +44,16 @@ const SIPI_CODE: [u8; 6] = [0xb0, SIPI_MARKER, 0xe6, SIPI_PORT, 0xeb, 0xfe];
 /// Where RIP is after the SIPI code's OUT.
 const SIPI_RIP_AFTER_OUT: u64 = 4;
 
-/// The most ioctls a RESET of a vCPU that has run may take: one store each of MSRs, LAPIC,
-/// MP state, XSAVE, XCRs and debug registers (REGS, SREGS and EVENTS ride the `kvm_run` page),
-/// plus KVM_SET_NESTED_STATE where the host has nested state.
-fn reset_budget(host: &KvmHost) -> u64 {
-    6 + u64::from(host.caps().nested_state > 0)
+/// The most ioctls a RESET of a vCPU that has run may take, as (loads, stores): one
+/// KVM_GET_MP_STATE, so that KVM acts on an INIT or SIPI still pending in the local APIC before
+/// the RESET rather than after it; one store each of MSRs, LAPIC, XSAVE, XCRs and debug
+/// registers, plus KVM_SET_MP_STATE where the activity changes (an AP that was running) and
+/// KVM_SET_NESTED_STATE where the host has nested state. REGS, SREGS and EVENTS ride the
+/// `kvm_run` page. The BSP, which stays active, thus takes 6 ioctls and an AP that was running
+/// 7.
+fn reset_budget(host: &KvmHost, activity_changes: bool) -> (u64, u64) {
+    let nested = u64::from(host.caps().nested_state > 0);
+    (1, 5 + u64::from(activity_changes) + nested)
 }
 
 /// A VM with an in-kernel irqchip, the BSP (vCPU 0) and an AP (vCPU 1), and guest memory with
@@ -56,7 +61,7 @@ fn reset_budget(host: &KvmHost) -> u64 {
 /// drop in order: vCPUs and VM before the memory they map.
 struct Machine {
     vcpus: Vec<Vcpu<KvmVcpu>>,
-    _vm: VmFd,
+    vm: VmFd,
     _mem: GuestMemoryMmap,
     model: CpuModel,
 }
@@ -106,7 +111,7 @@ fn machine(host: &KvmHost) -> Machine {
     }
     Machine {
         vcpus,
-        _vm: vm,
+        vm,
         _mem: mem,
         model: model.expect("two vCPUs"),
     }
@@ -394,11 +399,17 @@ fn reset_after_dirtying_gives_the_spec_state_on_the_bsp_and_an_ap() {
             out.calls.calls(),
             out.calls
         );
+        let (loads, stores) = reset_budget(&host, !ident.bsp);
         assert!(
-            out.calls.calls() <= reset_budget(&host),
+            out.calls.loads <= loads
+                && out.calls.stores <= stores
+                && out.calls.runs + out.calls.other == 0,
             "{who}: RESET took {:?}",
             out.calls
         );
+        if ident.bsp && host.caps().nested_state == 0 {
+            assert!(out.calls.calls() <= 6, "{who}: {:?}", out.calls);
+        }
         let again = v.reset().expect("second RESET");
         assert_eq!(
             (again.slots_written, again.calls.calls()),
@@ -629,4 +640,85 @@ fn nested_state_is_reset_where_the_host_has_it_and_a_host_limit_where_not() {
             );
         }
     }
+}
+
+/// Deliver an INIT (`Some(None)`) or a startup IPI with a vector (`Some(Some(v))`) to the local
+/// APIC with ID `apic_id`, as an IPI from another vCPU would: KVM_SIGNAL_MSI goes through the
+/// same delivery into the in-kernel local APIC (`kvm_irq_delivery_to_apic()`), which keeps it
+/// pending until KVM next looks at the vCPU. Returns false where the host has no KVM_SIGNAL_MSI.
+fn send(vm: &VmFd, apic_id: u32, sipi: Option<u8>) -> bool {
+    if !vm.check_extension(kvm_ioctls::Cap::SignalMsi) {
+        return false;
+    }
+    // Delivery mode (bits 10:8): 101 INIT, 110 StartUp; the vector in bits 7:0.
+    let data = match sipi {
+        None => 5 << 8,
+        Some(vector) => (6 << 8) | u32::from(vector),
+    };
+    let msi = kvm_bindings::kvm_msi {
+        address_lo: 0xfee0_0000 | (apic_id << 12),
+        data,
+        ..Default::default()
+    };
+    vm.signal_msi(msi).expect("KVM_SIGNAL_MSI") == 1
+}
+
+#[test]
+fn an_init_or_sipi_in_flight_does_not_survive_reset_or_init() {
+    let Some(host) = kvm_for_tests() else { return };
+    let mut m = machine(&host);
+    let model = m.model;
+    let mut vcpus = std::mem::take(&mut m.vcpus);
+    let mut ap = vcpus.pop().expect("the AP");
+    let mut bsp = vcpus.pop().expect("the BSP");
+    power_on_and_run(&mut bsp);
+    power_on_and_run(&mut ap);
+    let stale = SIPI_VECTORS[1];
+    let fresh = SIPI_VECTORS[0];
+
+    // An INIT and a SIPI reach the running AP, then the VM is RESET before the AP runs again.
+    if !send(&m.vm, 1, None) {
+        eprintln!("skipped: the host has no KVM_SIGNAL_MSI");
+        return;
+    }
+    assert!(send(&m.vm, 1, Some(stale)));
+    ap.reset().expect("RESET");
+    assert_verified(&mut ap, &host, "RESET with an INIT and a SIPI in flight");
+    let (got, mut ap) = read_back(ap);
+    assert_eq!(
+        got.activity,
+        Activity::WaitForSipi,
+        "the old SIPI did not start the AP"
+    );
+    assert_eq!(cs(&got).base, 0xffff_0000);
+    sipi_and_run(&mut ap, fresh);
+    let (got, mut ap) = read_back(ap);
+    assert_eq!(
+        cs(&got).base,
+        u64::from(fresh) << 12,
+        "the AP started at the new SIPI"
+    );
+
+    // The same for INIT: a SIPI reaches the running AP, then the engine INITs it.
+    let (_, dirty) = dirty_and_run(ap, &model);
+    ap = dirty;
+    assert!(send(&m.vm, 1, Some(stale)));
+    ap.init().expect("INIT");
+    assert_verified(&mut ap, &host, "INIT with a SIPI in flight");
+    let (got, mut ap) = read_back(ap);
+    assert_eq!(got.activity, Activity::WaitForSipi);
+    sipi_and_run(&mut ap, fresh);
+    let (got, _) = read_back(ap);
+    assert_eq!(cs(&got).base, u64::from(fresh) << 12);
+
+    // An INIT latched in the BSP's local APIC must not turn into KVM's INIT after the RESET (its
+    // LINT0 would be 0x700 and its registers KVM's).
+    let (_, mut bsp) = dirty_and_run(bsp, &model);
+    assert!(send(&m.vm, 0, None));
+    bsp.reset().expect("RESET");
+    assert_verified(&mut bsp, &host, "RESET with an INIT in flight");
+    let want = spec::expected_state(&model, VcpuIdentity::new(0), Transition::Reset);
+    let (got, bsp) = read_back(bsp);
+    assert_state(&bsp, "after RESET with an INIT in flight", &want, &got);
+    run_and_confirm(bsp, &want, "RESET with an INIT in flight");
 }

@@ -23,6 +23,18 @@
 //! MSRs that does not change the TSC, leave it counting. Where the host accepts TSC writes but
 //! ignores them, the backend finds out at the next read and stops holding the field: verify
 //! then reports it [`DeviationKind::NotHeld`], a host limit.
+//!
+//! # Signals in flight
+//!
+//! A RESET or INIT replaces an INIT or startup IPI the vCPU had received but not yet acted on.
+//! KVM keeps those in the in-kernel local APIC, out of reach of every state class, and acts on
+//! them when the MP state is read or the vCPU next runs: a SIPI left there would start an AP
+//! that RESET just put into wait-for-SIPI. Where the backend says it
+//! [queues signals](crate::backend::Backend::queues_signals), RESET and INIT therefore read the
+//! activity state first (unless the cache already holds it, i.e. nothing ran since it was read
+//! or written): the host settles what it holds then, and everything the RESET or INIT writes
+//! comes after. On KVM this costs one KVM_GET_MP_STATE, which RESET makes up for where the
+//! activity does not change (the BSP stays active, a waiting AP stays waiting).
 
 mod verify;
 
@@ -113,13 +125,27 @@ impl<B: Backend> Vcpu<B> {
         })
     }
 
+    /// Let the backend's host settle signals it holds outside the state classes, by reading
+    /// the activity state (see the module documentation).
+    fn settle_signals(&mut self) -> Result<(), EngineError> {
+        if self.cache.backend().queues_signals() && self.cache.holds(Field::Activity) {
+            self.cache.get(Field::Activity)?;
+        }
+        Ok(())
+    }
+
     /// Power-on RESET: every field of the spec's RESET state, written now.
     ///
     /// Nothing relies on a field having been zero before; fields the backend does not hold
-    /// (host limits) are skipped by the backend and reported by [`Vcpu::verify`].
+    /// (host limits) are skipped by the backend and reported by [`Vcpu::verify`]. Where the
+    /// backend queues signals, the activity state is read first.
     pub fn reset(&mut self) -> Result<Outcome, EngineError> {
+        let before = self.cache.backend_stats();
+        self.settle_signals()?;
         let target = spec::expected_state(&self.model, self.identity, Transition::Reset);
-        self.establish(target, spec::Event::Reset)
+        let mut out = self.establish(target, spec::Event::Reset)?;
+        out.calls = self.cache.backend_stats().since(&before);
+        Ok(out)
     }
 
     /// INIT: the spec's INIT rules applied to the current state (CR0.CD/NW, x87/SSE/AVX
@@ -127,6 +153,7 @@ impl<B: Backend> Vcpu<B> {
     /// to wait-for-SIPI).
     pub fn init(&mut self) -> Result<Outcome, EngineError> {
         let before = self.cache.backend_stats();
+        self.settle_signals()?;
         let prior = *self.cache.state()?;
         let target = spec::expected_state(&self.model, self.identity, Transition::Init(&prior));
         let mut out = self.establish(target, spec::Event::Init)?;

@@ -512,6 +512,13 @@ impl Backend for KvmVcpu {
         }
     }
 
+    fn queues_signals(&self) -> bool {
+        // An AP KVM never started (KVM_MP_STATE_UNINITIALIZED) drops a SIPI, and acts on an INIT
+        // only by leaving that state, which every RESET writes over anyway; reading its MP state
+        // would instead make a RESET keep KVM's UNINITIALIZED, where a SIPI alone does nothing.
+        self.irqchip && !self.may_be_uninitialized
+    }
+
     fn stats(&self) -> Stats {
         self.stats
     }
