@@ -722,3 +722,31 @@ fn an_init_or_sipi_in_flight_does_not_survive_reset_or_init() {
     assert_state(&bsp, "after RESET with an INIT in flight", &want, &got);
     run_and_confirm(bsp, &want, "RESET with an INIT in flight");
 }
+
+#[test]
+fn an_ap_waiting_for_sipi_is_reset_in_six_ioctls() {
+    let Some(host) = kvm_for_tests() else { return };
+    let mut m = machine(&host);
+    let model = m.model;
+    let mut ap = m.vcpus.pop().expect("the AP");
+    power_on_and_run(&mut ap);
+    let (_, mut ap) = dirty_and_run(ap, &model);
+    ap.init().expect("INIT");
+    // A cache that knows nothing of the waiting AP, as after a run.
+    ap.cache().invalidate();
+    let out = ap.reset().expect("RESET");
+    eprintln!(
+        "AP waiting for SIPI: RESET {} ioctls ({:?})",
+        out.calls.calls(),
+        out.calls
+    );
+    let (loads, stores) = reset_budget(&host, false);
+    assert!(
+        out.calls.loads <= loads && out.calls.stores <= stores,
+        "{:?}",
+        out.calls
+    );
+    assert_verified(&mut ap, &host, "RESET of a waiting AP");
+    let want = spec::expected_state(&model, VcpuIdentity::new(1), Transition::Reset);
+    run_and_confirm(ap, &want, "RESET of a waiting AP");
+}
