@@ -21,8 +21,9 @@
 //! offset, so the vCPUs of a VM RESET together keep equal TSCs. The KVM backend never writes
 //! back a TSC value it read (that would set the counter back), so INIT, and any store of the
 //! MSRs that does not change the TSC, leave it counting. Where the host accepts TSC writes but
-//! ignores them, the backend finds out at the next read and stops holding the field: verify
-//! then reports it [`DeviationKind::NotHeld`], a host limit.
+//! ignores them, the backend finds out when it reads the TSC back before the vCPU runs again
+//! (verify does) and stops holding the field: verify then reports it
+//! [`DeviationKind::NotHeld`], a host limit.
 //!
 //! # Signals in flight
 //!
