@@ -515,6 +515,12 @@ fn msrs_round_trip() {
             got.msrs.tsc < want.msrs.tsc,
             "the TSC went on from where it was"
         );
+        assert!(
+            !v.holds(Field::Msr(Msr::Tsc)),
+            "the load that saw it says IA32_TSC is not held"
+        );
+    } else {
+        assert!(v.holds(Field::Msr(Msr::Tsc)));
     }
     let want = VcpuState {
         msrs: vcpu_reset::spec::Msrs {

@@ -298,6 +298,15 @@ pub trait Backend {
         true
     }
 
+    /// Whether the host can hold signals for the vCPU outside the classes it moves, and applies
+    /// them when the activity state is loaded or the vCPU next runs: on KVM with an in-kernel
+    /// irqchip, an INIT or startup IPI pending in the local APIC, which KVM_SET_LAPIC does not
+    /// reach. RESET and INIT then load the activity state before anything else, so that such a
+    /// signal takes effect before the new state is written, not on top of it.
+    fn queues_signals(&self) -> bool {
+        false
+    }
+
     /// Calls made so far.
     fn stats(&self) -> Stats;
 }

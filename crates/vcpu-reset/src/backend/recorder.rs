@@ -14,6 +14,8 @@ pub(crate) struct Recorder {
     /// What the "guest" does on run.
     pub on_run: fn(&mut VcpuState),
     pub not_held: Option<Field>,
+    /// What [`Backend::queues_signals`] answers.
+    pub queues_signals: bool,
 }
 
 impl Recorder {
@@ -32,6 +34,7 @@ impl Recorder {
             stats: Stats::default(),
             on_run: |s| s.gprs[Gpr::Rax as usize] += 1,
             not_held: None,
+            queues_signals: false,
         }
     }
 }
@@ -72,6 +75,9 @@ impl Backend for Recorder {
     }
     fn holds(&self, field: Field) -> bool {
         self.not_held != Some(field)
+    }
+    fn queues_signals(&self) -> bool {
+        self.queues_signals
     }
     fn stats(&self) -> Stats {
         self.stats

@@ -67,7 +67,9 @@ fn probe_vm(
 /// Why KVM does not hold `field` here.
 fn not_held_reason(vcpu: &KvmVcpu, field: Field) -> String {
     let class = StateClass::of(field);
-    if !vcpu.supported().contains(class) {
+    if field == Field::Msr(vcpu_reset_spec::Msr::Tsc) && vcpu.tsc_writes_ignored() {
+        "this host's KVM accepts writes to IA32_TSC but ignores them".into()
+    } else if !vcpu.supported().contains(class) {
         format!("KVM offers no {class} state on this host")
     } else if class == StateClass::Msrs {
         "the host's KVM refuses this MSR for this vCPU".into()
@@ -107,7 +109,7 @@ fn guest_observe(
             None
         } else {
             Some(format!(
-                "the vCPU does not implement it ({}), so what the guest reads is meaningless",
+                "vcpu-reset cannot set it here ({}), so what the guest reads is not what was written",
                 not_held_reason(vcpu.cache_ref().backend(), f)
             ))
         }

@@ -14,6 +14,35 @@
 //! operation or SVM guest mode with INIT intercepted. [`Outcome::init`] says which applied.
 //! RESET drops all nested state and any latched INIT; [`Vcpu::verify`] checks every nested
 //! part with the rest.
+//!
+//! # The TSC
+//!
+//! RESET sets IA32_TSC to 0 (Intel SDM Vol. 3A Table 10-1, AMD APM Vol. 2 Table 14-1) and INIT
+//! leaves it alone (same tables). The counter runs on by itself, so "0 after RESET" means
+//! "counting from 0 since the RESET": [`Vcpu::verify`] accepts any value from the one
+//! established up to 2^40 above it (over 100 s at 10 GHz), and a second RESET with nothing
+//! else changed does not write it again. The engine asks for 0; what that takes is the
+//! backend's business. KVM reads a host write of 0 as "synchronise this new or hot-plugged vCPU
+//! with the others" and leaves the counter running, so the KVM backend writes 1 instead, as
+//! QEMU does; KVM matches host writes that land within a second of each other onto one TSC
+//! offset, so the vCPUs of a VM RESET together keep equal TSCs. The KVM backend never writes
+//! back a TSC value it read (that would set the counter back), so INIT, and any store of the
+//! MSRs that does not change the TSC, leave it counting. Where the host accepts TSC writes but
+//! ignores them, the backend finds out when it reads the TSC back before the vCPU runs again
+//! (verify does) and stops holding the field: verify then reports it
+//! [`DeviationKind::NotHeld`], a host limit.
+//!
+//! # Signals in flight
+//!
+//! A RESET or INIT replaces an INIT or startup IPI the vCPU had received but not yet acted on.
+//! KVM keeps those in the in-kernel local APIC, out of reach of every state class, and acts on
+//! them when the MP state is read or the vCPU next runs: a SIPI left there would start an AP
+//! that RESET just put into wait-for-SIPI. Where the backend says it
+//! [queues signals](crate::backend::Backend::queues_signals), RESET and INIT therefore read the
+//! activity state first (unless the cache already holds it, i.e. nothing ran since it was read
+//! or written): the host settles what it holds then, and everything the RESET or INIT writes
+//! comes after. On KVM this costs one KVM_GET_MP_STATE, which RESET makes up for where the
+//! activity does not change (the BSP stays active, a waiting AP stays waiting).
 
 mod nested;
 mod verify;
@@ -111,16 +140,30 @@ impl<B: Backend> Vcpu<B> {
         })
     }
 
+    /// Let the backend's host settle signals it holds outside the state classes, by reading
+    /// the activity state (see the module documentation).
+    fn settle_signals(&mut self) -> Result<(), EngineError> {
+        if self.cache.backend().queues_signals() && self.cache.holds(Field::Activity) {
+            self.cache.get(Field::Activity)?;
+        }
+        Ok(())
+    }
+
     /// Power-on RESET: every field of the spec's RESET state, written now.
     ///
     /// Nothing relies on a field having been zero before; fields the backend does not hold
     /// (host limits) are skipped by the backend and reported by [`Vcpu::verify`]. Nested state
     /// (VMX operation, current and enlightened VMCS, guest mode, GIF) is dropped and a latched
-    /// INIT forgotten: RESET is not blocked by anything.
+    /// INIT forgotten: RESET is not blocked by anything. Where the backend queues signals, the
+    /// activity state is read first.
     pub fn reset(&mut self) -> Result<Outcome, EngineError> {
+        let before = self.cache.backend_stats();
+        self.settle_signals()?;
         let target = spec::expected_state(&self.model, self.identity, Transition::Reset);
         self.init_latched = None;
-        self.establish(target, spec::Event::Reset)
+        let mut out = self.establish(target, spec::Event::Reset)?;
+        out.calls = self.cache.backend_stats().since(&before);
+        Ok(out)
     }
 
     /// INIT: the spec's INIT rules applied to the current state (CR0.CD/NW, x87/SSE/AVX
@@ -151,6 +194,9 @@ impl<B: Backend> Vcpu<B> {
         let (expected, event) = self.expected.ok_or(EngineError::NothingToVerify)?;
         self.cache.flush()?;
         self.cache.invalidate();
+        // Read everything first: a backend can learn from a read that it does not hold a field
+        // (the KVM backend and a host that ignores TSC writes).
+        self.cache.state()?;
         let mut out = Vec::new();
         for field in Field::all() {
             if !self.cache.holds(field) {

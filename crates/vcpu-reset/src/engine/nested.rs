@@ -60,6 +60,7 @@ impl<B: Backend> Vcpu<B> {
 
     pub(super) fn init_with_rules(&mut self) -> Result<Outcome, EngineError> {
         let before = self.cache.backend_stats();
+        self.settle_signals()?;
         let prior = *self.cache.state()?;
         let outcome = self.outcome_for(&prior);
         let target = match outcome {

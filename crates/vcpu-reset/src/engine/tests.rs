@@ -33,6 +33,36 @@ fn reset_writes_the_spec_state_without_loading_anything() {
 }
 
 #[test]
+fn where_signals_queue_reset_and_init_read_the_activity_state_first() {
+    let mut v = vcpu(1);
+    v.cache().backend_mut().queues_signals = true;
+    v.cache().run().unwrap();
+    let out = v.reset().unwrap();
+    let b = v.cache_ref().backend();
+    let mp = StateClass::MpState as usize;
+    assert_eq!(b.loads.iter().sum::<u32>(), 1, "only the activity state");
+    assert_eq!(b.loads[mp], 1);
+    assert_eq!(out.calls.loads, 1, "counted in the RESET");
+    assert_eq!(b.state.activity, Activity::WaitForSipi);
+    // The BSP stays active: its MP state is read but not written.
+    let mut bsp = vcpu(0);
+    bsp.cache().backend_mut().queues_signals = true;
+    bsp.cache().run().unwrap();
+    let out = bsp.reset().unwrap();
+    assert_eq!((out.calls.loads, out.calls.stores), (1, 9));
+    assert_eq!(bsp.cache_ref().backend().stores[mp], 0);
+    // Nothing ran since: the cache holds the activity, so nothing is read again.
+    let out = bsp.reset().unwrap();
+    assert_eq!(out.calls.calls(), 0);
+    // INIT reads it first too (and then everything else).
+    bsp.cache().run().unwrap();
+    let before = bsp.cache_ref().backend().loads;
+    bsp.init().unwrap();
+    let after = bsp.cache_ref().backend().loads;
+    assert_eq!(after[mp] - before[mp], 1);
+}
+
+#[test]
 fn second_reset_writes_nothing_when_nothing_changed() {
     let mut v = vcpu(0);
     v.reset().unwrap();

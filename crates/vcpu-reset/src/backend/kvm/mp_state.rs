@@ -4,6 +4,16 @@
 //! (an AP that has not been started yet) [`Activity::WaitForSipi`], which is stored as
 //! INIT_RECEIVED. KVM has no shutdown activity state (a triple fault ends the run with
 //! KVM_EXIT_SHUTDOWN instead), so [`Activity::Shutdown`] cannot be stored.
+//!
+//! KVM_GET_MP_STATE is also where KVM accepts an INIT or startup IPI pending in the in-kernel
+//! local APIC (`kvm_apic_accept_events()`): a pending INIT performs KVM's own INIT, a pending
+//! SIPI starts a vCPU waiting for one and is dropped otherwise. Whether an INIT is pending is
+//! `kvm_vcpu_events.smi.latched_init`, so a load first writes a deferred events store with its
+//! ioctl. Neither KVM_SET_MP_STATE nor KVM_SET_LAPIC clears a pending SIPI: loading the MP
+//! state before writing a new one is the only way to get rid of it, which is why
+//! [`Backend::queues_signals`](crate::backend::Backend::queues_signals) is true with an
+//! irqchip, except for an AP KVM has never started (UNINITIALIZED: KVM drops a SIPI sent to it,
+//! and a RESET must write its MP state to take it out of that state anyway).
 
 use kvm_bindings::{
     KVM_MP_STATE_AP_RESET_HOLD, KVM_MP_STATE_HALTED, KVM_MP_STATE_INIT_RECEIVED,
@@ -41,6 +51,8 @@ pub(super) fn mp_state_of(activity: Activity) -> Option<u32> {
 
 impl KvmVcpu {
     pub(super) fn load_mp_state(&mut self, state: &mut VcpuState) -> Result<(), BackendError> {
+        // A deferred kvm_vcpu_events decides whether an INIT is latched, which KVM acts on now.
+        self.flush_events()?;
         self.stats.loads += 1;
         let mp = self
             .fd

@@ -8,6 +8,28 @@
 //! it is loaded but never stored. The VMX capability MSRs (held only where the host offers
 //! nested VMX) are recorded as they read at creation: that is the VM's configuration, which
 //! RESET restores ([`vcpu_reset_spec::CpuModel::vmx_capabilities`]).
+//!
+//! # IA32_TSC
+//!
+//! The TSC counts by itself, and KVM gives a host-initiated write of it a meaning of its own
+//! (`kvm_synchronize_tsc()` in `arch/x86/kvm/x86.c`): a write of 0 means "a vCPU is being
+//! created or hot-plugged, synchronise it with the others" and leaves the TSC running on the
+//! VM's current offset, and a write that lands within one second (in TSC cycles) of what the
+//! last write would have counted to by now is taken as meant to be that value and joins the
+//! same offset. So a store:
+//! - writes IA32_TSC only when its value differs from the one last loaded or stored since the
+//!   last KVM_RUN: writing back a value read earlier would set the counter back by the time
+//!   since the read (and start a new TSC generation for this vCPU alone), and writing again a
+//!   value stored earlier would restart it;
+//! - writes a 0 as 1, as QEMU does on reset (its commit 5286c3662294, "target/i386: properly
+//!   reset TSC on reset"), so that the TSC really restarts; the vCPUs of a VM RESET within a
+//!   second of each other then share one offset. A load still reports what the counter holds.
+//!
+//! Some hosts accept the write (KVM_SET_MSRS counts it) but ignore it, e.g. `kvm_pvm`. The first
+//! MSR load after a write, with no KVM_RUN in between, checks that the counter went on from the
+//! value written; if it did not, that load reports what it read and from then on
+//! [`Backend::holds`](crate::backend::Backend::holds) says IA32_TSC is not held (a host limit),
+//! stores leave it out and loads leave it alone.
 
 use kvm_bindings::{Msrs, kvm_msr_entry};
 use kvm_ioctls::VcpuFd;
@@ -17,8 +39,77 @@ use super::vcpu::ioctl_error;
 use super::{KvmError, KvmVcpu};
 use crate::backend::{BackendError, StateClass};
 
+const MSR_IA32_TSC: u32 = 0x10;
 const MSR_IA32_APIC_BASE: u32 = 0x1b;
 const MSR_IA32_MTRRCAP: u32 = 0xfe;
+
+/// What a host write of IA32_TSC means to KVM: 0 asks it to synchronise the vCPU with the VM's
+/// other vCPUs instead of setting the counter, so a 0 is written as 1.
+fn tsc_to_write(value: u64) -> u64 {
+    value.max(1)
+}
+
+/// The fastest a TSC is taken to count: 10 GHz, in cycles per nanosecond.
+const TSC_MAX_CYCLES_PER_NS: u128 = 10;
+/// KVM matches a host TSC write to the VM's current TSC when it is within one second of it.
+const KVM_TSC_MATCH_WINDOW_NS: u128 = 1_000_000_000;
+
+/// Whether a TSC read of `read`, `elapsed_ns` after `written` was written, can have followed
+/// from that write: it counted on at up to 10 GHz, or KVM matched the write to the VM's
+/// current TSC, which is within one second of it.
+fn tsc_followed(written: u64, read: u64, elapsed_ns: u128) -> bool {
+    let window = KVM_TSC_MATCH_WINDOW_NS * TSC_MAX_CYCLES_PER_NS;
+    let low = u128::from(written).saturating_sub(window);
+    let high = u128::from(written) + (elapsed_ns + KVM_TSC_MATCH_WINDOW_NS) * TSC_MAX_CYCLES_PER_NS;
+    (low..=high).contains(&u128::from(read))
+}
+
+/// What the backend knows about IA32_TSC (see the module documentation).
+#[derive(Clone, Copy, Debug, Default)]
+pub(super) struct TscState {
+    /// The value last loaded or stored since the last run (as the state has it, before
+    /// [`tsc_to_write`]).
+    last: Option<u64>,
+    /// The value last written and when, until the next load or run checks it.
+    written: Option<(u64, std::time::Instant)>,
+    /// The host accepts TSC writes but ignores them.
+    pub(super) ignored: bool,
+}
+
+impl TscState {
+    /// Whether a store of a state whose TSC is `value` writes IA32_TSC.
+    fn writes(&self, value: u64) -> bool {
+        !self.ignored && self.last != Some(value)
+    }
+
+    /// `value` was written (as [`tsc_to_write`] of it).
+    fn stored(&mut self, value: u64) {
+        self.last = Some(value);
+        self.written = Some((tsc_to_write(value), std::time::Instant::now()));
+    }
+
+    /// A load read `read`: check a pending write against it. Returns whether the load reports
+    /// the value (it does unless the field was already known not to be held).
+    fn loaded(&mut self, read: u64) -> bool {
+        if self.ignored {
+            return false;
+        }
+        if let Some((written, at)) = self.written.take()
+            && !tsc_followed(written, read, at.elapsed().as_nanos())
+        {
+            self.ignored = true;
+        }
+        self.last = Some(read);
+        true
+    }
+
+    /// A KVM_RUN happened: the counter moved on (and the guest may have written it), so the
+    /// last value is no longer what it holds and a pending write can no longer be checked.
+    pub(super) fn ran(&mut self) {
+        self.last = None;
+        self.written = None;
+    }
+}
 
 /// The MSR fields a vCPU holds, in the order they are moved (IA32_APIC_BASE first).
 #[derive(Clone, Debug, Default)]
@@ -125,6 +216,14 @@ fn field_u64(state: &VcpuState, f: Field) -> u64 {
 }
 
 impl KvmVcpu {
+    /// Whether this host was found to accept writes to IA32_TSC but ignore them (then the TSC
+    /// is not held).
+    pub fn tsc_writes_ignored(&self) -> bool {
+        self.tsc.ignored
+    }
+}
+
+impl KvmVcpu {
     pub(super) fn load_msrs(&mut self, state: &mut VcpuState) -> Result<(), BackendError> {
         let mut msrs = entries(self.msrs.held.iter(), |_| 0)?;
         self.stats.loads += 1;
@@ -142,6 +241,10 @@ impl KvmVcpu {
             });
         }
         for (entry, (field, _)) in msrs.as_slice().iter().zip(&self.msrs.held) {
+            // The load that finds TSC writes ignored still reports what it read.
+            if entry.index == MSR_IA32_TSC && !self.tsc.loaded(entry.data) {
+                continue;
+            }
             field.set(state, u128::from(entry.data));
             if entry.index == MSR_IA32_APIC_BASE {
                 self.shadow.apic_base = Some(entry.data);
@@ -151,19 +254,35 @@ impl KvmVcpu {
     }
 
     pub(super) fn store_msrs(&mut self, state: &VcpuState) -> Result<(), BackendError> {
+        let tsc = state.msrs.tsc;
+        let write_tsc = self.tsc.writes(tsc);
         let writable: Vec<(Field, u32)> = self
             .msrs
             .held
             .iter()
             .copied()
-            .filter(|(_, index)| *index != MSR_IA32_MTRRCAP)
+            .filter(|(_, index)| match *index {
+                MSR_IA32_MTRRCAP => false,
+                MSR_IA32_TSC => write_tsc,
+                _ => true,
+            })
             .collect();
-        let msrs = entries(writable.iter(), |f| field_u64(state, f))?;
+        let msrs = entries(writable.iter(), |f| match f {
+            Field::Msr(Msr::Tsc) => tsc_to_write(tsc),
+            _ => field_u64(state, f),
+        })?;
         self.stats.stores += 1;
         let done = self
             .fd
             .set_msrs(&msrs)
             .map_err(|e| ioctl_error("KVM_SET_MSRS", e))?;
+        if write_tsc
+            && msrs.as_slice()[..done]
+                .iter()
+                .any(|e| e.index == MSR_IA32_TSC)
+        {
+            self.tsc.stored(tsc);
+        }
         if let Some(apic_base) = msrs.as_slice()[..done]
             .iter()
             .find(|e| e.index == MSR_IA32_APIC_BASE)
@@ -195,6 +314,67 @@ impl KvmVcpu {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_tsc_of_zero_is_written_as_one() {
+        assert_eq!(tsc_to_write(0), 1);
+        assert_eq!(tsc_to_write(1), 1);
+        assert_eq!(tsc_to_write(0x1234_5678), 0x1234_5678);
+    }
+
+    #[test]
+    fn the_tsc_is_written_only_when_it_changes() {
+        let mut t = TscState::default();
+        assert!(t.writes(0), "nothing known yet");
+        t.stored(0);
+        assert!(
+            !t.writes(0),
+            "0 was just written: writing it again would restart the count"
+        );
+        assert!(t.writes(5));
+        assert!(t.loaded(1), "the counter went on from the 1 written");
+        assert!(!t.ignored);
+        assert!(!t.writes(1), "a value read is never written back");
+        t.ran();
+        assert!(
+            t.writes(0),
+            "after a run the counter has moved on: RESET writes it again"
+        );
+        assert!(t.writes(1));
+    }
+
+    #[test]
+    fn a_host_that_ignores_tsc_writes_is_found_out_by_the_next_load() {
+        let mut t = TscState::default();
+        t.stored(0);
+        assert!(
+            t.loaded(0x81b_6154_0a7e),
+            "the load that finds out still reports what it read"
+        );
+        assert!(t.ignored, "the count did not restart");
+        assert!(!t.writes(0) && !t.writes(7), "nothing is written any more");
+        assert!(!t.loaded(0x81b_6160_0000));
+        // A run between the write and the load: the guest may have written the TSC itself.
+        let mut t = TscState::default();
+        t.stored(0);
+        t.ran();
+        assert!(t.loaded(0x81b_6154_0a7e));
+        assert!(!t.ignored);
+    }
+
+    #[test]
+    fn a_tsc_read_follows_a_write_by_counting_or_by_kvm_matching() {
+        // Counting on from the write, at up to 10 GHz.
+        assert!(tsc_followed(1, 1, 0));
+        assert!(tsc_followed(1, 3_000_000, 1_000_000));
+        assert!(tsc_followed(1, 100_000_000_000, 9_000_000_000));
+        // KVM matched the write to the VM's TSC, within a second of it either way.
+        assert!(tsc_followed(20_000_000_000, 11_000_000_000, 0));
+        assert!(tsc_followed(1, 9_000_000_000, 0));
+        // A host that ignored the write: the counter is where it was (here ~an hour at 2.3 GHz).
+        assert!(!tsc_followed(1, 0x81b_6154_0a7e, 50_000));
+        assert!(!tsc_followed(0x1_0000_0000_0000, 0x81b_615a_2c02, 50_000));
+    }
 
     #[test]
     fn sregs_msrs_are_left_out() {

@@ -16,7 +16,8 @@
 //!   written with its ioctl before KVM_SET_MP_STATE; everything pending is written before
 //!   KVM_SET_NESTED_STATE.
 //! - A GET ioctl that overlaps a deferred store would miss it: a pending `kvm_sregs` is written
-//!   with its ioctl before KVM_GET_LAPIC (CR8 is the TPR).
+//!   with its ioctl before KVM_GET_LAPIC (CR8 is the TPR), and a pending `kvm_vcpu_events`
+//!   before KVM_GET_MP_STATE (which accepts an INIT its `smi.latched_init` may have cleared).
 //! - In KVM_MP_STATE_UNINITIALIZED (an AP of a VM with an in-kernel irqchip, until it is first
 //!   started or its MP state is stored) KVM_RUN returns before applying `kvm_dirty_regs` and
 //!   then overwrites the mirror, so stores are not deferred there.
@@ -125,14 +126,20 @@ impl KvmVcpu {
             self.stored_by_ioctl(StateClass::Regs);
         }
         self.flush_sregs()?;
-        if self.pending(StateClass::Events) {
-            let events = self.fd.sync_regs_mut().events;
-            self.stats.stores += 1;
-            self.fd
-                .set_vcpu_events(&events)
-                .map_err(|e| ioctl_error("KVM_SET_VCPU_EVENTS", e))?;
-            self.stored_by_ioctl(StateClass::Events);
+        self.flush_events()
+    }
+
+    /// Write a pending deferred `kvm_vcpu_events` now, with KVM_SET_VCPU_EVENTS.
+    pub(super) fn flush_events(&mut self) -> Result<(), BackendError> {
+        if !self.pending(StateClass::Events) {
+            return Ok(());
         }
+        let events = self.fd.sync_regs_mut().events;
+        self.stats.stores += 1;
+        self.fd
+            .set_vcpu_events(&events)
+            .map_err(|e| ioctl_error("KVM_SET_VCPU_EVENTS", e))?;
+        self.stored_by_ioctl(StateClass::Events);
         Ok(())
     }
 

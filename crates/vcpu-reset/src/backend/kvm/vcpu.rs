@@ -3,13 +3,15 @@
 
 use kvm_bindings::{CpuId, kvm_vcpu_events};
 use kvm_ioctls::{VcpuFd, VmFd};
-use vcpu_reset_spec::{CpuModel, EventFlag, Field, LapicReg, NestedReg, VcpuState, Vendor, X87};
+use vcpu_reset_spec::{
+    CpuModel, EventFlag, Field, LapicReg, Msr, NestedReg, VcpuState, Vendor, X87,
+};
 use vmm_sys_util::errno;
 
 use super::KvmError;
 use super::fpu::XsaveLayout;
 use super::host::{KvmCaps, KvmHost};
-use super::msrs::MsrSet;
+use super::msrs::{MsrSet, TscState};
 use crate::backend::{Backend, BackendError, ClassSet, Exit, StateClass, Stats};
 
 /// How [`KvmVcpu::with_options`] sets up the vCPU.
@@ -62,6 +64,8 @@ pub struct KvmVcpu {
     supported: ClassSet,
     pub(super) xsave: XsaveLayout,
     pub(super) msrs: MsrSet,
+    /// What is known about IA32_TSC writes (see `msrs.rs`).
+    pub(super) tsc: TscState,
     /// The local APIC has the CMCI LVT (its version register reports 7 LVT entries).
     pub(super) lapic_cmci: bool,
     apic_version: Option<u32>,
@@ -208,6 +212,7 @@ impl KvmVcpu {
             supported: ClassSet::EMPTY,
             xsave,
             msrs,
+            tsc: TscState::default(),
             lapic_cmci,
             apic_version,
             events_shadow,
@@ -354,6 +359,7 @@ impl KvmVcpu {
     /// REGS, SREGS and EVENTS in `kvm_run`.
     pub(super) fn after_run(&mut self, refreshed: bool) {
         self.shadow = Shadow::default();
+        self.tsc.ran();
         if self.sync && refreshed {
             self.mirror = super::sync::SYNC_CLASSES;
             let sregs = &self.fd.sync_regs_mut().sregs;
@@ -507,11 +513,19 @@ impl Backend for KvmVcpu {
             // KVM_GET_NESTED_STATE has no enlightened-VMCS address (only a flag) and keeps
             // the INIT intercept inside the saved VMCB.
             Field::NestedReg(NestedReg::EvmcsPointer | NestedReg::InterceptInit) => false,
+            Field::Msr(Msr::Tsc) if self.tsc.ignored => false,
             _ if class == StateClass::Msrs => field
                 .msr_index()
                 .is_some_and(|index| self.msrs.holds(index)),
             _ => true,
         }
+    }
+
+    fn queues_signals(&self) -> bool {
+        // An AP KVM never started (KVM_MP_STATE_UNINITIALIZED) drops a SIPI, and acts on an INIT
+        // only by leaving that state, which every RESET writes over anyway; reading its MP state
+        // would instead make a RESET keep KVM's UNINITIALIZED, where a SIPI alone does nothing.
+        self.irqchip && !self.may_be_uninitialized
     }
 
     fn stats(&self) -> Stats {
