@@ -23,6 +23,7 @@ fn check_on_kvm_runs_every_scenario_and_vcpu_reset_passes() {
         [
             "create",
             "kvm-init",
+            "kvm-init-ipi",
             "reset",
             "init",
             "reboot-cf9-hard",
@@ -132,6 +133,23 @@ fn check_on_kvm_runs_every_scenario_and_vcpu_reset_passes() {
             .iter()
             .any(|x| x.scenario == "views-create" && x.field == "mxcsr")
     );
+    // KVM's INIT driven by the guest: the AP dirtied itself, the BSP sent INIT and SIPI.
+    for (field, value) in [
+        ("cr0", "0x0000000000000010"),
+        ("cr3", "0x0000000000000000"),
+        ("x87.fcw", "0x027f"),
+        ("mxcsr", "0x00001fa0"),
+        ("msr.ia32_pat", "0x0006060600060606"),
+        ("cs.selector", "0x1000"),
+    ] {
+        let x = find(&r, "kvm-init-ipi", View::Guest, "ap1", field);
+        assert_eq!(
+            (x.verdict, x.actual.as_deref()),
+            (Verdict::Pass, Some(value)),
+            "{x:?}"
+        );
+    }
+
     // No KVM_CAP_NESTED_STATE here: nested state is a host limit with the reason, not silence.
     let ns = find(&r, "reset", View::Host, "bsp", "nested.state");
     assert_eq!(ns.verdict, Verdict::HostLimit, "{ns:?}");

@@ -5,6 +5,7 @@
 //! |---|---|---|
 //! | `create` | fresh vCPUs, KVM's own RESET at KVM_CREATE_VCPU | host |
 //! | `kvm-init` | vCPUs dirtied through the cache, then KVM's own INIT and SIPI, raised through the in-kernel local APIC | host |
+//! | `kvm-init-ipi` | the AP dirties itself, the BSP sends INIT and SIPI ([`super::kvm_ipi`]) | host |
 //! | `reset` | vCPUs dirtied through the cache, then vcpu-reset's RESET | vcpu-reset |
 //! | `init` | vCPUs dirtied through the cache, then vcpu-reset's INIT (APs started by vcpu-reset's SIPI) | vcpu-reset |
 //! | `reboot-<how>` | the probe firmware dirties state and reboots itself through the runner (0xCF9 hard/soft, port 0x92, KBC; a triple fault raised by KVM) | vcpu-reset |
@@ -441,6 +442,8 @@ pub fn run(report: &mut Report, host: &KvmHost) {
     }
     let r = transition(report, "kvm-init", Event::Init, true, &limits);
     record(report, "kvm-init", Owner::Host, r);
+    let r = super::kvm_ipi::run(report, &limits);
+    record(report, "kvm-init-ipi", Owner::Host, r);
     let r = transition(report, "reset", Event::Reset, false, &limits);
     record(report, "reset", Owner::VcpuReset, r);
     let r = transition(report, "init", Event::Init, false, &limits);

@@ -7,6 +7,7 @@
 
 pub mod dirty;
 pub mod kvm;
+pub mod kvm_ipi;
 pub mod log;
 pub mod model;
 pub mod nested;
