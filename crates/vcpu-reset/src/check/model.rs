@@ -5,8 +5,8 @@
 use vcpu_reset_spec::{self as spec, CpuModel, Event, Field, Transition, VcpuIdentity, Vendor};
 
 use super::dirty::dirtied;
-use super::report::{Report, ScenarioInfo, View};
-use super::scenario::{Expectation, judge_all, vcpu_label};
+use super::report::{Report, View};
+use super::scenario::{Expectation, judge_all, run_cases, vcpu_label};
 use super::verdict::{Observed, Owner};
 use crate::backend::model::ModelVcpu;
 use crate::cache::VcpuCache;
@@ -27,18 +27,13 @@ pub fn engine(v: &mut Vcpu<ModelVcpu>, event: Event) -> Result<(), String> {
 /// Run the `reset` and `init` scenarios for vCPUs 0 (BSP) and 1 (AP) of a VM presenting `model`.
 pub fn run(report: &mut Report, model: &CpuModel, apply: Apply) {
     for (name, event) in [("reset", Event::Reset), ("init", Event::Init)] {
-        let mut error = None;
-        for id in [0u32, 1] {
-            if let Err(e) = scenario(report, model, name, event, id, apply) {
-                error = Some(format!("vCPU {id}: {e}"));
-                break;
-            }
-        }
-        report.scenarios.push(ScenarioInfo {
-            name: name.into(),
-            owner: Owner::VcpuReset,
-            error,
-        });
+        run_cases(
+            report,
+            name,
+            Owner::VcpuReset,
+            [0u32, 1].map(|id| (format!("vCPU {id}"), id)),
+            |report, id| scenario(report, model, name, event, id, apply),
+        );
     }
 }
 

@@ -29,7 +29,7 @@ use super::BackendChoice;
 use super::dirty::dirtied;
 use super::model::{Apply, default_model};
 use super::report::{Report, ScenarioInfo, View};
-use super::scenario::{Expectation, judge_all};
+use super::scenario::{Expectation, judge_all, run_cases};
 use super::verdict::{Observed, Owner};
 use crate::backend::Exit;
 use crate::backend::kvm::{KvmHost, KvmVcpu};
@@ -118,18 +118,13 @@ pub fn run_model(report: &mut Report, apply: Apply) {
             },
         ),
     ];
-    let mut error = None;
-    for (label, model, id, setup) in reset_cases {
-        if let Err(e) = reset_case(report, label, &model, id, setup, apply) {
-            error = Some(format!("{label}: {e}"));
-            break;
-        }
-    }
-    report.scenarios.push(ScenarioInfo {
-        name: NESTED_RESET.into(),
-        owner: Owner::VcpuReset,
-        error,
-    });
+    run_cases(
+        report,
+        NESTED_RESET,
+        Owner::VcpuReset,
+        reset_cases.map(|(label, model, id, setup)| (label.to_string(), (label, model, id, setup))),
+        |report, (label, model, id, setup)| reset_case(report, label, &model, id, setup, apply),
+    );
 
     let init_cases: [(&str, CpuModel, Setup); 5] = [
         ("bsp-vmx-root", intel_model(), Setup::VmxRoot),
@@ -150,18 +145,13 @@ pub fn run_model(report: &mut Report, apply: Apply) {
             },
         ),
     ];
-    let mut error = None;
-    for (label, model, setup) in init_cases {
-        if let Err(e) = init_case(report, label, &model, setup, apply) {
-            error = Some(format!("{label}: {e}"));
-            break;
-        }
-    }
-    report.scenarios.push(ScenarioInfo {
-        name: NESTED_INIT.into(),
-        owner: Owner::VcpuReset,
-        error,
-    });
+    run_cases(
+        report,
+        NESTED_INIT,
+        Owner::VcpuReset,
+        init_cases.map(|(label, model, setup)| (label.to_string(), (label, model, setup))),
+        |report, (label, model, setup)| init_case(report, label, &model, setup, apply),
+    );
 }
 
 fn err(e: impl std::fmt::Display) -> String {

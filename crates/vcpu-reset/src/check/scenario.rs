@@ -112,6 +112,29 @@ pub fn observe_probe_run(
     Ok(out)
 }
 
+/// Run scenario `name`'s cases in order with `case`, stopping at the first that fails, and
+/// record the scenario (with that case's label and error, if any).
+pub fn run_cases<C>(
+    report: &mut Report,
+    name: &str,
+    owner: Owner,
+    cases: impl IntoIterator<Item = (String, C)>,
+    mut case: impl FnMut(&mut Report, C) -> Result<(), String>,
+) {
+    let mut error = None;
+    for (label, c) in cases {
+        if let Err(e) = case(report, c) {
+            error = Some(format!("{label}: {e}"));
+            break;
+        }
+    }
+    report.scenarios.push(super::ScenarioInfo {
+        name: name.into(),
+        owner,
+        error,
+    });
+}
+
 /// `bsp` for vCPU 0, `ap<N>` otherwise.
 pub fn vcpu_label(id: u32) -> String {
     if id == 0 {
