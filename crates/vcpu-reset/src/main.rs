@@ -210,8 +210,8 @@ fn run_firmware(
     }
 }
 
-/// `vcpu-reset bench ...`: print the report; 2 when KVM cannot be opened, 1 when the bench
-/// fails. A missed target is reported in the text, not in the exit status.
+/// `vcpu-reset bench ...`: print the report; 2 when KVM cannot be opened or an option is out
+/// of range, 1 when the bench fails. A missed target is reported in the text, not in the exit status.
 fn bench(which: BenchCommand) -> ExitCode {
     use vcpu_reset::backend::kvm::KvmHost;
     use vcpu_reset::bench::{exits, reboot};
@@ -244,7 +244,10 @@ fn bench(which: BenchCommand) -> ExitCode {
         Ok(text) => print(&text),
         Err(e) => {
             eprintln!("vcpu-reset bench: {e}");
-            ExitCode::from(1)
+            match e {
+                vcpu_reset::bench::BenchError::Option { .. } => ExitCode::from(2),
+                _ => ExitCode::from(1),
+            }
         }
     }
 }
