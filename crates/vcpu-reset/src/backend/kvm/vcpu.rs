@@ -507,6 +507,14 @@ impl Backend for KvmVcpu {
         }
     }
 
+    fn load_slots(&mut self, class: StateClass, slots: u64, state: &mut VcpuState) -> bool {
+        self.load_mirrored_slots(class, slots, state)
+    }
+
+    fn store_slots(&mut self, class: StateClass, slots: u64, state: &VcpuState) -> bool {
+        self.store_mirrored_slots(class, slots, state)
+    }
+
     fn stats(&self) -> Stats {
         self.stats
     }
