@@ -9,10 +9,12 @@
 //! - [`runner`]: a small VM that boots a flat firmware and reboots it in place.
 //! - [`probe`]: guest programs that record what the guest sees, and their record format.
 //! - [`check`]: the conformance selftest's scenarios, verdicts and reports.
+//! - [`bench`](mod@bench): exit-path and reboot benchmarks on KVM, paths side by side.
 
 pub use vcpu_reset_spec as spec;
 
 pub mod backend;
+pub mod bench;
 pub mod cache;
 pub mod check;
 pub mod engine;

@@ -116,6 +116,35 @@ enum Command {
         #[arg(long)]
         kvm_create_state: bool,
     },
+    /// Measure on KVM, paths side by side: the cost of an exit, or of a reboot.
+    Bench {
+        #[command(subcommand)]
+        which: BenchCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// Exit handling: (a) bare KVM_RUN, (b) GET_REGS+GET_SREGS+SET_REGS per exit, (c) the
+    /// register cache with sync regs; µs per exit, ratios to (a), ioctls per exit.
+    Exits {
+        /// Exits per handler per repetition.
+        #[arg(long, default_value_t = vcpu_reset::bench::exits::ExitOptions::default().exits)]
+        exits: u64,
+        /// Repetitions, the handlers interleaved; figures are medians over them.
+        #[arg(long, default_value_t = vcpu_reset::bench::exits::ExitOptions::default().reps)]
+        reps: u32,
+    },
+    /// Warm reboot in place vs tearing down and recreating the VM; µs per reboot, speedup,
+    /// ioctls per vCPU. Measures 1, 2 and 32 vCPUs unless --vcpus is given.
+    Reboot {
+        /// Measure this vCPU count only.
+        #[arg(long)]
+        vcpus: Option<u32>,
+        /// Timed reboots per path and vCPU count.
+        #[arg(long, default_value_t = 20)]
+        rounds: u32,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -258,6 +287,48 @@ fn probe_image(output: &std::path::Path, reboot: Option<RebootArg>) -> ExitCode 
     }
 }
 
+/// `vcpu-reset bench ...`: print the report; 2 when KVM cannot be opened or an option is out
+/// of range, 1 when the bench fails. A missed target is reported in the text, not in the exit status.
+fn bench(which: BenchCommand) -> ExitCode {
+    use vcpu_reset::backend::kvm::KvmHost;
+    use vcpu_reset::bench::{exits, reboot};
+    let host = match KvmHost::open() {
+        Ok(h) => h,
+        Err(e) => {
+            eprintln!("vcpu-reset bench: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let report = match which {
+        BenchCommand::Exits { exits: n, reps } => {
+            let options = exits::ExitOptions {
+                exits: n,
+                reps,
+                ..exits::ExitOptions::default()
+            };
+            exits::run(&host, &options).map(|r| r.to_text())
+        }
+        BenchCommand::Reboot { vcpus, rounds } => {
+            drop(host);
+            let options = reboot::RebootOptions {
+                vcpus: vcpus.map_or_else(|| reboot::DEFAULT_VCPUS.to_vec(), |n| vec![n]),
+                rounds,
+            };
+            reboot::run(&options).map(|r| r.to_text())
+        }
+    };
+    match report {
+        Ok(text) => print(&text),
+        Err(e) => {
+            eprintln!("vcpu-reset bench: {e}");
+            match e {
+                vcpu_reset::bench::BenchError::Option { .. } => ExitCode::from(2),
+                _ => ExitCode::from(1),
+            }
+        }
+    }
+}
+
 fn vendor(v: VendorArg) -> Vendor {
     match v {
         VendorArg::Intel => Vendor::Intel,
@@ -326,6 +397,7 @@ fn main() -> ExitCode {
             kvm_create_state,
         ),
         Command::ProbeImage { output, reboot } => probe_image(&output, reboot),
+        Command::Bench { which } => bench(which),
         Command::Check {
             backend,
             format,

@@ -307,6 +307,24 @@ pub trait Backend {
         false
     }
 
+    /// Load only the cache slots in `slots` (a mask of [`crate::cache::Reg`] bits, all of
+    /// `class`) into `state`, where that costs no call (e.g. a class the last exit delivered).
+    /// Returns `false`, having changed nothing, where it cannot; the caller then loads the whole
+    /// class with [`Backend::load`]. The default never can.
+    fn load_slots(&mut self, class: StateClass, slots: u64, state: &mut VcpuState) -> bool {
+        let _ = (class, slots, state);
+        false
+    }
+
+    /// Store only the cache slots in `slots` of `class` from `state`, leaving the class's other
+    /// fields as the vCPU holds them, where that costs no call and needs nothing else of the
+    /// class. Returns `false`, having changed nothing, where it cannot; the caller then stores
+    /// the whole class with [`Backend::store`]. The default never can.
+    fn store_slots(&mut self, class: StateClass, slots: u64, state: &VcpuState) -> bool {
+        let _ = (class, slots, state);
+        false
+    }
+
     /// Calls made so far.
     fn stats(&self) -> Stats;
 }

@@ -3,10 +3,14 @@
 //!
 //! Invariants, one per accessor:
 //! - a read of an unavailable slot loads its whole class from the backend (one call), merging
-//!   around slots of that class that are dirty, and marks the class available;
+//!   around slots of that class that are dirty, and marks the class available — unless the
+//!   backend can load just that slot without a call ([`Backend::load_slots`], e.g. from what
+//!   the last exit delivered), which then makes only that slot available;
 //! - a write marks its slot dirty and available; writing one field of a multi-field slot
 //!   (a segment, the MSRs) first makes the slot available, so no field is ever guessed;
-//! - before the vCPU runs, each class with a dirty slot is stored exactly once;
+//! - before the vCPU runs, each class with a dirty slot is stored exactly once: just the dirty
+//!   slots where the backend can do that without a call ([`Backend::store_slots`]), else the
+//!   whole class, loading what is not available first;
 //! - after an exit, every slot of a class the vCPU can change becomes unavailable;
 //! - dirty implies available (`avail=0, dirty=1` is invalid, as in KVM).
 //!
@@ -46,6 +50,10 @@ pub struct CacheStats {
     pub class_loads: u64,
     /// Class stores requested from the backend.
     pub class_stores: u64,
+    /// Single-slot loads the backend served without a call ([`Backend::load_slots`]).
+    pub slot_loads: u64,
+    /// Stores of just the dirty slots of a class ([`Backend::store_slots`]).
+    pub slot_stores: u64,
     /// Runs.
     pub runs: u64,
 }
@@ -231,10 +239,19 @@ impl<B: Backend> VcpuCache<B> {
         Ok(())
     }
 
-    /// Make `reg` available.
+    /// Make `reg` available: just the slot where the backend can load it without a call, else
+    /// its whole class.
     fn ensure(&mut self, reg: Reg) -> Result<(), CacheError> {
         if self.avail & reg.bit() == 0 {
-            self.ensure_class(reg.class())?;
+            if self
+                .backend
+                .load_slots(reg.class(), reg.bit(), &mut self.state)
+            {
+                self.avail |= reg.bit();
+                self.stats.slot_loads += 1;
+            } else {
+                self.ensure_class(reg.class())?;
+            }
         }
         Ok(())
     }
@@ -351,13 +368,18 @@ impl<B: Backend> VcpuCache<B> {
         }
         for class in StateClass::ALL {
             let mask = Reg::class_mask(class);
-            if self.dirty & mask == 0 {
+            let dirty = self.dirty & mask;
+            if dirty == 0 {
                 continue;
             }
-            // The backend writes the whole class: fill in what the cache does not know yet.
-            self.ensure_class(class)?;
-            self.backend.store(class, &self.state)?;
-            self.stats.class_stores += 1;
+            if self.backend.store_slots(class, dirty, &self.state) {
+                self.stats.slot_stores += 1;
+            } else {
+                // The backend writes the whole class: fill in what the cache does not know yet.
+                self.ensure_class(class)?;
+                self.backend.store(class, &self.state)?;
+                self.stats.class_stores += 1;
+            }
             self.dirty &= !mask;
         }
         self.check_invariant();

@@ -4,7 +4,7 @@
 use super::*;
 use crate::backend::StateClass;
 use crate::backend::recorder::Recorder;
-use vcpu_reset_spec::{Field, Gpr, Msr, Seg, SegPart};
+use vcpu_reset_spec::{Field, Gpr, Msr, Seg, SegPart, Segment};
 
 #[test]
 fn adopted_cache_has_nothing_available() {
@@ -163,4 +163,148 @@ fn write_state_writes_unknown_classes_whole_without_loading() {
     assert_eq!(c.backend().loads.iter().sum::<u32>(), 0);
     assert_eq!(c.backend().stores, [1; 10]);
     assert_eq!(c.backend().state, target);
+}
+
+/// A [`Recorder`] that, once it has run, serves single REGS slots and stores just the dirty
+/// REGS slots without a call, as KVM's sync regs do.
+struct Slotted {
+    inner: Recorder,
+    ran: bool,
+    slot_loads: u32,
+    slot_stores: u32,
+}
+
+impl Slotted {
+    fn new() -> Self {
+        Slotted {
+            inner: Recorder::new(),
+            ran: false,
+            slot_loads: 0,
+            slot_stores: 0,
+        }
+    }
+
+    fn copy_slots(slots: u64, from: &VcpuState, to: &mut VcpuState) {
+        for f in fields_of(StateClass::Regs) {
+            if slots & Reg::of(*f).bit() != 0 {
+                f.set(to, f.get(from));
+            }
+        }
+    }
+}
+
+impl Backend for Slotted {
+    fn load(&mut self, class: StateClass, state: &mut VcpuState) -> Result<(), BackendError> {
+        self.inner.load(class, state)
+    }
+    fn store(&mut self, class: StateClass, state: &VcpuState) -> Result<(), BackendError> {
+        self.inner.store(class, state)
+    }
+    fn run(&mut self) -> Result<Exit, BackendError> {
+        self.ran = true;
+        self.inner.run()
+    }
+    fn set_io_in(&mut self, data: &[u8]) {
+        self.inner.set_io_in(data);
+    }
+    fn volatile(&self) -> ClassSet {
+        self.inner.volatile()
+    }
+    fn delivered(&self) -> ClassSet {
+        self.inner.delivered()
+    }
+    fn supported(&self) -> ClassSet {
+        self.inner.supported()
+    }
+    fn load_slots(&mut self, class: StateClass, slots: u64, state: &mut VcpuState) -> bool {
+        if class != StateClass::Regs || !self.ran {
+            return false;
+        }
+        Self::copy_slots(slots, &self.inner.state, state);
+        self.slot_loads += 1;
+        true
+    }
+    fn store_slots(&mut self, class: StateClass, slots: u64, state: &VcpuState) -> bool {
+        if class != StateClass::Regs || !self.ran {
+            return false;
+        }
+        Self::copy_slots(slots, state, &mut self.inner.state);
+        self.slot_stores += 1;
+        true
+    }
+    fn stats(&self) -> Stats {
+        self.inner.stats()
+    }
+}
+
+#[test]
+fn a_slot_the_backend_serves_is_loaded_alone() {
+    let mut c = VcpuCache::adopt(Slotted::new());
+    // Before any run the backend cannot: the whole class is loaded.
+    assert_eq!(c.gpr(Gpr::Rbx).unwrap(), 0x1003);
+    assert_eq!(c.backend().inner.loads[StateClass::Regs as usize], 1);
+    c.run().unwrap();
+    assert_eq!(
+        c.gpr(Gpr::Rax).unwrap(),
+        0x1001,
+        "the guest incremented RAX"
+    );
+    assert!(c.is_available(Reg::Gpr(Gpr::Rax)));
+    assert!(
+        !c.is_available(Reg::Gpr(Gpr::Rbx)),
+        "only the slot asked for"
+    );
+    assert_eq!(c.rip().unwrap(), 0xfff0);
+    assert_eq!(c.backend().inner.loads[StateClass::Regs as usize], 1);
+    assert_eq!(c.backend().slot_loads, 2);
+    assert_eq!(c.cache_stats().slot_loads, 2);
+    assert_eq!(c.loads_since_run(StateClass::Regs), 0, "no class load");
+}
+
+#[test]
+fn only_dirty_slots_are_stored_where_the_backend_can() {
+    let mut c = VcpuCache::adopt(Slotted::new());
+    c.run().unwrap();
+    let rax = c.gpr(Gpr::Rax).unwrap();
+    c.set_gpr(Gpr::Rax, rax + 0x100);
+    c.set_gpr(Gpr::R15, 0xf);
+    c.run().unwrap();
+    let b = c.backend();
+    assert_eq!(b.slot_stores, 1, "one store for the class");
+    assert_eq!(b.inner.stores.iter().sum::<u32>(), 0);
+    assert_eq!(
+        b.inner.loads.iter().sum::<u32>(),
+        0,
+        "nothing loaded to fill the class"
+    );
+    assert_eq!(b.inner.state.gprs[Gpr::Rax as usize], 0x1001 + 0x100 + 1);
+    assert_eq!(b.inner.state.gprs[Gpr::R15 as usize], 0xf);
+    assert_eq!(
+        b.inner.state.gprs[Gpr::Rbx as usize],
+        0x1003,
+        "slots the cache never had are left alone"
+    );
+    assert_eq!(c.cache_stats().slot_stores, 1);
+    assert_eq!(c.cache_stats().class_stores, 0);
+}
+
+#[test]
+fn a_slot_load_keeps_dirty_slots_of_its_class() {
+    let mut c = VcpuCache::adopt(Slotted::new());
+    c.run().unwrap();
+    c.set_gpr(Gpr::Rax, 0xdead);
+    assert_eq!(c.gpr(Gpr::Rbx).unwrap(), 0x1003);
+    assert_eq!(c.gpr(Gpr::Rax).unwrap(), 0xdead);
+    assert!(c.is_dirty(Reg::Gpr(Gpr::Rax)) && !c.is_dirty(Reg::Gpr(Gpr::Rbx)));
+}
+
+#[test]
+fn classes_the_backend_cannot_slot_are_stored_whole() {
+    let mut c = VcpuCache::adopt(Slotted::new());
+    c.run().unwrap();
+    c.set_segment(Seg::Ds, Segment::default());
+    c.flush().unwrap();
+    assert_eq!(c.backend().inner.loads[StateClass::Sregs as usize], 1);
+    assert_eq!(c.backend().inner.stores[StateClass::Sregs as usize], 1);
+    assert_eq!(c.cache_stats().class_stores, 1);
 }

@@ -18,6 +18,7 @@ use super::KvmVcpu;
 use super::ioctls::{KVM_GET_SREGS2, KVM_SET_SREGS2};
 use super::vcpu::ioctl_error;
 use crate::backend::{BackendError, StateClass};
+use crate::cache::Reg;
 
 const CR0_PG: u64 = 1 << 31;
 const CR0_PE: u64 = 1;
@@ -102,6 +103,51 @@ fn segments_mut(s: &mut kvm_sregs2) -> [&mut kvm_segment; 8] {
 
 fn segments(s: &kvm_sregs2) -> [&kvm_segment; 8] {
     [&s.es, &s.cs, &s.ss, &s.ds, &s.fs, &s.gs, &s.ldt, &s.tr]
+}
+
+/// The segment `seg` of a legacy `kvm_sregs`.
+fn legacy_segment(s: &kvm_sregs, seg: Seg) -> &kvm_segment {
+    match seg {
+        Seg::Es => &s.es,
+        Seg::Cs => &s.cs,
+        Seg::Ss => &s.ss,
+        Seg::Ds => &s.ds,
+        Seg::Fs => &s.fs,
+        Seg::Gs => &s.gs,
+        Seg::Ldtr => &s.ldt,
+        Seg::Tr => &s.tr,
+    }
+}
+
+/// Copy the cache slots in `slots` (segments, GDTR, IDTR, CR0/2/3/4/8, EFER) from a legacy
+/// `kvm_sregs`, as [`sregs_to_state`] would. The PDPTRs are not in `kvm_sregs`: their bit, and
+/// bits of other classes, are ignored. One step per slot asked for.
+#[inline]
+pub(super) fn sregs_slots_to_state(s: &kvm_sregs, slots: u64, state: &mut VcpuState) {
+    let mut mask = slots & Reg::class_mask(StateClass::Sregs);
+    while mask != 0 {
+        let index = mask.trailing_zeros();
+        mask &= mask - 1;
+        match index.checked_sub(Reg::Seg(Seg::Es).index()) {
+            Some(i) if (i as usize) < Seg::ALL.len() => {
+                let seg = Seg::ALL[i as usize];
+                state.segments[seg as usize] = segment_to_state(legacy_segment(s, seg));
+                continue;
+            }
+            _ => {}
+        }
+        match index {
+            i if i == Reg::Gdtr.index() => state.gdtr = dtable_to_state(&s.gdt),
+            i if i == Reg::Idtr.index() => state.idtr = dtable_to_state(&s.idt),
+            i if i == Reg::Cr0.index() => state.cr0 = s.cr0,
+            i if i == Reg::Cr2.index() => state.cr2 = s.cr2,
+            i if i == Reg::Cr3.index() => state.cr3 = s.cr3,
+            i if i == Reg::Cr4.index() => state.cr4 = s.cr4,
+            i if i == Reg::Cr8.index() => state.cr8 = s.cr8,
+            i if i == Reg::Efer.index() => state.efer = s.efer,
+            _ => {}
+        }
+    }
 }
 
 /// Copy `kvm_sregs2` into the state; the PDPTRs only `with_pdptrs`.
@@ -376,6 +422,48 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(segment_to_state(&k).attributes, 0x13);
+    }
+
+    #[test]
+    fn segment_slot_bits_are_in_seg_order() {
+        for (i, seg) in Seg::ALL.into_iter().enumerate() {
+            assert_eq!(seg as usize, i);
+            assert_eq!(Reg::Seg(seg).index(), Reg::Seg(Seg::Es).index() + i as u32);
+        }
+    }
+
+    #[test]
+    fn slot_copies_match_the_whole_class_copy() {
+        let mut s = kvm_sregs::default();
+        for (i, seg) in [
+            &mut s.es, &mut s.cs, &mut s.ss, &mut s.ds, &mut s.fs, &mut s.gs, &mut s.ldt, &mut s.tr,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            *seg = segment_from_state(&Segment {
+                selector: 8 * i as u16,
+                base: 0x1000 * i as u64,
+                limit: 0xffff,
+                attributes: 0x93,
+            });
+        }
+        s.gdt.base = 0x500;
+        s.idt.limit = 0x3ff;
+        (s.cr0, s.cr2, s.cr3, s.cr4, s.cr8, s.efer) = (0x11, 2, 3, 0x20, 5, 0x500);
+        let mut whole = VcpuState::default();
+        sregs_to_state(&from_legacy(&s), &mut whole, false);
+
+        let mut only_cs = VcpuState::default();
+        sregs_slots_to_state(&s, Reg::Seg(Seg::Cs).bit(), &mut only_cs);
+        let mut want = VcpuState::default();
+        want.segments[Seg::Cs as usize] = whole.segments[Seg::Cs as usize];
+        assert_eq!(only_cs, want);
+        assert_eq!(only_cs.segments[Seg::Cs as usize].selector, 8);
+
+        let mut all = VcpuState::default();
+        sregs_slots_to_state(&s, Reg::class_mask(StateClass::Sregs), &mut all);
+        assert_eq!(all, whole);
     }
 
     #[test]

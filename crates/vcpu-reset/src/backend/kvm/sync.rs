@@ -27,9 +27,14 @@
 use kvm_bindings::{KVM_SYNC_X86_EVENTS, KVM_SYNC_X86_REGS, KVM_SYNC_X86_SREGS};
 use kvm_ioctls::SyncReg;
 
+use vcpu_reset_spec::VcpuState;
+
 use super::KvmVcpu;
+use super::regs::{regs_slots_from_state, regs_slots_to_state};
+use super::sregs::sregs_slots_to_state;
 use super::vcpu::ioctl_error;
 use crate::backend::{BackendError, ClassSet, StateClass};
+use crate::cache::Reg;
 
 /// The classes sync regs carry.
 pub(super) const SYNC_CLASSES: ClassSet = ClassSet::EMPTY
@@ -155,6 +160,47 @@ impl KvmVcpu {
             }
         }
         dropped
+    }
+
+    /// [`Backend::load_slots`](crate::backend::Backend::load_slots): REGS and SREGS slots from
+    /// the mirror, where their load is free (the PDPTRs go with the whole class).
+    pub(super) fn load_mirrored_slots(
+        &mut self,
+        class: StateClass,
+        slots: u64,
+        state: &mut VcpuState,
+    ) -> bool {
+        if !self.free_classes().contains(class) {
+            return false;
+        }
+        let mirror = self.fd.sync_regs_mut();
+        match class {
+            StateClass::Regs => regs_slots_to_state(&mirror.regs, slots, state),
+            StateClass::Sregs if slots & Reg::Pdptrs.bit() == 0 => {
+                sregs_slots_to_state(&mirror.sregs, slots, state);
+            }
+            _ => return false,
+        }
+        self.stats.sync_loads += 1;
+        true
+    }
+
+    /// [`Backend::store_slots`](crate::backend::Backend::store_slots): REGS slots into a mirror
+    /// that holds the vCPU's current `kvm_regs`, deferred to the next KVM_RUN like a whole
+    /// REGS store. SREGS is stored whole: its mirror also carries IA32_APIC_BASE and the
+    /// interrupt bitmap, which a store sets on purpose.
+    pub(super) fn store_mirrored_slots(
+        &mut self,
+        class: StateClass,
+        slots: u64,
+        state: &VcpuState,
+    ) -> bool {
+        if class != StateClass::Regs || !self.can_defer() || !self.mirrored(class) {
+            return false;
+        }
+        regs_slots_from_state(state, slots, &mut self.fd.sync_regs_mut().regs);
+        self.defer(class);
+        true
     }
 
     /// Classes whose load costs no ioctl now: mirrored sync classes, except SREGS when PAE

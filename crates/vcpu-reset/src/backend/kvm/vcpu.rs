@@ -528,6 +528,14 @@ impl Backend for KvmVcpu {
         self.irqchip && !self.may_be_uninitialized
     }
 
+    fn load_slots(&mut self, class: StateClass, slots: u64, state: &mut VcpuState) -> bool {
+        self.load_mirrored_slots(class, slots, state)
+    }
+
+    fn store_slots(&mut self, class: StateClass, slots: u64, state: &VcpuState) -> bool {
+        self.store_mirrored_slots(class, slots, state)
+    }
+
     fn stats(&self) -> Stats {
         self.stats
     }

@@ -1,0 +1,405 @@
+//! `vcpu-reset bench reboot`: a warm reboot in place against recreating the VM.
+//!
+//! Two runner [`Vm`]s of the same configuration (N vCPUs, 16 MiB RAM, in-kernel irqchip and
+//! PIT, the [exit bench's](super::exits) firmware and loop) are built. Each round, in an
+//! alternating order:
+//!
+//! - **in place**: the BSP runs to its first OUT exit (not timed), every vCPU's cache is
+//!   invalidated as after an exit, and [`Vm::reboot`]`(`[`RebootKind::Reset`]`)` is timed:
+//!   RESET of every vCPU through the engine, the irqchip and PIT back to their creation state,
+//!   the firmware image restored;
+//! - **recreate** (what Cloud Hypervisor does on reboot): `/dev/kvm` is opened (not timed — a
+//!   VMM keeps it open), the BSP of the previous copy runs to its first exit (not timed), and
+//!   then dropping that VM and building a new one with [`Vm::with_host`] — VM fd, memory slots,
+//!   irqchip, PIT, vCPUs with CPUID, power-on RESET — plus writing the loop into RAM is timed.
+//!
+//! vCPU ioctls are taken from the backends' [`Stats`](crate::backend::Stats): the engine's calls for the in-place
+//! RESET, and each new vCPU's creation and RESET calls for the recreation. The in-place path also
+//! makes 4 VM ioctls per reboot (3× KVM_SET_IRQCHIP, KVM_SET_PIT2) that no vCPU counts.
+
+use std::time::{Duration, Instant};
+
+use super::BenchError;
+use super::exits::{CODE, PORT, Program};
+use super::stats::{Summary, ratios, table};
+use crate::backend::kvm::KvmHost;
+use crate::backend::{Exit, IoDir};
+use crate::runner::{RebootKind, Sink, Vm, VmConfig};
+
+/// The target: a reboot in place at least this many times faster than recreating the VM.
+pub const TARGET_SPEEDUP: f64 = 20.0;
+/// vCPU counts measured when none is given.
+pub const DEFAULT_VCPUS: [u32; 3] = [1, 2, 32];
+/// VM-level ioctls of [`Vm::reboot`] on RESET, which no vCPU's [`Stats`](crate::backend::Stats) counts.
+pub const VM_IOCTLS_PER_REBOOT: u32 = 4;
+
+/// One timed reboot.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct RebootSample {
+    /// Wall time.
+    pub elapsed: Duration,
+    /// vCPU ioctls, summed over the vCPUs.
+    pub vcpu_ioctls: u64,
+}
+
+/// The two VMs of one vCPU count.
+pub struct RebootRig {
+    vcpus: u32,
+    program: Program,
+    config: VmConfig,
+    in_place: Vm,
+    recreated: Option<Vm>,
+}
+
+impl RebootRig {
+    /// Build the VMs for `vcpus` vCPUs, the in-place one on `host`.
+    ///
+    /// # Errors
+    /// [`BenchError::Run`] when a VM cannot be built (e.g. more vCPUs than the host allows).
+    pub fn new(host: KvmHost, vcpus: u32) -> Result<RebootRig, BenchError> {
+        let program = Program::build()?;
+        let config = VmConfig {
+            vcpus,
+            sink: Sink::Discard,
+            ..VmConfig::default()
+        };
+        let in_place = Vm::with_host(host, &program.firmware, config.clone())?;
+        in_place.memory().write(CODE, &program.code)?;
+        let recreated = Vm::with_host(KvmHost::open()?, &program.firmware, config.clone())?;
+        recreated.memory().write(CODE, &program.code)?;
+        Ok(RebootRig {
+            vcpus,
+            program,
+            config,
+            in_place,
+            recreated: Some(recreated),
+        })
+    }
+
+    /// The vCPU count.
+    pub fn vcpus(&self) -> u32 {
+        self.vcpus
+    }
+
+    /// Run vCPU 0 of `vm` from the reset vector to the loop's first OUT.
+    fn run_bsp(vm: &mut Vm) -> Result<(), BenchError> {
+        let Some(bsp) = vm.vcpus().first_mut() else {
+            return Ok(());
+        };
+        match bsp.cache().run()? {
+            Exit::Io {
+                dir: IoDir::Out,
+                port: PORT,
+                size: 1,
+                data: [1, ..],
+            } => Ok(()),
+            other => Err(BenchError::Mismatch {
+                handler: "reboot: BSP after RESET",
+                exit: 1,
+                what: format!("{other:?}, expected an OUT of 0x01 to port {PORT:#x}"),
+            }),
+        }
+    }
+
+    /// One timed reboot in place (after an untimed run of the BSP).
+    ///
+    /// # Errors
+    /// [`BenchError::Run`] when the reboot fails, [`BenchError::Mismatch`] when the BSP does
+    /// not reach the loop after the previous one.
+    pub fn in_place(&mut self) -> Result<RebootSample, BenchError> {
+        Self::run_bsp(&mut self.in_place)?;
+        for v in self.in_place.vcpus() {
+            v.cache().invalidate();
+        }
+        let start = Instant::now();
+        let calls = self.in_place.reboot(RebootKind::Reset)?;
+        let elapsed = start.elapsed();
+        Ok(RebootSample {
+            elapsed,
+            vcpu_ioctls: calls.calls(),
+        })
+    }
+
+    /// One timed teardown and recreation (after untimed `/dev/kvm` open and BSP run).
+    ///
+    /// # Errors
+    /// [`BenchError::Kvm`] or [`BenchError::Run`] when the new VM cannot be built.
+    pub fn recreate(&mut self) -> Result<RebootSample, BenchError> {
+        let host = KvmHost::open()?;
+        if let Some(old) = self.recreated.as_mut() {
+            Self::run_bsp(old)?;
+        }
+        let start = Instant::now();
+        drop(self.recreated.take());
+        let mut vm = Vm::with_host(host, &self.program.firmware, self.config.clone())?;
+        vm.memory().write(CODE, &self.program.code)?;
+        let elapsed = start.elapsed();
+        let vcpu_ioctls = vm
+            .vcpus()
+            .iter()
+            .map(|v| v.cache_ref().backend_stats().calls())
+            .sum();
+        self.recreated = Some(vm);
+        Ok(RebootSample {
+            elapsed,
+            vcpu_ioctls,
+        })
+    }
+}
+
+/// How much to measure.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RebootOptions {
+    /// vCPU counts, one row each.
+    pub vcpus: Vec<u32>,
+    /// Timed reboots per path and vCPU count.
+    pub rounds: u32,
+}
+
+impl Default for RebootOptions {
+    fn default() -> Self {
+        RebootOptions {
+            vcpus: DEFAULT_VCPUS.to_vec(),
+            rounds: 20,
+        }
+    }
+}
+
+/// The figures of one vCPU count.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RebootRow {
+    /// vCPUs.
+    pub vcpus: u32,
+    /// Microseconds per reboot in place.
+    pub in_place: Summary,
+    /// Microseconds per teardown and recreation.
+    pub recreate: Summary,
+    /// Recreate over in place, per round.
+    pub speedup: Summary,
+    /// vCPU ioctls per vCPU per reboot in place.
+    pub in_place_ioctls_per_vcpu: f64,
+    /// vCPU ioctls per vCPU per recreation (creation and RESET).
+    pub recreate_ioctls_per_vcpu: f64,
+}
+
+/// The result of `bench reboot`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RebootReport {
+    /// Rounds per vCPU count.
+    pub rounds: u32,
+    /// One row per vCPU count.
+    pub rows: Vec<RebootRow>,
+}
+
+impl RebootRow {
+    /// Summarise the rounds of one vCPU count.
+    ///
+    /// # Errors
+    /// [`BenchError::Option`] without samples, or with different counts for the two paths.
+    pub fn from_samples(
+        vcpus: u32,
+        in_place: &[RebootSample],
+        recreate: &[RebootSample],
+    ) -> Result<RebootRow, BenchError> {
+        let empty = || BenchError::Option {
+            option: "--rounds",
+            value: in_place.len() as u64,
+            why: "both paths need the same number of rounds, at least 1",
+        };
+        if in_place.len() != recreate.len() {
+            return Err(empty());
+        }
+        let us = |s: &[RebootSample]| -> Vec<f64> {
+            s.iter().map(|x| x.elapsed.as_secs_f64() * 1e6).collect()
+        };
+        let per_vcpu = |s: &[RebootSample]| {
+            let total: u64 = s.iter().map(|x| x.vcpu_ioctls).sum();
+            total as f64 / (s.len().max(1) as f64 * f64::from(vcpus.max(1)))
+        };
+        let (a, b) = (us(in_place), us(recreate));
+        Ok(RebootRow {
+            vcpus,
+            in_place: Summary::of(&a).ok_or_else(empty)?,
+            recreate: Summary::of(&b).ok_or_else(empty)?,
+            speedup: Summary::of(&ratios(&b, &a)).ok_or_else(empty)?,
+            in_place_ioctls_per_vcpu: per_vcpu(in_place),
+            recreate_ioctls_per_vcpu: per_vcpu(recreate),
+        })
+    }
+
+    /// Whether in place is at least [`TARGET_SPEEDUP`] times faster (median per round).
+    pub fn met(&self) -> bool {
+        self.speedup.median >= TARGET_SPEEDUP
+    }
+}
+
+impl RebootReport {
+    /// The report as text: a header, one row per vCPU count and path, the verdict.
+    pub fn to_text(&self) -> String {
+        let mut out = format!(
+            "vcpu-reset bench reboot — {}\n\
+             in place: Vm::reboot(Reset) after invalidating every vCPU cache; recreate: drop the VM, build it again (VM, memory, irqchip, PIT, vCPUs, CPUID, RESET)\n\
+             {} rounds per vCPU count, the paths alternating; median [min–max] over rounds\n\n",
+            super::host_line(),
+            self.rounds
+        );
+        let mut rows = Vec::new();
+        for r in &self.rows {
+            rows.push(vec![
+                r.vcpus.to_string(),
+                "in place".to_owned(),
+                r.in_place.display(0),
+                "1".to_owned(),
+                format!(
+                    "{:.1} (+{VM_IOCTLS_PER_REBOOT} VM)",
+                    r.in_place_ioctls_per_vcpu
+                ),
+            ]);
+            rows.push(vec![
+                r.vcpus.to_string(),
+                "recreate".to_owned(),
+                r.recreate.display(0),
+                r.speedup.display(1),
+                format!("{:.1}", r.recreate_ioctls_per_vcpu),
+            ]);
+        }
+        out.push_str(&table(
+            &[
+                "vCPUs",
+                "path",
+                "µs/reboot",
+                "× in place",
+                "vCPU ioctls/vCPU",
+            ],
+            &rows,
+        ));
+        out.push('\n');
+        let worst = self
+            .rows
+            .iter()
+            .map(|r| r.speedup.median)
+            .min_by(f64::total_cmp);
+        if let Some(worst) = worst {
+            let met = self.rows.iter().all(RebootRow::met);
+            out.push_str(&format!(
+                "target in place ≥ {TARGET_SPEEDUP:.0}× faster than recreate: {} (smallest median speedup {worst:.1}×)\n",
+                if met { "met" } else { "NOT met" },
+            ));
+        }
+        out
+    }
+}
+
+/// Run `bench reboot`: for each vCPU count, build a [`RebootRig`] and time `rounds` reboots of
+/// each path, alternating which goes first.
+///
+/// # Errors
+/// [`BenchError::Option`] for zero rounds or vCPUs; otherwise as [`RebootRig`].
+pub fn run(options: &RebootOptions) -> Result<RebootReport, BenchError> {
+    if options.rounds == 0 {
+        return Err(BenchError::Option {
+            option: "--rounds",
+            value: 0,
+            why: "at least 1 round",
+        });
+    }
+    let mut rows = Vec::new();
+    for &vcpus in &options.vcpus {
+        if vcpus == 0 {
+            return Err(BenchError::Option {
+                option: "--vcpus",
+                value: 0,
+                why: "at least 1 vCPU",
+            });
+        }
+        let mut rig = RebootRig::new(KvmHost::open()?, vcpus)?;
+        // One of each, untimed, so both paths start warm.
+        rig.in_place()?;
+        rig.recreate()?;
+        let mut in_place = Vec::new();
+        let mut recreate = Vec::new();
+        for round in 0..options.rounds {
+            if round % 2 == 0 {
+                in_place.push(rig.in_place()?);
+                recreate.push(rig.recreate()?);
+            } else {
+                recreate.push(rig.recreate()?);
+                in_place.push(rig.in_place()?);
+            }
+        }
+        rows.push(RebootRow::from_samples(vcpus, &in_place, &recreate)?);
+    }
+    Ok(RebootReport {
+        rounds: options.rounds,
+        rows,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s(us: u64, vcpu_ioctls: u64) -> RebootSample {
+        RebootSample {
+            elapsed: Duration::from_micros(us),
+            vcpu_ioctls,
+        }
+    }
+
+    #[test]
+    fn a_row_summarises_rounds_and_takes_ratios_per_round() {
+        let row = RebootRow::from_samples(
+            2,
+            &[s(100, 16), s(200, 16), s(100, 16)],
+            &[s(3000, 60), s(3000, 60), s(2500, 60)],
+        )
+        .expect("row");
+        assert_eq!(row.in_place.median, 100.0);
+        assert_eq!(row.recreate.median, 3000.0);
+        // 30, 15, 25 per round.
+        assert_eq!(row.speedup.median, 25.0);
+        assert_eq!(row.in_place_ioctls_per_vcpu, 8.0);
+        assert_eq!(row.recreate_ioctls_per_vcpu, 30.0);
+        assert!(row.met());
+    }
+
+    #[test]
+    fn mismatched_or_missing_rounds_are_an_error() {
+        assert!(RebootRow::from_samples(1, &[], &[]).is_err());
+        assert!(RebootRow::from_samples(1, &[s(1, 1)], &[]).is_err());
+    }
+
+    #[test]
+    fn the_text_has_both_paths_per_count_and_the_verdict() {
+        let fast = RebootRow::from_samples(1, &[s(100, 8)], &[s(5000, 30)]).expect("row");
+        let slow = RebootRow::from_samples(32, &[s(1000, 256)], &[s(9000, 960)]).expect("row");
+        let report = RebootReport {
+            rounds: 1,
+            rows: vec![fast, slow],
+        };
+        let text = report.to_text();
+        let rows: Vec<&str> = text
+            .lines()
+            .filter(|l| l.contains("  in place  ") || l.contains("  recreate  "))
+            .collect();
+        assert_eq!(rows.len(), 4, "{text}");
+        assert!(
+            rows[0].starts_with("1 ") && rows[0].contains("8.0 (+4 VM)"),
+            "{text}"
+        );
+        assert!(
+            rows[1].contains("5000") && rows[1].contains("50.0"),
+            "{text}"
+        );
+        assert!(
+            rows[3].starts_with("32") && rows[3].contains("9.0"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "target in place ≥ 20× faster than recreate: NOT met (smallest median speedup 9.0×)"
+            ),
+            "{text}"
+        );
+    }
+}
