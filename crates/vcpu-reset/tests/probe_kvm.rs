@@ -51,10 +51,8 @@ mod harness {
         }
 
         pub fn as_mut_slice(&mut self) -> &mut [u8] {
-            // SAFETY: `ptr` is a live mapping of `len` readable and writable bytes owned by
-            // `self`; the exclusive borrow of `self` rules out other Rust references to it.
-            // The guest may write it concurrently only while KVM_RUN is in progress, which
-            // takes `&mut Guest` and so cannot overlap this borrow.
+            // SAFETY: `ptr` maps `len` bytes owned by `self`, exclusively borrowed here; the guest
+            // writes them only during KVM_RUN, which needs `&mut Guest`, so never meanwhile.
             unsafe { std::slice::from_raw_parts_mut(self.ptr, self.len) }
         }
 

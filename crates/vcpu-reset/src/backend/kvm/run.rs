@@ -208,10 +208,8 @@ impl KvmVcpu {
             Answer::Io { offset, len } => {
                 let n = len.min(data.len());
                 let base = std::ptr::from_mut(self.fd.get_kvm_run()).cast::<u8>();
-                // SAFETY: `base` is the start of the vCPU's `kvm_run` mapping, `run_size` bytes
-                // long and alive as long as `self.fd`; the exit checked that
-                // `offset + len <= run_size`, and `n <= len`. `&mut self` means nothing else
-                // refers to those bytes while they are written.
+                // SAFETY: `base` starts the live `kvm_run` mapping of `run_size` bytes; the exit
+                // checked `offset + len <= run_size` and `n <= len`; `&mut self` excludes aliases.
                 unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), base.add(offset), n) };
             }
             Answer::Mmio { len } => {

@@ -243,9 +243,8 @@ impl KvmVcpu {
     fn get_sregs2(&mut self) -> Result<kvm_sregs2, BackendError> {
         let mut s = kvm_sregs2::default();
         self.stats.loads += 1;
-        // SAFETY: KVM_GET_SREGS2 on the vCPU fd `self.fd` owns writes exactly one
-        // `struct kvm_sregs2` (its size is encoded in the request number) through the pointer,
-        // which `&mut s` provides; the return value is checked.
+        // SAFETY: KVM_GET_SREGS2 writes exactly one `kvm_sregs2` (its size is in the request
+        // number) through `&mut s`, on the fd `self.fd` owns; the return value is checked.
         let ret =
             unsafe { vmm_sys_util::ioctl::ioctl_with_mut_ref(&self.fd, KVM_GET_SREGS2(), &mut s) };
         if ret != 0 {
