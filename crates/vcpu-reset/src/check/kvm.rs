@@ -431,15 +431,15 @@ pub fn run(report: &mut Report, host: &KvmHost) {
             caps.sync_regs, caps.sregs2, caps.nested_state, caps.max_vcpus
         ),
     );
-    let limits = measured_limits();
+    let (limits, cpu) = probe_host();
+    if let Some(cpu) = cpu {
+        report.host.insert("cpu".into(), cpu);
+    }
     for (f, why) in &limits {
         report.host.insert(format!("limit {f}"), why.clone());
     }
     let r = create(report, &limits);
     record(report, "create", Owner::Host, r);
-    if let Some(m) = report_model(report) {
-        report.host.insert("cpu".into(), m);
-    }
     let r = transition(report, "kvm-init", Event::Init, true, &limits);
     record(report, "kvm-init", Owner::Host, r);
     let r = super::kvm_ipi::run(report, &limits);
@@ -455,45 +455,38 @@ pub fn run(report: &mut Report, host: &KvmHost) {
     }
 }
 
-/// What vcpu-reset cannot set on this host, measured: a value written to IA32_TSC through
-/// KVM_SET_MSRS that does not read back (plus the counting since) was ignored.
-fn measured_limits() -> BTreeMap<Field, String> {
-    let mut out = BTreeMap::new();
+/// What vcpu-reset cannot set on this host, and the CPU model, from one probe vCPU: a write
+/// of IA32_TSC that the backend finds ignored (it checks the first read-back after a write)
+/// makes the TSC a host limit for vcpu-reset's scenarios.
+fn probe_host() -> (BTreeMap<Field, String>, Option<String>) {
+    let mut limits = BTreeMap::new();
     let tsc = Field::Msr(vcpu_reset_spec::Msr::Tsc);
-    let probe = || -> Option<(u128, u128)> {
-        let host = KvmHost::open().ok()?;
-        let vm = host.create_vm(true).ok()?;
-        let kv = KvmVcpu::new(&host, &vm, 0).ok()?;
-        let mut c = crate::cache::VcpuCache::adopt(kv);
-        let written = c.get(tsc).ok()? ^ (1 << 44);
-        c.set(tsc, written).ok()?;
-        c.flush().ok()?;
-        c.invalidate();
-        Some((written, c.get(tsc).ok()?))
+    let Some(host) = KvmHost::open().ok() else {
+        return (limits, None);
     };
-    if let Some((written, read)) = probe()
-        && !crate::engine::counted_from(tsc, written, read)
-    {
-        out.insert(
-            tsc,
-            format!(
-                "this host's KVM accepts writes to IA32_TSC but ignores them (wrote {written:#x}, read back {read:#x})"
-            ),
-        );
+    let Some(vm) = host.create_vm(true).ok() else {
+        return (limits, None);
+    };
+    let Some(kv) = KvmVcpu::new(&host, &vm, 0).ok() else {
+        return (limits, None);
+    };
+    let cpu = kv.cpu_model().map(|m| {
+        format!(
+            "{} signature {:#x}, {} GP counters, APIC version {:#x}",
+            m.vendor.name(),
+            m.signature,
+            m.gp_counters,
+            m.apic_version
+        )
+    });
+    let mut c = crate::cache::VcpuCache::adopt(kv);
+    let wrote = c.get(tsc).and_then(|v| c.set(tsc, v ^ (1 << 44)));
+    if wrote.is_ok() && c.flush().is_ok() {
+        c.invalidate();
+        let _ = c.get(tsc);
+        if c.backend().tsc_writes_ignored() {
+            limits.insert(tsc, not_held_reason(c.backend(), tsc));
+        }
     }
-    out
-}
-
-fn report_model(_report: &Report) -> Option<String> {
-    let host = KvmHost::open().ok()?;
-    let vm = host.create_vm(false).ok()?;
-    let v = KvmVcpu::new(&host, &vm, 0).ok()?;
-    let m = v.cpu_model()?;
-    Some(format!(
-        "{} signature {:#x}, {} GP counters, APIC version {:#x}",
-        m.vendor.name(),
-        m.signature,
-        m.gp_counters,
-        m.apic_version
-    ))
+    (limits, cpu)
 }

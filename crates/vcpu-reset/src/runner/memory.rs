@@ -3,9 +3,7 @@
 
 use kvm_bindings::{KVM_MEM_READONLY, kvm_userspace_memory_region};
 use kvm_ioctls::VmFd;
-use vm_memory::{
-    Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion, MmapRegion,
-};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
 use super::firmware::Firmware;
 
@@ -175,11 +173,6 @@ impl GuestMemory {
         Ok(buf)
     }
 }
-
-// `MmapRegion` is what `GuestRegionMmap` dereferences to; named here so the import is used in
-// the SAFETY argument above.
-#[allow(dead_code)]
-type _Backing = MmapRegion;
 
 #[cfg(test)]
 mod tests {
