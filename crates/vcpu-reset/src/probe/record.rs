@@ -1039,7 +1039,8 @@ mod tests {
             ("rbx".to_string(), Value::Hex("00005678".into())),
             ("cr0".to_string(), Value::Hex("60000010".into())),
         ];
-        let changes: [(&str, fn(&str) -> String); 4] = [
+        type Change = fn(&str) -> String;
+        let changes: [(&str, Change); 4] = [
             ("swapped digits", |l| l.replacen("00001234", "00002134", 1)),
             // +1 in one byte, -1 in another.
             ("cancelling flips", |l| {
