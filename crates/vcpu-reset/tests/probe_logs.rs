@@ -224,3 +224,86 @@ fn a_changed_value_in_a_real_log_is_refused() {
     let e = report.scenarios[0].error.as_deref().unwrap_or_default();
     assert!(e.contains("CRC-32"), "{e}");
 }
+
+struct TempFile(PathBuf);
+
+impl TempFile {
+    fn new(name: &str, bytes: &[u8]) -> TempFile {
+        let p = std::env::temp_dir().join(format!("vcpu-reset-{name}-{}", std::process::id()));
+        std::fs::write(&p, bytes).expect("write temp file");
+        TempFile(p)
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// `vcpu-reset check --from-log` on `bytes`: exit status, stdout, stderr.
+fn check_cli(name: &str, bytes: &[u8]) -> (Option<i32>, String, String) {
+    let f = TempFile::new(name, bytes);
+    let out = Command::new(env!("CARGO_BIN_EXE_vcpu-reset"))
+        .args(["check", "--from-log"])
+        .arg(&f.0)
+        .output()
+        .expect("run vcpu-reset");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The first run of a real reboot log, alone: the reboot run is missing.
+#[test]
+fn a_missing_reboot_run_exits_2() {
+    let full = log("qemu-tcg-cf9-soft.log");
+    let runs = String::from_utf8(full).expect("ASCII");
+    let second = runs.rfind("\n#VR2 begin").expect("two runs");
+    let (code, out, _) = check_cli("missing-reboot", &runs.as_bytes()[..=second]);
+    assert_eq!(code, Some(2), "{out}");
+    assert!(
+        out.contains(
+            "incomplete: the probe image reboots through cf9-soft but the log holds no second run"
+        ),
+        "{out}"
+    );
+}
+
+#[test]
+fn a_run_without_records_exits_2() {
+    let log = probe::record::format_run("probe", &[]);
+    let (code, out, _) = check_cli("no-records", log.as_bytes());
+    assert_eq!(code, Some(2), "{out}");
+    assert!(out.contains("has no records"), "{out}");
+}
+
+#[test]
+fn runs_after_the_second_are_ignored_with_a_note() {
+    let mut three = log("qemu-tcg-cf9-hard.log");
+    three.extend_from_slice(&log("qemu-tcg-power-on.log"));
+    let (code, out, _) = check_cli("three-runs", &three);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains("ignored: 1 run(s) after the second ignored (tags: probe)"),
+        "{out}"
+    );
+}
+
+/// A malformed 20 MB line is quoted, not echoed.
+#[test]
+fn a_huge_malformed_line_is_quoted_in_80_bytes() {
+    let mut bad = b"#VR2 begin probe\n#VR2 ".to_vec();
+    bad.extend(std::iter::repeat_n(b'x', 20 << 20));
+    bad.extend_from_slice(b" 1 2\n#VR2 end 0001 00000000\n");
+    let (code, out, err) = check_cli("huge-line", &bad);
+    assert_eq!(code, Some(2));
+    assert!(
+        out.len() + err.len() < 2000,
+        "{} bytes of output",
+        out.len() + err.len()
+    );
+    assert!(out.contains("... (20971529 bytes)"), "{out}");
+}

@@ -29,7 +29,7 @@ use super::advertised::{self, Advertised};
 use super::dirty::before_probe_reboot;
 use super::report::{Report, ScenarioInfo, View};
 use super::scenario::{Expectation, judge_all, observe_run};
-use super::verdict::{Observed, Owner};
+use super::verdict::{Observed, Owner, Verdict};
 use crate::probe::{self, LogFormat, ProbeRun, RebootVia};
 
 /// What the user says about the vCPU, overriding what the log says.
@@ -150,6 +150,7 @@ pub fn judge(report: &mut Report, log: &[u8], opts: &LogOptions) {
             not_run(report, &name, why);
             continue;
         }
+        let judged_before = report.results.len();
         let result = observe_run(run, &expected, not_known).map(|mut obs| {
             for (f, o) in obs.iter_mut() {
                 if let Some(why) = advertised::not_applicable(&adv, mtrr_cap, *f) {
@@ -180,6 +181,17 @@ pub fn judge(report: &mut Report, log: &[u8], opts: &LogOptions) {
                 first_seen = Some(obs);
             }
         });
+        if result.is_ok()
+            && report.results[judged_before..]
+                .iter()
+                .all(|r| matches!(r.verdict, Verdict::HostLimit | Verdict::NotApplicable))
+        {
+            report.incomplete.push(format!(
+                "run {} ({:?}) records no field of the spec that could be judged",
+                index + 1,
+                probe::record::quote(run.tag.as_bytes())
+            ));
+        }
         report.scenarios.push(ScenarioInfo {
             name,
             owner: Owner::Host,
@@ -298,7 +310,6 @@ fn observed_state(reset: &VcpuState, seen: Option<&BTreeMap<Field, Observed>>) -
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::check::Verdict;
     use crate::probe::Value;
     use crate::probe::record::{format_run, format_run_v1};
     use vcpu_reset_spec::LapicReg;
@@ -540,6 +551,11 @@ mod tests {
         // No run at all.
         let r = judge_log(b"SeaBIOS\n", &LogOptions::default());
         assert_eq!(r.exit_code(false), 2);
+        // Records, but none of a spec field.
+        let log = format_run("probe", &recs(&[("probe.x", "01")]));
+        let r = judge_log(log.as_bytes(), &LogOptions::default());
+        assert_eq!(r.exit_code(false), 2);
+        assert!(r.incomplete[0].contains("no field"), "{:?}", r.incomplete);
     }
 
     #[test]

@@ -330,11 +330,19 @@ impl ProbeRun {
     ///
     /// Records of other keys (`probe.*`, `entry.*`, MSRs without a field) are left out.
     pub fn fields(&self) -> Result<BTreeMap<Field, Observed>, RecordError> {
-        let by_name: HashMap<String, Field> =
-            Field::all().into_iter().map(|f| (f.name(), f)).collect();
+        let all = Field::all();
+        let by_name: HashMap<String, Field> = all.iter().map(|&f| (f.name(), f)).collect();
+        let by_msr: HashMap<u32, Field> = all
+            .iter()
+            .filter_map(|&f| f.msr_index().map(|i| (i, f)))
+            .collect();
         let mut out = BTreeMap::new();
         for (key, value) in &self.records {
-            let field = by_name.get(key).copied().or_else(|| msr_field(key));
+            let field = by_name.get(key).copied().or_else(|| {
+                key.strip_prefix("msr.0x")
+                    .and_then(|hex| u32::from_str_radix(hex, 16).ok())
+                    .and_then(|i| by_msr.get(&i).copied())
+            });
             let Some(field) = field else { continue };
             out.insert(field, Observed::from_value(field, value));
         }
@@ -399,13 +407,6 @@ impl Observed {
             Value::NotAvailable => Observed::NotAvailable,
         }
     }
-}
-
-/// The field of an MSR record key: `msr.0x<hex>` of an MSR that has a spec field.
-fn msr_field(key: &str) -> Option<Field> {
-    let hex = key.strip_prefix("msr.0x")?;
-    let index = u32::from_str_radix(hex, 16).ok()?;
-    field_for_msr(index)
 }
 
 /// The spec field read through RDMSR of `index`, if any.
