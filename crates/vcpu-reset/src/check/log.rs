@@ -96,10 +96,14 @@ pub fn judge(report: &mut Report, log: &[u8], opts: &LogOptions) {
         .find(|v| first.tag.ends_with(v.name()));
     let judged = if via.is_some() { 2 } else { 1 };
     if runs.len() > judged {
-        let tags: Vec<String> = runs[judged..]
+        let mut tags: Vec<String> = runs[judged..]
             .iter()
+            .take(4)
             .map(|r| probe::record::quote(r.tag.as_bytes()))
             .collect();
+        if runs.len() > judged + 4 {
+            tags.push("...".into());
+        }
         report.host.insert(
             "ignored".into(),
             format!(
