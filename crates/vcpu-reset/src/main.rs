@@ -69,10 +69,12 @@ enum Command {
         /// (e.g. QEMU's debugcon or serial log) instead of running scenarios here.
         #[arg(long, value_name = "FILE")]
         from_log: Option<std::path::PathBuf>,
-        /// With --from-log: the vendor whose documents apply.
-        #[arg(long, value_enum, default_value = "intel")]
-        vendor: VendorArg,
-        /// With --from-log: the vCPU's CPUID.01H:EAX signature, to check EDX (hex).
+        /// With --from-log: the vendor whose documents apply [default: the log's CPUID vendor,
+        /// else intel].
+        #[arg(long, value_enum)]
+        vendor: Option<VendorArg>,
+        /// With --from-log: the vCPU's CPUID.01H:EAX signature, to check EDX (hex) [default:
+        /// the log's CPUID leaf 1].
         #[arg(long, value_parser = parse_hex_u32)]
         signature: Option<u32>,
     },
@@ -414,15 +416,13 @@ fn main() -> ExitCode {
             let report = match from_log {
                 None => check::run(&check::CheckOptions { backend }),
                 Some(path) => match std::fs::read(&path) {
-                    Ok(log) => {
-                        let mut model = spec::CpuModel::generic(vendor(v));
-                        if let Some(sig) = signature {
-                            model.signature = sig;
-                        }
-                        let mut r = check::Report::default();
-                        check::log::run(&mut r, &log, &model, signature.is_some());
-                        r
-                    }
+                    Ok(log) => check::log::judge_log(
+                        &log,
+                        &check::log::LogOptions {
+                            vendor: v.map(vendor),
+                            signature,
+                        },
+                    ),
                     Err(e) => {
                         eprintln!("vcpu-reset check: cannot read {}: {e}", path.display());
                         return ExitCode::from(2);

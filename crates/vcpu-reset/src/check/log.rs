@@ -6,70 +6,161 @@
 //! power-on); a second run against RESET or INIT, depending on the mechanism named in the run's
 //! tag (`...-cf9-hard` is a hard reset, `cf9-soft`, `port92` and `kbc` raise INIT). What the log
 //! shows is the VMM's behaviour, so deviations are findings.
+//!
+//! The judge takes the vCPU as the VMM presents it, not as this machine is:
+//!
+//! - the CPU model comes from the first run's CPUID records ([`Advertised`]): vendor,
+//!   signature (so RDX is judged), performance counters, SGX launch control; `--vendor` and
+//!   `--signature` ([`LogOptions`]) override them;
+//! - a field whose feature the VMM does not advertise is not applicable
+//!   ([`advertised::not_applicable`]), and so is IA32_SMBASE, which only SMM can read;
+//! - values the spec says are configured per model (the VMX capability MSRs, IA32_MTRRCAP, the
+//!   APIC version) are the ones the first run read: RESET must restore them, INIT keep them;
+//! - INIT expectations start from the state the first run observed, changed as the probe
+//!   documents before it reboots ([`super::dirty::before_probe_reboot`]).
 
-use vcpu_reset_spec::{self as spec, CpuModel, Event, Field, Gpr, Transition, VcpuIdentity};
+use std::collections::BTreeMap;
 
+use vcpu_reset_spec::{
+    self as spec, CpuModel, Event, Field, Gpr, Msr, Transition, VcpuIdentity, VcpuState, Vendor,
+};
+
+use super::advertised::{self, Advertised};
 use super::dirty::before_probe_reboot;
 use super::report::{Report, ScenarioInfo, View};
-use super::scenario::{Expectation, judge_all, observe_probe_run};
-use super::verdict::{Observed, Owner};
-use crate::probe::{self, RebootVia};
+use super::scenario::{Expectation, judge_all, observe_run};
+use super::verdict::{Observed, Owner, Verdict};
+use crate::probe::{self, LogFormat, ProbeRun, RebootVia};
 
-/// Judge every probe run in `log` for a VMM presenting `model`. Without a known signature
-/// (`signature_known = false`) RDX is reported as a host limit.
-pub fn run(report: &mut Report, log: &[u8], model: &CpuModel, signature_known: bool) {
-    report.host.insert("backend".into(), "probe log".into());
+/// What the user says about the vCPU, overriding what the log says.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LogOptions {
+    /// The vendor whose documents apply; `None`: the vendor of the log's CPUID (Intel when the
+    /// log has none, as format 1 logs).
+    pub vendor: Option<Vendor>,
+    /// CPUID.01H:EAX, to judge RDX by; `None`: the log's CPUID leaf 1 (RDX is a host limit when
+    /// the log has none).
+    pub signature: Option<u32>,
+}
+
+/// Judges every probe run in `log` into a new report; see [`judge`].
+pub fn judge_log(log: &[u8], opts: &LogOptions) -> Report {
+    let mut report = Report::default();
+    judge(&mut report, log, opts);
     report
-        .host
-        .insert("vendor".into(), model.vendor.name().into());
+}
+
+/// Judges every probe run in `log`, appending scenarios (`power-on`, `reboot-<mechanism>`),
+/// verdicts and host facts to `report`.
+///
+/// Nothing judged ([`Report::exit_code`] 2): a damaged log, no run, a run without records, or
+/// a reboot image whose second run is missing (then `report.incomplete` says so). Runs after
+/// the second, or a second run whose mechanism the first run's tag does not name, are ignored
+/// with a note in `report.host["ignored"]`; a format 1 log is judged with a warning in
+/// `report.host["warning"]`.
+pub fn judge(report: &mut Report, log: &[u8], opts: &LogOptions) {
+    report.host.insert("backend".into(), "probe log".into());
     let runs = match probe::parse(log) {
         Ok(r) if !r.is_empty() => r,
         Ok(_) => {
-            report.scenarios.push(ScenarioInfo {
-                name: "log".into(),
-                owner: Owner::Host,
-                error: Some("the log holds no probe run (no \"#VR1 begin\" line)".into()),
-            });
+            not_run(
+                report,
+                "log",
+                "the log holds no probe run (no \"#VR2 begin\" or \"#VR1 begin\" line)".into(),
+            );
             return;
         }
         Err(e) => {
-            report.scenarios.push(ScenarioInfo {
-                name: "log".into(),
-                owner: Owner::Host,
-                error: Some(format!("the log's probe output is damaged: {e}")),
-            });
+            not_run(
+                report,
+                "log",
+                format!("the log's probe output is damaged: {e}"),
+            );
             return;
         }
     };
-    let ident = VcpuIdentity::new(0);
-    let reset = spec::expected_state(model, ident, Transition::Reset);
+    if runs.iter().any(|r| r.format == LogFormat::V1) {
+        report.host.insert(
+            "warning".into(),
+            "format 1 log: its checksum is a 16-bit byte sum, which misses swapped digits, reordered lines and cancelling changes; rebuild the probe image with this version (format 2, CRC-32)".into(),
+        );
+    }
+    let first = &runs[0];
+    let adv = Advertised::from_run(first);
+    let (model, signature_known) = cpu_model(report, &adv, first, opts);
+    let mtrr_cap = first
+        .number(&Field::Msr(Msr::MtrrCap).name())
+        .and_then(|v| u64::try_from(v).ok());
     let via = RebootVia::ALL
         .into_iter()
-        .find(|v| runs[0].tag.ends_with(v.name()));
+        .find(|v| first.tag.ends_with(v.name()));
+    let judged = if via.is_some() { 2 } else { 1 };
+    if runs.len() > judged {
+        let mut tags: Vec<String> = runs[judged..]
+            .iter()
+            .take(4)
+            .map(|r| probe::record::quote(r.tag.as_bytes()))
+            .collect();
+        if runs.len() > judged + 4 {
+            tags.push("...".into());
+        }
+        report.host.insert(
+            "ignored".into(),
+            format!(
+                "{} run(s) after the {} ignored (tags: {}): {}",
+                runs.len() - judged,
+                if judged == 1 { "first" } else { "second" },
+                tags.join(", "),
+                if judged == 1 {
+                    "the first run's tag names no reboot mechanism"
+                } else {
+                    "a probe image reboots once"
+                }
+            ),
+        );
+    }
+
+    let ident = VcpuIdentity::new(0);
+    let reset = spec::expected_state(&model, ident, Transition::Reset);
     let not_known = |f: Field| {
-        (!signature_known && f == Field::Gpr(Gpr::Rdx))
-            .then(|| "the processor signature is not known: pass --signature".to_string())
+        (!signature_known && f == Field::Gpr(Gpr::Rdx)).then(|| {
+            "the processor signature is not known: the log has no CPUID leaf 1; pass --signature"
+                .to_string()
+        })
     };
-    for (index, _) in runs.iter().enumerate().take(2) {
+    let mut first_seen: Option<BTreeMap<Field, Observed>> = None;
+    for (index, run) in runs.iter().enumerate().take(judged) {
         let (name, event, expected, prior) = if index == 0 {
             ("power-on".to_string(), Event::Reset, reset, None)
         } else {
             let Some(via) = via else { break };
-            let mut prior = before_probe_reboot(&reset);
-            if let Some(tsc) = runs[0].number(&probe::record::msr_key(0x10)) {
-                prior.msrs.tsc = tsc as u64;
-            }
+            let name = format!("reboot-{}", via.name());
             match via {
-                RebootVia::Cf9Hard => (format!("reboot-{}", via.name()), Event::Reset, reset, None),
-                _ => (
-                    format!("reboot-{}", via.name()),
-                    Event::Init,
-                    spec::expected_state(model, ident, Transition::Init(&prior)),
-                    Some(prior),
-                ),
+                RebootVia::Cf9Hard => (name, Event::Reset, reset, None),
+                _ => {
+                    let prior = before_probe_reboot(&observed_state(&reset, first_seen.as_ref()));
+                    let init = spec::expected_state(&model, ident, Transition::Init(&prior));
+                    (name, Event::Init, init, Some(prior))
+                }
             }
         };
-        let result = observe_probe_run(log, index, &expected, not_known).map(|obs| {
+        if run.records.is_empty() {
+            let why = format!(
+                "run {} ({:?}) has no records",
+                index + 1,
+                probe::record::quote(run.tag.as_bytes())
+            );
+            report.incomplete.push(why.clone());
+            not_run(report, &name, why);
+            continue;
+        }
+        let judged_before = report.results.len();
+        let result = observe_run(run, &expected, not_known).map(|mut obs| {
+            for (f, o) in obs.iter_mut() {
+                if let Some(why) = advertised::not_applicable(&adv, mtrr_cap, *f) {
+                    *o = Observed::NotApplicable(why);
+                }
+            }
             judge_all(
                 report,
                 &Expectation {
@@ -90,18 +181,430 @@ pub fn run(report: &mut Report, log: &[u8], model: &CpuModel, signature_known: b
                     )
                 },
             );
+            if index == 0 {
+                first_seen = Some(obs);
+            }
         });
+        if result.is_ok()
+            && report.results[judged_before..]
+                .iter()
+                .all(|r| matches!(r.verdict, Verdict::HostLimit | Verdict::NotApplicable))
+        {
+            report.incomplete.push(format!(
+                "run {} ({:?}) records no field of the spec that could be judged",
+                index + 1,
+                probe::record::quote(run.tag.as_bytes())
+            ));
+        }
         report.scenarios.push(ScenarioInfo {
             name,
             owner: Owner::Host,
             error: result.err(),
         });
     }
-    if via.is_some() && runs.len() < 2 {
-        report.scenarios.push(ScenarioInfo {
-            name: "reboot".into(),
-            owner: Owner::Host,
-            error: Some("the probe asked for a reboot but the log holds no second run".into()),
-        });
+    if let Some(via) = via
+        && runs.len() < 2
+    {
+        let why = format!(
+            "the probe image reboots through {} but the log holds no second run: the VMM did not reboot, or the log was cut",
+            via.name()
+        );
+        report.incomplete.push(why.clone());
+        not_run(report, &format!("reboot-{}", via.name()), why);
+    }
+}
+
+/// Judges with the vendor and signature of `model` (`signature_known`: whether its signature is
+/// the vCPU's) instead of the log's; the rest as [`judge`] does.
+#[deprecated(
+    note = "use `judge` with `LogOptions`, which reads the vendor and signature from the log"
+)]
+pub fn run(report: &mut Report, log: &[u8], model: &CpuModel, signature_known: bool) {
+    judge(
+        report,
+        log,
+        &LogOptions {
+            vendor: Some(model.vendor),
+            signature: signature_known.then_some(model.signature),
+        },
+    );
+}
+
+fn not_run(report: &mut Report, name: &str, error: String) {
+    report.scenarios.push(ScenarioInfo {
+        name: name.into(),
+        owner: Owner::Host,
+        error: Some(error),
+    });
+}
+
+/// The CPU model the log describes, with the user's overrides; whether the signature is known.
+/// Records the model's facts in `report.host`.
+fn cpu_model(
+    report: &mut Report,
+    adv: &Advertised,
+    first: &ProbeRun,
+    opts: &LogOptions,
+) -> (CpuModel, bool) {
+    let vendor = opts.vendor.or(adv.vendor).unwrap_or(Vendor::Intel);
+    let mut model = CpuModel::generic(vendor);
+    let signature = opts.signature.or(adv.signature);
+    if let Some(s) = signature {
+        model.signature = s;
+    }
+    model.gp_counters = adv.gp_counters();
+    model.sgx_launch_control = adv.sgx_launch_control();
+    // Configured per model: what the first run read.
+    if let Some(v) = adv.apic_version {
+        model.apic_version = v;
+    }
+    if let Some(v) = first
+        .number(&Field::Msr(Msr::MtrrCap).name())
+        .and_then(|v| u64::try_from(v).ok())
+    {
+        model.mtrr_cap = v;
+    }
+    for (i, cap) in model.vmx_capabilities.iter_mut().enumerate() {
+        let Ok(i) = u8::try_from(i) else { break };
+        *cap = first
+            .number(&Field::VmxCap(i).name())
+            .and_then(|v| u64::try_from(v).ok())
+            .unwrap_or(0);
+    }
+    report.host.insert(
+        "vendor".into(),
+        match (opts.vendor, adv.vendor) {
+            (Some(v), Some(a)) if v != a => {
+                format!("{} (--vendor; the log's CPUID says {})", v.name(), a.name())
+            }
+            (Some(v), _) => format!("{} (--vendor)", v.name()),
+            (None, Some(a)) => format!("{} (the log's CPUID)", a.name()),
+            (None, None) => format!(
+                "{} (the log's CPUID names no known vendor{}; pass --vendor)",
+                vendor.name(),
+                adv.vendor_id
+                    .as_deref()
+                    .map_or_else(String::new, |id| format!(": {id:?}"))
+            ),
+        },
+    );
+    report.host.insert(
+        "signature".into(),
+        match (opts.signature, adv.signature) {
+            (Some(s), _) => format!("{s:#x} (--signature)"),
+            (None, Some(s)) => format!("{s:#x} (the log's CPUID.01H:EAX)"),
+            (None, None) => "unknown: RDX is not judged (pass --signature)".into(),
+        },
+    );
+    report.host.insert("cpuid".into(), adv.describe());
+    (model, signature.is_some())
+}
+
+/// `reset` with every value `seen` holds: the state the first run observed.
+fn observed_state(reset: &VcpuState, seen: Option<&BTreeMap<Field, Observed>>) -> VcpuState {
+    let mut s = *reset;
+    for (f, o) in seen.into_iter().flatten() {
+        if let Observed::Value(v) = o {
+            f.set(&mut s, *v);
+        }
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::probe::Value;
+    use crate::probe::record::{format_run, format_run_v1};
+    use vcpu_reset_spec::LapicReg;
+
+    fn recs(list: &[(&str, &str)]) -> Vec<(String, Value)> {
+        list.iter()
+            .map(|(k, v)| {
+                let value = match *v {
+                    "!gp" => Value::Fault(probe::Fault::Gp),
+                    "!na" => Value::NotAvailable,
+                    hex => Value::Hex(hex.to_string()),
+                };
+                ((*k).to_string(), value)
+            })
+            .collect()
+    }
+
+    /// CPUID of an AMD vCPU without VMX, SVM or XSAVE; APIC version 0x50014 (6 LVT entries).
+    fn amd_cpuid() -> Vec<(&'static str, &'static str)> {
+        vec![
+            ("cpuid.0.0.eax", "0000000d"),
+            ("cpuid.0.0.ebx", "68747541"),
+            ("cpuid.0.0.ecx", "444d4163"),
+            ("cpuid.0.0.edx", "69746e65"),
+            ("cpuid.1.0.eax", "00060fb1"),
+            ("cpuid.1.0.ecx", "80002001"),
+            ("cpuid.1.0.edx", "078bfbfd"),
+            ("cpuid.80000000.0.eax", "80000008"),
+            ("cpuid.80000001.0.ecx", "00000001"),
+            ("lapic.version", "00050014"),
+        ]
+    }
+
+    fn verdicts(report: &Report, scenario: &str) -> BTreeMap<String, (Verdict, Option<String>)> {
+        report
+            .results
+            .iter()
+            .filter(|r| r.scenario == scenario)
+            .map(|r| (r.field.clone(), (r.verdict, r.actual.clone())))
+            .collect()
+    }
+
+    #[test]
+    fn cpuid_gives_vendor_and_signature_so_rdx_is_judged() {
+        let mut list = amd_cpuid();
+        list.push(("rdx", "00060fb1"));
+        let log = format_run("probe", &recs(&list));
+        let r = judge_log(log.as_bytes(), &LogOptions::default());
+        assert!(r.host["vendor"].starts_with("amd"), "{:?}", r.host);
+        let v = verdicts(&r, "power-on");
+        assert_eq!(v["rdx"].0, Verdict::Pass);
+        // Bochs' EDX = 0 is a finding.
+        let mut list = amd_cpuid();
+        list.push(("rdx", "00000000"));
+        let log = format_run("probe", &recs(&list));
+        let r = judge_log(log.as_bytes(), &LogOptions::default());
+        assert_eq!(verdicts(&r, "power-on")["rdx"].0, Verdict::Finding);
+        // --signature overrides the log.
+        let r = judge_log(
+            log.as_bytes(),
+            &LogOptions {
+                vendor: None,
+                signature: Some(0),
+            },
+        );
+        assert_eq!(verdicts(&r, "power-on")["rdx"].0, Verdict::Pass);
+        assert_eq!(r.exit_code(true), 0);
+    }
+
+    #[test]
+    fn no_vmx_means_vmx_msrs_are_not_applicable() {
+        let mut list = amd_cpuid();
+        list.push(("msr.ia32_vmx_basic", "0000000000000000"));
+        let log = format_run("probe", &recs(&list));
+        // Even with Intel's documents, which define the MSRs.
+        let r = judge_log(
+            log.as_bytes(),
+            &LogOptions {
+                vendor: Some(Vendor::Intel),
+                signature: None,
+            },
+        );
+        assert_eq!(
+            verdicts(&r, "power-on")["msr.ia32_vmx_basic"].0,
+            Verdict::NotApplicable
+        );
+    }
+
+    #[test]
+    fn six_lvt_entries_mean_cmci_is_not_applicable() {
+        let mut list = amd_cpuid();
+        list.push(("lapic.lvt_cmci", "000102f0"));
+        let log = format_run("probe", &recs(&list));
+        let r = judge_log(
+            log.as_bytes(),
+            &LogOptions {
+                vendor: Some(Vendor::Intel),
+                signature: None,
+            },
+        );
+        assert_eq!(
+            verdicts(&r, "power-on")["lapic.lvt_cmci"].0,
+            Verdict::NotApplicable
+        );
+    }
+
+    #[test]
+    fn a_faulting_rdmsr_is_not_observable() {
+        let mut list = amd_cpuid();
+        list.push(("msr.ia32_pat", "!gp"));
+        let log = format_run("probe", &recs(&list));
+        let r = judge_log(log.as_bytes(), &LogOptions::default());
+        let pat = r
+            .results
+            .iter()
+            .find(|x| x.field == "msr.ia32_pat")
+            .expect("judged");
+        assert_eq!(pat.verdict, Verdict::HostLimit);
+        assert!(
+            pat.reason
+                .as_deref()
+                .is_some_and(|w| w.contains("faulted (gp)")),
+            "{pat:?}"
+        );
+    }
+
+    #[test]
+    fn smbase_read_outside_smm_is_not_applicable() {
+        let mut list = amd_cpuid();
+        list.push(("msr.ia32_smbase", "0000000000000000"));
+        let log = format_run("probe", &recs(&list));
+        let r = judge_log(log.as_bytes(), &LogOptions::default());
+        assert_eq!(
+            verdicts(&r, "power-on")["msr.ia32_smbase"].0,
+            Verdict::NotApplicable
+        );
+    }
+
+    #[test]
+    fn configured_values_are_judged_against_the_first_run() {
+        // A VMX vCPU with its own configuration; a hard reset that restores it, MTRRCAP too.
+        let mut list = amd_cpuid();
+        list.retain(|(k, _)| !k.starts_with("cpuid.0.0") && *k != "cpuid.1.0.ecx");
+        list.extend([
+            ("cpuid.0.0.eax", "0000000d"),
+            ("cpuid.0.0.ebx", "756e6547"),
+            ("cpuid.0.0.edx", "49656e69"),
+            ("cpuid.0.0.ecx", "6c65746e"),
+            ("cpuid.1.0.ecx", "00000020"),
+            ("msr.ia32_mtrrcap", "0000000000000508"),
+        ]);
+        let first = {
+            let mut l = list.clone();
+            l.push(("msr.ia32_vmx_basic", "00d810000000002b"));
+            l
+        };
+        let mut second = list.clone();
+        second.push(("msr.ia32_vmx_basic", "00d8100000000001"));
+        let log = format!(
+            "{}{}",
+            format_run("probe-cf9-hard", &recs(&first)),
+            format_run("probe-cf9-hard", &recs(&second))
+        );
+        let r = judge_log(log.as_bytes(), &LogOptions::default());
+        assert!(r.host["vendor"].starts_with("intel"), "{:?}", r.host);
+        assert_eq!(
+            verdicts(&r, "power-on")["msr.ia32_vmx_basic"].0,
+            Verdict::Pass
+        );
+        assert_eq!(
+            verdicts(&r, "power-on")["msr.ia32_mtrrcap"].0,
+            Verdict::Pass
+        );
+        assert_eq!(
+            verdicts(&r, "reboot-cf9-hard")["msr.ia32_vmx_basic"].0,
+            Verdict::Finding
+        );
+        assert_eq!(
+            verdicts(&r, "reboot-cf9-hard")["msr.ia32_mtrrcap"].0,
+            Verdict::Pass
+        );
+    }
+
+    #[test]
+    fn init_keeps_what_the_first_run_observed() {
+        // MCi_CTL 0 and FMASK 0x20200 at power-on (Bochs), kept by the INIT.
+        let mut list = amd_cpuid();
+        list.extend([
+            ("msr.ia32_mc0_ctl", "0000000000000000"),
+            ("msr.ia32_fmask", "0000000000020200"),
+            ("msr.ia32_pat", "0006060600060606"),
+            ("cr0", "00000010"),
+        ]);
+        let mut first = amd_cpuid();
+        first.extend([
+            ("msr.ia32_mc0_ctl", "0000000000000000"),
+            ("msr.ia32_fmask", "0000000000020200"),
+            ("msr.ia32_pat", "0007040600070406"),
+            ("cr0", "60000010"),
+        ]);
+        let log = format!(
+            "{}{}",
+            format_run("probe-cf9-soft", &recs(&first)),
+            format_run("probe-cf9-soft", &recs(&list))
+        );
+        let r = judge_log(log.as_bytes(), &LogOptions::default());
+        let v = verdicts(&r, "reboot-cf9-soft");
+        for f in ["msr.ia32_mc0_ctl", "msr.ia32_fmask", "msr.ia32_pat", "cr0"] {
+            assert_eq!(v[f].0, Verdict::Pass, "{f}: {:?}", v[f]);
+        }
+        // A full RESET instead (QEMU's soft reset): CR0.CD/NW set and PAT back are findings.
+        let log = format!(
+            "{}{}",
+            format_run("probe-cf9-soft", &recs(&first)),
+            format_run("probe-cf9-soft", &recs(&first))
+        );
+        let r = judge_log(log.as_bytes(), &LogOptions::default());
+        let v = verdicts(&r, "reboot-cf9-soft");
+        assert_eq!(v["cr0"].0, Verdict::Finding);
+        assert_eq!(v["msr.ia32_pat"].0, Verdict::Finding);
+        assert_eq!(v["msr.ia32_mc0_ctl"].0, Verdict::Pass);
+    }
+
+    #[test]
+    fn nothing_judged_exits_2() {
+        // A reboot image without its second run.
+        let log = format_run("probe-kbc", &recs(&amd_cpuid()));
+        let r = judge_log(log.as_bytes(), &LogOptions::default());
+        assert_eq!(r.exit_code(false), 2);
+        assert!(
+            r.incomplete[0].contains("no second run"),
+            "{:?}",
+            r.incomplete
+        );
+        // begin/end without records.
+        let log = format_run("probe", &[]);
+        let r = judge_log(log.as_bytes(), &LogOptions::default());
+        assert_eq!(r.exit_code(false), 2);
+        // No run at all.
+        let r = judge_log(b"SeaBIOS\n", &LogOptions::default());
+        assert_eq!(r.exit_code(false), 2);
+        // Records, but none of a spec field.
+        let log = format_run("probe", &recs(&[("probe.x", "01")]));
+        let r = judge_log(log.as_bytes(), &LogOptions::default());
+        assert_eq!(r.exit_code(false), 2);
+        assert!(r.incomplete[0].contains("no field"), "{:?}", r.incomplete);
+    }
+
+    #[test]
+    fn runs_after_the_second_are_noted() {
+        let one = format_run("probe-cf9-hard", &recs(&amd_cpuid()));
+        let log = format!("{one}{one}{one}");
+        let r = judge_log(log.as_bytes(), &LogOptions::default());
+        assert!(
+            r.host["ignored"].starts_with("1 run(s) after the second"),
+            "{:?}",
+            r.host
+        );
+        assert_eq!(r.exit_code(false), 0);
+    }
+
+    #[test]
+    fn format_1_logs_are_judged_with_a_warning() {
+        let mut list = vec![("rdx", "00000600")];
+        list.push(("cr0", "60000010"));
+        let log = format_run_v1("probe", &recs(&list));
+        let r = judge_log(
+            log.as_bytes(),
+            &LogOptions {
+                vendor: Some(Vendor::Intel),
+                signature: None,
+            },
+        );
+        assert!(
+            r.host["warning"].contains("16-bit byte sum"),
+            "{:?}",
+            r.host
+        );
+        let v = verdicts(&r, "power-on");
+        assert_eq!(v["cr0"].0, Verdict::Pass);
+        // No CPUID in a format 1 log: RDX needs --signature.
+        assert_eq!(v["rdx"].0, Verdict::HostLimit);
+    }
+
+    #[test]
+    fn lapic_version_is_configured() {
+        let log = format_run("probe", &recs(&amd_cpuid()));
+        let r = judge_log(log.as_bytes(), &LogOptions::default());
+        assert_eq!(
+            verdicts(&r, "power-on")[&Field::Lapic(LapicReg::Version).name()].0,
+            Verdict::Pass
+        );
     }
 }

@@ -5,6 +5,7 @@
 //! own `reset` and `init` scenarios; on KVM it also checks KVM's own behaviour (`create`,
 //! `kvm-init`) and what the guest itself sees.
 
+pub mod advertised;
 pub mod dirty;
 pub mod kvm;
 pub mod kvm_ipi;

@@ -75,6 +75,8 @@ pub struct ScenarioInfo {
 pub struct Summary {
     /// Passes.
     pub pass: usize,
+    /// Fields that do not apply to the vCPU as presented.
+    pub not_applicable: usize,
     /// Differences the spec allows.
     pub spec_allows: usize,
     /// Host limits.
@@ -96,6 +98,10 @@ pub struct Report {
     pub scenarios: Vec<ScenarioInfo>,
     /// Every verdict.
     pub results: Vec<FieldResult>,
+    /// Why the run could not judge everything it was asked to (e.g. a probe log whose reboot
+    /// run is missing): the exit status is then 2.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub incomplete: Vec<String>,
 }
 
 impl Report {
@@ -105,6 +111,7 @@ impl Report {
         for r in &self.results {
             match r.verdict {
                 Verdict::Pass => s.pass += 1,
+                Verdict::NotApplicable => s.not_applicable += 1,
                 Verdict::SpecAllows => s.spec_allows += 1,
                 Verdict::HostLimit => s.host_limit += 1,
                 Verdict::Finding => s.finding += 1,
@@ -115,12 +122,12 @@ impl Report {
         s
     }
 
-    /// Exit status: 2 when nothing could run, 1 on any failure (and, with `strict`, on any
+    /// Exit status: 2 when nothing could run or the run is [`Report::incomplete`], 1 on any failure (and, with `strict`, on any
     /// finding) or when a vcpu-reset scenario could not run, 0 otherwise.
     pub fn exit_code(&self, strict: bool) -> u8 {
         let s = self.summary();
         let ran = self.scenarios.iter().any(|s| s.error.is_none());
-        if !ran || self.results.is_empty() {
+        if !ran || self.results.is_empty() || !self.incomplete.is_empty() {
             return 2;
         }
         let own_not_run = self
@@ -142,12 +149,15 @@ impl Report {
             scenarios: &'a [ScenarioInfo],
             summary: Summary,
             results: &'a [FieldResult],
+            #[serde(skip_serializing_if = "<[String]>::is_empty")]
+            incomplete: &'a [String],
         }
         serde_json::to_string_pretty(&Out {
             host: &self.host,
             scenarios: &self.scenarios,
             summary: self.summary(),
             results: &self.results,
+            incomplete: &self.incomplete,
         })
     }
 
@@ -178,7 +188,7 @@ impl Report {
         let fw = order.iter().map(|(_, f)| f.len()).max().unwrap_or(5).max(5);
         let _ = writeln!(
             out,
-            "\nlegend: . pass  ~ spec-allows  - host-limit  F finding (host)  X FAIL (vcpu-reset)"
+            "\nlegend: . pass  / not applicable  ~ spec-allows  - host-limit  F finding (host)  X FAIL (vcpu-reset)"
         );
         for (i, c) in columns.iter().enumerate() {
             let _ = writeln!(out, "  [{}] {c}", i + 1);
@@ -198,6 +208,7 @@ impl Report {
                 let sym = match cells.get(&(field.clone(), c.clone())) {
                     None => " ",
                     Some(Verdict::Pass) => ".",
+                    Some(Verdict::NotApplicable) => "/",
                     Some(Verdict::SpecAllows) => "~",
                     Some(Verdict::HostLimit) => "-",
                     Some(Verdict::Finding) => "F",
@@ -232,11 +243,20 @@ impl Report {
                 let _ = writeln!(out, "  not run: {}: {e}", s.name);
             }
         }
+        for why in &self.incomplete {
+            let _ = writeln!(out, "  incomplete: {why}");
+        }
         let s = self.summary();
         let _ = writeln!(
             out,
-            "\nsummary: {} pass, {} spec-allows, {} host-limit, {} finding, {} fail; {} scenario(s) not run",
-            s.pass, s.spec_allows, s.host_limit, s.finding, s.fail, s.scenarios_not_run
+            "\nsummary: {} pass, {} not applicable, {} spec-allows, {} host-limit, {} finding, {} fail; {} scenario(s) not run",
+            s.pass,
+            s.not_applicable,
+            s.spec_allows,
+            s.host_limit,
+            s.finding,
+            s.fail,
+            s.scenarios_not_run
         );
         out
     }
@@ -279,6 +299,13 @@ impl Report {
                 Verdict::SpecAllows => {
                     pass += 1;
                     format!("ok {i} {name} # spec-allows: {detail}")
+                }
+                Verdict::NotApplicable => {
+                    skip += 1;
+                    format!(
+                        "ok {i} {name} # SKIP not applicable: {}",
+                        r.reason.as_deref().unwrap_or("the vCPU does not have it")
+                    )
                 }
                 Verdict::HostLimit => {
                     skip += 1;
@@ -339,6 +366,7 @@ mod tests {
                 .enumerate()
                 .map(|(i, v)| result(*v, &format!("f{i}")))
                 .collect(),
+            incomplete: Vec::new(),
         }
     }
 
@@ -391,7 +419,9 @@ mod tests {
             t.contains("fail    reset/host/bsp f1: expected 0x10, got 0x11 (SDM)"),
             "{t}"
         );
-        assert!(t.contains("summary: 1 pass, 0 spec-allows, 0 host-limit, 0 finding, 1 fail"));
+        assert!(t.contains(
+            "summary: 1 pass, 0 not applicable, 0 spec-allows, 0 host-limit, 0 finding, 1 fail"
+        ));
     }
 
     #[test]

@@ -61,7 +61,7 @@ pub fn judge_all(
             expected: spec::hex(field, expected),
             actual: match observed {
                 Observed::Value(v) => Some(spec::hex(field, v)),
-                Observed::Unobservable(_) => None,
+                Observed::Unobservable(_) | Observed::NotApplicable(_) => None,
             },
             citation: row.citation.to_string(),
             reason,
@@ -69,10 +69,7 @@ pub fn judge_all(
     }
 }
 
-/// What run `index` of the probe output in `log` saw, as observations of every field: bits the
-/// probe cannot see (e.g. RAX\[63:32\] in real mode) are taken as expected; a faulting read, an
-/// unmeasured value and a field the probe does not record are host limits with the reason, and
-/// so is every field for which `not_implemented` gives a reason.
+/// What run `index` of the probe output in `log` saw; see [`observe_run`].
 pub fn observe_probe_run(
     log: &[u8],
     index: usize,
@@ -87,6 +84,18 @@ pub fn observe_probe_run(
             index + 1
         )
     })?;
+    observe_run(run, expected, not_implemented)
+}
+
+/// What one probe run saw, as observations of every field: bits the probe cannot see (e.g.
+/// RAX\[63:32\] in real mode) are taken as expected; a faulting read, an unmeasured value and a
+/// field the probe does not record are host limits with the reason, and so is every field for
+/// which `not_implemented` gives a reason.
+pub fn observe_run(
+    run: &probe::ProbeRun,
+    expected: &VcpuState,
+    not_implemented: impl Fn(Field) -> Option<String>,
+) -> Result<BTreeMap<Field, Observed>, String> {
     let seen = run.fields().map_err(|e| e.to_string())?;
     let mut out = BTreeMap::new();
     for f in Field::all() {

@@ -20,6 +20,10 @@ pub enum Owner {
 pub enum Verdict {
     /// Equal to the spec.
     Pass,
+    /// The field does not exist on the vCPU as its VMM presents it (e.g. VMX capability MSRs
+    /// where CPUID advertises no VMX, LVT CMCI on an APIC with six LVT entries): no
+    /// expectation applies; the reason says why.
+    NotApplicable,
     /// Different, and the spec leaves it open (undefined) or another source allows it.
     SpecAllows,
     /// Not observable on this host; the reason says why.
@@ -35,6 +39,7 @@ impl Verdict {
     pub fn name(self) -> &'static str {
         match self {
             Verdict::Pass => "pass",
+            Verdict::NotApplicable => "not-applicable",
             Verdict::SpecAllows => "spec-allows",
             Verdict::HostLimit => "host-limit",
             Verdict::Finding => "finding",
@@ -50,6 +55,8 @@ pub enum Observed {
     Value(u128),
     /// Not observable, and why.
     Unobservable(String),
+    /// The field does not apply to this vCPU, and why.
+    NotApplicable(String),
 }
 
 /// The inputs of one judgement.
@@ -73,6 +80,7 @@ pub struct Judge<'a> {
 pub fn judge(field: Field, j: Judge<'_>) -> (Verdict, Option<String>) {
     let actual = match j.observed {
         Observed::Unobservable(why) => return (Verdict::HostLimit, Some(why.clone())),
+        Observed::NotApplicable(why) => return (Verdict::NotApplicable, Some(why.clone())),
         Observed::Value(v) => *v & field.mask(),
     };
     if actual == j.expected & field.mask()
@@ -174,6 +182,14 @@ mod tests {
         judge_in.event = Event::Init;
         judge_in.prior = Some(0x455);
         assert_eq!(judge(Field::Dr7, judge_in).0, Verdict::SpecAllows);
+    }
+
+    #[test]
+    fn not_applicable_is_no_finding() {
+        let o = Observed::NotApplicable("no VMX".into());
+        let (v, why) = judge(Field::VmxCap(0), j(1, &o, Owner::Host));
+        assert_eq!(v, Verdict::NotApplicable);
+        assert_eq!(why.as_deref(), Some("no VMX"));
     }
 
     #[test]

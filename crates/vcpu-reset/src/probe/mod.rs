@@ -3,7 +3,7 @@
 //!
 //! - [`program`] assembles the probe (iced-x86, 16-bit) for a given load address, output ports,
 //!   exit method and MSR list.
-//! - [`record`] defines the line-based record format (`#VR1 <key> <value>`), parses logs that
+//! - [`record`] defines the line-based record format (`#VR2 <key> <value>`; version 1, `#VR1`, still parses), parses logs that
 //!   contain it (KVM port-I/O streams, QEMU debugcon files, serial consoles) and decodes the
 //!   FXSAVE image into spec fields.
 
@@ -15,5 +15,6 @@ pub use program::{
     REBOOT_DIRTY_SYSENTER_CS, RebootVia, assemble, assemble_image, default_msrs, firmware_image,
 };
 pub use record::{
-    Fault, FxsaveFormat, FxsaveImage, Observed, ProbeRun, RecordError, Value, parse, parse_all,
+    Fault, FxsaveFormat, FxsaveImage, LogFormat, Observed, ProbeRun, RecordError, Value, parse,
+    parse_all,
 };

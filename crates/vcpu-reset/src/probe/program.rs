@@ -15,24 +15,29 @@
 //!    at the address in a `resume` word, which the probe sets before each guarded step.
 //! 4. FNSTCW / FNSTSW to memory (guarded), before anything touches the x87 unit.
 //! 5. CR0, CR2, CR3, CR4, DR0–DR3, DR6, DR7 (`mov r32, crN/drN`), SGDT, SIDT.
-//! 6. RDMSR of EFER and of every MSR in [`ProbeOptions::msrs`], each guarded: an absent MSR
-//!    records `!gp`.
-//! 7. FXSAVE (guarded) after setting CR4.OSFXSR, then restores CR4.
-//! 8. The local APIC: if IA32_APIC_BASE.EN is set, enters unreal mode (LGDT of a one-entry flat
+//! 6. RDMSR of EFER and of every MSR in [`ProbeOptions::msrs`], each guarded by the #GP
+//!    handler: an MSR whose read faults records `!gp`, not a value.
+//! 7. CPUID of every leaf in [`CPUID_LEAVES`] (guarded), recorded as `cpuid.<leaf>.<sub>.<reg>`,
+//!    so that the log says what the VMM advertises.
+//! 8. FXSAVE (guarded) after setting CR4.OSFXSR, then restores CR4.
+//! 9. The local APIC: if IA32_APIC_BASE.EN is set, enters unreal mode (LGDT of a one-entry flat
 //!    GDT, CR0.PE=1, load FS with the flat data selector, CR0.PE=0) and reads ID, version, TPR,
 //!    APR, PPR, LDR, DFR, SVR, ESR, ICR (low and high), every LVT, the timer registers and
 //!    ISR/TMR/IRR words 0–7 at the APIC_BASE address with 32-bit `mov eax, fs:[esi+ebx]`; then
 //!    restores the FS selector and GDTR. Otherwise all APIC records are `!na`.
-//! 9. Restores the three IVT entries.
-//! 10. Prints the run on every port in [`ProbeOptions::out_ports`], one `out dx, al` per byte,
-//!     keeping the record count and checksum as it goes.
-//! 11. Exits as [`ProbeOptions::exit`] says.
+//! 10. Restores the three IVT entries.
+//! 11. Prints the run (format version 2) on every port in [`ProbeOptions::out_ports`], one
+//!     `out dx, al` per byte, keeping the record count and the CRC-32 as it goes (table-driven,
+//!     the 1 KiB table in the code segment).
+//! 12. Reboots once, if [`ProbeOptions::reboot`] asks, else 13. exits as [`ProbeOptions::exit`]
+//!     says.
 //!
 //! # Memory layout
 //!
 //! Code and read-only data live together at [`ProbeOptions::origin`]: the code, the exception
 //! handlers, a two-entry GDT (null, flat 4 GiB data at selector 8) and its pseudo-descriptor,
-//! the MSR index table, the APIC offset table, the record table (key string, slot, length,
+//! the MSR index table, the CPUID leaf table, the APIC offset table, the CRC-32 table, the
+//! record table (key string, slot, length,
 //! status word per record) and the strings. The scratch area at [`ProbeOptions::scratch`]
 //! (segment 0, addressed with DS = 0) holds, from its base `S`:
 //!
@@ -44,9 +49,10 @@
 //! | `S+0x230` | CR0, CR2, CR3, CR4; `S+0x240` DR0–DR3, DR6, DR7 |
 //! | `S+0x258` | SGDT image; `S+0x260` SIDT image |
 //! | `S+0x268` | FCW, FSW, then the status words of the x87, FXSAVE and APIC steps |
-//! | `S+0x272` | `fault`, `resume`, record count, checksum (and copies for the end line) |
-//! | `S+0x280` | saved IVT entries 6, 7, 13 |
+//! | `S+0x272` | `fault`, `resume`, record count, CRC-32 (4 bytes), record count for the end line |
+//! | `S+0x280` | saved IVT entries 6, 7, 13; `S+0x28C` the final CRC-32 for the end line |
 //! | `S+0x290` | one 10-byte slot per MSR: value (8), status word (2) |
+//! | then | one 18-byte slot per CPUID leaf: EAX, EBX, ECX, EDX, status word |
 //! | then | one 4-byte slot per APIC read |
 //! | then | 512 bytes of stack, ending at a 16-byte boundary ([`ProbeImage::scratch`]'s end) |
 //!
@@ -64,7 +70,7 @@
 //! without unrestricted-guest support (e.g. `kvm_pvm`), where an instruction it lacks ends the
 //! run with `KVM_EXIT_INTERNAL_ERROR` rather than a #UD the probe could catch: `mov` (incl.
 //! to/from CR, DR and segment registers, and `moffs`), `movzx`, `add`, `and`, `or`, `cmp`,
-//! `test`, `inc`, `dec`, `shr`, `push`/`pop` (incl. `pop m32`), `pushfd`,
+//! `test`, `xor`, `inc`, `dec`, `shr`, `push`/`pop` (incl. `pop m32`), `pushfd`, `cpuid`,
 //! `jcc`/`jmp`/`call`/`ret`, `iret`, `cli`, `hlt`, `out dx, al`, `rdmsr`, `lgdt` (also with
 //! 0x66), `sgdt`, `sidt`, `fnstcw m16`, `fnstsw m16`, `fxsave`, and the 0x66/0x67 and segment
 //! override prefixes.
@@ -363,17 +369,38 @@ struct Layout {
     fault: u16,
     resume: u16,
     count: u16,
-    sum: u16,
+    crc: u16,
     end_count: u16,
-    end_sum: u16,
+    end_crc: u16,
     ivt_save: u16,
     msrs: u16,
+    cpuid: u16,
     lapic: u16,
     stack_top: u16,
     end: u32,
 }
 
 const MSR_SLOT: u16 = 10;
+const CPUID_SLOT: u16 = 18;
+
+/// The CPUID leaves and subleaves the probe records, so that a log says what the VMM
+/// advertises: vendor and highest leaf (0), signature and features (1), power management (6),
+/// structured extended features (7.0), architectural performance monitoring (0AH), XSAVE
+/// components (0DH.0, 0DH.1), highest extended leaf (80000000H), extended features (80000001H)
+/// and address sizes (80000008H) (Intel SDM Vol. 2A, CPUID; AMD APM Vol. 3, Appendix E).
+/// A leaf above the highest one CPUID reports returns other data; the judge ignores it.
+pub const CPUID_LEAVES: [(u32, u32); 10] = [
+    (0, 0),
+    (1, 0),
+    (6, 0),
+    (7, 0),
+    (0xa, 0),
+    (0xd, 0),
+    (0xd, 1),
+    (0x8000_0000, 0),
+    (0x8000_0001, 0),
+    (0x8000_0008, 0),
+];
 const STACK_SIZE: u32 = 512;
 const BLOB: u16 = 0x8000;
 
@@ -382,7 +409,8 @@ impl Layout {
         let b = u32::from(base);
         let fixed = b + 0x200;
         let msrs = fixed + 0x90;
-        let lapic = msrs + n_msrs as u32 * u32::from(MSR_SLOT);
+        let cpuid = msrs + n_msrs as u32 * u32::from(MSR_SLOT);
+        let lapic = cpuid + CPUID_LEAVES.len() as u32 * u32::from(CPUID_SLOT);
         let stack_top = (lapic + 4 * n_lapic as u32 + STACK_SIZE + 15) & !15;
         if !base.is_multiple_of(16) || b < 0x400 || stack_top > 0x1_0000 {
             return Err(ProbeError::BadScratch {
@@ -410,11 +438,12 @@ impl Layout {
             fault: f(0x72),
             resume: f(0x74),
             count: f(0x76),
-            sum: f(0x78),
-            end_count: f(0x7a),
-            end_sum: f(0x7c),
+            crc: f(0x78),
+            end_count: f(0x7c),
+            end_crc: f(0x8c),
             ivt_save: f(0x80),
             msrs: msrs as u16,
+            cpuid: cpuid as u16,
             lapic: lapic as u16,
             stack_top: stack_top as u16,
             end: stack_top,
@@ -518,6 +547,17 @@ impl Plan {
         for (i, &m) in msrs.iter().enumerate() {
             let slot = l.msrs + MSR_SLOT * i as u16;
             rec(&record::msr_key(m), slot, 8, slot + 8);
+        }
+        for (i, &(leaf, sub)) in CPUID_LEAVES.iter().enumerate() {
+            let slot = l.cpuid + CPUID_SLOT * i as u16;
+            for reg in 0..4 {
+                rec(
+                    &record::cpuid_key(leaf, sub, reg),
+                    slot + 4 * reg as u16,
+                    4,
+                    slot + 16,
+                );
+            }
         }
         let mut slot = l.lapic;
         for (key, offs) in &lapic {
@@ -635,48 +675,86 @@ fn lgdt32(a: &mut CodeAssembler, disp: u16, cs_override: bool) -> Result<(), Ice
     a.db(&b)
 }
 
-#[allow(clippy::too_many_lines)] // one straight-line program, easier to read in one piece
+/// Labels of the probe's subroutines, shared by the steps that call them.
+#[derive(Clone, Copy)]
+struct Subs {
+    /// AL to every port, fed into the CRC-32; keeps all registers.
+    putc: CodeLabel,
+    /// The NUL-terminated string at CS:SI; advances SI.
+    puts: CodeLabel,
+    /// AL as two hex digits; keeps AX.
+    hexbyte: CodeLabel,
+    /// AX as four hex digits.
+    hexword: CodeLabel,
+}
+
+/// Every label whose address the code uses as a number.
+const NAMED: [&str; 18] = [
+    "h_ud",
+    "h_nm",
+    "h_gp",
+    "x87_done",
+    "msr_after",
+    "cpuid_after",
+    "fx_done",
+    "lapic_done",
+    "gdt",
+    "gdt_ptr",
+    "msr_table",
+    "cpuid_table",
+    "lapic_table",
+    "crc_table",
+    "rec_table",
+    "s_begin",
+    "s_marker",
+    "s_end",
+];
+
+/// The whole program, one step per function in the order the module documentation gives.
 fn emit(
     plan: &Plan,
     addrs: &HashMap<String, u16>,
 ) -> Result<(CodeAssembler, Vec<(String, CodeLabel)>), ProbeError> {
-    let l = &plan.l;
-    let opts = &plan.opts;
-    let seg = u32::from(opts.origin.segment);
     let mut g = Gen {
         a: CodeAssembler::new(16)?,
         named: Vec::new(),
         addrs,
     };
-    for n in [
-        "h_ud",
-        "h_nm",
-        "h_gp",
-        "x87_done",
-        "msr_after",
-        "fx_done",
-        "lapic_done",
-        "gdt",
-        "gdt_ptr",
-        "msr_table",
-        "lapic_table",
-        "rec_table",
-        "s_begin",
-        "s_marker",
-        "s_end",
-    ] {
+    for n in NAMED {
         g.named(n);
     }
     for i in 0..plan.recs.len() {
         g.named(&format!("key{i}"));
     }
-    let mut putc = g.a.create_label();
-    let mut puts = g.a.create_label();
-    let mut hexbyte = g.a.create_label();
-    let mut hexword = g.a.create_label();
-    let mut h_common = g.a.create_label();
+    let s = Subs {
+        putc: g.a.create_label(),
+        puts: g.a.create_label(),
+        hexbyte: g.a.create_label(),
+        hexword: g.a.create_label(),
+    };
+    emit_entry(&mut g, plan)?;
+    emit_x87_and_control(&mut g, &plan.l)?;
+    emit_msrs(&mut g, plan)?;
+    emit_cpuid(&mut g, plan)?;
+    emit_fxsave(&mut g, &plan.l)?;
+    emit_lapic(&mut g, plan)?;
+    // 9. The IVT as it was.
+    for (i, v) in [6u16, 7, 13].into_iter().enumerate() {
+        g.a.mov(eax, dword_ptr(plan.l.ivt_save + 4 * i as u16))?;
+        g.a.mov(dword_ptr(4 * v), eax)?;
+    }
+    emit_print(&mut g, plan, s)?;
+    emit_reboot_and_exit(&mut g, &plan.opts)?;
+    emit_subroutines(&mut g, plan, s)?;
+    emit_data(&mut g, plan)?;
+    Ok((g.a, g.named))
+}
 
-    // 1. What the vCPU was entered with, before anything changes it.
+/// Steps 1–3: what the vCPU was entered with, a stack, EFLAGS, the exception handlers.
+fn emit_entry(g: &mut Gen<'_>, plan: &Plan) -> Result<(), ProbeError> {
+    let l = &plan.l;
+    let seg = u32::from(plan.opts.origin.segment);
+    // 1. Before anything changes it.
     let gprs = [eax, ebx, ecx, edx, esi, edi, ebp, esp];
     for (i, r) in gprs.into_iter().enumerate() {
         g.a.mov(dword_ptr(l.gpr + 4 * i as u16), r)?;
@@ -693,7 +771,6 @@ fn emit(
     g.a.mov(ds, ax)?;
     g.a.mov(es, ax)?;
     g.a.cli()?;
-
     // 3. Exception handlers.
     for (i, v) in [6u16, 7, 13].into_iter().enumerate() {
         g.a.mov(eax, dword_ptr(4 * v))?;
@@ -703,16 +780,17 @@ fn emit(
         let at = u32::from(g.addr(h));
         g.a.mov(dword_ptr(4 * v), (seg << 16) | at)?;
     }
+    Ok(())
+}
 
-    // 4. x87 control and status words.
+/// Steps 4–5: x87 control and status words (guarded), control and debug registers, GDTR, IDTR.
+fn emit_x87_and_control(g: &mut Gen<'_>, l: &Layout) -> Result<(), ProbeError> {
     g.guard(l, "x87_done")?;
     g.a.fnstcw(word_ptr(l.fcw))?;
     g.a.fnstsw(word_ptr(l.fsw))?;
     g.set("x87_done")?;
     g.a.mov(ax, word_ptr(l.fault))?;
     g.a.mov(word_ptr(l.st_x87), ax)?;
-
-    // 5. Control and debug registers, descriptor tables.
     for (i, c) in [cr0, cr2, cr3, cr4].into_iter().enumerate() {
         g.a.mov(eax, c)?;
         g.a.mov(dword_ptr(l.cr + 4 * i as u16), eax)?;
@@ -723,8 +801,13 @@ fn emit(
     }
     g.a.sgdt(ptr(l.gdtr))?;
     g.a.sidt(ptr(l.idtr))?;
+    Ok(())
+}
 
-    // 6. MSRs: ECX from the table in the code segment, a 10-byte slot each.
+/// Step 6: RDMSR of every MSR, ECX from the table in the code segment, a 10-byte slot each;
+/// a #GP is caught and recorded in the slot's status word.
+fn emit_msrs(g: &mut Gen<'_>, plan: &Plan) -> Result<(), ProbeError> {
+    let l = &plan.l;
     let mut msr_loop = g.a.create_label();
     g.a.mov(si, u32::from(g.addr("msr_table")))?;
     g.a.mov(di, u32::from(l.msrs))?;
@@ -746,8 +829,42 @@ fn emit(
         u32::from(g.addr("msr_table")) + 4 * plan.msrs.len() as u32,
     )?;
     g.a.jb(msr_loop)?;
+    Ok(())
+}
 
-    // 7. FXSAVE with CR4.OSFXSR set (CR4 was recorded above), then CR4 back.
+/// Step 7: CPUID of every leaf in [`CPUID_LEAVES`] (leaf and subleaf from the table in the
+/// code segment), an 18-byte slot each: EAX, EBX, ECX, EDX, status word.
+fn emit_cpuid(g: &mut Gen<'_>, plan: &Plan) -> Result<(), ProbeError> {
+    let l = &plan.l;
+    let mut cpuid_loop = g.a.create_label();
+    g.a.mov(si, u32::from(g.addr("cpuid_table")))?;
+    g.a.mov(di, u32::from(l.cpuid))?;
+    let at = u32::from(g.addr("cpuid_after"));
+    g.a.mov(word_ptr(l.resume), at)?;
+    g.a.set_label(&mut cpuid_loop)?;
+    g.a.mov(eax, dword_ptr(si).cs())?;
+    g.a.mov(ecx, dword_ptr(si + 4).cs())?;
+    g.a.mov(word_ptr(l.fault), 0u32)?;
+    g.a.cpuid()?;
+    g.set("cpuid_after")?;
+    g.a.mov(dword_ptr(di), eax)?;
+    g.a.mov(dword_ptr(di + 4), ebx)?;
+    g.a.mov(dword_ptr(di + 8), ecx)?;
+    g.a.mov(dword_ptr(di + 12), edx)?;
+    g.a.mov(ax, word_ptr(l.fault))?;
+    g.a.mov(word_ptr(di + 16), ax)?;
+    g.a.add(si, 8)?;
+    g.a.add(di, i32::from(CPUID_SLOT))?;
+    g.a.cmp(
+        si,
+        u32::from(g.addr("cpuid_table")) + 8 * CPUID_LEAVES.len() as u32,
+    )?;
+    g.a.jb(cpuid_loop)?;
+    Ok(())
+}
+
+/// Step 8: FXSAVE with CR4.OSFXSR set (CR4 was recorded above), then CR4 back.
+fn emit_fxsave(g: &mut Gen<'_>, l: &Layout) -> Result<(), ProbeError> {
     g.guard(l, "fx_done")?;
     g.a.mov(eax, cr4)?;
     g.a.or(ax, 0x200)?;
@@ -758,8 +875,12 @@ fn emit(
     g.a.mov(word_ptr(l.st_fx), ax)?;
     g.a.mov(eax, dword_ptr(l.cr + 12))?;
     g.a.mov(cr4, eax)?;
+    Ok(())
+}
 
-    // 8. Local APIC through unreal mode.
+/// Step 9: the local APIC through unreal mode, if IA32_APIC_BASE.EN is set.
+fn emit_lapic(g: &mut Gen<'_>, plan: &Plan) -> Result<(), ProbeError> {
+    let l = &plan.l;
     g.a.mov(word_ptr(l.st_lapic), code(b"na"))?;
     g.guard(l, "lapic_done")?;
     g.a.mov(ecx, MSR_APIC_BASE)?;
@@ -801,21 +922,19 @@ fn emit(
     g.a.set_label(&mut lapic_skip)?;
     g.a.mov(fs, word_ptr(l.sel + 6))?;
     lgdt32(&mut g.a, l.gdtr, false)?;
+    Ok(())
+}
 
-    // 9. The IVT as it was.
-    for (i, v) in [6u16, 7, 13].into_iter().enumerate() {
-        g.a.mov(eax, dword_ptr(l.ivt_save + 4 * i as u16))?;
-        g.a.mov(dword_ptr(4 * v), eax)?;
-    }
-
-    // 10. Print: a newline to end any partial line of other output (not summed), the begin
-    // line (summed, not counted), the records, the end line.
+/// Step 11: a newline to end any partial line of other output (not in the CRC), the begin
+/// line, the records, the end line with the count and the CRC-32 of everything before it.
+fn emit_print(g: &mut Gen<'_>, plan: &Plan, s: Subs) -> Result<(), ProbeError> {
+    let l = &plan.l;
     g.a.mov(al, u32::from(b'\n'))?;
-    g.a.call(putc)?;
+    g.a.call(s.putc)?;
     g.a.mov(word_ptr(l.count), 0u32)?;
-    g.a.mov(word_ptr(l.sum), 0u32)?;
+    g.a.mov(dword_ptr(l.crc), 0xffff_ffffu32)?;
     g.a.mov(si, u32::from(g.addr("s_begin")))?;
-    g.a.call(puts)?;
+    g.a.call(s.puts)?;
     let mut rec_loop = g.a.create_label();
     let mut rec_done = g.a.create_label();
     let mut val = g.a.create_label();
@@ -832,14 +951,14 @@ fn emit(
     g.a.jae(rec_done)?;
     g.a.push(si)?;
     g.a.mov(si, u32::from(g.addr("s_marker")))?;
-    g.a.call(puts)?;
+    g.a.call(s.puts)?;
     g.a.pop(si)?;
     g.a.push(si)?;
     g.a.mov(si, word_ptr(si).cs())?;
-    g.a.call(puts)?;
+    g.a.call(s.puts)?;
     g.a.pop(si)?;
     g.a.mov(al, u32::from(b' '))?;
-    g.a.call(putc)?;
+    g.a.call(s.putc)?;
     g.a.mov(bx, word_ptr(si + 6).cs())?;
     g.a.test(bx, bx)?;
     g.a.jz(val)?;
@@ -847,11 +966,11 @@ fn emit(
     g.a.test(cx, cx)?;
     g.a.jz(val)?;
     g.a.mov(al, u32::from(b'!'))?;
-    g.a.call(putc)?;
+    g.a.call(s.putc)?;
     g.a.mov(al, cl)?;
-    g.a.call(putc)?;
+    g.a.call(s.putc)?;
     g.a.mov(al, ch)?;
-    g.a.call(putc)?;
+    g.a.call(s.putc)?;
     g.a.jmp(eol)?;
     g.a.set_label(&mut val)?;
     g.a.mov(bx, word_ptr(si + 2).cs())?;
@@ -863,7 +982,7 @@ fn emit(
     g.a.set_label(&mut num_loop)?;
     g.a.dec(bx)?;
     g.a.mov(al, byte_ptr(bx))?;
-    g.a.call(hexbyte)?;
+    g.a.call(s.hexbyte)?;
     g.a.dec(cx)?;
     g.a.jnz(num_loop)?;
     g.a.jmp(eol)?;
@@ -872,33 +991,41 @@ fn emit(
     g.a.and(ch, 0x7f)?;
     g.a.set_label(&mut blob_loop)?;
     g.a.mov(al, byte_ptr(bx))?;
-    g.a.call(hexbyte)?;
+    g.a.call(s.hexbyte)?;
     g.a.inc(bx)?;
     g.a.dec(cx)?;
     g.a.jnz(blob_loop)?;
     g.a.set_label(&mut eol)?;
     g.a.mov(al, u32::from(b'\n'))?;
-    g.a.call(putc)?;
+    g.a.call(s.putc)?;
     g.a.inc(word_ptr(l.count))?;
     g.a.add(si, 8)?;
     g.a.jmp(rec_loop)?;
     g.a.set_label(&mut rec_done)?;
     g.a.mov(ax, word_ptr(l.count))?;
     g.a.mov(word_ptr(l.end_count), ax)?;
-    g.a.mov(ax, word_ptr(l.sum))?;
-    g.a.mov(word_ptr(l.end_sum), ax)?;
+    // The CRC's final XOR.
+    g.a.mov(eax, dword_ptr(l.crc))?;
+    g.a.xor(eax, -1i32)?;
+    g.a.mov(dword_ptr(l.end_crc), eax)?;
     g.a.mov(si, u32::from(g.addr("s_end")))?;
-    g.a.call(puts)?;
+    g.a.call(s.puts)?;
     g.a.mov(ax, word_ptr(l.end_count))?;
-    g.a.call(hexword)?;
+    g.a.call(s.hexword)?;
     g.a.mov(al, u32::from(b' '))?;
-    g.a.call(putc)?;
-    g.a.mov(ax, word_ptr(l.end_sum))?;
-    g.a.call(hexword)?;
+    g.a.call(s.putc)?;
+    g.a.mov(ax, word_ptr(l.end_crc + 2))?;
+    g.a.call(s.hexword)?;
+    g.a.mov(ax, word_ptr(l.end_crc))?;
+    g.a.call(s.hexword)?;
     g.a.mov(al, u32::from(b'\n'))?;
-    g.a.call(putc)?;
+    g.a.call(s.putc)?;
+    Ok(())
+}
 
-    // 11. Reboot once, if asked: count boots in RAM, dirty, pull the reset line.
+/// Steps 12–13: reboot once, if asked (count boots in RAM, dirty, pull the reset line), then
+/// exit.
+fn emit_reboot_and_exit(g: &mut Gen<'_>, opts: &ProbeOptions) -> Result<(), ProbeError> {
     if let Some(via) = opts.reboot {
         let mut second = g.a.create_label();
         g.a.cmp(byte_ptr(u32::from(BOOT_COUNTER)), 0u32)?;
@@ -940,8 +1067,6 @@ fn emit(
         g.a.jmp(wait)?;
         g.a.set_label(&mut second)?;
     }
-
-    // 12. Exit.
     if let Exit::Out { port, value } = opts.exit {
         g.a.mov(dx, u32::from(port))?;
         g.a.mov(al, u32::from(value))?;
@@ -952,15 +1077,34 @@ fn emit(
     g.a.set_label(&mut park)?;
     g.a.hlt()?;
     g.a.jmp(park)?;
+    Ok(())
+}
 
-    // Subroutines. putc: AL to every port, added to the checksum; keeps all registers.
+/// The subroutines and the exception handlers.
+fn emit_subroutines(g: &mut Gen<'_>, plan: &Plan, s: Subs) -> Result<(), ProbeError> {
+    let l = &plan.l;
+    let Subs {
+        mut putc,
+        mut puts,
+        mut hexbyte,
+        mut hexword,
+    } = s;
+    // putc: the CRC-32 step, crc = table[(crc ^ AL) & 0xff] ^ (crc >> 8) with the table in the
+    // code segment (32-bit addressing), then AL to every port.
+    let crc_table = i32::from(g.addr("crc_table"));
     g.a.set_label(&mut putc)?;
-    g.a.push(ax)?;
-    g.a.mov(ah, 0u32)?;
-    g.a.add(word_ptr(l.sum), ax)?;
-    g.a.pop(ax)?;
+    g.a.push(eax)?;
+    g.a.push(ebx)?;
+    g.a.movzx(ebx, al)?;
+    g.a.xor(bl, byte_ptr(l.crc))?;
+    g.a.mov(eax, dword_ptr(l.crc))?;
+    g.a.shr(eax, 8)?;
+    g.a.xor(eax, dword_ptr(ebx * 4 + crc_table).cs())?;
+    g.a.mov(dword_ptr(l.crc), eax)?;
+    g.a.pop(ebx)?;
+    g.a.pop(eax)?;
     g.a.push(dx)?;
-    for &p in &opts.out_ports {
+    for &p in &plan.opts.out_ports {
         g.a.mov(dx, u32::from(p))?;
         g.a.out(dx, al)?;
     }
@@ -1005,6 +1149,7 @@ fn emit(
     g.a.jmp(putc)?;
 
     // Exception handlers: record the code, resume at `resume`.
+    let mut h_common = g.a.create_label();
     for (name, c) in [("h_ud", b"ud"), ("h_nm", b"nm"), ("h_gp", b"gp")] {
         g.set(name)?;
         g.a.mov(word_ptr(l.fault), code(c))?;
@@ -1019,8 +1164,14 @@ fn emit(
     g.a.pop(ax)?;
     g.a.pop(bp)?;
     g.a.iret()?;
+    Ok(())
+}
 
-    // Data. GDT: null descriptor and a flat 4 GiB read/write data segment at selector 8.
+/// The read-only data after the code.
+fn emit_data(g: &mut Gen<'_>, plan: &Plan) -> Result<(), ProbeError> {
+    let opts = &plan.opts;
+    let seg = u32::from(opts.origin.segment);
+    // GDT: null descriptor and a flat 4 GiB read/write data segment at selector 8.
     g.set("gdt")?;
     g.a.db(&0u64.to_le_bytes())?;
     g.a.db(&0x00cf_9300_0000_ffffu64.to_le_bytes())?;
@@ -1032,6 +1183,12 @@ fn emit(
     g.set("msr_table")?;
     let msr_bytes: Vec<u8> = plan.msrs.iter().flat_map(|m| m.to_le_bytes()).collect();
     g.a.db(&msr_bytes)?;
+    g.set("cpuid_table")?;
+    let cpuid_bytes: Vec<u8> = CPUID_LEAVES
+        .iter()
+        .flat_map(|&(leaf, sub)| leaf.to_le_bytes().into_iter().chain(sub.to_le_bytes()))
+        .collect();
+    g.a.db(&cpuid_bytes)?;
     g.set("lapic_table")?;
     let lapic_bytes: Vec<u8> = plan
         .lapic_offsets
@@ -1039,6 +1196,12 @@ fn emit(
         .flat_map(|o| o.to_le_bytes())
         .collect();
     g.a.db(&lapic_bytes)?;
+    g.set("crc_table")?;
+    let crc_bytes: Vec<u8> = record::CRC32_TABLE
+        .iter()
+        .flat_map(|w| w.to_le_bytes())
+        .collect();
+    g.a.db(&crc_bytes)?;
     // Record table: key string, slot, length (bit 15: blob), status word (0: none).
     g.set("rec_table")?;
     let mut table = Vec::with_capacity(8 * plan.recs.len());
@@ -1058,7 +1221,7 @@ fn emit(
         g.set(&format!("key{i}"))?;
         g.a.db(format!("{}\0", r.key).as_bytes())?;
     }
-    Ok((g.a, g.named))
+    Ok(())
 }
 
 #[cfg(test)]

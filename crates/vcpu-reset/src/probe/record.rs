@@ -3,21 +3,24 @@
 //! The probe prints plain ASCII lines, so that the same bytes work as a stream of KVM port-I/O
 //! exits, in a QEMU `-debugcon` log, and on a serial console that carries other text too.
 //!
-//! # Format (version 1)
+//! # Format (version 2; version 1 differs only in the marker and the checksum)
 //!
 //! Every record is one line:
 //!
 //! ```text
-//! #VR1 <key> <value>\n
+//! #VR2 <key> <value>\n
 //! ```
 //!
-//! - `#VR1 ` (with its single space) is the marker. Lines without it are noise and are skipped;
-//!   text before the marker on the same line (another writer's partial line) is ignored too. A
-//!   `\r` before the `\n` is dropped (serial consoles add them).
+//! - `#VR2 ` (with its single space) is the marker; version 1 logs use `#VR1 `. Lines without a
+//!   marker are noise and are skipped; text before the marker on the same line (another
+//!   writer's partial line) is ignored too. A `\r` before the `\n` is dropped (serial consoles
+//!   add them). All lines of one run carry the same marker.
 //! - `<key>` is one or more of `a-z 0-9 . _` characters: a spec field name as
 //!   [`Field::name`] gives it (`rax`, `cr0`, `cs.selector`, `msr.ia32_pat`, `lapic.lvt_lint0`), an
-//!   MSR without a spec field as `msr.0x<index in hex>`, a blob (`fxsave`), or a probe-specific
-//!   fact under `entry.*` or `probe.*`.
+//!   MSR without a spec field as `msr.0x<index in hex>`, a blob (`fxsave`), what CPUID reports
+//!   (`cpuid.<leaf>.<subleaf>.<eax|ebx|ecx|edx>`, leaf and subleaf in hex without leading
+//!   zeros, e.g. `cpuid.80000001.0.ecx`; see [`cpuid_key`]), or a probe-specific fact under
+//!   `entry.*` or `probe.*`.
 //! - `<value>` is one of
 //!   - lower-case hex digits without `0x`, **fixed width**: the probe prints exactly as many
 //!     digits as it read bits (8 for a 32-bit real-mode read of EAX or CR0, 16 for RDMSR, 4 for a
@@ -28,27 +31,81 @@
 //!     probe's own handler caught it: `!gp` (e.g. RDMSR of an absent MSR), `!ud`, `!nm`;
 //!   - `!na` when the probe could not measure the value (e.g. the local APIC is disabled in
 //!     IA32_APIC_BASE, so there is nothing at its MMIO page).
-//! - A run is bracketed by `#VR1 begin <tag>` and `#VR1 end <count> <checksum>`. `<tag>` is
-//!   `[A-Za-z0-9._-]+`. `<count>` (hex) is the number of record lines between the two, and
-//!   `<checksum>` (hex) is the 16-bit wrapping sum of every byte of the `begin` line and of
-//!   those record lines, each taken as `#VR1 ...\n` (marker to newline inclusive, without any
-//!   `\r` or noise). The probe prints both as four digits; the parser accepts one to eight
-//!   lower-case digits.
+//! - A run is bracketed by `#VR2 begin <tag>` and `#VR2 end <count> <checksum>`. `<tag>` is
+//!   `[A-Za-z0-9._-]+`. `<count>` (hex) is the number of record lines between the two.
+//!   `<checksum>` (hex) covers every byte of the `begin` line and of those record lines, each
+//!   taken as `#VR2 ...\n` (marker to newline inclusive, without any `\r` or noise), in order:
+//!   - version 2: their CRC-32 (the IEEE 802.3 / zlib polynomial, reflected, initial value and
+//!     final XOR `FFFFFFFFh`; [`crc32`]), which the probe computes in real mode as it prints.
+//!     It catches every change of one or two bytes, swapped digits or values and reordered
+//!     lines. The probe prints it as eight digits;
+//!   - version 1: the 16-bit wrapping sum of those bytes ([`checksum`]), printed as four
+//!     digits. A byte sum misses swapped digits, reordered lines and cancelling changes, so a
+//!     version 1 run is accepted with a warning ([`LogFormat::V1`]).
+//!
+//!   The parser accepts one to eight lower-case digits for both numbers.
 //! - `begin` and `end` are not keys. A key occurs at most once in a run.
 //!
 //! The parser reports a broken run precisely: no `end` ([`RecordError::MissingEnd`]), wrong
 //! count ([`RecordError::CountMismatch`]), wrong checksum ([`RecordError::ChecksumMismatch`]), a
-//! marker line that does not parse ([`RecordError::Malformed`]) and so on.
+//! marker line that does not parse ([`RecordError::Malformed`]) and so on. It reads the log once,
+//! in time linear in its length, and allocates nothing from a size the log claims; messages
+//! quote at most [`QUOTE_LIMIT`] bytes of the log.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 
 use thiserror::Error;
 
 use crate::spec::{Field, LapicReg};
 
-/// The marker every record line starts with.
-pub const MARKER: &str = "#VR1 ";
+/// The marker every record line of a version 1 log starts with.
+pub const MARKER_V1: &str = "#VR1 ";
+/// The marker every record line of a version 2 log starts with (what the probe prints).
+pub const MARKER: &str = "#VR2 ";
+
+/// Most bytes of the log an error message quotes.
+pub const QUOTE_LIMIT: usize = 80;
+
+/// The version of a run's format, given by its marker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum LogFormat {
+    /// `#VR1 `: checksum is a 16-bit byte sum, which misses swapped digits, reordered lines and
+    /// cancelling changes. Still accepted; judges should warn.
+    V1,
+    /// `#VR2 `: checksum is a CRC-32 ([`crc32`]).
+    V2,
+}
+
+impl LogFormat {
+    /// The line marker of this version.
+    pub fn marker(self) -> &'static str {
+        match self {
+            LogFormat::V1 => MARKER_V1,
+            LogFormat::V2 => MARKER,
+        }
+    }
+
+    /// The version number (1 or 2).
+    pub fn number(self) -> u8 {
+        match self {
+            LogFormat::V1 => 1,
+            LogFormat::V2 => 2,
+        }
+    }
+}
+
+/// At most [`QUOTE_LIMIT`] bytes of `bytes` as text, saying how long the whole was when cut.
+pub fn quote(bytes: &[u8]) -> String {
+    if bytes.len() <= QUOTE_LIMIT {
+        return String::from_utf8_lossy(bytes).into_owned();
+    }
+    format!(
+        "{}... ({} bytes)",
+        String::from_utf8_lossy(&bytes[..QUOTE_LIMIT]),
+        bytes.len()
+    )
+}
 
 /// Most hex digits a value may have that is read as a number.
 pub const MAX_NUMBER_DIGITS: usize = 32;
@@ -95,17 +152,20 @@ pub enum RecordError {
     },
     /// The `end` line's checksum differs from the records seen.
     #[error(
-        "run {tag:?}: end on line {line} declares checksum {declared:04x}, records sum to {actual:04x}"
+        "run {tag:?}: end on line {line} declares checksum {declared:x}, the records give {actual:x} ({}): the log was changed or damaged in transit",
+        if *format == LogFormat::V1 { "16-bit byte sum, format 1" } else { "CRC-32, format 2" }
     )]
     ChecksumMismatch {
-        /// The run's tag.
+        /// The run's tag (at most [`QUOTE_LIMIT`] bytes of it).
         tag: String,
         /// 1-based line of the `end`.
         line: usize,
+        /// The run's format, which says which checksum it is.
+        format: LogFormat,
         /// Checksum the probe printed.
-        declared: u16,
+        declared: u32,
         /// Checksum of the records seen.
-        actual: u16,
+        actual: u32,
     },
     /// A line with the marker that does not parse.
     #[error("line {line}: malformed record ({reason}): {text:?}")]
@@ -114,7 +174,7 @@ pub enum RecordError {
         line: usize,
         /// What is wrong.
         reason: &'static str,
-        /// The line from the marker on.
+        /// The line from the marker on, at most [`QUOTE_LIMIT`] bytes of it (see [`quote`]).
         text: String,
     },
     /// The same key twice in one run.
@@ -228,12 +288,27 @@ pub struct ProbeRun {
     pub tag: String,
     /// The records, in the order printed.
     pub records: Vec<(String, Value)>,
+    /// The format version its lines used.
+    pub format: LogFormat,
 }
 
 impl ProbeRun {
-    /// The value of `key`, if recorded.
+    /// The value of `key`, if recorded (a linear search: look up many keys through
+    /// [`ProbeRun::index`]).
     pub fn get(&self, key: &str) -> Option<&Value> {
         self.records.iter().find(|(k, _)| k == key).map(|(_, v)| v)
+    }
+
+    /// Every record by key, for many look-ups.
+    pub fn index(&self) -> HashMap<&str, &Value> {
+        self.records.iter().map(|(k, v)| (k.as_str(), v)).collect()
+    }
+
+    /// What CPUID leaf `leaf`, subleaf `subleaf` returned in register `reg` (0 = EAX, 1 = EBX,
+    /// 2 = ECX, 3 = EDX), if the run recorded it.
+    pub fn cpuid(&self, leaf: u32, subleaf: u32, reg: usize) -> Option<u32> {
+        self.number(&cpuid_key(leaf, subleaf, reg))
+            .and_then(|v| u32::try_from(v).ok())
     }
 
     /// The number value of `key`, if recorded as a number.
@@ -255,11 +330,19 @@ impl ProbeRun {
     ///
     /// Records of other keys (`probe.*`, `entry.*`, MSRs without a field) are left out.
     pub fn fields(&self) -> Result<BTreeMap<Field, Observed>, RecordError> {
-        let by_name: HashMap<String, Field> =
-            Field::all().into_iter().map(|f| (f.name(), f)).collect();
+        let all = Field::all();
+        let by_name: HashMap<String, Field> = all.iter().map(|&f| (f.name(), f)).collect();
+        let by_msr: HashMap<u32, Field> = all
+            .iter()
+            .filter_map(|&f| f.msr_index().map(|i| (i, f)))
+            .collect();
         let mut out = BTreeMap::new();
         for (key, value) in &self.records {
-            let field = by_name.get(key).copied().or_else(|| msr_field(key));
+            let field = by_name.get(key).copied().or_else(|| {
+                key.strip_prefix("msr.0x")
+                    .and_then(|hex| u32::from_str_radix(hex, 16).ok())
+                    .and_then(|i| by_msr.get(&i).copied())
+            });
             let Some(field) = field else { continue };
             out.insert(field, Observed::from_value(field, value));
         }
@@ -326,13 +409,6 @@ impl Observed {
     }
 }
 
-/// The field of an MSR record key: `msr.0x<hex>` of an MSR that has a spec field.
-fn msr_field(key: &str) -> Option<Field> {
-    let hex = key.strip_prefix("msr.0x")?;
-    let index = u32::from_str_radix(hex, 16).ok()?;
-    field_for_msr(index)
-}
-
 /// The spec field read through RDMSR of `index`, if any.
 pub fn field_for_msr(index: u32) -> Option<Field> {
     Field::all()
@@ -357,21 +433,89 @@ pub fn format_record(key: &str, value: &Value) -> String {
     format!("{MARKER}{key} {value}\n")
 }
 
-/// The 16-bit wrapping sum of `bytes`.
+/// The CPUID registers' names, in the order [`ProbeRun::cpuid`] numbers them.
+pub const CPUID_REGS: [&str; 4] = ["eax", "ebx", "ecx", "edx"];
+
+/// The record key of CPUID leaf `leaf`, subleaf `subleaf`, register `reg` (0 = EAX .. 3 = EDX):
+/// `cpuid.<leaf hex>.<subleaf hex>.<reg>`, e.g. `cpuid.1.0.eax`.
+pub fn cpuid_key(leaf: u32, subleaf: u32, reg: usize) -> String {
+    format!(
+        "cpuid.{leaf:x}.{subleaf:x}.{}",
+        CPUID_REGS.get(reg).copied().unwrap_or("eax")
+    )
+}
+
+/// Formats one version 1 record line, `#VR1 <key> <value>\n`.
+pub fn format_record_v1(key: &str, value: &Value) -> String {
+    format!("{MARKER_V1}{key} {value}\n")
+}
+
+/// The 16-bit wrapping sum of `bytes`: the checksum of format version 1.
 pub fn checksum(bytes: &[u8]) -> u16 {
     bytes
         .iter()
         .fold(0u16, |s, &b| s.wrapping_add(u16::from(b)))
 }
 
-/// Formats a whole run, as the probe would print it (with a leading newline).
+/// The table of the byte-wise CRC-32 (reflected polynomial EDB88320H), as the probe embeds it.
+pub const CRC32_TABLE: [u32; 256] = crc32_table();
+
+const fn crc32_table() -> [u32; 256] {
+    let mut t = [0u32; 256];
+    let mut i = 0;
+    while i < 256 {
+        let mut c = i as u32;
+        let mut k = 0;
+        while k < 8 {
+            c = if c & 1 != 0 {
+                0xedb8_8320 ^ (c >> 1)
+            } else {
+                c >> 1
+            };
+            k += 1;
+        }
+        t[i] = c;
+        i += 1;
+    }
+    t
+}
+
+/// Feeds `bytes` into a running CRC-32 register (start from `0xFFFF_FFFF`, finish with `!`).
+pub fn crc32_update(mut crc: u32, bytes: &[u8]) -> u32 {
+    for &b in bytes {
+        crc = CRC32_TABLE[((crc ^ u32::from(b)) & 0xff) as usize] ^ (crc >> 8);
+    }
+    crc
+}
+
+/// The CRC-32 of `bytes` (IEEE 802.3 / zlib: `crc32(b"123456789") == 0xCBF43926`): the
+/// checksum of format version 2.
+pub fn crc32(bytes: &[u8]) -> u32 {
+    !crc32_update(0xffff_ffff, bytes)
+}
+
+/// Formats a whole run in format version 2, as the probe prints it (with a leading newline).
 pub fn format_run(tag: &str, records: &[(String, Value)]) -> String {
     let mut body = format!("{MARKER}begin {tag}\n");
     for (k, v) in records {
         body.push_str(&format_record(k, v));
     }
     format!(
-        "\n{body}{MARKER}end {:04x} {:04x}\n",
+        "\n{body}{MARKER}end {:04x} {:08x}\n",
+        records.len(),
+        crc32(body.as_bytes())
+    )
+}
+
+/// Formats a whole run in format version 1, as older probes printed it (with a leading
+/// newline).
+pub fn format_run_v1(tag: &str, records: &[(String, Value)]) -> String {
+    let mut body = format!("{MARKER_V1}begin {tag}\n");
+    for (k, v) in records {
+        body.push_str(&format_record_v1(k, v));
+    }
+    format!(
+        "\n{body}{MARKER_V1}end {:04x} {:04x}\n",
         records.len(),
         checksum(body.as_bytes())
     )
@@ -425,26 +569,70 @@ fn parse_hex_u32(s: &str) -> Option<u32> {
 struct Open {
     tag: String,
     line: usize,
+    format: LogFormat,
     records: Vec<(String, Value)>,
+    keys: HashSet<String>,
     count: u32,
     sum: u16,
+    crc: u32,
     /// The first thing found wrong inside the run; reported when the run closes.
     error: Option<RecordError>,
 }
 
 impl Open {
     fn close_truncated(self) -> RecordError {
-        self.error.unwrap_or(RecordError::MissingEnd {
-            tag: self.tag,
+        self.error.unwrap_or_else(|| RecordError::MissingEnd {
+            tag: quote(self.tag.as_bytes()),
             line: self.line,
         })
     }
+
+    /// Adds a marker-to-newline line (without its `\n`) to both checksums.
+    fn add_line(&mut self, rec: &[u8]) {
+        self.sum = self
+            .sum
+            .wrapping_add(checksum(rec))
+            .wrapping_add(u16::from(b'\n'));
+        self.crc = crc32_update(crc32_update(self.crc, rec), b"\n");
+    }
+}
+
+/// The first marker of either version in `line`: its offset and version.
+fn find_marker(line: &[u8]) -> Option<(usize, LogFormat)> {
+    let mut from = 0;
+    while let Some(off) = line.get(from..)?.iter().position(|&b| b == b'#') {
+        let at = from + off;
+        match line.get(at..at + 5) {
+            Some(b"#VR1 ") => return Some((at, LogFormat::V1)),
+            Some(b"#VR2 ") => return Some((at, LogFormat::V2)),
+            Some(_) => from = at + 1,
+            None => return None,
+        }
+    }
+    None
+}
+
+/// The line's fields after the marker, split at single spaces: at most three are kept (more
+/// is malformed anyway); `None` when there are more than three.
+fn split3(body: &str) -> Option<([&str; 3], usize)> {
+    let mut out = [""; 3];
+    let mut n = 0;
+    for part in body.split(' ') {
+        if n == 3 {
+            return None;
+        }
+        out[n] = part;
+        n += 1;
+    }
+    Some((out, n))
 }
 
 /// Parses every run in `log`, each either verified or with the first error that breaks it.
 ///
 /// Noise lines are skipped; a record outside a run or an `end` without `begin` is reported as
-/// an error in the place where it occurs.
+/// an error in the place where it occurs. Runs of format version 1 and 2 are both accepted
+/// ([`ProbeRun::format`] says which); one run's lines must all use the same version. The log is
+/// read once, in time linear in its length.
 pub fn parse_all(log: &[u8]) -> Vec<Result<ProbeRun, RecordError>> {
     let mut out = Vec::new();
     let mut open: Option<Open> = None;
@@ -456,21 +644,36 @@ pub fn parse_all(log: &[u8]) -> Vec<Result<ProbeRun, RecordError>> {
             break;
         }
         let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
-        let Some(pos) = raw
-            .windows(MARKER.len())
-            .position(|w| w == MARKER.as_bytes())
-        else {
+        let Some((pos, format)) = find_marker(raw) else {
             continue;
         };
         let rec = &raw[pos..];
         let malformed = |reason| RecordError::Malformed {
             line: line_no,
             reason,
-            text: String::from_utf8_lossy(rec).into_owned(),
+            text: quote(rec),
         };
-        let body = std::str::from_utf8(&rec[MARKER.len()..]).ok();
-        let parts: Vec<&str> = body.map(|b| b.split(' ').collect()).unwrap_or_default();
-        match parts.as_slice() {
+        let parts = std::str::from_utf8(&rec[MARKER.len()..])
+            .ok()
+            .and_then(split3);
+        let parts: &[&str] = match &parts {
+            Some((p, n)) => &p[..*n],
+            None => &[],
+        };
+        if let Some(o) = open.as_mut()
+            && o.format != format
+        {
+            // Counted and summed like any line of the run, so that the error is this one.
+            o.count = o.count.wrapping_add(1);
+            o.add_line(rec);
+            if o.error.is_none() {
+                o.error = Some(malformed(
+                    "marker version differs from its run's begin line",
+                ));
+            }
+            continue;
+        }
+        match parts {
             ["begin", tag] => {
                 if let Some(o) = open.take() {
                     out.push(Err(o.close_truncated()));
@@ -479,14 +682,19 @@ pub fn parse_all(log: &[u8]) -> Vec<Result<ProbeRun, RecordError>> {
                     out.push(Err(malformed("bad tag")));
                     continue;
                 }
-                open = Some(Open {
+                let mut o = Open {
                     tag: (*tag).to_string(),
                     line: line_no,
+                    format,
                     records: Vec::new(),
+                    keys: HashSet::new(),
                     count: 0,
-                    sum: checksum(rec).wrapping_add(u16::from(b'\n')),
+                    sum: 0,
+                    crc: 0xffff_ffff,
                     error: None,
-                });
+                };
+                o.add_line(rec);
+                open = Some(o);
             }
             ["end", count, sum] => {
                 let Some(o) = open.take() else {
@@ -497,26 +705,32 @@ pub fn parse_all(log: &[u8]) -> Vec<Result<ProbeRun, RecordError>> {
                     out.push(Err(o.error.unwrap_or(malformed("bad end line"))));
                     continue;
                 };
+                let actual = match o.format {
+                    LogFormat::V1 => u32::from(o.sum),
+                    LogFormat::V2 => !o.crc,
+                };
                 out.push(if let Some(e) = o.error {
                     Err(e)
                 } else if count != o.count {
                     Err(RecordError::CountMismatch {
-                        tag: o.tag,
+                        tag: quote(o.tag.as_bytes()),
                         line: line_no,
                         declared: count,
                         actual: o.count,
                     })
-                } else if sum != u32::from(o.sum) {
+                } else if sum != actual {
                     Err(RecordError::ChecksumMismatch {
-                        tag: o.tag,
+                        tag: quote(o.tag.as_bytes()),
                         line: line_no,
-                        declared: (sum & 0xffff) as u16,
-                        actual: o.sum,
+                        format: o.format,
+                        declared: sum,
+                        actual,
                     })
                 } else {
                     Ok(ProbeRun {
                         tag: o.tag,
                         records: o.records,
+                        format: o.format,
                     })
                 });
             }
@@ -525,17 +739,14 @@ pub fn parse_all(log: &[u8]) -> Vec<Result<ProbeRun, RecordError>> {
                     out.push(Err(match parts {
                         [key, _] if valid_key(key) => RecordError::RecordOutsideRun {
                             line: line_no,
-                            key: (*key).to_string(),
+                            key: quote(key.as_bytes()),
                         },
                         _ => malformed("record outside a run"),
                     }));
                     continue;
                 };
                 o.count = o.count.wrapping_add(1);
-                o.sum = o
-                    .sum
-                    .wrapping_add(checksum(rec))
-                    .wrapping_add(u16::from(b'\n'));
+                o.add_line(rec);
                 if o.error.is_some() {
                     continue;
                 }
@@ -544,15 +755,15 @@ pub fn parse_all(log: &[u8]) -> Vec<Result<ProbeRun, RecordError>> {
                         if !valid_key(key) || *key == "begin" || *key == "end" {
                             Some(malformed("bad key"))
                         } else if let Some(v) = parse_value(value) {
-                            if o.records.iter().any(|(k, _)| k == key) {
-                                Some(RecordError::DuplicateKey {
-                                    tag: o.tag.clone(),
-                                    key: (*key).to_string(),
-                                    line: line_no,
-                                })
-                            } else {
+                            if o.keys.insert((*key).to_string()) {
                                 o.records.push(((*key).to_string(), v));
                                 None
+                            } else {
+                                Some(RecordError::DuplicateKey {
+                                    tag: quote(o.tag.as_bytes()),
+                                    key: quote(key.as_bytes()),
+                                    line: line_no,
+                                })
                             }
                         } else {
                             Some(malformed("bad value"))
@@ -775,8 +986,8 @@ mod tests {
     }
 
     #[test]
-    fn checksum_and_count_are_what_the_probe_prints() {
-        let log = format_run("t", &[("cr0".into(), Value::Hex("10".into()))]);
+    fn v1_checksum_and_count_are_what_old_probes_printed() {
+        let log = format_run_v1("t", &[("cr0".into(), Value::Hex("10".into()))]);
         let begin = "#VR1 begin t\n";
         let line = "#VR1 cr0 10\n";
         let sum = checksum(format!("{begin}{line}").as_bytes());
@@ -801,6 +1012,130 @@ mod tests {
         if upper != log {
             assert!(parse(upper.as_bytes()).is_err());
         }
+        assert_eq!(
+            parse(log.as_bytes()).expect("parses")[0].format,
+            LogFormat::V1
+        );
+    }
+
+    #[test]
+    fn v2_checksum_is_the_crc32_of_the_run() {
+        assert_eq!(crc32(b"123456789"), 0xcbf4_3926);
+        let log = format_run("t", &[("cr0".into(), Value::Hex("10".into()))]);
+        let body = "#VR2 begin t\n#VR2 cr0 10\n";
+        assert_eq!(
+            log,
+            format!("\n{body}#VR2 end 0001 {:08x}\n", crc32(body.as_bytes()))
+        );
+        let runs = parse(log.as_bytes()).expect("parses");
+        assert_eq!(runs[0].format, LogFormat::V2);
+        assert_eq!(runs[0].number("cr0"), Some(0x10));
+    }
+
+    /// Changes a byte sum cannot see, each one caught by the version 2 CRC.
+    #[test]
+    fn v2_catches_what_the_byte_sum_misses() {
+        let recs = vec![
+            ("rax".to_string(), Value::Hex("00001234".into())),
+            ("rbx".to_string(), Value::Hex("00005678".into())),
+            ("cr0".to_string(), Value::Hex("60000010".into())),
+        ];
+        type Change = fn(&str) -> String;
+        let changes: [(&str, Change); 4] = [
+            ("swapped digits", |l| l.replacen("00001234", "00002134", 1)),
+            // +1 in one byte, -1 in another.
+            ("cancelling flips", |l| {
+                l.replacen("00001234", "00001334", 1)
+                    .replacen("00005678", "00005578", 1)
+            }),
+            ("swapped values", |l| {
+                l.replacen("rax 00001234", "rax 00005678", 1).replacen(
+                    "rbx 00005678",
+                    "rbx 00001234",
+                    1,
+                )
+            }),
+            ("reordered lines", |l| {
+                l.replacen(
+                    "rax 00001234\n#VR2 rbx 00005678",
+                    "rbx 00005678\n#VR2 rax 00001234",
+                    1,
+                )
+            }),
+        ];
+        for (what, change) in changes {
+            let v1 = format_run_v1("t", &recs).replace("#VR1 ", "#VR2 ");
+            let v1 = change(&v1).replace("#VR2 ", "#VR1 ");
+            assert!(
+                parse(v1.as_bytes()).is_ok(),
+                "{what}: the byte sum of version 1 misses it"
+            );
+            let v2 = change(&format_run("t", &recs));
+            assert_ne!(v2, format_run("t", &recs), "{what}: changed");
+            assert!(
+                matches!(
+                    parse(v2.as_bytes()),
+                    Err(RecordError::ChecksumMismatch {
+                        format: LogFormat::V2,
+                        ..
+                    })
+                ),
+                "{what}: {:?}",
+                parse(v2.as_bytes())
+            );
+        }
+    }
+
+    #[test]
+    fn one_run_keeps_one_marker_version() {
+        let log = format_run("t", &sample()).replacen("#VR2 cr0", "#VR1 cr0", 1);
+        assert!(matches!(
+            parse(log.as_bytes()),
+            Err(RecordError::Malformed { line: 5, .. })
+        ));
+        // Runs of both versions in one log.
+        let two = format!(
+            "{}{}",
+            format_run_v1("a", &sample()),
+            format_run("b", &sample())
+        );
+        let runs = parse(two.as_bytes()).expect("parses");
+        assert_eq!(
+            runs.iter().map(|r| r.format).collect::<Vec<_>>(),
+            [LogFormat::V1, LogFormat::V2]
+        );
+        assert_eq!(runs[0].records, runs[1].records);
+    }
+
+    #[test]
+    fn messages_quote_at_most_80_bytes() {
+        let long = "a".repeat(20 << 20);
+        let log = format!("#VR2 begin t\n#VR2 {long} 1 2\n#VR2 end 0001 0\n");
+        let e = parse(log.as_bytes()).expect_err("malformed");
+        let msg = e.to_string();
+        assert!(msg.len() < 200, "{} bytes", msg.len());
+        assert!(msg.contains("... (20971529 bytes)"), "{msg}");
+        let log = format!("#VR2 begin {long}\n");
+        let msg = parse(log.as_bytes()).expect_err("truncated").to_string();
+        assert!(msg.len() < 200, "{} bytes", msg.len());
+        let log = format!("#VR2 {long} 1\n");
+        let msg = parse(log.as_bytes()).expect_err("outside").to_string();
+        assert!(msg.len() < 200, "{} bytes", msg.len());
+    }
+
+    #[test]
+    fn many_records_parse_in_linear_time() {
+        // 200 000 records: a quadratic duplicate check would take minutes.
+        let recs: Vec<(String, Value)> = (0..200_000)
+            .map(|i| (format!("probe.k{i}"), Value::Hex(format!("{i:08x}"))))
+            .collect();
+        let log = format_run("big", &recs);
+        let runs = parse(log.as_bytes()).expect("parses");
+        assert_eq!(runs[0].records.len(), 200_000);
+        assert_eq!(
+            runs[0].index()["probe.k199999"],
+            &Value::Hex("00030d3f".into())
+        );
     }
 
     #[test]
@@ -810,11 +1145,11 @@ mod tests {
         for (i, l) in run.lines().enumerate() {
             noisy.push_str(l);
             noisy.push_str(if i % 2 == 0 { "\r\n" } else { "\n" });
-            noisy.push_str("[    0.000000] unrelated kernel line #VR2 x y\n");
+            noisy.push_str("[    0.000000] unrelated kernel line #VR3 x y #VR x\n");
         }
         // Another writer's partial line before a marker.
-        noisy = noisy.replacen("#VR1 cr0", "garbage#VR1 cr0", 1);
-        noisy.push_str("trailing junk without newline #VR1 rax 1");
+        noisy = noisy.replacen("#VR2 cr0", "garbage#VR2 cr0", 1);
+        noisy.push_str("trailing junk without newline #VR2 rax 1");
         let runs = parse(noisy.as_bytes()).expect("parses");
         assert_eq!(runs.len(), 1);
         assert_eq!(runs[0].records, sample());
@@ -856,7 +1191,7 @@ mod tests {
 
     #[test]
     fn lost_line_is_a_count_mismatch() {
-        let log = format_run("x", &sample()).replacen("#VR1 cr0 60000010\n", "", 1);
+        let log = format_run("x", &sample()).replacen("#VR2 cr0 60000010\n", "", 1);
         assert!(matches!(
             parse(log.as_bytes()),
             Err(RecordError::CountMismatch {
@@ -870,7 +1205,7 @@ mod tests {
     #[test]
     fn bad_checksum_is_reported() {
         // One digit changed: still well-formed, caught by the checksum.
-        let log = format_run("x", &sample()).replacen("60000010", "60000011", 1);
+        let log = format_run_v1("x", &sample()).replacen("60000010", "60000011", 1);
         match parse(log.as_bytes()) {
             Err(RecordError::ChecksumMismatch {
                 tag,
@@ -879,7 +1214,7 @@ mod tests {
                 ..
             }) => {
                 assert_eq!(tag, "x");
-                assert_eq!(actual, declared.wrapping_add(1));
+                assert_eq!(actual, (declared + 1) & 0xffff);
             }
             other => panic!("expected checksum mismatch, got {other:?}"),
         }
@@ -901,13 +1236,13 @@ mod tests {
             parse(log.as_bytes()),
             Err(RecordError::Malformed { .. })
         ));
-        let log = format!("{}#VR1 rax 0\n", format_run("x", &[]));
+        let log = format!("{}#VR2 rax 0\n", format_run("x", &[]));
         assert!(matches!(
             parse(log.as_bytes()),
             Err(RecordError::RecordOutsideRun { line: 4, .. })
         ));
         assert_eq!(
-            parse(b"#VR1 end 0000 0000\n"),
+            parse(b"#VR2 end 0000 0000\n"),
             Err(RecordError::EndWithoutBegin { line: 1 })
         );
         let dup = format_run(
@@ -1118,7 +1453,7 @@ mod tests {
                 let mut lines = run.lines();
                 let mut log = String::new();
                 for (n, crlf) in &noise {
-                    log.push_str(&n.replace("#VR1 ", "#VR0 "));
+                    log.push_str(&n.replace("#VR1 ", "#VR0 ").replace("#VR2 ", "#VR0 "));
                     log.push_str(if *crlf { "\r\n" } else { "\n" });
                     if let Some(l) = lines.next() {
                         log.push_str(l);
@@ -1130,7 +1465,7 @@ mod tests {
                     log.push('\n');
                 }
                 let runs = parse(log.as_bytes());
-                prop_assert_eq!(runs, Ok(vec![ProbeRun { tag, records: recs }]));
+                prop_assert_eq!(runs, Ok(vec![ProbeRun { tag, records: recs, format: LogFormat::V2 }]));
             }
 
             #[test]

@@ -1,0 +1,403 @@
+//! What a VMM advertises to its guest, read from a probe log's CPUID records, and which spec
+//! fields therefore apply to the vCPU it presents.
+//!
+//! A field whose feature the VMM does not advertise does not exist on that vCPU: it is judged
+//! [`Verdict::NotApplicable`](super::Verdict::NotApplicable), not as a finding. CPUID bits are
+//! those of Intel SDM Vol. 2A, CPUID, Table 3-10 "Feature Information Returned in the ECX
+//! Register" and Table 3-11 "... in the EDX Register", and AMD APM Vol. 3, Appendix E.
+
+use vcpu_reset_spec::{Field, LapicReg, Msr, Vendor};
+
+use crate::probe::ProbeRun;
+
+/// CPUID.01H:ECX\[5\], VMX (SDM Vol. 2A, Table 3-10).
+const ECX1_VMX: u32 = 1 << 5;
+/// CPUID.01H:ECX\[26\], XSAVE (SDM Vol. 2A, Table 3-10).
+const ECX1_XSAVE: u32 = 1 << 26;
+/// CPUID.01H:EDX\[9\], on-chip APIC (SDM Vol. 2A, Table 3-11).
+const EDX1_APIC: u32 = 1 << 9;
+/// CPUID.01H:EDX\[12\], MTRR (SDM Vol. 2A, Table 3-11).
+const EDX1_MTRR: u32 = 1 << 12;
+/// CPUID.01H:EDX\[16\], PAT (SDM Vol. 2A, Table 3-11).
+const EDX1_PAT: u32 = 1 << 16;
+/// CPUID.80000001H:ECX\[2\], SVM (AMD APM Vol. 3, Appendix E.4.2).
+const ECX81_SVM: u32 = 1 << 2;
+/// CPUID.(EAX=07H,ECX=0):ECX\[30\], SGX launch control (SDM Vol. 2A, CPUID leaf 07H).
+const ECX7_SGX_LC: u32 = 1 << 30;
+/// CPUID.(EAX=0DH,ECX=1):EAX\[3\], XSAVES and IA32_XSS (SDM Vol. 2A, CPUID leaf 0DH).
+const EAX_D1_XSAVES: u32 = 1 << 3;
+/// IA32_MTRRCAP.FIX, bit 8: fixed-range MTRRs exist (SDM Vol. 3A, §12.11.2.1).
+const MTRRCAP_FIX: u64 = 1 << 8;
+
+/// What one probe run's CPUID records say. Every member is `None` where the log does not say
+/// (a format 1 log, or a leaf above the highest one CPUID reports).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Advertised {
+    /// The CPUID.0H vendor string.
+    pub vendor_id: Option<String>,
+    /// The vendor it names, if Intel or AMD.
+    pub vendor: Option<Vendor>,
+    /// CPUID.0H:EAX, the highest basic leaf.
+    pub max_leaf: Option<u32>,
+    /// CPUID.80000000H:EAX, the highest extended leaf.
+    pub max_ext_leaf: Option<u32>,
+    /// CPUID.01H:EAX, the processor signature.
+    pub signature: Option<u32>,
+    /// CPUID.01H:ECX.
+    pub ecx1: Option<u32>,
+    /// CPUID.01H:EDX.
+    pub edx1: Option<u32>,
+    /// CPUID.(EAX=07H,ECX=0):ECX.
+    pub ecx7: Option<u32>,
+    /// CPUID.0AH:EAX (architectural performance monitoring).
+    pub eax_a: Option<u32>,
+    /// CPUID.(EAX=0DH,ECX=1):EAX.
+    pub eax_d1: Option<u32>,
+    /// CPUID.80000001H:ECX.
+    pub ecx81: Option<u32>,
+    /// The local APIC version register as the probe read it.
+    pub apic_version: Option<u32>,
+}
+
+impl Advertised {
+    /// Reads what `run` recorded.
+    pub fn from_run(run: &ProbeRun) -> Advertised {
+        let max_leaf = run.cpuid(0, 0, 0);
+        let basic = |leaf: u32, sub: u32, reg: usize| {
+            max_leaf
+                .filter(|&m| m >= leaf)
+                .and_then(|_| run.cpuid(leaf, sub, reg))
+        };
+        // Without extended leaves, 80000000H returns data of the highest basic leaf.
+        let max_ext_leaf = run
+            .cpuid(0x8000_0000, 0, 0)
+            .filter(|m| (0x8000_0000..=0x8000_ffff).contains(m));
+        let ext = |leaf: u32, reg: usize| {
+            max_ext_leaf
+                .filter(|&m| m >= leaf)
+                .and_then(|_| run.cpuid(leaf, 0, reg))
+        };
+        let vendor_id = match (run.cpuid(0, 0, 1), run.cpuid(0, 0, 3), run.cpuid(0, 0, 2)) {
+            (Some(b), Some(d), Some(c)) => {
+                let mut id = [0u8; 12];
+                id[0..4].copy_from_slice(&b.to_le_bytes());
+                id[4..8].copy_from_slice(&d.to_le_bytes());
+                id[8..12].copy_from_slice(&c.to_le_bytes());
+                Some(id)
+            }
+            _ => None,
+        };
+        Advertised {
+            vendor: vendor_id.as_ref().and_then(Vendor::from_cpuid_vendor),
+            vendor_id: vendor_id.map(|id| {
+                id.iter()
+                    .map(|&b| {
+                        if b.is_ascii_graphic() || b == b' ' {
+                            char::from(b)
+                        } else {
+                            '?'
+                        }
+                    })
+                    .collect()
+            }),
+            max_leaf,
+            max_ext_leaf,
+            signature: basic(1, 0, 0),
+            ecx1: basic(1, 0, 2),
+            edx1: basic(1, 0, 3),
+            ecx7: basic(7, 0, 2),
+            eax_a: basic(0xa, 0, 0),
+            eax_d1: basic(0xd, 1, 0),
+            ecx81: ext(0x8000_0001, 2),
+            apic_version: run
+                .number(&Field::Lapic(LapicReg::Version).name())
+                .and_then(|v| u32::try_from(v).ok()),
+        }
+    }
+
+    fn bit(reg: Option<u32>, mask: u32) -> Option<bool> {
+        reg.map(|r| r & mask != 0)
+    }
+
+    /// VMX is advertised (CPUID.01H:ECX\[5\]).
+    pub fn vmx(&self) -> Option<bool> {
+        Self::bit(self.ecx1, ECX1_VMX)
+    }
+
+    /// SVM is advertised (CPUID.80000001H:ECX\[2\]); a log whose extended leaves stop below
+    /// 80000001H advertises none.
+    pub fn svm(&self) -> Option<bool> {
+        match (self.max_ext_leaf, self.ecx81) {
+            (_, Some(c)) => Some(c & ECX81_SVM != 0),
+            (Some(_), None) => Some(false),
+            (None, None) => None,
+        }
+    }
+
+    /// XSAVE is advertised (CPUID.01H:ECX\[26\]).
+    pub fn xsave(&self) -> Option<bool> {
+        Self::bit(self.ecx1, ECX1_XSAVE)
+    }
+
+    /// XSAVES and IA32_XSS are advertised (CPUID.(EAX=0DH,ECX=1):EAX\[3\]).
+    pub fn xsaves(&self) -> Option<bool> {
+        match (self.xsave(), self.eax_d1) {
+            (Some(false), _) => Some(false),
+            (_, Some(a)) => Some(a & EAX_D1_XSAVES != 0),
+            (Some(true), None) => Some(false),
+            (None, None) => None,
+        }
+    }
+
+    /// An on-chip APIC is advertised (CPUID.01H:EDX\[9\]).
+    pub fn apic(&self) -> Option<bool> {
+        Self::bit(self.edx1, EDX1_APIC)
+    }
+
+    /// MTRRs are advertised (CPUID.01H:EDX\[12\]).
+    pub fn mtrr(&self) -> Option<bool> {
+        Self::bit(self.edx1, EDX1_MTRR)
+    }
+
+    /// PAT is advertised (CPUID.01H:EDX\[16\]).
+    pub fn pat(&self) -> Option<bool> {
+        Self::bit(self.edx1, EDX1_PAT)
+    }
+
+    /// SGX launch control is advertised (CPUID.(EAX=07H,ECX=0):ECX\[30\]).
+    pub fn sgx_launch_control(&self) -> bool {
+        self.ecx7.is_some_and(|c| c & ECX7_SGX_LC != 0)
+    }
+
+    /// Number of general-purpose performance counters (CPUID.0AH:EAX\[15:8\]); 0 where the
+    /// leaf is absent.
+    pub fn gp_counters(&self) -> u8 {
+        self.eax_a.map_or(0, |a| ((a >> 8) & 0xff) as u8)
+    }
+
+    /// Number of LVT entries: the APIC version register's Max LVT Entry (bits 23:16) plus one
+    /// (SDM Vol. 3A, §11.4.8 "Local APIC Version Register", Figure 11-7).
+    pub fn lvt_entries(&self) -> Option<u32> {
+        self.apic_version.map(|v| ((v >> 16) & 0xff) + 1)
+    }
+
+    /// One line for the report: what the log says the VMM advertises.
+    pub fn describe(&self) -> String {
+        let yn = |b: Option<bool>| match b {
+            Some(true) => "yes",
+            Some(false) => "no",
+            None => "?",
+        };
+        if self.max_leaf.is_none() {
+            return "no CPUID records (format 1 log): every field taken as applicable".into();
+        }
+        format!(
+            "vendor {:?}, signature {}, VMX {}, SVM {}, XSAVE {}, PAT {}, MTRR {}, APIC {}{}",
+            self.vendor_id.as_deref().unwrap_or("?"),
+            self.signature
+                .map_or_else(|| "?".to_string(), |s| format!("{s:#x}")),
+            yn(self.vmx()),
+            yn(self.svm()),
+            yn(self.xsave()),
+            yn(self.pat()),
+            yn(self.mtrr()),
+            yn(self.apic()),
+            self.lvt_entries()
+                .map_or_else(String::new, |n| format!(" ({n} LVT entries)")),
+        )
+    }
+}
+
+/// Why `field` does not apply to the vCPU the log describes, or `None` when it does.
+///
+/// `mtrr_cap` is IA32_MTRRCAP as the first run read it (its VCNT and FIX say which MTRRs
+/// exist). Fields a real-mode probe outside SMM can never see are not applicable in any log:
+/// IA32_SMBASE (9EH) can be read only in SMM (Intel SDM Vol. 4, Table 2-2, IA32_SMBASE:
+/// "accessible only while in SMM"), so a value read outside SMM says nothing about SMBASE.
+pub fn not_applicable(adv: &Advertised, mtrr_cap: Option<u64>, field: Field) -> Option<String> {
+    let absent = |what: &str, bit: &str| {
+        Some(format!(
+            "the VMM does not advertise {what} ({bit} = 0): the vCPU has no such register"
+        ))
+    };
+    match field {
+        Field::Msr(Msr::Smbase) => Some(
+            "IA32_SMBASE can be read only in SMM (Intel SDM Vol. 4, Table 2-2): a probe outside SMM cannot observe it"
+                .into(),
+        ),
+        Field::VmxCap(_) if adv.vmx() == Some(false) => {
+            absent("VMX", "CPUID.01H:ECX[5]")
+        }
+        Field::Msr(Msr::VmHsavePa) if adv.svm() == Some(false) => {
+            absent("SVM", "CPUID.80000001H:ECX[2]")
+        }
+        Field::Msr(Msr::Pat) if adv.pat() == Some(false) => absent("PAT", "CPUID.01H:EDX[16]"),
+        Field::Msr(Msr::MtrrCap | Msr::MtrrDefType)
+        | Field::MtrrFixed(_)
+        | Field::MtrrPhysBase(_)
+        | Field::MtrrPhysMask(_)
+            if adv.mtrr() == Some(false) =>
+        {
+            absent("MTRRs", "CPUID.01H:EDX[12]")
+        }
+        Field::MtrrFixed(_) if mtrr_cap.is_some_and(|c| c & MTRRCAP_FIX == 0) => Some(
+            "IA32_MTRRCAP.FIX (bit 8) = 0: the vCPU has no fixed-range MTRRs (SDM Vol. 3A, §12.11.2.1)"
+                .into(),
+        ),
+        Field::MtrrPhysBase(i) | Field::MtrrPhysMask(i)
+            if mtrr_cap.is_some_and(|c| u64::from(i) >= c & 0xff) =>
+        {
+            Some(format!(
+                "IA32_MTRRCAP.VCNT (bits 7:0) = {}: the vCPU has no variable-range MTRR {i} (SDM Vol. 3A, §12.11.2.1)",
+                mtrr_cap.unwrap_or(0) & 0xff
+            ))
+        }
+        Field::Xcr0 if adv.xsave() == Some(false) => absent("XSAVE", "CPUID.01H:ECX[26]"),
+        Field::Msr(Msr::Xss) if adv.xsaves() == Some(false) => {
+            absent("XSAVES", "CPUID.(EAX=0DH,ECX=1):EAX[3]")
+        }
+        Field::Lapic(_) | Field::LapicBitmap(..) if adv.apic() == Some(false) => {
+            absent("a local APIC", "CPUID.01H:EDX[9]")
+        }
+        Field::Lapic(reg) => {
+            // The 7th LVT entry is CMCI, the 6th thermal, the 5th performance monitoring
+            // (SDM Vol. 3A, §11.5.1 and Figure 11-8).
+            let needed = match reg {
+                LapicReg::LvtCmci => 7,
+                LapicReg::LvtThermal => 6,
+                LapicReg::LvtPerf => 5,
+                _ => return None,
+            };
+            let n = adv.lvt_entries()?;
+            (n < needed).then(|| {
+                format!(
+                    "the APIC version register says {n} LVT entries (Max LVT Entry = {}, bits 23:16): this LVT entry is the {needed}th and does not exist (SDM Vol. 3A, §11.4.8)",
+                    n - 1
+                )
+            })
+        }
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::probe::{self, Value};
+
+    fn run(records: &[(&str, &str)]) -> ProbeRun {
+        let recs: Vec<(String, Value)> = records
+            .iter()
+            .map(|(k, v)| ((*k).to_string(), Value::Hex((*v).to_string())))
+            .collect();
+        let log = probe::record::format_run("t", &recs);
+        probe::parse(log.as_bytes())
+            .expect("parses")
+            .pop()
+            .expect("one run")
+    }
+
+    /// QEMU's qemu64 under TCG as the probe saw it.
+    fn qemu64() -> ProbeRun {
+        run(&[
+            ("cpuid.0.0.eax", "0000000d"),
+            ("cpuid.0.0.ebx", "68747541"),
+            ("cpuid.0.0.ecx", "444d4163"),
+            ("cpuid.0.0.edx", "69746e65"),
+            ("cpuid.1.0.eax", "00060fb1"),
+            ("cpuid.1.0.ecx", "80002001"),
+            ("cpuid.1.0.edx", "078bfbfd"),
+            ("cpuid.80000000.0.eax", "8000000a"),
+            ("cpuid.80000001.0.ecx", "00000005"),
+            ("lapic.version", "00050014"),
+        ])
+    }
+
+    #[test]
+    fn reads_vendor_signature_and_features() {
+        let a = Advertised::from_run(&qemu64());
+        assert_eq!(a.vendor_id.as_deref(), Some("AuthenticAMD"));
+        assert_eq!(a.vendor, Some(Vendor::Amd));
+        assert_eq!(a.signature, Some(0x60fb1));
+        assert_eq!(a.vmx(), Some(false));
+        assert_eq!(a.svm(), Some(true));
+        assert_eq!(a.xsave(), Some(false));
+        assert_eq!(a.pat(), Some(true));
+        assert_eq!(a.mtrr(), Some(true));
+        assert_eq!(a.apic(), Some(true));
+        assert_eq!(a.lvt_entries(), Some(6));
+    }
+
+    #[test]
+    fn no_vmx_makes_the_vmx_msrs_not_applicable() {
+        let a = Advertised::from_run(&qemu64());
+        for i in 0..18 {
+            let why = not_applicable(&a, None, Field::VmxCap(i)).expect("n/a");
+            assert!(why.contains("CPUID.01H:ECX[5]"), "{why}");
+        }
+        let mut with_vmx = a.clone();
+        with_vmx.ecx1 = Some(0x20);
+        assert_eq!(not_applicable(&with_vmx, None, Field::VmxCap(0)), None);
+    }
+
+    #[test]
+    fn six_lvt_entries_make_cmci_not_applicable() {
+        let a = Advertised::from_run(&qemu64());
+        let why = not_applicable(&a, None, Field::Lapic(LapicReg::LvtCmci)).expect("n/a");
+        assert!(why.contains("6 LVT entries"), "{why}");
+        assert_eq!(
+            not_applicable(&a, None, Field::Lapic(LapicReg::LvtThermal)),
+            None
+        );
+        let mut seven = a.clone();
+        seven.apic_version = Some(0x0006_0015);
+        assert_eq!(
+            not_applicable(&seven, None, Field::Lapic(LapicReg::LvtCmci)),
+            None
+        );
+    }
+
+    #[test]
+    fn smbase_is_never_observable_outside_smm() {
+        let why =
+            not_applicable(&Advertised::default(), None, Field::Msr(Msr::Smbase)).expect("n/a");
+        assert!(why.contains("only in SMM"), "{why}");
+    }
+
+    #[test]
+    fn absent_features_and_mtrr_counts() {
+        let mut a = Advertised::from_run(&qemu64());
+        a.edx1 = Some(0); // no APIC, MTRR, PAT
+        a.ecx81 = Some(0); // no SVM
+        for f in [
+            Field::Msr(Msr::Pat),
+            Field::Msr(Msr::MtrrDefType),
+            Field::MtrrFixed(0),
+            Field::Lapic(LapicReg::Svr),
+            Field::Msr(Msr::VmHsavePa),
+            Field::Xcr0,
+        ] {
+            assert!(not_applicable(&a, None, f).is_some(), "{f:?}");
+        }
+        let b = Advertised::from_run(&qemu64());
+        // VCNT = 2, no fixed MTRRs.
+        assert!(not_applicable(&b, Some(0x2), Field::MtrrPhysBase(2)).is_some());
+        assert!(not_applicable(&b, Some(0x2), Field::MtrrFixed(0)).is_some());
+        assert_eq!(
+            not_applicable(&b, Some(0x508), Field::MtrrPhysMask(7)),
+            None
+        );
+        assert_eq!(not_applicable(&b, Some(0x508), Field::MtrrFixed(3)), None);
+    }
+
+    #[test]
+    fn a_log_without_cpuid_says_nothing() {
+        let a = Advertised::from_run(&run(&[("rax", "00000000")]));
+        assert_eq!(a, Advertised::default());
+        assert_eq!(not_applicable(&a, None, Field::VmxCap(0)), None);
+        assert_eq!(
+            not_applicable(&a, None, Field::Lapic(LapicReg::LvtCmci)),
+            None
+        );
+    }
+}
