@@ -13,6 +13,9 @@
 
 pub use vcpu_reset_spec as spec;
 
+mod adopt;
+pub use adopt::{ResetVcpuError, reset_vcpu, reset_vcpu_counted};
+
 pub mod backend;
 pub mod bench;
 pub mod cache;

@@ -33,6 +33,7 @@
 //! [`Backend::delivered`]: crate::backend::Backend::delivered
 //! [`Backend::run`]: crate::backend::Backend::run
 
+mod adopt;
 mod debugregs;
 mod error;
 mod events;
@@ -53,7 +54,7 @@ mod views;
 mod x87;
 mod xcrs;
 
-pub use error::KvmError;
+pub use error::{AdoptRefusal, KvmError, ReturnedFd};
 pub use host::{
     IDENTITY_MAP_ADDRESS, KVM_API_VERSION, KvmCaps, KvmHost, TSS_ADDRESS, kvm_for_tests,
 };
