@@ -3,26 +3,6 @@
 //! It adopts the VMM's vCPU ([`KvmVcpu::adopt_with_options`], without sync regs, since the
 //! vCPU goes straight back), writes the spec's power-on RESET state for the CPU model the
 //! vCPU's own CPUID presents ([`Vcpu::reset`]) and hands the fd back ([`KvmVcpu::into_fd`]).
-//!
-//! # Cost
-//!
-//! Measured on this project's machines (AMD EPYC, nested KVM, Linux 6.18; a VM with an
-//! in-kernel irqchip; the BSP after it ran and was dirtied), by the backend's counters
-//! ([`reset_vcpu_counted`]): **17 ioctls**, none of them KVM_RUN.
-//!
-//! - Adoption, 8 (`other`): KVM_CHECK_EXTENSION and KVM_SET_BOOT_CPU_ID (does the VM have
-//!   vCPUs?), KVM_GET_IRQCHIP, KVM_GET_LAPIC, KVM_GET_CPUID2, KVM_GET_MP_STATE,
-//!   KVM_GET_VCPU_EVENTS and one KVM_GET_MSRS (plus one per MSR the host lists but the vCPU
-//!   refuses: none here).
-//! - RESET, 9: one KVM_GET_MP_STATE (`loads`), so that an INIT or SIPI pending in the local
-//!   APIC is settled before the RESET rather than after it, then one store each of REGS, SREGS,
-//!   XSAVE, XCRS, DEBUGREGS, MSRS, LAPIC and VCPU_EVENTS (`stores`); KVM_SET_MP_STATE too for an
-//!   AP that was running, and KVM_SET_NESTED_STATE where the host has nested state.
-//!
-//! A VMM that keeps the [`KvmVcpu`] (and runs it through the
-//! [`Backend`](crate::backend::Backend) trait or a [`VcpuCache`]) pays only the RESET part, and
-//! with sync regs REGS, SREGS and EVENTS then ride the next KVM_RUN. `tests/adopt_kvm.rs`
-//! checks these counts.
 
 use kvm_ioctls::{VcpuFd, VmFd};
 
@@ -78,8 +58,27 @@ impl ResetVcpuError {
 /// RESET state (Intel SDM Vol. 3A Table 10-1, AMD APM Vol. 2 Table 14-1) for the CPU model its
 /// CPUID presents, and give the fd back ready for the VMM's next KVM_RUN.
 ///
-/// The VMM's CPUID, memory, irqchip and `kvm_run` settings are not changed. See the
-/// [module documentation](self) for the ioctls it takes.
+/// The VMM's CPUID, memory, irqchip and `kvm_run` settings are not changed.
+///
+/// # Cost
+///
+/// Measured on this project's machines (AMD EPYC, nested KVM, Linux 6.18; a VM with an
+/// in-kernel irqchip; the BSP after it ran and was dirtied), by the backend's counters
+/// ([`reset_vcpu_counted`]): **17 ioctls**, none of them KVM_RUN.
+///
+/// - Adoption, 8 (`other`): KVM_CHECK_EXTENSION and KVM_SET_BOOT_CPU_ID (does the VM have
+///   vCPUs?), KVM_GET_IRQCHIP, KVM_GET_LAPIC, KVM_GET_CPUID2, KVM_GET_MP_STATE,
+///   KVM_GET_VCPU_EVENTS and one KVM_GET_MSRS (plus one per MSR the host lists but the vCPU
+///   refuses: none here).
+/// - RESET, 9: one KVM_GET_MP_STATE (`loads`), so that an INIT or SIPI pending in the local
+///   APIC is settled before the RESET rather than after it, then one store each of REGS, SREGS,
+///   XSAVE, XCRS, DEBUGREGS, MSRS, LAPIC and VCPU_EVENTS (`stores`); KVM_SET_MP_STATE too for an
+///   AP that was running, and KVM_SET_NESTED_STATE where the host has nested state.
+///
+/// A VMM that keeps the [`KvmVcpu`] (and runs it through the
+/// [`Backend`](crate::backend::Backend) trait or a [`VcpuCache`]) pays only the RESET part, and
+/// with sync regs REGS, SREGS and EVENTS then ride the next KVM_RUN. `tests/adopt_kvm.rs`
+/// checks these counts.
 ///
 /// # Errors
 /// [`ResetVcpuError`]; [`ResetVcpuError::into_fd`] gives the fd back.

@@ -7,18 +7,6 @@
 //! holds (KVM_GET_CPUID2), the local APIC version and IA32_MTRRCAP from the vCPU itself. The
 //! hand-back applies every store still deferred to the next KVM_RUN with its ioctl and puts
 //! `kvm_run`'s `kvm_valid_regs` and `kvm_dirty_regs` back as the VMM had them.
-//!
-//! # What adoption checks
-//!
-//! - The id: KVM names each vCPU fd `anon_inode:kvm-vcpu:<id>`, which `/proc/self/fd` shows;
-//!   an id that differs is [`AdoptRefusal::IdMismatch`] (no ioctl).
-//! - The VM: KVM has no ioctl that names a vCPU's VM, so adoption checks what can be seen
-//!   without changing anything. A VM without any vCPU answers KVM_SET_BOOT_CPU_ID with an
-//!   invalid id with EINVAL, one with vCPUs with EBUSY (and nothing changes either way); a VM
-//!   with an in-kernel irqchip (KVM_GET_IRQCHIP answers) whose vCPUs all have a local APIC
-//!   cannot own a vCPU without one. Either is [`AdoptRefusal::OtherVm`]. A vCPU of another VM
-//!   of the same shape is not caught.
-//! - The CPUID: a vCPU whose CPUID was never set reports none, [`AdoptRefusal::NoCpuid`].
 
 use std::os::fd::AsRawFd;
 
@@ -48,7 +36,7 @@ impl KvmVcpu {
         KvmVcpu::adopt_with_options(host, vm, fd, id, KvmVcpuOptions::default())
     }
 
-    /// Take over vCPU `id` of `vm` (see the [module documentation](self) for what is checked).
+    /// Take over vCPU `id` of `vm`.
     ///
     /// Nothing the VMM configured changes: the CPUID is read back with KVM_GET_CPUID2 and the
     /// identity ([`KvmVcpu::vendor`], [`KvmVcpu::cpuid_signature`], the XSAVE layout, the
@@ -63,6 +51,18 @@ impl KvmVcpu {
     /// KVM_GET_CPUID2, with an irqchip KVM_GET_MP_STATE, KVM_GET_VCPU_EVENTS where the host has
     /// it, and one KVM_GET_MSRS plus one per MSR the host lists but the vCPU refuses (8 on
     /// this project's machines).
+    ///
+    /// # What adoption checks
+    ///
+    /// - The id: KVM names each vCPU fd `anon_inode:kvm-vcpu:<id>`, which `/proc/self/fd` shows;
+    ///   an id that differs is [`AdoptRefusal::IdMismatch`] (no ioctl).
+    /// - The VM: KVM has no ioctl that names a vCPU's VM, so adoption checks what can be seen
+    ///   without changing anything. A VM without any vCPU answers KVM_SET_BOOT_CPU_ID with an
+    ///   invalid id with EINVAL, one with vCPUs with EBUSY (and nothing changes either way); a VM
+    ///   with an in-kernel irqchip (KVM_GET_IRQCHIP answers) whose vCPUs all have a local APIC
+    ///   cannot own a vCPU without one. Either is [`AdoptRefusal::OtherVm`]. A vCPU of another VM
+    ///   of the same shape is not caught.
+    /// - The CPUID: a vCPU whose CPUID was never set reports none, [`AdoptRefusal::NoCpuid`].
     ///
     /// # Errors
     /// [`KvmError::Adopt`] with the reason ([`AdoptRefusal`]) and the fd, which
