@@ -36,8 +36,8 @@
 //!
 //! [`reset_vcpu`] reads the CPUID back (KVM_GET_CPUID2) and never changes it: the vendor picks
 //! Intel's or AMD's rules, CPUID.01H:EAX is what RDX holds after RESET, the XSAVE layout and
-//! the local APIC version follow. It costs 17 ioctls on this project's machines (listed at
-//! [`reset_vcpu`]). `examples/tiny_vmm.rs` is a whole VMM built this way
+//! the local APIC version follow. It costs 18 ioctls on this project's machines right after a
+//! guest exit, 17 otherwise (listed at [`reset_vcpu`]). `examples/tiny_vmm.rs` is a whole VMM built this way
 //! that reboots its guest in place on a triple fault and on 0xCF9.
 //!
 //! # Keeping the vCPU: RESET, INIT, SIPI, verify

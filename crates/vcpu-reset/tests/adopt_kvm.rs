@@ -30,6 +30,8 @@ const SIPI_CODE: [u8; 6] = [0xb0, 0xa5, 0xe6, 0x82, 0xeb, 0xfe];
 const MSR_IA32_SYSENTER_CS: u32 = 0x174;
 const MSR_IA32_PAT: u32 = 0x277;
 const MSR_IA32_MTRR_DEF_TYPE: u32 = 0x2ff;
+const MSR_IA32_MTRR_PHYSBASE0: u32 = 0x200;
+const MSR_IA32_MTRR_FIX64K_00000: u32 = 0x250;
 const CPUID_1_ECX_X2APIC: u32 = 1 << 21;
 
 /// A VMM's VM: its own `/dev/kvm` handle, memory and vCPUs. Fields drop in order.
@@ -114,19 +116,30 @@ fn map(vm: &VmFd, mem: &GuestMemoryMmap, slot: u32, base: u64, size: usize) {
 /// A VM made with kvm-ioctls alone: irqchip as asked, memory with code at the reset vector
 /// and the SIPI vector page, and `count` vCPUs with the VMM's CPUID (`signature`, no x2APIC).
 fn vmm_vm(irqchip: bool, count: u32, signature: u32) -> VmmVm {
+    vmm_vm_with(irqchip, count, signature, LOW_SIZE, &RESET_CODE)
+}
+
+/// [`vmm_vm`] with `low_size` bytes of low RAM and `reset_code` at the reset vector.
+fn vmm_vm_with(
+    irqchip: bool,
+    count: u32,
+    signature: u32,
+    low_size: usize,
+    reset_code: &[u8],
+) -> VmmVm {
     let kvm = Kvm::new().expect("open /dev/kvm");
     let vm = kvm.create_vm().expect("create VM");
     if irqchip {
         vm.create_irq_chip().expect("create irqchip");
     }
     let mem = GuestMemoryMmap::<()>::from_ranges(&[
-        (GuestAddress(0), LOW_SIZE),
+        (GuestAddress(0), low_size),
         (GuestAddress(HIGH_BASE), HIGH_SIZE),
     ])
     .expect("map guest memory");
-    map(&vm, &mem, 0, 0, LOW_SIZE);
+    map(&vm, &mem, 0, 0, low_size);
     map(&vm, &mem, 1, HIGH_BASE, HIGH_SIZE);
-    mem.write_slice(&RESET_CODE, GuestAddress(0xffff_fff0))
+    mem.write_slice(reset_code, GuestAddress(0xffff_fff0))
         .expect("write reset vector");
     mem.write_slice(&SIPI_CODE, GuestAddress(u64::from(SIPI_VECTOR) << 12))
         .expect("write SIPI code");
@@ -183,8 +196,8 @@ fn write_msrs(fd: &VcpuFd, entries: &[(u32, u64)]) {
 }
 
 /// Run the BSP at the reset vector through the VMM's own KVM_RUN, then dirty CR0, CR3, RIP,
-/// RDX, PAT, SYSENTER_CS, the MTRR default type, the x87 control word and the local APIC
-/// through the raw fd.
+/// RDX, RAX, PAT, SYSENTER_CS, the MTRRs (default type, a variable and a fixed range), the x87
+/// control word and the local APIC (TPR, SVR, LVT LINT0) through the raw fd.
 fn run_and_dirty(fd: &mut VcpuFd) {
     match fd.run().expect("KVM_RUN") {
         VcpuExit::IoOut(0x80, _) => {}
@@ -205,6 +218,8 @@ fn run_and_dirty(fd: &mut VcpuFd) {
             (MSR_IA32_PAT, 0x0606_0606_0606_0606),
             (MSR_IA32_SYSENTER_CS, 0x10),
             (MSR_IA32_MTRR_DEF_TYPE, 0xc06),
+            (MSR_IA32_MTRR_PHYSBASE0, 0x8000_0006),
+            (MSR_IA32_MTRR_FIX64K_00000, 0x0606_0606_0606_0606),
         ],
     );
     let mut fpu = fd.get_fpu().expect("KVM_GET_FPU");
@@ -281,6 +296,11 @@ fn an_adopted_bsp_is_reset_exactly_and_handed_back_clean() {
     assert!(found.is_empty(), "verify after RESET: {found:#?}");
 
     let kv = vcpu.into_cache().into_backend().expect("flush");
+    assert!(
+        kv.sync_regs(),
+        "this host has sync regs, so stores were deferred"
+    );
+    assert!(kv.stats().sync_stores > 0, "{:?}", kv.stats());
     let mut fd = kv.into_fd();
     let run = fd.get_kvm_run();
     assert_eq!(run.kvm_valid_regs, 0, "kvm_valid_regs as the VMM had it");
@@ -297,6 +317,8 @@ fn an_adopted_bsp_is_reset_exactly_and_handed_back_clean() {
     assert_eq!(read_msr(&fd, MSR_IA32_PAT), 0x0007_0406_0007_0406);
     assert_eq!(read_msr(&fd, MSR_IA32_SYSENTER_CS), 0);
     assert_eq!(read_msr(&fd, MSR_IA32_MTRR_DEF_TYPE), 0);
+    assert_eq!(read_msr(&fd, MSR_IA32_MTRR_PHYSBASE0), 0);
+    assert_eq!(read_msr(&fd, MSR_IA32_MTRR_FIX64K_00000), 0);
     assert_eq!(fd.get_fpu().expect("KVM_GET_FPU").fcw, 0x0040);
     let lapic = fd.get_lapic().expect("KVM_GET_LAPIC");
     let reg =
@@ -487,19 +509,30 @@ fn reset_vcpu_takes_one_call_and_a_counted_number_of_ioctls() {
     let mut vm = vmm_vm(true, 1, signature);
     let mut fd = vm.vcpus.remove(0);
     run_and_dirty(&mut fd);
-    let (mut fd, stats) = vcpu_reset::reset_vcpu_counted(&host, &vm.vm, fd, 0).expect("reset_vcpu");
-    println!("reset_vcpu ioctls: {stats:?} (total {})", stats.calls());
+    // Right after an exit (the OUT at the reset vector), as when a guest asks for a reboot.
+    let (fd, after_exit) =
+        vcpu_reset::reset_vcpu_counted(&host, &vm.vm, fd, 0).expect("reset_vcpu");
+    // Again, with nothing in between.
+    let (mut fd, again) = vcpu_reset::reset_vcpu_counted(&host, &vm.vm, fd, 0).expect("again");
+    println!(
+        "reset_vcpu ioctls after an exit: {after_exit:?} (total {}); with nothing pending: {again:?} (total {})",
+        after_exit.calls(),
+        again.calls()
+    );
     assert_eq!(fd.get_regs().expect("regs").rdx, u64::from(signature));
     assert_eq!(fd.get_sregs().expect("sregs").cr0, 0x6000_0010);
     assert_eq!(fd.get_kvm_run().kvm_valid_regs, 0);
-    // Adoption's reads, then RESET: one KVM_GET_MP_STATE and one store per class (REGS,
-    // SREGS, XSAVE, XCRS, DEBUGREGS, MSRS, LAPIC, VCPU_EVENTS, NESTED_STATE where held).
+    // Adoption: 7 reads and the MSR probe (one KVM_GET_MSRS, plus one per refused MSR); after
+    // an exit also one KVM_RUN with immediate_exit that completes it. RESET: one
+    // KVM_GET_MP_STATE and one store per class (REGS, SREGS, XSAVE, XCRS, DEBUGREGS, MSRS,
+    // LAPIC, VCPU_EVENTS, NESTED_STATE where held).
     let nested = u64::from(host.caps().nested_state > 0);
-    assert_eq!(stats.runs, 0);
-    assert_eq!(stats.loads, 1, "{stats:?}");
-    assert_eq!(stats.stores, 8 + nested, "{stats:?}");
-    // Adoption: 7 reads and the MSR probe (one KVM_GET_MSRS, plus one per refused MSR).
-    assert!((8..=10).contains(&stats.other), "adoption: {stats:?}");
+    for (stats, runs) in [(after_exit, 1), (again, 0)] {
+        assert_eq!(stats.runs, runs, "{stats:?}");
+        assert_eq!(stats.loads, 1, "{stats:?}");
+        assert_eq!(stats.stores, 8 + nested, "{stats:?}");
+        assert!((8..=10).contains(&stats.other), "adoption: {stats:?}");
+    }
     match fd.run().expect("KVM_RUN") {
         VcpuExit::IoOut(0x80, _) => {}
         other => panic!("after reset_vcpu the BSP runs the reset vector, got {other:?}"),
@@ -552,4 +585,42 @@ fn the_vmms_sync_regs_are_kept_and_its_pending_stores_applied_first() {
         (0xfff0, 0, u64::from(signature)),
         "the VMM's kvm_run copy shows the RESET state"
     );
+}
+
+/// At the reset vector: `mov ax, 0x9000; mov ds, ax; mov al, [0]` (0x90000 is not RAM here, so
+/// an MMIO read), then `out 0x80, al; jmp $`.
+const MMIO_CODE: [u8; 12] = [
+    0xb8, 0x00, 0x90, 0x8e, 0xd8, 0xa0, 0x00, 0x00, 0xe6, 0x80, 0xeb, 0xfe,
+];
+const MMIO_ADDRESS: u64 = 0x9_0000;
+
+/// KVM finishes an MMIO read (or emulated port I/O) at the start of the next KVM_RUN, by
+/// completing the instruction that exited: done after the RESET, that would write the
+/// instruction's result and next RIP over the RESET state. Adoption completes it first.
+#[test]
+fn a_vcpu_adopted_in_the_middle_of_an_mmio_read_is_reset_all_the_same() {
+    let Some((host, _, signature)) = host_and_vmm() else {
+        return;
+    };
+    let mut vm = vmm_vm_with(true, 1, signature, MMIO_ADDRESS as usize, &MMIO_CODE);
+    let mut fd = vm.vcpus.remove(0);
+    let run_to_mmio = |fd: &mut VcpuFd| match fd.run().expect("KVM_RUN") {
+        VcpuExit::MmioRead(addr, data) => {
+            assert_eq!(addr, MMIO_ADDRESS);
+            data.fill(0x42);
+        }
+        other => panic!("the BSP should read MMIO at {MMIO_ADDRESS:#x} first, got {other:?}"),
+    };
+    run_to_mmio(&mut fd);
+
+    // The VMM decides to reset while the read is still to be completed.
+    let mut fd = vcpu_reset::reset_vcpu(&host, &vm.vm, fd, 0).expect("reset_vcpu");
+    let regs = fd.get_regs().expect("KVM_GET_REGS");
+    assert_eq!((regs.rip, regs.rax), (0xfff0, 0));
+    // From the reset vector again: the same MMIO read, not the OUT after the old one.
+    run_to_mmio(&mut fd);
+    match fd.run().expect("KVM_RUN") {
+        VcpuExit::IoOut(0x80, data) => assert_eq!(data, [0x42]),
+        other => panic!("then the OUT, got {other:?}"),
+    }
 }

@@ -50,7 +50,9 @@ impl KvmVcpu {
     /// KVM_SET_BOOT_CPU_ID (does the VM have vCPUs?), KVM_GET_IRQCHIP, KVM_GET_LAPIC,
     /// KVM_GET_CPUID2, with an irqchip KVM_GET_MP_STATE, KVM_GET_VCPU_EVENTS where the host has
     /// it, and one KVM_GET_MSRS plus one per MSR the host lists but the vCPU refuses (8 on
-    /// this project's machines).
+    /// this project's machines); and, where the vCPU's last exit (an MMIO read, port I/O, an
+    /// MSR or hypercall exit) is still to be completed by KVM, one KVM_RUN with
+    /// `immediate_exit`, which completes it without entering the guest, counted in `runs`.
     ///
     /// # What adoption checks
     ///
@@ -196,6 +198,7 @@ fn examine(
     let irqchip = lapic.is_some();
 
     apply_vmm_pending(fd, stats)?;
+    complete_vmm_exit(fd, stats)?;
     let vmm_valid_regs = fd.get_kvm_run().kvm_valid_regs & u64::from(KVM_SYNC_X86_VALID_FIELDS);
 
     stats.other += 1;
@@ -255,6 +258,46 @@ fn apply_vmm_pending(fd: &mut VcpuFd, stats: &mut Stats) -> Result<(), AdoptRefu
     }
     fd.get_kvm_run().kvm_dirty_regs = 0;
     Ok(())
+}
+
+/// Exits whose operation KVM completes only when userspace re-enters KVM_RUN (the KVM API
+/// documentation, "kvm_run" exit reasons): an MMIO read's or port input's value written, the
+/// instruction finished, RIP advanced.
+const COMPLETED_BY_NEXT_RUN: [u32; 6] = [
+    kvm_bindings::KVM_EXIT_IO,
+    kvm_bindings::KVM_EXIT_MMIO,
+    kvm_bindings::KVM_EXIT_HYPERCALL,
+    kvm_bindings::KVM_EXIT_XEN,
+    kvm_bindings::KVM_EXIT_X86_RDMSR,
+    kvm_bindings::KVM_EXIT_X86_WRMSR,
+];
+
+/// Where the vCPU's last exit left an operation for the next KVM_RUN to complete, complete it
+/// now with a KVM_RUN that does not enter the guest (`immediate_exit`, as the KVM API
+/// documentation advises before saving or restoring state). Done later, the completion would
+/// finish the old instruction over the state vcpu-reset writes (an MMIO read would set RIP
+/// past it).
+fn complete_vmm_exit(fd: &mut VcpuFd, stats: &mut Stats) -> Result<(), AdoptRefusal> {
+    if !COMPLETED_BY_NEXT_RUN.contains(&fd.get_kvm_run().exit_reason) {
+        return Ok(());
+    }
+    let run = fd.get_kvm_run();
+    let immediate_exit = run.immediate_exit;
+    run.immediate_exit = 1;
+    stats.runs += 1;
+    let result = fd.run().map(|_| ()).err();
+    let run = fd.get_kvm_run();
+    run.immediate_exit = immediate_exit;
+    // KVM_RUN does not store what the guest never saw: the exit is completed.
+    run.exit_reason = kvm_bindings::KVM_EXIT_INTR;
+    match result {
+        Some(errno) if errno.errno() != libc::EINTR => Err(AdoptRefusal::Ioctl {
+            op: "KVM_RUN (immediate_exit)",
+            errno,
+            hint: "KVM could not complete the vCPU's last exit; answer it (e.g. the data of an IN or MMIO read) before adopting",
+        }),
+        _ => Ok(()),
+    }
 }
 
 /// The vCPU id KVM gave the fd's vCPU, from its name in `/proc/self/fd`
