@@ -13,10 +13,11 @@ use std::os::fd::AsRawFd;
 use kvm_bindings::{
     CpuId, KVM_CAP_SET_BOOT_CPU_ID, KVM_IRQCHIP_PIC_MASTER, KVM_MAX_CPUID_ENTRIES,
     KVM_SYNC_X86_EVENTS, KVM_SYNC_X86_REGS, KVM_SYNC_X86_SREGS, KVM_SYNC_X86_VALID_FIELDS,
-    kvm_irqchip,
+    kvm_irqchip, kvm_lapic_state,
 };
 use kvm_ioctls::{VcpuFd, VmFd};
 use libc::c_ulong;
+use vcpu_reset_spec::LapicReg;
 
 use super::error::{AdoptRefusal, ReturnedFd};
 use super::ioctls::KVM_SET_BOOT_CPU_ID;
@@ -57,7 +58,8 @@ impl KvmVcpu {
     /// # What adoption checks
     ///
     /// - The id: KVM names each vCPU fd `anon_inode:kvm-vcpu:<id>`, which `/proc/self/fd` shows;
-    ///   an id that differs is [`AdoptRefusal::IdMismatch`] (no ioctl).
+    ///   an id that differs is [`AdoptRefusal::IdMismatch`] (no ioctl). Without procfs, the
+    ///   xAPIC ID of the vCPU's local APIC (which KVM sets to the id) is compared instead.
     /// - The VM: KVM has no ioctl that names a vCPU's VM, so adoption checks what can be seen
     ///   without changing anything. A VM without any vCPU answers KVM_SET_BOOT_CPU_ID with an
     ///   invalid id with EINVAL, one with vCPUs with EBUSY (and nothing changes either way); a VM
@@ -160,7 +162,8 @@ fn examine(
     id: u64,
     stats: &mut Stats,
 ) -> Result<(Probed, u64), AdoptRefusal> {
-    if let Some(actual) = vcpu_id_of(fd)
+    let named = vcpu_id_of(fd);
+    if let Some(actual) = named
         && actual != id
     {
         return Err(AdoptRefusal::IdMismatch { given: id, actual });
@@ -196,6 +199,13 @@ fn examine(
     }
     // A VM with a split irqchip also has local APICs but no KVM_GET_IRQCHIP.
     let irqchip = lapic.is_some();
+    // Without procfs, the xAPIC ID KVM gave the local APIC (the vCPU id's low 8 bits, Intel
+    // SDM Vol. 3A §11.4.6) is the next best witness.
+    if named.is_none()
+        && let Some(actual) = lapic.as_ref().and_then(|l| xapic_id_mismatch(l, id))
+    {
+        return Err(AdoptRefusal::IdMismatch { given: id, actual });
+    }
 
     apply_vmm_pending(fd, stats)?;
     complete_vmm_exit(fd, stats)?;
@@ -300,6 +310,12 @@ fn complete_vmm_exit(fd: &mut VcpuFd, stats: &mut Stats) -> Result<(), AdoptRefu
     }
 }
 
+/// The xAPIC ID in `lapic` where it is not the low 8 bits of `id`.
+fn xapic_id_mismatch(lapic: &kvm_lapic_state, id: u64) -> Option<u64> {
+    let xapic_id = u64::from(super::lapic::read_reg(lapic, LapicReg::Id.offset()) >> 24);
+    (xapic_id != id & 0xff).then_some(xapic_id)
+}
+
 /// The vCPU id KVM gave the fd's vCPU, from its name in `/proc/self/fd`
 /// (`anon_inode:kvm-vcpu:<id>`), where procfs shows it.
 fn vcpu_id_of(fd: &VcpuFd) -> Option<u64> {
@@ -308,4 +324,18 @@ fn vcpu_id_of(fd: &VcpuFd) -> Option<u64> {
         .strip_prefix("anon_inode:kvm-vcpu:")?
         .parse()
         .ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_xapic_id_witnesses_the_vcpu_id() {
+        let mut lapic = kvm_lapic_state::default();
+        lapic.regs[0x23] = 5; // ID register (offset 0x20), bits 31:24
+        assert_eq!(xapic_id_mismatch(&lapic, 5), None);
+        assert_eq!(xapic_id_mismatch(&lapic, 0x105), None, "only 8 bits");
+        assert_eq!(xapic_id_mismatch(&lapic, 4), Some(5));
+    }
 }

@@ -8,6 +8,8 @@
 //!   `mp_state.rs`, `events.rs` and `nested.rs`.
 //! - With sync regs (`sync.rs`), REGS, SREGS and EVENTS come with every exit and stores of them
 //!   are deferred to the next KVM_RUN, without ioctls. `run.rs` runs the vCPU and maps exits.
+//! - [`KvmVcpu::adopt`] takes over a vCPU a VMM created (its CPUID read back, never changed);
+//!   [`KvmVcpu::into_fd`] hands it back with every deferred store applied (`adopt.rs`).
 //! - [`kvm_for_tests`] opens KVM for a test or says why the test is skipped.
 //!
 //! Every ioctl a vCPU makes is counted in its [`Stats`](crate::backend::Stats), creation and
