@@ -1,6 +1,86 @@
 //! # vcpu-reset
 //!
-//! Exact, architecturally correct RESET and INIT for x86 vCPUs.
+//! Exact, architecturally correct RESET and INIT for x86 vCPUs on KVM.
+//!
+//! KVM creates a vCPU in its power-on state but has no RESET ioctl, and its creation state is
+//! not quite the architectural one (RDX, the x87 unit, LVT LINT0 differ). A VMM that reboots a
+//! guest in place must write every piece of vCPU state back itself. vcpu-reset does that from
+//! a cited specification ([`spec`]: Intel SDM Vol. 3A Table 10-1, AMD APM Vol. 2 Table 14-1
+//! and the sections they point to), for the CPU model the vCPU's own CPUID presents.
+//!
+//! # Use in your VMM
+//!
+//! A VMM on kvm-ioctls keeps its VM, memory, vCPU fds, CPUID and run loop; vcpu-reset takes
+//! the vCPU fd for the length of one call and gives it back in the RESET state:
+//!
+//! ```no_run
+//! use kvm_bindings::KVM_MAX_CPUID_ENTRIES;
+//! use kvm_ioctls::Kvm;
+//! use vcpu_reset::backend::kvm::KvmHost;
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let kvm = Kvm::new()?; // the VMM's own VM and vCPU
+//! let vm = kvm.create_vm()?;
+//! vm.create_irq_chip()?;
+//! let mut vcpu = vm.create_vcpu(0)?;
+//! vcpu.set_cpuid2(&kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)?)?;
+//!
+//! let host = KvmHost::open()?;
+//! vcpu = vcpu_reset::reset_vcpu(&host, &vm, vcpu, 0)?; // power-on: the exact RESET state
+//! // ... the VMM's KVM_RUN loop; on 0x06 to port 0xCF9 or KVM_EXIT_SHUTDOWN:
+//! vcpu = vcpu_reset::reset_vcpu(&host, &vm, vcpu, 0)?;
+//! # drop(vcpu);
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! [`reset_vcpu`] reads the CPUID back (KVM_GET_CPUID2) and never changes it: the vendor picks
+//! Intel's or AMD's rules, CPUID.01H:EAX is what RDX holds after RESET, the XSAVE layout and
+//! the local APIC version follow. It costs 18 ioctls on this project's machines right after a
+//! guest exit, 17 otherwise (listed at [`reset_vcpu`]). `examples/tiny_vmm.rs` is a whole VMM built this way
+//! that reboots its guest in place on a triple fault and on 0xCF9.
+//!
+//! # Keeping the vCPU: RESET, INIT, SIPI, verify
+//!
+//! [`KvmVcpu::adopt`](backend::kvm::KvmVcpu::adopt) takes the vCPU over for longer; the rest
+//! of the chain is the one vcpu-reset uses for its own vCPUs. Here an AP the VMM created is
+//! sent INIT and a startup IPI, checked, and handed back to the VMM's own KVM_RUN:
+//!
+//! ```no_run
+//! use vcpu_reset::backend::kvm::{KvmHost, KvmVcpu};
+//! use vcpu_reset::cache::VcpuCache;
+//! use vcpu_reset::engine::{DeviationKind, Vcpu};
+//!
+//! # fn ap(host: &KvmHost, vm: &kvm_ioctls::VmFd, fd: kvm_ioctls::VcpuFd)
+//! #     -> Result<kvm_ioctls::VcpuFd, Box<dyn std::error::Error>> {
+//! let kv = KvmVcpu::adopt(host, vm, fd, 1)?; // vCPU 1 of `vm`, with its CPUID set
+//! let model = kv.cpu_model().ok_or("the CPUID is neither Intel's nor AMD's")?;
+//! let identity = kv.vcpu_identity(); // APIC ID 1, not the BSP
+//! let mut vcpu = Vcpu::new(VcpuCache::adopt(kv), model, identity);
+//! vcpu.init()?; // INIT: the AP waits for a SIPI
+//! vcpu.sipi(0x10)?; // starts at 1000:0000
+//! let deviations = vcpu.verify()?; // every field read back
+//! assert!(deviations.iter().all(|d| d.kind != DeviationKind::Mismatch));
+//! let fd = vcpu.into_cache().into_backend()?.into_fd(); // the VMM runs it next
+//! # Ok(fd)
+//! # }
+//! ```
+//!
+//! What to know:
+//!
+//! - The vCPU needs its CPUID set (KVM_SET_CPUID2) and a GenuineIntel or AuthenticAMD vendor;
+//!   adoption refuses a vCPU without CPUID, an id that is not the vCPU's and (where it can
+//!   tell) a vCPU of another VM, with an [`AdoptRefusal`](backend::kvm::AdoptRefusal) that
+//!   says what to do, and gives the fd back ([`KvmError::into_fd`](backend::kvm::KvmError::into_fd)).
+//! - Between adoption and hand-back vcpu-reset may use sync regs (`kvm_run.kvm_valid_regs`);
+//!   [`into_fd`](backend::kvm::KvmVcpu::into_fd) applies every deferred store with its ioctl and
+//!   puts `kvm_valid_regs` and `kvm_dirty_regs` back as the VMM had them.
+//! - Memory, the irqchip, devices and the run loop stay the VMM's; a reboot of the whole
+//!   machine also puts the VMM's devices back.
+//! - Fields a host's KVM cannot hold are reported by `verify()` as
+//!   [`DeviationKind::NotHeld`](engine::DeviationKind::NotHeld), not silently skipped.
+//!
+//! # The crate
 //!
 //! - [`spec`] (re-exported `vcpu-reset-spec`): the state after RESET and INIT, cited.
 //! - [`backend`]: KVM and a software VMX-style model, behind one trait.
@@ -10,8 +90,12 @@
 //! - [`probe`]: guest programs that record what the guest sees, and their record format.
 //! - [`check`]: the conformance selftest's scenarios, verdicts and reports.
 //! - [`bench`](mod@bench): exit-path and reboot benchmarks on KVM, paths side by side.
+//! - [`reset_vcpu`]: the one-call RESET for a VMM's own vCPU.
 
 pub use vcpu_reset_spec as spec;
+
+mod adopt;
+pub use adopt::{ResetVcpuError, reset_vcpu, reset_vcpu_counted};
 
 pub mod backend;
 pub mod bench;

@@ -33,6 +33,17 @@ pub enum KvmError {
         "/dev/kvm reports KVM API version {0}, not 12 — this is not a KVM this crate can drive"
     )]
     ApiVersion(i32),
+    /// [`KvmVcpu::adopt`](super::KvmVcpu::adopt) refused a vCPU. The vCPU's fd is inside:
+    /// [`KvmError::into_fd`] gives it back, so the VMM keeps its vCPU.
+    #[error("cannot adopt vCPU {id}: {refusal}")]
+    Adopt {
+        /// The vCPU id the caller gave.
+        id: u64,
+        /// Why.
+        refusal: AdoptRefusal,
+        /// The caller's vCPU fd, untouched apart from the reads adoption made.
+        fd: ReturnedFd,
+    },
     /// An ioctl on `/dev/kvm`, a VM or a new vCPU failed.
     #[error("{op} failed: {errno} — {hint}")]
     Ioctl {
@@ -45,7 +56,73 @@ pub enum KvmError {
     },
 }
 
+/// Why [`KvmVcpu::adopt`](super::KvmVcpu::adopt) refused a vCPU.
+#[derive(Debug, thiserror::Error)]
+pub enum AdoptRefusal {
+    /// The id given is not the one the vCPU was created with (KVM names each vCPU fd
+    /// `kvm-vcpu:<id>`).
+    #[error(
+        "the fd is vCPU {actual}, not {given} — pass the id the VMM gave KVM_CREATE_VCPU for this fd"
+    )]
+    IdMismatch {
+        /// The id the caller gave.
+        given: u64,
+        /// The id KVM created the vCPU with.
+        actual: u64,
+    },
+    /// The vCPU cannot belong to the VM given.
+    #[error(
+        "the vCPU does not belong to the VM given: {why} — pass the VmFd the vCPU was created from"
+    )]
+    OtherVm {
+        /// What showed it.
+        why: &'static str,
+    },
+    /// KVM_GET_CPUID2 returned no entries: the VMM never set the vCPU's CPUID.
+    #[error(
+        "the vCPU has no CPUID (KVM_GET_CPUID2 returned no entries) — set it with KVM_SET_CPUID2 (VcpuFd::set_cpuid2) before adopting; vcpu-reset takes the CPU model from it and never changes it"
+    )]
+    NoCpuid,
+    /// An ioctl adoption makes failed.
+    #[error("{op} failed: {errno} — {hint}")]
+    Ioctl {
+        /// The ioctl.
+        op: &'static str,
+        /// The error the kernel returned.
+        errno: errno::Error,
+        /// What to do about it.
+        hint: &'static str,
+    },
+}
+
+/// A vCPU fd carried back in an error, so that the caller does not lose its vCPU.
+pub struct ReturnedFd(pub kvm_ioctls::VcpuFd);
+
+impl std::fmt::Debug for ReturnedFd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use std::os::fd::AsRawFd;
+        write!(f, "VcpuFd({})", self.0.as_raw_fd())
+    }
+}
+
 impl KvmError {
+    /// The vCPU fd a refused [`KvmVcpu::adopt`](super::KvmVcpu::adopt) carries back (`None`
+    /// for every other error).
+    pub fn into_fd(self) -> Option<kvm_ioctls::VcpuFd> {
+        match self {
+            KvmError::Adopt { fd, .. } => Some(fd.0),
+            _ => None,
+        }
+    }
+
+    /// Why adoption was refused, for an [`KvmError::Adopt`].
+    pub fn refusal(&self) -> Option<&AdoptRefusal> {
+        match self {
+            KvmError::Adopt { refusal, .. } => Some(refusal),
+            _ => None,
+        }
+    }
+
     pub(super) fn ioctl(op: &'static str, errno: errno::Error, hint: &'static str) -> Self {
         KvmError::Ioctl { op, errno, hint }
     }

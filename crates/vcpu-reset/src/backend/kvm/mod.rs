@@ -8,6 +8,8 @@
 //!   `mp_state.rs`, `events.rs` and `nested.rs`.
 //! - With sync regs (`sync.rs`), REGS, SREGS and EVENTS come with every exit and stores of them
 //!   are deferred to the next KVM_RUN, without ioctls. `run.rs` runs the vCPU and maps exits.
+//! - [`KvmVcpu::adopt`] takes over a vCPU a VMM created (its CPUID read back, never changed);
+//!   [`KvmVcpu::into_fd`] hands it back with every deferred store applied (`adopt.rs`).
 //! - [`kvm_for_tests`] opens KVM for a test or says why the test is skipped.
 //!
 //! Every ioctl a vCPU makes is counted in its [`Stats`](crate::backend::Stats), creation and
@@ -33,6 +35,7 @@
 //! [`Backend::delivered`]: crate::backend::Backend::delivered
 //! [`Backend::run`]: crate::backend::Backend::run
 
+mod adopt;
 mod debugregs;
 mod error;
 mod events;
@@ -53,7 +56,7 @@ mod views;
 mod x87;
 mod xcrs;
 
-pub use error::KvmError;
+pub use error::{AdoptRefusal, KvmError, ReturnedFd};
 pub use host::{
     IDENTITY_MAP_ADDRESS, KVM_API_VERSION, KvmCaps, KvmHost, TSS_ADDRESS, kvm_for_tests,
 };

@@ -116,6 +116,8 @@ impl TscState {
 pub(super) struct MsrSet {
     held: Vec<(Field, u32)>,
     mtrr_cap: Option<u64>,
+    /// IA32_APIC_BASE as the probe read it (its BSP flag names the bootstrap processor).
+    apic_base: Option<u64>,
     vmx_capabilities: [Option<u64>; VMX_CAPABILITY_MSRS],
 }
 
@@ -172,6 +174,9 @@ impl MsrSet {
                 if entry.index == MSR_IA32_MTRRCAP {
                     set.mtrr_cap = Some(entry.data);
                 }
+                if entry.index == MSR_IA32_APIC_BASE {
+                    set.apic_base = Some(entry.data);
+                }
                 if let Field::VmxCap(i) = field.0
                     && let Some(slot) = set.vmx_capabilities.get_mut(usize::from(i))
                 {
@@ -197,6 +202,11 @@ impl MsrSet {
     /// IA32_MTRRCAP as the vCPU reported it at creation.
     pub(super) fn mtrr_cap(&self) -> Option<u64> {
         self.mtrr_cap
+    }
+
+    /// IA32_APIC_BASE as the vCPU reported it at creation or adoption.
+    pub(super) fn probed_apic_base(&self) -> Option<u64> {
+        self.apic_base
     }
 
     /// The VMX capability MSRs as the vCPU reported them at creation (0 for those not held).

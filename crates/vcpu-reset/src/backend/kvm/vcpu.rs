@@ -1,10 +1,10 @@
 //! [`KvmVcpu`]: one KVM vCPU, its identity, and the [`Backend`] implementation that dispatches
 //! to one mapping file per [`StateClass`].
 
-use kvm_bindings::{CpuId, kvm_vcpu_events};
+use kvm_bindings::{CpuId, kvm_lapic_state, kvm_vcpu_events};
 use kvm_ioctls::{VcpuFd, VmFd};
 use vcpu_reset_spec::{
-    CpuModel, EventFlag, Field, LapicReg, Msr, NestedReg, VcpuState, Vendor, X87,
+    CpuModel, EventFlag, Field, LapicReg, Msr, NestedReg, VcpuIdentity, VcpuState, Vendor, X87,
 };
 use vmm_sys_util::errno;
 
@@ -35,7 +35,113 @@ pub(super) struct Identity {
     pub(super) vendor_id: [u8; 12],
     pub(super) signature: u32,
     pub(super) gp_counters: u8,
+    /// The vCPU is the bootstrap processor.
+    pub(super) bsp: bool,
 }
+
+/// What a constructor learns from a vCPU whose CPUID is set, before the vCPU is assembled.
+pub(super) struct Probed {
+    pub(super) id: u64,
+    pub(super) irqchip: bool,
+    pub(super) identity: Identity,
+    pub(super) xsave: XsaveLayout,
+    pub(super) apic_version: Option<u32>,
+    pub(super) may_be_uninitialized: bool,
+    pub(super) events_shadow: bool,
+    pub(super) events: Option<kvm_vcpu_events>,
+    pub(super) msrs: MsrSet,
+    /// The ioctls the probe made.
+    pub(super) calls: u64,
+}
+
+impl Probed {
+    /// Read what the RESET/INIT tables and the state classes need from vCPU `id`, whose CPUID
+    /// is `cpuid` (what KVM_GET_CPUID2 reports, or what was just set). `lapic` is a
+    /// KVM_GET_LAPIC made after the CPUID was set, if the caller has one. Costs, counted in
+    /// `calls`: with an irqchip KVM_GET_LAPIC (unless given) and KVM_GET_MP_STATE,
+    /// KVM_GET_VCPU_EVENTS where the host has it, and the MSR probe (one KVM_GET_MSRS plus one
+    /// per MSR the vCPU refuses).
+    pub(super) fn read(
+        fd: &VcpuFd,
+        host: &KvmHost,
+        id: u64,
+        cpuid: &CpuId,
+        irqchip: bool,
+        lapic: Option<kvm_lapic_state>,
+    ) -> Result<Probed, KvmError> {
+        let caps = host.caps();
+        let mut calls = 0;
+        let xsave = XsaveLayout::from_cpuid(cpuid, caps.xsave2_size);
+
+        let mut apic_version = None;
+        let mut may_be_uninitialized = false;
+        if irqchip {
+            // The version register depends on the CPUID (e.g. directed EOI).
+            let lapic = match lapic {
+                Some(lapic) => lapic,
+                None => {
+                    calls += 1;
+                    fd.get_lapic().map_err(|e| {
+                        KvmError::ioctl("KVM_GET_LAPIC", e, "the vCPU's local APIC does not answer")
+                    })?
+                }
+            };
+            apic_version = Some(super::lapic::read_reg(&lapic, LapicReg::Version.offset()));
+
+            calls += 1;
+            let mp = fd.get_mp_state().map_err(|e| {
+                KvmError::ioctl(
+                    "KVM_GET_MP_STATE",
+                    e,
+                    "the vCPU does not report its MP state",
+                )
+            })?;
+            may_be_uninitialized = mp.mp_state == kvm_bindings::KVM_MP_STATE_UNINITIALIZED;
+        }
+
+        let mut events_shadow = caps.intr_shadow;
+        let mut events = None;
+        if caps.vcpu_events {
+            calls += 1;
+            let e = fd.get_vcpu_events().map_err(|e| {
+                KvmError::ioctl(
+                    "KVM_GET_VCPU_EVENTS",
+                    e,
+                    "the vCPU does not report its events",
+                )
+            })?;
+            events_shadow |= e.flags & kvm_bindings::KVM_VCPUEVENT_VALID_SHADOW != 0;
+            events = Some(e);
+        }
+
+        let (msrs, probes) = MsrSet::probe(fd, host.supported_msrs())?;
+        calls += probes;
+
+        let mut identity = identity(cpuid);
+        // KVM sets IA32_APIC_BASE.BSP on the vCPU KVM_SET_BOOT_CPU_ID named (vCPU 0 unless
+        // the VMM chose another) when it creates the local APIC (Intel SDM Vol. 3A §11.4.4,
+        // AMD APM Vol. 2 §16.3.1); without one the flag is not kept, and vCPU 0 is the BSP.
+        identity.bsp = match msrs.probed_apic_base() {
+            Some(base) if irqchip => base & APIC_BASE_BSP != 0,
+            _ => id == 0,
+        };
+        Ok(Probed {
+            id,
+            irqchip,
+            identity,
+            xsave,
+            apic_version,
+            may_be_uninitialized,
+            events_shadow,
+            events,
+            msrs,
+            calls,
+        })
+    }
+}
+
+/// IA32_APIC_BASE.BSP (bit 8).
+const APIC_BASE_BSP: u64 = 1 << 8;
 
 /// Copies of vCPU state kept to avoid ioctls, each valid until the guest can change it.
 #[derive(Default)]
@@ -81,6 +187,9 @@ pub struct KvmVcpu {
     pub(super) may_be_uninitialized: bool,
     /// Where the answer to the last exit's IN or MMIO read goes.
     pub(super) answer: Option<super::run::Answer>,
+    /// The `kvm_valid_regs` the VMM had set when the vCPU was adopted (0 for a vCPU created
+    /// here), which [`KvmVcpu::into_fd`] puts back.
+    pub(super) vmm_valid_regs: u64,
     pub(super) stats: Stats,
 }
 
@@ -136,7 +245,6 @@ impl KvmVcpu {
                 "vCPU ids must be unique and below KVM_CAP_MAX_VCPU_ID; create the irqchip before the vCPUs",
             )
         })?;
-        let caps = *host.caps();
 
         // Only a VM with an in-kernel irqchip has a local APIC to read.
         stats.other += 1;
@@ -152,85 +260,55 @@ impl KvmVcpu {
                 "KVM refused the host-supported CPUID; the host's KVM is inconsistent",
             )
         })?;
-        let identity = identity(&cpuid);
-        let xsave = XsaveLayout::from_cpuid(&cpuid, caps.xsave2_size);
+        let probed = Probed::read(&fd, host, id, &cpuid, irqchip, None)?;
+        stats.other += probed.calls;
+        Ok(KvmVcpu::assemble(fd, vm, host, options, probed, stats, 0))
+    }
 
-        let mut apic_version = None;
-        let mut may_be_uninitialized = false;
-        if irqchip {
-            // The version register depends on the CPUID just set (e.g. directed EOI).
-            stats.other += 1;
-            let lapic = fd.get_lapic().map_err(|e| {
-                KvmError::ioctl(
-                    "KVM_GET_LAPIC",
-                    e,
-                    "the new vCPU's local APIC does not answer",
-                )
-            })?;
-            apic_version = Some(super::lapic::read_reg(&lapic, LapicReg::Version.offset()));
-
-            stats.other += 1;
-            let mp = fd.get_mp_state().map_err(|e| {
-                KvmError::ioctl(
-                    "KVM_GET_MP_STATE",
-                    e,
-                    "the new vCPU does not report its MP state",
-                )
-            })?;
-            may_be_uninitialized = mp.mp_state == kvm_bindings::KVM_MP_STATE_UNINITIALIZED;
-        }
-
-        let mut events_shadow = caps.intr_shadow;
-        let mut events = None;
-        if caps.vcpu_events {
-            stats.other += 1;
-            let e = fd.get_vcpu_events().map_err(|e| {
-                KvmError::ioctl(
-                    "KVM_GET_VCPU_EVENTS",
-                    e,
-                    "the new vCPU does not report its events",
-                )
-            })?;
-            events_shadow |= e.flags & kvm_bindings::KVM_VCPUEVENT_VALID_SHADOW != 0;
-            events = Some(e);
-        }
-
-        let (msrs, probes) = MsrSet::probe(&fd, host.supported_msrs())?;
-        stats.other += probes;
-
-        let lapic_cmci = apic_version.is_some_and(|v| (v >> 16) & 0xff >= 6);
-
+    /// The vCPU from its parts, with sync regs enabled where `options` and the host allow.
+    /// `vmm_valid_regs` is the `kvm_valid_regs` [`KvmVcpu::into_fd`] restores.
+    pub(super) fn assemble(
+        fd: VcpuFd,
+        vm: &VmFd,
+        host: &KvmHost,
+        options: KvmVcpuOptions,
+        probed: Probed,
+        stats: Stats,
+        vmm_valid_regs: u64,
+    ) -> KvmVcpu {
+        let caps = *host.caps();
         let sync_bits = u64::from(kvm_bindings::KVM_SYNC_X86_VALID_FIELDS);
         let sync = options.sync_regs && u64::from(caps.sync_regs) & sync_bits == sync_bits;
         let mut vcpu = KvmVcpu {
             fd,
-            id,
+            id: probed.id,
             run_size: vm.run_size(),
             caps,
-            identity,
-            irqchip,
+            identity: probed.identity,
+            irqchip: probed.irqchip,
             supported: ClassSet::EMPTY,
-            xsave,
-            msrs,
+            xsave: probed.xsave,
+            msrs: probed.msrs,
             tsc: TscState::default(),
-            lapic_cmci,
-            apic_version,
-            events_shadow,
+            lapic_cmci: probed.apic_version.is_some_and(|v| (v >> 16) & 0xff >= 6),
+            apic_version: probed.apic_version,
+            events_shadow: probed.events_shadow,
             sync,
             mirror: ClassSet::EMPTY,
             shadow: Shadow {
-                events,
+                events: probed.events,
                 ..Shadow::default()
             },
-            may_be_uninitialized,
+            may_be_uninitialized: probed.may_be_uninitialized,
             answer: None,
+            vmm_valid_regs,
             stats,
         };
         vcpu.supported = vcpu.compute_supported();
         if sync {
             vcpu.enable_sync_regs();
         }
-        Ok(vcpu)
+        vcpu
     }
 
     fn compute_supported(&self) -> ClassSet {
@@ -258,6 +336,17 @@ impl KvmVcpu {
     /// The vCPU id given at creation (also its initial APIC ID).
     pub fn id(&self) -> u64 {
         self.id
+    }
+
+    /// The identity the RESET/INIT tables need: the APIC ID (KVM's initial APIC ID is the
+    /// vCPU id) and whether this is the bootstrap processor (IA32_APIC_BASE.BSP as KVM set it
+    /// at creation, where the VM has an in-kernel irqchip; else vCPU 0). Pass it to
+    /// [`crate::engine::Vcpu::new`] with [`KvmVcpu::cpu_model`].
+    pub fn vcpu_identity(&self) -> VcpuIdentity {
+        VcpuIdentity {
+            apic_id: u32::try_from(self.id).unwrap_or(u32::MAX),
+            bsp: self.identity.bsp,
+        }
     }
 
     /// Whether the VM has an in-kernel irqchip, so the local APIC and MP state are held.
@@ -409,6 +498,7 @@ fn identity(cpuid: &CpuId) -> Identity {
         vendor_id,
         signature: leaf(1).map_or(0, |e| e.eax),
         gp_counters: leaf(0xa).map_or(0, |e| e.eax.to_le_bytes()[1]),
+        bsp: false,
     }
 }
 
