@@ -34,6 +34,7 @@ use kvm_bindings::{
 };
 use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
 use vcpu_reset::backend::kvm::{KvmHost, KvmVcpu};
+use vcpu_reset::check::log::LogOptions;
 use vcpu_reset::check::{Report, Verdict};
 use vcpu_reset::probe::{self, ProbeOptions, RebootVia};
 use vcpu_reset::spec::CpuModel;
@@ -222,9 +223,11 @@ pub fn run(host: &KvmHost) -> Result<Outcome, Box<dyn Error>> {
 
 /// Judge both probe runs in the log against the RESET state of `model`.
 pub fn judge(outcome: &Outcome) -> Report {
-    let mut report = Report::default();
-    vcpu_reset::check::log::run(&mut report, &outcome.log, &outcome.model, true);
-    report
+    let opts = LogOptions {
+        vendor: Some(outcome.model.vendor),
+        signature: Some(outcome.model.signature),
+    };
+    vcpu_reset::check::log::judge_log(&outcome.log, &opts)
 }
 
 /// The judged fields that are not exact (anything but pass, spec-allows and host-limit; the

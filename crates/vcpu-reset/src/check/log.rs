@@ -214,22 +214,6 @@ pub fn judge(report: &mut Report, log: &[u8], opts: &LogOptions) {
     }
 }
 
-/// Judges with the vendor and signature of `model` (`signature_known`: whether its signature is
-/// the vCPU's) instead of the log's; the rest as [`judge`] does.
-#[deprecated(
-    note = "use `judge` with `LogOptions`, which reads the vendor and signature from the log"
-)]
-pub fn run(report: &mut Report, log: &[u8], model: &CpuModel, signature_known: bool) {
-    judge(
-        report,
-        log,
-        &LogOptions {
-            vendor: Some(model.vendor),
-            signature: signature_known.then_some(model.signature),
-        },
-    );
-}
-
 fn not_run(report: &mut Report, name: &str, error: String) {
     report.scenarios.push(ScenarioInfo {
         name: name.into(),
