@@ -6,11 +6,14 @@
 //! `kvm-init`) and what the guest itself sees.
 
 pub mod dirty;
+pub mod html;
 pub mod kvm;
 pub mod kvm_ipi;
 pub mod log;
+pub mod matrix;
 pub mod model;
 pub mod nested;
+pub mod peers;
 pub mod report;
 pub mod scenario;
 pub mod verdict;
