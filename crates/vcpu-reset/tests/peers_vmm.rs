@@ -138,8 +138,14 @@ fn assert_columns(c: &BTreeMap<(String, String), Cell>, peer: &str) {
 fn self_describing(peer: &Peer) -> bool {
     let opts = PeerOptions::default();
     let log = peers::capture(peer, RebootVia::Cf9Hard, &opts).expect("probe log");
-    let text = String::from_utf8_lossy(&log).to_ascii_lowercase();
-    let yes = text.contains("#vr1 cpuid");
+    let text = String::from_utf8_lossy(&log);
+    // A record line `#VR<version> cpuid.<leaf>.<subleaf>.<reg> <value>`.
+    let yes = text.lines().any(|l| {
+        l.starts_with("#VR")
+            && l.split_whitespace()
+                .nth(1)
+                .is_some_and(|k| k.starts_with("cpuid."))
+    });
     if !yes {
         eprintln!("note: the probe records no CPUID yet; the false-finding checks wait for it");
     }

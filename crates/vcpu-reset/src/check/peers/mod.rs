@@ -255,10 +255,7 @@ pub fn capture(peer: &Peer, via: RebootVia, opts: &PeerOptions) -> Result<Vec<u8
         opts.timeout,
     )?;
     let log = std::fs::read(&launch.log).unwrap_or_default();
-    let runs = log
-        .windows(b"#VR1 end".len())
-        .filter(|w| *w == b"#VR1 end")
-        .count();
+    let runs = process::ended_runs(&log);
     if runs < expected {
         if let Peer::Bochs = peer {
             bochs::missing_display(&finished.output)?;
@@ -310,6 +307,11 @@ pub fn judge(report: &mut Report, peer: &Peer, log: &[u8], with_power_on: bool) 
         if keep(&r.scenario) {
             r.scenario = format!("{}:{}", peer.name(), r.scenario);
             report.results.push(r);
+        }
+    }
+    for (k, v) in one.host {
+        if k != "backend" {
+            report.host.insert(format!("vmm.{}.{k}", peer.name()), v);
         }
     }
     for mut s in one.scenarios {

@@ -55,15 +55,21 @@ impl Drop for Group {
     }
 }
 
-/// Counts the probe runs the log at `path` holds (`#VR1 end` lines).
-fn ended_runs(path: &Path) -> usize {
-    std::fs::read(path)
-        .map(|b| {
-            b.windows(b"#VR1 end".len())
-                .filter(|w| *w == b"#VR1 end")
-                .count()
+/// Counts the probe runs `log` holds: its `#VR<version> end` lines (any record format version).
+pub fn ended_runs(log: &[u8]) -> usize {
+    log.split(|&b| b == b'\n')
+        .filter(|line| {
+            let Some(rest) = line.strip_prefix(b"#VR") else {
+                return false;
+            };
+            let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+            digits > 0 && rest[digits..].starts_with(b" end")
         })
-        .unwrap_or(0)
+        .count()
+}
+
+fn ended_runs_in(path: &Path) -> usize {
+    std::fs::read(path).map(|b| ended_runs(&b)).unwrap_or(0)
 }
 
 /// Runs `cmd` with stdout/stderr in `dir`, until it exits, `log` holds `runs` probe runs, or
@@ -112,7 +118,7 @@ pub fn run_bounded(
                 break None;
             }
             Some(_) => {}
-            None if ended_runs(log) >= runs => complete_at = Some(now),
+            None if ended_runs_in(log) >= runs => complete_at = Some(now),
             None => {}
         }
         if now.duration_since(start) >= timeout {
@@ -120,7 +126,7 @@ pub fn run_bounded(
             return Err(PeerError::Timeout {
                 peer: peer.to_string(),
                 seconds: timeout.as_secs_f64(),
-                runs: ended_runs(log),
+                runs: ended_runs_in(log),
                 expected: runs,
             });
         }
@@ -186,4 +192,20 @@ impl Drop for TempDir {
 pub fn tail(text: &str, n: usize) -> String {
     let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
     lines[lines.len().saturating_sub(n)..].join(" | ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ended_runs_counts_end_lines_of_any_format_version() {
+        let log = b"noise\n#VR1 begin a\n#VR1 end 0001 00ff\r\nBochs #VR1 end\n#VR2 end 0003 0102\n#VRx end\n#VR end\n";
+        assert_eq!(ended_runs(log), 2);
+    }
+
+    #[test]
+    fn tail_keeps_the_last_non_empty_lines() {
+        assert_eq!(tail("a\n\nb\nc\n \n", 2), "b | c");
+    }
 }
