@@ -26,23 +26,19 @@ pub fn escape(s: &str) -> String {
     out
 }
 
-fn class_of(v: Verdict) -> &'static str {
-    match v {
-        Verdict::Pass => "v-pass",
-        Verdict::SpecAllows => "v-spec-allows",
-        Verdict::HostLimit => "v-host-limit",
-        Verdict::Finding => "v-finding",
-        Verdict::Fail => "v-fail",
-    }
+fn class_of(v: Verdict) -> String {
+    format!("v-{}", v.name())
 }
 
+/// The symbol the table rendering uses for `v`.
 fn symbol(v: Verdict) -> &'static str {
-    match v {
-        Verdict::Pass => ".",
-        Verdict::SpecAllows => "~",
-        Verdict::HostLimit => "-",
-        Verdict::Finding => "F",
-        Verdict::Fail => "X",
+    match v.name() {
+        "pass" => ".",
+        "spec-allows" => "~",
+        "host-limit" => "-",
+        "finding" => "F",
+        "fail" => "X",
+        _ => "/",
     }
 }
 
@@ -68,6 +64,7 @@ td.first{border-left:3px solid #57606a!important}
 .v-pass{background:#c7ecd0;color:#1a7f37}
 .v-spec-allows{background:#dbeafe;color:#0b4a9c}
 .v-host-limit{background:#eceef1;color:#6e7781}
+.v-not-applicable{background:#f6f8fa;color:#8c959f}
 .v-finding{background:#ffd8a8;color:#8a4500;font-weight:700}
 .v-fail{background:#ff9b9b;color:#82071e;font-weight:700}
 .none{background:#fff}
@@ -114,7 +111,7 @@ pub fn render(report: &Report) -> String {
     );
     o.push_str(
         "<p class=\"legend\"><span class=\"v-pass\">. pass</span><span class=\"v-spec-allows\">~ spec-allows</span>\
-         <span class=\"v-host-limit\">- host-limit (not observable)</span><span class=\"v-finding\">F finding (the VMM deviates)</span>\
+         <span class=\"v-host-limit\">- host-limit (not observable)</span><span class=\"v-not-applicable\">/ not applicable (the VMM does not offer the feature)</span><span class=\"v-finding\">F finding (the VMM deviates)</span>\
          <span class=\"v-fail\">X fail (vcpu-reset deviates)</span> Hover a cell for expected, actual and the citation.</p>\n",
     );
     // Header: one row of VMMs, one of their columns.

@@ -79,16 +79,6 @@ fn split(r: &FieldResult, local: &str) -> (String, String) {
     }
 }
 
-fn count(s: &mut Summary, v: Verdict) {
-    match v {
-        Verdict::Pass => s.pass += 1,
-        Verdict::SpecAllows => s.spec_allows += 1,
-        Verdict::HostLimit => s.host_limit += 1,
-        Verdict::Finding => s.finding += 1,
-        Verdict::Fail => s.fail += 1,
-    }
-}
-
 impl Matrix {
     /// The matrix of `report`.
     pub fn new(report: &Report) -> Matrix {
@@ -98,6 +88,7 @@ impl Matrix {
         let mut rows: Vec<Row> = Vec::new();
         let mut row_index: BTreeMap<String, usize> = BTreeMap::new();
         let mut cells: Vec<(usize, usize, Cell)> = Vec::new();
+        let mut per_column: Vec<Vec<FieldResult>> = Vec::new();
         for r in &report.results {
             let id = r.column();
             let c = *col_index.entry(id.clone()).or_insert_with(|| {
@@ -115,7 +106,8 @@ impl Matrix {
                 });
                 columns.len() - 1
             });
-            count(&mut columns[c].summary, r.verdict);
+            per_column.resize_with(columns.len(), Vec::new);
+            per_column[c].push(r.clone());
             let row = *row_index.entry(r.field.clone()).or_insert_with(|| {
                 rows.push(Row {
                     class: r.class.clone(),
@@ -135,6 +127,13 @@ impl Matrix {
                     citation: r.citation.clone(),
                 },
             ));
+        }
+        for (column, results) in columns.iter_mut().zip(per_column) {
+            column.summary = Report {
+                results,
+                ..Report::default()
+            }
+            .summary();
         }
         for row in &mut rows {
             row.cells = vec![None; columns.len()];
