@@ -65,13 +65,13 @@ impl Peer {
         }
     }
 
-    /// The vendor the peer's default CPU model presents: QEMU's `qemu64` is AuthenticAMD under
-    /// TCG and takes the host's vendor under KVM; Bochs' default model is GenuineIntel. A
-    /// command's VMM is assumed to present the host's vendor.
+    /// The vendor the peer's default CPU model presents, for logs that do not say (format 1):
+    /// QEMU's `qemu64` is AuthenticAMD under TCG and takes the host's vendor under KVM; Debian's
+    /// Bochs 2.7 reports AuthenticAMD (signature 0x633, measured). A command's VMM is assumed
+    /// to present the host's vendor.
     pub fn vendor(&self) -> Vendor {
         match self {
-            Peer::QemuTcg => Vendor::Amd,
-            Peer::Bochs => Vendor::Intel,
+            Peer::QemuTcg | Peer::Bochs => Vendor::Amd,
             Peer::QemuKvm | Peer::Command { .. } => host_vendor(),
         }
     }
