@@ -1,9 +1,11 @@
 //! Bochs (Debian's `bochs` 2.7) with a generated bochsrc and the probe image as its ROM BIOS.
 //!
-//! - `romimage: file=IMAGE, address=A` with `A = 4 GiB − size`: Bochs maps the system ROM so
-//!   that it ends at 0xFFFFFFFF (the reset vector is its last 16 bytes) and aliases its last
-//!   64 KiB at 0xF0000, which the probe's far references use. The probe image is 64 KiB, so
-//!   `A = 0xFFFF0000`.
+//! - `romimage: file=IMAGE, address=A` with `A = 4 GiB − size`, so the image ends at
+//!   0xFFFFFFFF (the reset vector is its last 16 bytes); its last 64 KiB also appear at 0xF0000,
+//!   which the probe's far references use. The probe image is 64 KiB: `A = 0xFFFF0000`.
+//!   Measured with Bochs 2.7: images of 64 KiB, 66 048 bytes (not a multiple of 4 KiB), 68 KiB,
+//!   96 KiB, 128 KiB, 512 KiB, 1 MiB and 2 MiB all boot, with or without `address=` (Bochs
+//!   computes the same address); 4 MiB is refused ("ROM image too large") and Bochs crashes.
 //! - `port_e9_hack: enabled=1`: Bochs writes every byte sent to port 0xE9 to its stdout, which
 //!   is the log file (the records are found among Bochs' own lines).
 //! - `display_library: term`: Debian's Bochs has no `nogui` library; `term` (package
@@ -47,8 +49,17 @@ pub fn bochsrc(image: &Path, size: usize, bochs_log: &Path) -> String {
     )
 }
 
+/// The largest ROM image Bochs 2.7 was seen to boot.
+pub const MAX_ROM: usize = 2 << 20;
+
 /// Bochs on `image` (of `size` bytes); the bochsrc, the debugger script and the logs in `dir`.
 pub fn launch(dir: &Path, image: &Path, size: usize) -> Result<Launch, PeerError> {
+    if size == 0 || size > MAX_ROM {
+        return Err(PeerError::Image {
+            peer: "bochs".into(),
+            why: format!("a ROM image of {size} bytes; Bochs 2.7 boots 1 byte to 2 MiB"),
+        });
+    }
     let rc = dir.join("bochsrc");
     let script = dir.join("debugger.rc");
     let write = |path: &Path, text: &str| {

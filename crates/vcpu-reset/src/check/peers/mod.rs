@@ -158,6 +158,14 @@ pub enum PeerError {
         /// The end of the peer's own output.
         output: String,
     },
+    /// The peer cannot boot this image.
+    #[error("{peer}: cannot boot {why}")]
+    Image {
+        /// Peer name.
+        peer: String,
+        /// What is wrong.
+        why: String,
+    },
     /// An unusable `--vmm-cmd` template.
     #[error("--vmm-cmd {template:?}: {why}")]
     Template {
@@ -173,7 +181,10 @@ impl PeerError {
     pub fn is_missing(&self) -> bool {
         matches!(
             self,
-            PeerError::Missing { .. } | PeerError::Template { .. } | PeerError::Probe(_)
+            PeerError::Missing { .. }
+                | PeerError::Template { .. }
+                | PeerError::Probe(_)
+                | PeerError::Image { .. }
         )
     }
 }
@@ -347,4 +358,69 @@ pub fn run(report: &mut Report, peers: &[Peer], opts: &PeerOptions) -> Result<()
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bochsrc_places_the_image_to_end_at_4_gib() {
+        let rc = bochs::bochsrc(
+            Path::new("/x/probe.rom"),
+            64 << 10,
+            Path::new("/x/bochs.log"),
+        );
+        assert!(
+            rc.contains("romimage: file=\"/x/probe.rom\", address=0xffff0000\n"),
+            "{rc}"
+        );
+        assert!(rc.contains("port_e9_hack: enabled=1\n"));
+        assert!(rc.contains("display_library: term\n"));
+        assert!(rc.contains("panic: action=fatal\n"));
+    }
+
+    #[test]
+    fn bochs_refuses_images_it_cannot_boot() {
+        let e = bochs::launch(Path::new("/nonexistent"), Path::new("/x"), 4 << 20)
+            .err()
+            .expect("an error");
+        assert!(e.is_missing(), "{e}");
+        assert!(e.to_string().contains("2 MiB"), "{e}");
+    }
+
+    #[test]
+    fn vmm_cmd_quotes_the_paths_it_substitutes() {
+        let l = cmd::launch(
+            "vmm --fw {image} --log {log}",
+            Path::new("/t/it's"),
+            Path::new("/t/it's/probe.rom"),
+        )
+        .expect("a command");
+        let args: Vec<String> = l
+            .command
+            .get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(
+            args,
+            [
+                "-c",
+                "vmm --fw '/t/it'\\''s/probe.rom' --log '/t/it'\\''s/vmm.log'"
+            ]
+        );
+    }
+
+    #[test]
+    fn missing_programs_name_their_debian_package() {
+        assert_eq!(
+            Peer::QemuKvm.program(),
+            Some(("qemu-system-x86_64", "qemu-system-x86"))
+        );
+        assert_eq!(Peer::Bochs.program(), Some(("bochs", "bochs")));
+        let e = bochs::missing_display("bochsrc:3: display library 'term' not available")
+            .err()
+            .expect("missing");
+        assert!(e.to_string().contains("apt-get install bochs-term"), "{e}");
+    }
 }
