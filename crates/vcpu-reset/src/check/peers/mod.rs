@@ -419,8 +419,7 @@ mod tests {
         );
         assert_eq!(Peer::Bochs.program(), Some(("bochs", "bochs")));
         let e = bochs::missing_display("bochsrc:3: display library 'term' not available")
-            .err()
-            .expect("missing");
+            .expect_err("missing");
         assert!(e.to_string().contains("apt-get install bochs-term"), "{e}");
     }
 }
