@@ -432,3 +432,48 @@ fn a_vmm_cmd_script_running_qemu_is_judged_like_qemu() {
     );
     assert_eq!(cell(&c, "vmm-cmd:reboot-cf9-hard", "cr0").verdict, "pass");
 }
+
+/// A VMM that powers off where the probe reboots (QEMU with `-no-reboot`) leaves one run per
+/// log: every mechanism is reported as not run, with the VMM's exit status, not judged.
+#[test]
+fn a_vmm_that_stops_at_the_reboot_is_reported_not_judged() {
+    if !installed("qemu-system-x86_64", "VCPU_RESET_REQUIRE_QEMU") {
+        return;
+    }
+    let template = "qemu-system-x86_64 -accel tcg -no-reboot -display none -monitor none \
+                    -serial none -bios {image} -debugcon file:{log} \
+                    -global isa-debugcon.iobase=0xe9";
+    let out = check(&["--vmm-cmd", template, "--format", "json"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "local scenarios decide the status"
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let errors: Vec<&str> = v["scenarios"]
+        .as_array()
+        .expect("scenarios")
+        .iter()
+        .filter(|s| {
+            s["name"]
+                .as_str()
+                .is_some_and(|n| n.starts_with("vmm-cmd:"))
+        })
+        .filter_map(|s| s["error"].as_str())
+        .collect();
+    assert_eq!(errors.len(), 4, "{errors:?}");
+    for e in &errors {
+        assert!(e.contains("with 1 of 2 probe runs in its log"), "{e}");
+    }
+    let judged = v["results"]
+        .as_array()
+        .expect("results")
+        .iter()
+        .filter(|r| {
+            r["scenario"]
+                .as_str()
+                .is_some_and(|s| s.starts_with("vmm-cmd:"))
+        })
+        .count();
+    assert_eq!(judged, 0);
+}
