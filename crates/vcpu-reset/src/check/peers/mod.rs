@@ -109,6 +109,14 @@ pub enum PeerError {
         /// The Debian package that provides it.
         package: String,
     },
+    /// `qemu-kvm` without a usable `/dev/kvm`.
+    #[error(
+        "qemu-kvm: /dev/kvm cannot be opened ({source}) — QEMU's KVM accelerator needs it (load the kvm module, join group kvm), or use --vmm qemu-tcg"
+    )]
+    NoKvm {
+        /// Why it cannot be opened.
+        source: std::io::Error,
+    },
     /// The probe image could not be built.
     #[error("building the probe image failed: {0}")]
     Probe(#[from] ProbeError),
@@ -182,6 +190,7 @@ impl PeerError {
         matches!(
             self,
             PeerError::Missing { .. }
+                | PeerError::NoKvm { .. }
                 | PeerError::Template { .. }
                 | PeerError::Probe(_)
                 | PeerError::Image { .. }
@@ -230,7 +239,8 @@ pub fn probe_image(via: Option<RebootVia>) -> Result<Vec<u8>, ProbeError> {
     probe::firmware_image(&opts)
 }
 
-/// Fails with [`PeerError::Missing`] when a peer's program is not on `PATH`.
+/// Fails with [`PeerError::Missing`] when a peer's program is not on `PATH`, with
+/// [`PeerError::NoKvm`] for `qemu-kvm` when `/dev/kvm` does not open.
 pub fn check_installed(peers: &[Peer]) -> Result<(), PeerError> {
     for p in peers {
         if let Some((program, package)) = p.program()
@@ -241,6 +251,16 @@ pub fn check_installed(peers: &[Peer]) -> Result<(), PeerError> {
                 program: program.to_string(),
                 package: package.to_string(),
             });
+        }
+    }
+    for p in peers {
+        if *p == Peer::QemuKvm
+            && let Err(source) = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open("/dev/kvm")
+        {
+            return Err(PeerError::NoKvm { source });
         }
     }
     Ok(())
