@@ -77,6 +77,20 @@ enum Command {
         /// the log's CPUID leaf 1].
         #[arg(long, value_parser = parse_hex_u32)]
         signature: Option<u32>,
+        /// Also boot the probe image (every reboot mechanism) on this installed VMM and judge
+        /// it, side by side with the local backend (repeatable).
+        #[arg(long, value_enum)]
+        vmm: Vec<VmmArg>,
+        /// Also drive any VMM: a shell command with {image} (the probe image, flat firmware
+        /// ending at 4 GiB) and {log} (where port 0xE9 output must go) (repeatable).
+        #[arg(long, value_name = "CMD")]
+        vmm_cmd: Vec<String>,
+        /// Time limit per VMM run in seconds; the VMM is killed when it passes.
+        #[arg(long, default_value_t = 60.0)]
+        vmm_timeout: f64,
+        /// Also write the field x VMM/scenario matrix as a self-contained HTML page.
+        #[arg(long, value_name = "FILE")]
+        html: Option<std::path::PathBuf>,
     },
     /// Write a flat firmware image that runs the guest probe at the reset vector on any VMM or
     /// emulator, prints its records on port 0xE9 and COM1, and ends through port 0xF4 (QEMU's
@@ -174,6 +188,50 @@ enum CheckFormat {
     Table,
     Json,
     Tap,
+    Html,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum VmmArg {
+    QemuTcg,
+    QemuKvm,
+    Bochs,
+}
+
+/// The peers of `check --vmm`/`--vmm-cmd`, and their options; `Err` is a usage error.
+fn peers(
+    vmm: &[VmmArg],
+    vmm_cmd: &[String],
+    timeout: f64,
+) -> Result<(Vec<check::peers::Peer>, check::peers::PeerOptions), String> {
+    use check::peers::{Peer, PeerOptions};
+    let mut list: Vec<Peer> = vmm
+        .iter()
+        .map(|v| match v {
+            VmmArg::QemuTcg => Peer::QemuTcg,
+            VmmArg::QemuKvm => Peer::QemuKvm,
+            VmmArg::Bochs => Peer::Bochs,
+        })
+        .collect();
+    for (i, template) in vmm_cmd.iter().enumerate() {
+        list.push(Peer::Command {
+            name: if i == 0 {
+                "vmm-cmd".into()
+            } else {
+                format!("vmm-cmd-{}", i + 1)
+            },
+            template: template.clone(),
+        });
+    }
+    list.dedup();
+    if !(timeout.is_finite() && timeout > 0.0) {
+        return Err("--vmm-timeout must be a positive number of seconds".into());
+    }
+    let opts = PeerOptions {
+        timeout: std::time::Duration::from_secs_f64(timeout),
+        ..PeerOptions::default()
+    };
+    Ok((list, opts))
 }
 
 #[allow(clippy::too_many_arguments)] // the `run` subcommand's options, one each
@@ -407,7 +465,22 @@ fn main() -> ExitCode {
             from_log,
             vendor: v,
             signature,
+            vmm,
+            vmm_cmd,
+            vmm_timeout,
+            html,
         } => {
+            let (peers, peer_opts) = match peers(&vmm, &vmm_cmd, vmm_timeout) {
+                Ok(p) => p,
+                Err(e) => {
+                    eprintln!("vcpu-reset check: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            if let Err(e) = check::peers::check_installed(&peers) {
+                eprintln!("vcpu-reset check: {e}");
+                return ExitCode::from(2);
+            }
             let backend = match backend {
                 BackendArg::Auto => check::BackendChoice::Auto,
                 BackendArg::Kvm => check::BackendChoice::Kvm,
@@ -429,10 +502,27 @@ fn main() -> ExitCode {
                     }
                 },
             };
+            let mut report = report;
+            if let Err(e) = check::peers::run(&mut report, &peers, &peer_opts) {
+                eprintln!("vcpu-reset check: {e}");
+                return ExitCode::from(2);
+            }
+            if let Some(path) = &html
+                && let Err(e) = std::fs::write(path, check::html::render(&report))
+            {
+                eprintln!("vcpu-reset check: cannot write {}: {e}", path.display());
+                return ExitCode::from(2);
+            }
+            let json = if peers.is_empty() {
+                report.to_json()
+            } else {
+                check::matrix::to_json(&report)
+            };
             let text = match format {
                 CheckFormat::Table => report.to_table(),
                 CheckFormat::Tap => report.to_tap(strict),
-                CheckFormat::Json => match report.to_json() {
+                CheckFormat::Html => check::html::render(&report),
+                CheckFormat::Json => match json {
                     Ok(s) => s + "\n",
                     Err(e) => {
                         eprintln!("vcpu-reset: serialising the report failed: {e}");

@@ -7,11 +7,14 @@
 
 pub mod advertised;
 pub mod dirty;
+pub mod html;
 pub mod kvm;
 pub mod kvm_ipi;
 pub mod log;
+pub mod matrix;
 pub mod model;
 pub mod nested;
+pub mod peers;
 pub mod report;
 pub mod scenario;
 pub mod verdict;

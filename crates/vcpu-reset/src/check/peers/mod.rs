@@ -1,0 +1,445 @@
+//! `check --vmm`: the portable probe image run by other VMMs and emulators installed here
+//! (QEMU under TCG and under KVM, Bochs, or any command line), judged like `check --from-log`.
+//!
+//! For every reboot mechanism ([`RebootVia::ALL`]) the probe image (the one `probe-image
+//! --reboot <mechanism>` writes) is booted once, headless, as the peer's firmware; it probes the
+//! vCPU at the reset vector (the peer's power-on), dirties state, reboots itself that way and
+//! probes again. Each peer process runs in its own temp dir, in its own process group, bounded by
+//! a time limit after which the group is killed; the temp dir is removed afterwards.
+//!
+//! Results join the report with the peer's name in front of the scenario: `qemu-tcg:power-on`
+//! (from the first image), `qemu-tcg:reboot-cf9-soft`, … — one column per VMM and mechanism.
+
+pub mod bochs;
+pub mod cmd;
+pub mod process;
+pub mod qemu;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use thiserror::Error;
+use vcpu_reset_spec::{CpuModel, Vendor};
+
+use super::report::{Report, ScenarioInfo};
+use super::verdict::Owner;
+use crate::probe::{self, ProbeError, ProbeOptions, RebootVia};
+
+/// A VMM that `check --vmm` can drive.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Peer {
+    /// `qemu-system-x86_64 -accel tcg` (the default `qemu64` CPU model).
+    QemuTcg,
+    /// `qemu-system-x86_64 -accel kvm` (needs `/dev/kvm`).
+    QemuKvm,
+    /// Bochs with a generated bochsrc (the default CPU model).
+    Bochs,
+    /// Any command line, run by `sh -c` with `{image}` and `{log}` replaced by the paths of the
+    /// probe image and of the file the VMM must write port 0xE9 (or COM1) output to.
+    Command {
+        /// Column name (`vmm-cmd`, `vmm-cmd-2`, …).
+        name: String,
+        /// The command template.
+        template: String,
+    },
+}
+
+impl Peer {
+    /// Column name.
+    pub fn name(&self) -> &str {
+        match self {
+            Peer::QemuTcg => "qemu-tcg",
+            Peer::QemuKvm => "qemu-kvm",
+            Peer::Bochs => "bochs",
+            Peer::Command { name, .. } => name,
+        }
+    }
+
+    /// The program that must be installed, and the Debian package that has it.
+    pub fn program(&self) -> Option<(&'static str, &'static str)> {
+        match self {
+            Peer::QemuTcg | Peer::QemuKvm => Some((qemu::PROGRAM, qemu::PACKAGE)),
+            Peer::Bochs => Some((bochs::PROGRAM, bochs::PACKAGE)),
+            Peer::Command { .. } => None,
+        }
+    }
+
+    /// The vendor the peer's default CPU model presents, for logs that do not say (format 1):
+    /// QEMU's `qemu64` is AuthenticAMD under TCG and takes the host's vendor under KVM; Debian's
+    /// Bochs 2.7 reports AuthenticAMD (signature 0x633, measured). A command's VMM is assumed
+    /// to present the host's vendor.
+    pub fn vendor(&self) -> Vendor {
+        match self {
+            Peer::QemuTcg | Peer::Bochs => Vendor::Amd,
+            Peer::QemuKvm | Peer::Command { .. } => host_vendor(),
+        }
+    }
+}
+
+/// The vendor of the CPU this runs on (`/proc/cpuinfo`), Intel when it cannot be told.
+pub fn host_vendor() -> Vendor {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("vendor_id"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|v| v.trim().to_string())
+        })
+        .and_then(|v| {
+            let id: [u8; 12] = v.as_bytes().try_into().ok()?;
+            Vendor::from_cpuid_vendor(&id)
+        })
+        .unwrap_or(Vendor::Intel)
+}
+
+/// Errors of `check --vmm`.
+#[derive(Debug, Error)]
+pub enum PeerError {
+    /// The peer is not installed.
+    #[error(
+        "{peer}: {program} is not installed (not found on PATH) — install the Debian package {package} (apt-get install {package})"
+    )]
+    Missing {
+        /// Peer name.
+        peer: String,
+        /// What is missing.
+        program: String,
+        /// The Debian package that provides it.
+        package: String,
+    },
+    /// `qemu-kvm` without a usable `/dev/kvm`.
+    #[error(
+        "qemu-kvm: /dev/kvm cannot be opened ({source}) — QEMU's KVM accelerator needs it (load the kvm module, join group kvm), or use --vmm qemu-tcg"
+    )]
+    NoKvm {
+        /// Why it cannot be opened.
+        source: std::io::Error,
+    },
+    /// The probe image could not be built.
+    #[error("building the probe image failed: {0}")]
+    Probe(#[from] ProbeError),
+    /// A file operation failed.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The peer could not be started.
+    #[error("{peer}: cannot run {command}: {source} — check the command and PATH")]
+    Spawn {
+        /// Peer name.
+        peer: String,
+        /// The command line.
+        command: String,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The peer did not finish in time (it was killed).
+    #[error(
+        "{peer}: no complete probe log after {seconds} s (killed; {runs} of {expected} runs printed) — raise --vmm-timeout or check that the VMM writes port 0xE9 to the log"
+    )]
+    Timeout {
+        /// Peer name.
+        peer: String,
+        /// The limit.
+        seconds: f64,
+        /// Runs in the log when it was killed.
+        runs: usize,
+        /// Runs expected.
+        expected: usize,
+    },
+    /// The peer exited before the probe printed everything.
+    #[error("{peer}: exited ({status}) with {runs} of {expected} probe runs in its log: {output}")]
+    Exited {
+        /// Peer name.
+        peer: String,
+        /// Exit status.
+        status: String,
+        /// Runs in the log.
+        runs: usize,
+        /// Runs expected.
+        expected: usize,
+        /// The end of the peer's own output.
+        output: String,
+    },
+    /// The peer cannot boot this image.
+    #[error("{peer}: cannot boot {why}")]
+    Image {
+        /// Peer name.
+        peer: String,
+        /// What is wrong.
+        why: String,
+    },
+    /// An unusable `--vmm-cmd` template.
+    #[error("--vmm-cmd {template:?}: {why}")]
+    Template {
+        /// The template.
+        template: String,
+        /// What is wrong.
+        why: String,
+    },
+}
+
+impl PeerError {
+    /// True when nothing can run for this peer on this machine (exit status 2).
+    pub fn is_missing(&self) -> bool {
+        matches!(
+            self,
+            PeerError::Missing { .. }
+                | PeerError::NoKvm { .. }
+                | PeerError::Template { .. }
+                | PeerError::Probe(_)
+                | PeerError::Image { .. }
+        )
+    }
+}
+
+/// Options of `check --vmm`.
+#[derive(Clone, Debug)]
+pub struct PeerOptions {
+    /// Time limit per peer process.
+    pub timeout: Duration,
+    /// Reboot mechanisms to run, one image each.
+    pub mechanisms: Vec<RebootVia>,
+}
+
+impl Default for PeerOptions {
+    fn default() -> PeerOptions {
+        PeerOptions {
+            timeout: Duration::from_secs(60),
+            mechanisms: RebootVia::ALL.to_vec(),
+        }
+    }
+}
+
+/// How one peer process is started, prepared in its temp dir.
+pub struct Launch {
+    /// The command (stdin, stdout, stderr and process group are set by the runner).
+    pub command: Command,
+    /// The file the probe's records end up in.
+    pub log: PathBuf,
+    /// A description of the command line for the report's host facts.
+    pub describe: String,
+}
+
+/// The probe image `vcpu-reset probe-image --reboot <via>` writes: output on port 0xE9 and
+/// COM1, exit through port 0xF4, tag `probe-<via>` (which tells the judge the mechanism).
+pub fn probe_image(via: Option<RebootVia>) -> Result<Vec<u8>, ProbeError> {
+    let tag = match via {
+        Some(v) => format!("probe-{}", v.name()),
+        None => "probe".to_string(),
+    };
+    let mut opts = ProbeOptions::reset_vector(&tag);
+    opts.out_ports = vec![0xe9, 0x3f8];
+    opts.reboot = via;
+    probe::firmware_image(&opts)
+}
+
+/// Fails with [`PeerError::Missing`] when a peer's program is not on `PATH`, with
+/// [`PeerError::NoKvm`] for `qemu-kvm` when `/dev/kvm` does not open.
+pub fn check_installed(peers: &[Peer]) -> Result<(), PeerError> {
+    for p in peers {
+        if let Some((program, package)) = p.program()
+            && process::which(program).is_none()
+        {
+            return Err(PeerError::Missing {
+                peer: p.name().to_string(),
+                program: program.to_string(),
+                package: package.to_string(),
+            });
+        }
+    }
+    for p in peers {
+        if *p == Peer::QemuKvm
+            && let Err(source) = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open("/dev/kvm")
+        {
+            return Err(PeerError::NoKvm { source });
+        }
+    }
+    Ok(())
+}
+
+/// Boots the probe image for `via` on `peer` and returns its log.
+pub fn capture(peer: &Peer, via: RebootVia, opts: &PeerOptions) -> Result<Vec<u8>, PeerError> {
+    let dir = process::TempDir::new(peer.name())?;
+    let image_path = dir.path().join("probe.rom");
+    let image = probe_image(Some(via))?;
+    std::fs::write(&image_path, &image).map_err(|e| PeerError::Io {
+        what: format!("write {}", image_path.display()),
+        source: e,
+    })?;
+    let launch = prepare(peer, dir.path(), &image_path, image.len())?;
+    let expected = 2;
+    let finished = process::run_bounded(
+        peer.name(),
+        launch.command,
+        dir.path(),
+        &launch.log,
+        expected,
+        opts.timeout,
+    )?;
+    let log = std::fs::read(&launch.log).unwrap_or_default();
+    let runs = process::ended_runs(&log);
+    if runs < expected {
+        if let Peer::Bochs = peer {
+            bochs::missing_display(&finished.output)?;
+        }
+        return Err(PeerError::Exited {
+            peer: peer.name().to_string(),
+            status: finished
+                .status
+                .map_or_else(|| "killed".to_string(), |s| s.to_string()),
+            runs,
+            expected,
+            output: process::tail(&finished.output, 4),
+        });
+    }
+    Ok(log)
+}
+
+fn prepare(peer: &Peer, dir: &Path, image: &Path, size: usize) -> Result<Launch, PeerError> {
+    match peer {
+        Peer::QemuTcg => Ok(qemu::launch("tcg", dir, image)),
+        Peer::QemuKvm => Ok(qemu::launch("kvm", dir, image)),
+        Peer::Bochs => bochs::launch(dir, image, size),
+        Peer::Command { template, .. } => cmd::launch(template, dir, image),
+    }
+}
+
+/// The command line a peer runs, for the report's host facts (`vmm.<name>`).
+pub fn describe(peer: &Peer) -> String {
+    if *peer == Peer::Bochs {
+        return bochs::describe();
+    }
+    let dir = Path::new("DIR");
+    let image = dir.join("probe.rom");
+    match prepare(peer, dir, &image, 64 << 10) {
+        Ok(l) => l.describe,
+        Err(e) => e.to_string(),
+    }
+}
+
+/// Judges one peer's log into `report`: its runs are judged as `check --from-log` does, and
+/// the scenarios are renamed `<peer>:<scenario>`. With `with_power_on = false` the first run
+/// (the power-on, the same in every image) is left out.
+pub fn judge(report: &mut Report, peer: &Peer, log: &[u8], with_power_on: bool) {
+    let mut one = Report::default();
+    let model = CpuModel::generic(peer.vendor());
+    super::log::run(&mut one, log, &model, false);
+    let keep = |scenario: &str| with_power_on || scenario != "power-on";
+    for mut r in one.results {
+        if keep(&r.scenario) {
+            r.scenario = format!("{}:{}", peer.name(), r.scenario);
+            report.results.push(r);
+        }
+    }
+    for (k, v) in one.host {
+        if k != "backend" {
+            report.host.insert(format!("vmm.{}.{k}", peer.name()), v);
+        }
+    }
+    for mut s in one.scenarios {
+        if keep(&s.name) {
+            s.name = format!("{}:{}", peer.name(), s.name);
+            report.scenarios.push(s);
+        }
+    }
+}
+
+/// Runs every peer for every mechanism and adds the verdicts to `report`. A peer run that fails
+/// (timeout, crash, no log) becomes a scenario that could not run; a missing peer is an error.
+pub fn run(report: &mut Report, peers: &[Peer], opts: &PeerOptions) -> Result<(), PeerError> {
+    check_installed(peers)?;
+    for peer in peers {
+        report
+            .host
+            .insert(format!("vmm.{}", peer.name()), describe(peer));
+        let mut have_power_on = false;
+        for via in &opts.mechanisms {
+            match capture(peer, *via, opts) {
+                Ok(log) => {
+                    judge(report, peer, &log, !have_power_on);
+                    have_power_on = true;
+                }
+                Err(e) if e.is_missing() => return Err(e),
+                Err(e) => report.scenarios.push(ScenarioInfo {
+                    name: format!("{}:reboot-{}", peer.name(), via.name()),
+                    owner: Owner::Host,
+                    error: Some(e.to_string()),
+                }),
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bochsrc_places_the_image_to_end_at_4_gib() {
+        let rc = bochs::bochsrc(
+            Path::new("/x/probe.rom"),
+            64 << 10,
+            Path::new("/x/bochs.log"),
+        );
+        assert!(
+            rc.contains("romimage: file=\"/x/probe.rom\", address=0xffff0000\n"),
+            "{rc}"
+        );
+        assert!(rc.contains("port_e9_hack: enabled=1\n"));
+        assert!(rc.contains("display_library: term\n"));
+        assert!(rc.contains("panic: action=fatal\n"));
+    }
+
+    #[test]
+    fn bochs_refuses_images_it_cannot_boot() {
+        let e = bochs::launch(Path::new("/nonexistent"), Path::new("/x"), 4 << 20)
+            .err()
+            .expect("an error");
+        assert!(e.is_missing(), "{e}");
+        assert!(e.to_string().contains("2 MiB"), "{e}");
+    }
+
+    #[test]
+    fn vmm_cmd_quotes_the_paths_it_substitutes() {
+        let l = cmd::launch(
+            "vmm --fw {image} --log {log}",
+            Path::new("/t/it's"),
+            Path::new("/t/it's/probe.rom"),
+        )
+        .expect("a command");
+        let args: Vec<String> = l
+            .command
+            .get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(
+            args,
+            [
+                "-c",
+                "vmm --fw '/t/it'\\''s/probe.rom' --log '/t/it'\\''s/vmm.log'"
+            ]
+        );
+    }
+
+    #[test]
+    fn missing_programs_name_their_debian_package() {
+        assert_eq!(
+            Peer::QemuKvm.program(),
+            Some(("qemu-system-x86_64", "qemu-system-x86"))
+        );
+        assert_eq!(Peer::Bochs.program(), Some(("bochs", "bochs")));
+        let e = bochs::missing_display("bochsrc:3: display library 'term' not available")
+            .expect_err("missing");
+        assert!(e.to_string().contains("apt-get install bochs-term"), "{e}");
+    }
+}
