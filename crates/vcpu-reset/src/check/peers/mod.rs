@@ -20,7 +20,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use thiserror::Error;
-use vcpu_reset_spec::{CpuModel, Vendor};
+use vcpu_reset_spec::Vendor;
 
 use super::report::{Report, ScenarioInfo};
 use super::verdict::Owner;
@@ -331,8 +331,8 @@ pub fn describe(peer: &Peer) -> String {
 /// (the power-on, the same in every image) is left out.
 pub fn judge(report: &mut Report, peer: &Peer, log: &[u8], with_power_on: bool) {
     let mut one = Report::default();
-    let model = CpuModel::generic(peer.vendor());
-    super::log::run(&mut one, log, &model, false);
+    // The log names the vendor and signature the peer presents (its CPUID records).
+    super::log::judge(&mut one, log, &super::log::LogOptions::default());
     let keep = |scenario: &str| with_power_on || scenario != "power-on";
     for mut r in one.results {
         if keep(&r.scenario) {
