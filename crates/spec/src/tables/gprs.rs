@@ -26,8 +26,10 @@ pub(crate) fn row(f: Field, v: Vendor, _e: Event) -> Row {
     match f {
         Field::Gpr(Gpr::Rdx) => mk(f, Rule::Derived(Derivation::Signature), signature_citation(v))
             .note(
-                "KVM reports 0x600 after KVM_CREATE_VCPU because it computes EDX before the VMM \
-                 sets CPUID; vcpu-reset writes the signature of the vCPU's own CPUID.",
+                "The signature is the vCPU's own CPUID.01H:EAX, as the VMM configures it. \
+                 Known deviations: KVM reports 0x600 after KVM_CREATE_VCPU (it computes EDX \
+                 before the VMM sets CPUID), Bochs 2.7 leaves EDX 0; vcpu-reset writes the \
+                 vCPU's signature.",
             ),
         Field::Gpr(Gpr::Rax) => mk(f, Rule::Value(0), table).note(
             "Non-zero only when a built-in self-test was requested and failed (SDM Table 10-1 \
