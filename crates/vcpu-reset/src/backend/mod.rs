@@ -180,6 +180,18 @@ pub enum Exit {
     Other(u32),
 }
 
+/// What a [`Backend::host_init`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HostInit {
+    /// Classes the backend stored from the target itself (on KVM the MSRs), which the host's
+    /// INIT keeps.
+    pub stored: ClassSet,
+    /// Classes the host's INIT is meant to leave at the RESET target.
+    pub established: ClassSet,
+    /// Classes the host's INIT overwrote with values of its own, to be stored again.
+    pub clobbered: ClassSet,
+}
+
 /// Calls a backend has made, by kind. On KVM every count is one ioctl.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Stats {
@@ -323,6 +335,19 @@ pub trait Backend {
     fn store_slots(&mut self, class: StateClass, slots: u64, state: &VcpuState) -> bool {
         let _ = (class, slots, state);
         false
+    }
+
+    /// Let the host perform its own INIT of the vCPU as the bulk of a RESET to `target`, where
+    /// the host has one that costs (almost) no call: the backend stores the MSRs of `target`
+    /// (including IA32_APIC_BASE), raises the host's INIT in the same store and has it take
+    /// effect before returning. Afterwards [`HostInit::established`] holds what the host's INIT
+    /// gives those classes (and `target`'s MSRs), which the caller checks against the spec
+    /// before trusting it, and the classes in [`HostInit::clobbered`] hold the host's INIT values,
+    /// which the caller must store again. Returns `None`, having changed nothing, where the
+    /// backend cannot (the default).
+    fn host_init(&mut self, target: &VcpuState) -> Result<Option<HostInit>, BackendError> {
+        let _ = target;
+        Ok(None)
     }
 
     /// Calls made so far.

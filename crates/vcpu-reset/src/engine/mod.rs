@@ -44,6 +44,7 @@
 //! comes after. On KVM this costs one KVM_GET_MP_STATE, which RESET makes up for where the
 //! activity does not change (the BSP stays active, a waiting AP stays waiting).
 
+mod host_init;
 mod nested;
 mod verify;
 
@@ -84,6 +85,7 @@ pub struct Vcpu<B: Backend> {
     identity: VcpuIdentity,
     expected: Option<(VcpuState, spec::Event)>,
     init_latched: Option<spec::InitRule>,
+    host_init: host_init::HostInitUse,
 }
 
 impl<B: Backend> Vcpu<B> {
@@ -95,6 +97,7 @@ impl<B: Backend> Vcpu<B> {
             identity,
             expected: None,
             init_latched: None,
+            host_init: host_init::HostInitUse::default(),
         }
     }
 
@@ -158,9 +161,17 @@ impl<B: Backend> Vcpu<B> {
     /// activity state is read first.
     pub fn reset(&mut self) -> Result<Outcome, EngineError> {
         let before = self.cache.backend_stats();
-        self.settle_signals()?;
         let target = spec::expected_state(&self.model, self.identity, Transition::Reset);
         self.init_latched = None;
+        if let Some(slots_written) = self.reset_with_host_init(&target)? {
+            self.expected = Some((target, spec::Event::Reset));
+            return Ok(Outcome {
+                slots_written,
+                calls: self.cache.backend_stats().since(&before),
+                init: None,
+            });
+        }
+        self.settle_signals()?;
         let mut out = self.establish(target, spec::Event::Reset)?;
         out.calls = self.cache.backend_stats().since(&before);
         Ok(out)

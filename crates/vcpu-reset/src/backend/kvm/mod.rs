@@ -38,6 +38,7 @@ mod error;
 mod events;
 mod fpu;
 mod host;
+mod init;
 mod ioctls;
 mod lapic;
 mod mp_state;

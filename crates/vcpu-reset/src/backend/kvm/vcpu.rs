@@ -12,7 +12,7 @@ use super::KvmError;
 use super::fpu::XsaveLayout;
 use super::host::{KvmCaps, KvmHost};
 use super::msrs::{MsrSet, TscState};
-use crate::backend::{Backend, BackendError, ClassSet, Exit, StateClass, Stats};
+use crate::backend::{Backend, BackendError, ClassSet, Exit, HostInit, StateClass, Stats};
 
 /// How [`KvmVcpu::with_options`] sets up the vCPU.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -35,6 +35,8 @@ pub(super) struct Identity {
     pub(super) vendor_id: [u8; 12],
     pub(super) signature: u32,
     pub(super) gp_counters: u8,
+    /// CPUID.01H:ECX\[21\] (x2APIC) as the vCPU got it.
+    pub(super) x2apic: bool,
 }
 
 /// Copies of vCPU state kept to avoid ioctls, each valid until the guest can change it.
@@ -275,6 +277,11 @@ impl KvmVcpu {
         self.identity.signature
     }
 
+    /// Whether the vCPU's CPUID offers x2APIC.
+    pub(super) fn x2apic_cpuid(&self) -> bool {
+        self.identity.x2apic
+    }
+
     /// The vendor CPUID.0H names, if it is Intel or AMD.
     pub fn vendor(&self) -> Option<Vendor> {
         Vendor::from_cpuid_vendor(&self.identity.vendor_id)
@@ -409,6 +416,7 @@ fn identity(cpuid: &CpuId) -> Identity {
         vendor_id,
         signature: leaf(1).map_or(0, |e| e.eax),
         gp_counters: leaf(0xa).map_or(0, |e| e.eax.to_le_bytes()[1]),
+        x2apic: leaf(1).is_some_and(|e| e.ecx & CPUID_1_ECX_X2APIC != 0),
     }
 }
 
@@ -534,6 +542,10 @@ impl Backend for KvmVcpu {
 
     fn store_slots(&mut self, class: StateClass, slots: u64, state: &VcpuState) -> bool {
         self.store_mirrored_slots(class, slots, state)
+    }
+
+    fn host_init(&mut self, target: &VcpuState) -> Result<Option<HostInit>, BackendError> {
+        self.host_init_reset(target)
     }
 
     fn stats(&self) -> Stats {
