@@ -229,6 +229,7 @@ impl Vm {
                 errno,
             })?;
         }
+        disable_lint0_quirk(&vm)?;
         let mut pristine_chips = Vec::new();
         for chip_id in [
             KVM_IRQCHIP_PIC_MASTER,
@@ -454,6 +455,27 @@ impl Vm {
             end
         })
     }
+}
+
+/// Turn off KVM's LINT0_REENABLED quirk where the host lets a VM do so: KVM's own INIT and
+/// RESET then leave the BSP's LVT LINT0 masked (0x10000, Intel SDM Vol. 3A §11.4.7.1, AMD APM
+/// Vol. 2 Table 16-2) instead of 0x700, so the engine's RESET through KVM's INIT needs no
+/// KVM_SET_LAPIC for the BSP. vcpu-reset's RESET writes the masked value either way.
+fn disable_lint0_quirk(vm: &VmFd) -> Result<(), RunError> {
+    let quirk = kvm_bindings::KVM_X86_QUIRK_LINT0_REENABLED;
+    let supported = vm.check_extension_raw(u64::from(kvm_bindings::KVM_CAP_DISABLE_QUIRKS2));
+    if u64::try_from(supported).unwrap_or(0) & u64::from(quirk) == 0 {
+        return Ok(());
+    }
+    let cap = kvm_enable_cap {
+        cap: kvm_bindings::KVM_CAP_DISABLE_QUIRKS2,
+        args: [u64::from(quirk), 0, 0, 0],
+        ..Default::default()
+    };
+    vm.enable_cap(&cap).map_err(|errno| RunError::VmIoctl {
+        op: "KVM_ENABLE_CAP(KVM_CAP_DISABLE_QUIRKS2)",
+        errno,
+    })
 }
 
 /// Run one vCPU until it has something to report or is told to stop.
