@@ -229,7 +229,10 @@ impl Vm {
                 errno,
             })?;
         }
-        disable_lint0_quirk(&vm)?;
+        // A VM that shows KVM's own creation state keeps KVM's defaults (its quirks included).
+        if !config.kvm_create_state {
+            disable_lint0_quirk(&vm)?;
+        }
         let mut pristine_chips = Vec::new();
         for chip_id in [
             KVM_IRQCHIP_PIC_MASTER,
