@@ -138,16 +138,18 @@ fn cli_bench_exits_prints_three_rows() {
 }
 
 #[test]
-fn cli_bench_reboot_prints_both_paths() {
+fn cli_bench_reboot_prints_every_path() {
     let Some(_host) = kvm_for_tests() else { return };
     let text = cli(&["bench", "reboot", "--vcpus", "1", "--rounds", "1"]);
     let rows: Vec<&str> = text
         .lines()
         .filter(|l| l.starts_with("1 ") && (l.contains("in place") || l.contains("recreate")))
         .collect();
-    assert_eq!(rows.len(), 2, "{text}");
+    assert_eq!(rows.len(), 3, "{text}");
     assert!(
-        rows[0].contains("in place") && rows[1].contains("recreate"),
+        rows[0].contains("in place")
+            && rows[1].contains("in place, 1 thread")
+            && rows[2].contains("recreate"),
         "{text}"
     );
 }

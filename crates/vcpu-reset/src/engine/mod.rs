@@ -46,6 +46,7 @@
 
 mod host_init;
 mod nested;
+pub mod parallel;
 mod verify;
 
 pub use nested::NESTED_FIELDS;

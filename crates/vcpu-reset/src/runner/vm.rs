@@ -187,6 +187,7 @@ pub struct Vm {
     pristine_pit: kvm_pit_state2,
     config: VmConfig,
     model: CpuModel,
+    reset_threads: usize,
 }
 
 impl Vm {
@@ -278,11 +279,21 @@ impl Vm {
             pristine_pit,
             config,
             model,
+            reset_threads: std::thread::available_parallelism()
+                .map_or(1, std::num::NonZeroUsize::get),
         };
         if !vm.config.kvm_create_state {
             vm.reset_vcpus(RebootKind::Reset)?;
         }
         Ok(vm)
+    }
+
+    /// The most threads a reboot spreads the vCPUs' RESET or INIT over (default: the CPUs
+    /// available to this process; 1 does them one after another on the calling thread). Fewer
+    /// are used where there are too few vCPUs to pay for a thread
+    /// ([`crate::engine::parallel::threads_for`]).
+    pub fn set_reset_threads(&mut self, threads: usize) {
+        self.reset_threads = threads.max(1);
     }
 
     /// The vCPUs.
@@ -325,15 +336,19 @@ impl Vm {
         Ok(())
     }
 
-    /// Put every vCPU through RESET or INIT with the engine; returns the backend calls made.
+    /// Put every vCPU through RESET or INIT with the engine, spread over the host's CPUs
+    /// ([`crate::engine::parallel`]); returns the backend calls made.
     fn reset_vcpus(&mut self, kind: RebootKind) -> Result<Stats, RunError> {
-        let mut total = Stats::default();
-        for (i, v) in self.vcpus.iter_mut().enumerate() {
-            let out = match kind {
+        let threads = crate::engine::parallel::threads_for(self.vcpus.len(), self.reset_threads);
+        let results = crate::engine::parallel::for_each_vcpu(&mut self.vcpus, threads, |v| {
+            match kind {
                 RebootKind::Reset => v.reset(),
                 RebootKind::Init => v.init(),
             }
-            .map_err(|source| RunError::Engine {
+        });
+        let mut total = Stats::default();
+        for (i, r) in results.into_iter().enumerate() {
+            let out = r.map_err(|source| RunError::Engine {
                 vcpu: i as u32,
                 source,
             })?;
