@@ -468,7 +468,7 @@ impl Vm {
                         unsafe { libc::pthread_kill(t as libc::pthread_t, kick_signal()) };
                     }
                 }
-                std::thread::sleep(Duration::from_micros(200));
+                std::thread::sleep(Duration::from_micros(20));
             }
             end
         })
