@@ -131,8 +131,12 @@ impl<B: Backend> Backend for DebugRegsStayDirty<B> {
     fn store_slots(&mut self, class: StateClass, slots: u64, state: &VcpuState) -> bool {
         self.0.store_slots(class, slots, state)
     }
-    fn host_init(&mut self, target: &VcpuState) -> Result<Option<HostInit>, BackendError> {
-        let done = self.0.host_init(target)?;
+    fn host_init(
+        &mut self,
+        target: &VcpuState,
+        lazy: bool,
+    ) -> Result<Option<HostInit>, BackendError> {
+        let done = self.0.host_init(target, lazy)?;
         if done.is_some_and(|d| d.established.contains(StateClass::Debug)) {
             let mut s = VcpuState::default();
             self.0.load(StateClass::Debug, &mut s)?;
@@ -187,4 +191,51 @@ fn where_kvms_init_leaves_a_class_wrong_the_engine_finds_it_once_and_stores_it_i
     assert!(mismatches(&devs).is_empty(), "{:?}", mismatches(&devs));
     let dr0 = broken.cache().get(Field::Dr(0)).expect("DR0");
     assert_eq!(dr0, 0, "DR0 is at its RESET value, not the stale {STALE_DR0:#x}");
+}
+
+#[test]
+fn leaving_kvms_init_to_the_next_run_takes_three_ioctls_and_is_exact_where_the_check_says_so() {
+    let Some(host) = kvm_for_tests() else { return };
+    let program = Program::build().expect("bench program");
+    let config = VmConfig {
+        vcpus: 2,
+        sink: Sink::Discard,
+        ..VmConfig::default()
+    };
+    let mut vm = Vm::with_host(host, &program.firmware, config).expect("VM");
+    vm.memory().write(CODE, &program.code).expect("loop");
+    let vcpus = vm.vcpus();
+    let Some(off) = vcpus[0].host_init_clobbered_off() else {
+        eprintln!("skipped: the host offers no INIT to build on");
+        return;
+    };
+    eprintln!("classes KVM's INIT leaves off the RESET state here: {off:?}");
+    for v in vcpus.iter_mut() {
+        v.force_lazy_host_init();
+    }
+    for round in 0..2 {
+        let exit = vcpus[0].cache().run().expect("BSP runs");
+        assert!(out_exit(&exit), "BSP after RESET {round}: {exit:?}");
+        for (v, who) in vcpus.iter_mut().zip(["BSP", "AP"]) {
+            v.cache().invalidate();
+            let out = v.reset().expect("RESET");
+            eprintln!("{who}: RESET with the INIT left to the next run: {:?}", out.calls);
+            assert_eq!(
+                (out.calls.loads, out.calls.stores, out.calls.sync_stores),
+                (0, 3, 3),
+                "{who}: KVM_SET_MSRS, KVM_SET_XSAVE, KVM_SET_XCRS; REGS, SREGS, EVENTS in kvm_run"
+            );
+            // Reads before the next run have KVM act on the INIT first.
+            let devs = v.verify().expect("verify");
+            for d in mismatches(&devs) {
+                assert!(
+                    off.contains(StateClass::of(d.field)),
+                    "{who}: {d:?} is in a class the check found right"
+                );
+            }
+            if off == ClassSet::EMPTY {
+                assert!(mismatches(&devs).is_empty(), "{who}: {devs:?}");
+            }
+        }
+    }
 }

@@ -27,11 +27,14 @@
 //! class the INIT leaves wrong on the host (e.g. KVM_SET_LAPIC for the BSP where KVM's
 //! LINT0_REENABLED quirk makes its LVT LINT0 0x700).
 //!
-//! Taking the INIT at the next KVM_RUN instead would save KVM_GET_MP_STATE (three ioctls), but
-//! KVM applies sync regs before it acts on the INIT, so REGS and SREGS would end as KVM's INIT
+//! *Lazily* (when asked), the INIT is left for the next KVM_RUN, which saves KVM_GET_MP_STATE:
+//! three ioctls. KVM applies sync regs before it acts on the INIT, so REGS, SREGS and EVENTS
+//! (stored from the RESET state, `smi.latched_init` keeping the INIT raised) end as KVM's INIT
 //! sets them: exact only where those are the spec's RESET values (CR0.CD/NW aside, which INIT
-//! keeps). On `kvm_pvm` they are not (CS attributes 0x9B on an AMD vCPU, APM Table 14-2 says
-//! 0x9A), so this backend does not offer that path.
+//! keeps), which the engine checks before it asks. On `kvm_pvm` they are not (CS attributes
+//! 0x9B on an AMD vCPU, APM Table 14-2 says 0x9A). Anything read or written before that run,
+//! other than XSAVE and XCRs, first has KVM act on the INIT with KVM_GET_MP_STATE, so host-side
+//! reads see the state the vCPU will run from.
 //!
 //! Not offered (`None`): without an in-kernel irqchip, x2APIC in the vCPU's CPUID, sync regs or
 //! IA32_APIC_BASE held; with nested state (INIT is held in VMX root operation); where the vCPU
@@ -114,27 +117,45 @@ impl KvmVcpu {
     pub(super) fn host_init_reset(
         &mut self,
         target: &VcpuState,
+        lazy: bool,
     ) -> Result<Option<HostInit>, BackendError> {
         if !self.host_init_possible() {
             return Ok(None);
         }
-        // Deferred stores would land after the INIT at the next KVM_RUN, on top of what the
-        // caller stores again: drop them.
+        // Deferred stores would land at the next KVM_RUN, on top of what is stored again: drop
+        // them. An INIT raised before and not yet taken is raised again below.
         self.drop_pending();
+        self.init_pending = false;
+        // KVM_RUN on an AP KVM never started returns before applying sync regs: take the INIT
+        // at once there.
+        let lazy = lazy && !self.may_be_uninitialized;
         let preamble = init_preamble(self.id(), target.msrs.apic_base);
         self.store_msrs_after(target, &preamble)?;
-        self.stats.loads += 1;
-        let mp = self
-            .fd
-            .get_mp_state()
-            .map_err(|e| ioctl_error("KVM_GET_MP_STATE", e))?;
-        // KVM's INIT changed REGS, SREGS and EVENTS behind the sync area's back.
         let apic_base = self.shadow.apic_base;
         self.shadow = Shadow {
             apic_base,
             ..Shadow::default()
         };
         self.mirror = ClassSet::EMPTY;
+        if lazy {
+            // REGS, SREGS and EVENTS of the RESET state ride `kvm_run`; KVM applies them, then
+            // acts on the INIT (kept raised by `smi.latched_init`), which keeps CR0.CD/NW.
+            self.store_regs(target)?;
+            self.store_sregs(target)?;
+            self.store_events(target)?;
+            self.fd.sync_regs_mut().events.smi.latched_init = 1;
+            self.init_pending = true;
+            return Ok(Some(HostInit {
+                stored: ClassSet(MSRS.0 | CLOBBERED.0),
+                established: ESTABLISHED,
+                clobbered: ClassSet::EMPTY,
+            }));
+        }
+        self.stats.loads += 1;
+        let mp = self
+            .fd
+            .get_mp_state()
+            .map_err(|e| ioctl_error("KVM_GET_MP_STATE", e))?;
         self.may_be_uninitialized = false;
         let want = if target.msrs.apic_base & APIC_BASE_BSP != 0 {
             KVM_MP_STATE_RUNNABLE
@@ -154,6 +175,25 @@ impl KvmVcpu {
             established: ESTABLISHED,
             clobbered: CLOBBERED,
         }))
+    }
+
+    /// Before `class` is loaded or stored: have KVM act on an INIT raised lazily, with
+    /// KVM_GET_MP_STATE (XSAVE and XCRs, which INIT keeps, need not wait). The deferred REGS,
+    /// SREGS and EVENTS, which hold the RESET values, then land after it at the next KVM_RUN,
+    /// and no longer raise it again.
+    pub(super) fn settle_init(&mut self, class: StateClass) -> Result<(), BackendError> {
+        if !self.init_pending || matches!(class, StateClass::Fpu | StateClass::Xcrs) {
+            return Ok(());
+        }
+        self.init_pending = false;
+        if self.pending(StateClass::Events) {
+            self.fd.sync_regs_mut().events.smi.latched_init = 0;
+        }
+        self.stats.loads += 1;
+        self.fd
+            .get_mp_state()
+            .map_err(|e| ioctl_error("KVM_GET_MP_STATE", e))?;
+        Ok(())
     }
 }
 

@@ -81,6 +81,9 @@ pub struct KvmVcpu {
     /// The vCPU may be in KVM_MP_STATE_UNINITIALIZED, where KVM_RUN returns before applying
     /// `kvm_dirty_regs` and then overwrites the sync area: stores must not be deferred.
     pub(super) may_be_uninitialized: bool,
+    /// KVM's INIT was raised and will take effect at the next KVM_RUN or KVM_GET_MP_STATE
+    /// (`init.rs`).
+    pub(super) init_pending: bool,
     /// Where the answer to the last exit's IN or MMIO read goes.
     pub(super) answer: Option<super::run::Answer>,
     pub(super) stats: Stats,
@@ -225,6 +228,7 @@ impl KvmVcpu {
                 ..Shadow::default()
             },
             may_be_uninitialized,
+            init_pending: false,
             answer: None,
             stats,
         };
@@ -453,6 +457,7 @@ pub(super) fn ioctl_error(op: &'static str, errno: errno::Error) -> BackendError
 impl Backend for KvmVcpu {
     fn load(&mut self, class: StateClass, state: &mut VcpuState) -> Result<(), BackendError> {
         self.require(class)?;
+        self.settle_init(class)?;
         match class {
             StateClass::Regs => self.load_regs(state),
             StateClass::Sregs => self.load_sregs(state),
@@ -469,6 +474,7 @@ impl Backend for KvmVcpu {
 
     fn store(&mut self, class: StateClass, state: &VcpuState) -> Result<(), BackendError> {
         self.require(class)?;
+        self.settle_init(class)?;
         match class {
             StateClass::Regs => self.store_regs(state),
             StateClass::Sregs => self.store_sregs(state),
@@ -544,8 +550,12 @@ impl Backend for KvmVcpu {
         self.store_mirrored_slots(class, slots, state)
     }
 
-    fn host_init(&mut self, target: &VcpuState) -> Result<Option<HostInit>, BackendError> {
-        self.host_init_reset(target)
+    fn host_init(
+        &mut self,
+        target: &VcpuState,
+        lazy: bool,
+    ) -> Result<Option<HostInit>, BackendError> {
+        self.host_init_reset(target, lazy)
     }
 
     fn stats(&self) -> Stats {
