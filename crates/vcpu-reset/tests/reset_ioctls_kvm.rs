@@ -62,12 +62,18 @@ fn a_reset_takes_four_vcpu_ioctls_for_the_bsp_a_waiting_ap_and_an_ap_that_ran() 
     assert!(vcpus[2].sipi((CODE >> 12) as u8).expect("SIPI"));
     let exit = vcpus[2].cache().run().expect("AP runs");
     assert!(out_exit(&exit), "AP: {exit:?}");
-    for (v, who) in vcpus.iter_mut().zip(["BSP", "AP waiting for SIPI", "AP that ran"]) {
+    for (v, who) in vcpus
+        .iter_mut()
+        .zip(["BSP", "AP waiting for SIPI", "AP that ran"])
+    {
         // As after an exit: the cache knows nothing.
         v.cache().invalidate();
         let out = v.reset().expect("RESET");
         let Some(inexact) = v.host_init_inexact() else {
-            eprintln!("{who}: the host offers no INIT to build on; RESET took {:?}", out.calls);
+            eprintln!(
+                "{who}: the host offers no INIT to build on; RESET took {:?}",
+                out.calls
+            );
             continue;
         };
         eprintln!(
@@ -77,17 +83,29 @@ fn a_reset_takes_four_vcpu_ioctls_for_the_bsp_a_waiting_ap_and_an_ap_that_ran() 
         );
         let (loads, stores) = budget(inexact);
         assert_eq!(
-            (out.calls.loads, out.calls.stores, out.calls.runs, out.calls.other),
+            (
+                out.calls.loads,
+                out.calls.stores,
+                out.calls.runs,
+                out.calls.other
+            ),
             (loads, stores, 0, 0),
             "{who}: {:?}",
             out.calls
         );
-        assert_eq!(out.calls.sync_stores, 3, "{who}: REGS, SREGS, EVENTS in kvm_run");
+        assert_eq!(
+            out.calls.sync_stores, 3,
+            "{who}: REGS, SREGS, EVENTS in kvm_run"
+        );
         if inexact == ClassSet::EMPTY {
             assert_eq!(out.calls.calls(), 4, "{who}");
         }
         let devs = v.verify().expect("verify");
-        assert!(mismatches(&devs).is_empty(), "{who}: {:?}", mismatches(&devs));
+        assert!(
+            mismatches(&devs).is_empty(),
+            "{who}: {:?}",
+            mismatches(&devs)
+        );
     }
 }
 
@@ -190,7 +208,10 @@ fn where_kvms_init_leaves_a_class_wrong_the_engine_finds_it_once_and_stores_it_i
     let devs = broken.verify().expect("verify");
     assert!(mismatches(&devs).is_empty(), "{:?}", mismatches(&devs));
     let dr0 = broken.cache().get(Field::Dr(0)).expect("DR0");
-    assert_eq!(dr0, 0, "DR0 is at its RESET value, not the stale {STALE_DR0:#x}");
+    assert_eq!(
+        dr0, 0,
+        "DR0 is at its RESET value, not the stale {STALE_DR0:#x}"
+    );
 }
 
 #[test]
@@ -219,7 +240,10 @@ fn leaving_kvms_init_to_the_next_run_takes_three_ioctls_and_is_exact_where_the_c
         for (v, who) in vcpus.iter_mut().zip(["BSP", "AP"]) {
             v.cache().invalidate();
             let out = v.reset().expect("RESET");
-            eprintln!("{who}: RESET with the INIT left to the next run: {:?}", out.calls);
+            eprintln!(
+                "{who}: RESET with the INIT left to the next run: {:?}",
+                out.calls
+            );
             assert_eq!(
                 (out.calls.loads, out.calls.stores, out.calls.sync_stores),
                 (0, 3, 3),

@@ -13,7 +13,7 @@
 //! are repeated, the VMMs interleaved, and summarised as median [min–max].
 //!
 //! vCPU ioctls per vCPU per reboot leave out KVM_RUN. The runner's come from its backends'
-//! counters; QEMU's are counted with `strace -f` (when strace is installed) on the file
+//! counters over the longer run (creation excluded); QEMU's are counted with `strace -f` (when strace is installed) on the file
 //! descriptors KVM_CREATE_VCPU returned, by the same difference of two runs.
 
 use std::path::{Path, PathBuf};
@@ -157,7 +157,8 @@ fn io(what: &'static str) -> impl Fn(std::io::Error) -> BenchError {
     move |e| BenchError::Peer(format!("{what}: {e}"))
 }
 
-/// One runner run of `reboots` reboots: wall time and vCPU ioctls without KVM_RUN.
+/// One runner run of `reboots` reboots: wall time of [`Vm::run`] and the vCPU ioctls (without
+/// KVM_RUN) it made, i.e. those of the reboots.
 fn runner_run(vcpus: u32, reboots: u32) -> Result<(Duration, u64), BenchError> {
     let fw = Firmware::from_bytes(firmware(reboots)?, "peer bench firmware")?;
     let config = VmConfig {
@@ -169,6 +170,16 @@ fn runner_run(vcpus: u32, reboots: u32) -> Result<(Duration, u64), BenchError> {
         ..VmConfig::default()
     };
     let mut vm = Vm::new(&fw, config)?;
+    let ioctls = |vm: &mut Vm| -> u64 {
+        vm.vcpus()
+            .iter()
+            .map(|v| {
+                let s = v.cache_ref().backend_stats();
+                s.calls() - s.runs
+            })
+            .sum()
+    };
+    let before = ioctls(&mut vm);
     let start = Instant::now();
     let out = vm.run()?;
     let elapsed = start.elapsed();
@@ -179,15 +190,7 @@ fn runner_run(vcpus: u32, reboots: u32) -> Result<(Duration, u64), BenchError> {
             out.reboots.len()
         )));
     }
-    let ioctls = vm
-        .vcpus()
-        .iter()
-        .map(|v| {
-            let s = v.cache_ref().backend_stats();
-            s.calls() - s.runs
-        })
-        .sum();
-    Ok((elapsed, ioctls))
+    Ok((elapsed, ioctls(&mut vm) - before))
 }
 
 /// The firmware for `reboots` in a temporary file.
@@ -202,13 +205,22 @@ fn firmware_file(reboots: u32) -> Result<PathBuf, BenchError> {
 
 fn qemu_command(qemu: &Path, fw: &Path, vcpus: u32) -> Command {
     let mut c = Command::new(qemu);
-    c.args(["-accel", "kvm", "-machine", "pc", "-m", "16", "-display", "none"])
-        .args(["-nodefaults", "-no-user-config", "-serial", "none", "-monitor", "none"])
-        .args(["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"])
-        .arg("-smp")
-        .arg(vcpus.to_string())
-        .arg("-bios")
-        .arg(fw);
+    c.args([
+        "-accel", "kvm", "-machine", "pc", "-m", "16", "-display", "none",
+    ])
+    .args([
+        "-nodefaults",
+        "-no-user-config",
+        "-serial",
+        "none",
+        "-monitor",
+        "none",
+    ])
+    .args(["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"])
+    .arg("-smp")
+    .arg(vcpus.to_string())
+    .arg("-bios")
+    .arg(fw);
     c
 }
 
@@ -282,7 +294,10 @@ pub fn count_vcpu_ioctls(log: &str) -> u64 {
         let cmd = cmd.trim_end_matches(|c: char| c == ')' || c.is_whitespace());
         let cmd = cmd.split(' ').next().unwrap_or(cmd);
         if cmd == "KVM_CREATE_VCPU" {
-            if let Some(ret) = line.rsplit("= ").next().and_then(|r| r.trim().parse::<u32>().ok())
+            if let Some(ret) = line
+                .rsplit("= ")
+                .next()
+                .and_then(|r| r.trim().parse::<u32>().ok())
             {
                 vcpu_fds.insert(ret);
             }
@@ -308,7 +323,11 @@ fn per_reboot(long: Duration, short: Duration, reboots: u32) -> f64 {
 pub fn run(options: &PeerOptions) -> Result<PeerReport, BenchError> {
     if options.reboots == 0 || options.reps == 0 {
         return Err(BenchError::Option {
-            option: if options.reboots == 0 { "--reboots" } else { "--reps" },
+            option: if options.reboots == 0 {
+                "--reboots"
+            } else {
+                "--reps"
+            },
             value: 0,
             why: "at least 1",
         });
@@ -326,12 +345,10 @@ pub fn run(options: &PeerOptions) -> Result<PeerReport, BenchError> {
         let mut qemu_us = Vec::new();
         let mut runner_ioctls = 0.0;
         for _ in 0..options.reps {
-            let (rs, is) = runner_run(vcpus, short)?;
+            let (rs, _) = runner_run(vcpus, short)?;
             let (rl, il) = runner_run(vcpus, long)?;
             runner.push(per_reboot(rl, rs, options.reboots));
-            runner_ioctls = il.saturating_sub(is) as f64
-                / f64::from(options.reboots)
-                / f64::from(vcpus.max(1));
+            runner_ioctls = il as f64 / f64::from(long) / f64::from(vcpus.max(1));
             let (qs, _) = qemu_run(&qemu, None, vcpus, short)?;
             let (ql, _) = qemu_run(&qemu, None, vcpus, long)?;
             qemu_us.push(per_reboot(ql, qs, options.reboots));

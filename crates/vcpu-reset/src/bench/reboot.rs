@@ -19,9 +19,9 @@
 
 use std::time::{Duration, Instant};
 
-use super::{BenchError, host_cpus};
 use super::exits::{CODE, PORT, Program};
 use super::stats::{Summary, ratios, table};
+use super::{BenchError, host_cpus};
 use crate::backend::kvm::KvmHost;
 use crate::backend::{Exit, IoDir};
 use crate::runner::{RebootKind, Sink, Vm, VmConfig};

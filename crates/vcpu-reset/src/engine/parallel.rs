@@ -25,7 +25,11 @@ use crate::backend::Backend;
 
 /// Run `op` on every vCPU, over at most `threads` threads (the calling one included). Returns
 /// each vCPU's result, in order.
-pub fn for_each_vcpu<B, T, F>(vcpus: &mut [Vcpu<B>], threads: usize, op: F) -> Vec<Result<T, EngineError>>
+pub fn for_each_vcpu<B, T, F>(
+    vcpus: &mut [Vcpu<B>],
+    threads: usize,
+    op: F,
+) -> Vec<Result<T, EngineError>>
 where
     B: Backend + Send,
     T: Send,
@@ -61,7 +65,7 @@ mod tests {
     use super::*;
     use crate::backend::model::ModelVcpu;
     use crate::cache::VcpuCache;
-    use vcpu_reset_spec::{CpuModel, Vendor, VcpuIdentity};
+    use vcpu_reset_spec::{CpuModel, VcpuIdentity, Vendor};
 
     #[test]
     fn a_thread_needs_enough_vcpus_to_pay_for_itself() {
@@ -94,7 +98,12 @@ mod tests {
             assert_eq!(ids, vec![0, 1, 2, 3, 4], "{threads} threads");
         }
         for v in &mut vcpus {
-            assert!(v.verify().expect("verify").iter().all(|d| d.kind != crate::engine::DeviationKind::Mismatch));
+            assert!(
+                v.verify()
+                    .expect("verify")
+                    .iter()
+                    .all(|d| d.kind != crate::engine::DeviationKind::Mismatch)
+            );
         }
     }
 }

@@ -340,12 +340,11 @@ impl Vm {
     /// ([`crate::engine::parallel`]); returns the backend calls made.
     fn reset_vcpus(&mut self, kind: RebootKind) -> Result<Stats, RunError> {
         let threads = crate::engine::parallel::threads_for(self.vcpus.len(), self.reset_threads);
-        let results = crate::engine::parallel::for_each_vcpu(&mut self.vcpus, threads, |v| {
-            match kind {
+        let results =
+            crate::engine::parallel::for_each_vcpu(&mut self.vcpus, threads, |v| match kind {
                 RebootKind::Reset => v.reset(),
                 RebootKind::Init => v.init(),
-            }
-        });
+            });
         let mut total = Stats::default();
         for (i, r) in results.into_iter().enumerate() {
             let out = r.map_err(|source| RunError::Engine {

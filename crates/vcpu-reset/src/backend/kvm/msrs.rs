@@ -225,9 +225,11 @@ impl MsrSet {
             let (n, done) = get_msr_chunks(fd, &mut list);
             calls += n;
             let done = done.map_err(|e| match e {
-                BackendError::Ioctl { errno, .. } => {
-                    KvmError::ioctl("KVM_GET_MSRS", errno, "the new vCPU does not answer MSR reads")
-                }
+                BackendError::Ioctl { errno, .. } => KvmError::ioctl(
+                    "KVM_GET_MSRS",
+                    errno,
+                    "the new vCPU does not answer MSR reads",
+                ),
                 other => KvmError::ioctl(
                     "KVM_GET_MSRS",
                     vmm_sys_util::errno::Error::new(libc::E2BIG),
