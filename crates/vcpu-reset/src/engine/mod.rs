@@ -8,6 +8,12 @@
 //! every field that differs from what was established. Nothing here knows which backend it
 //! drives.
 //!
+//! Where the backend's host can perform INIT itself cheaply ([`Backend::host_init`]: KVM's
+//! in-kernel INIT), [`Vcpu::reset`] lets it do the bulk of the RESET and writes only what INIT
+//! keeps but RESET changes; each class the host's INIT sets is checked against the spec the
+//! first time and stored by the engine from then on where it is off (`host_init.rs`). The
+//! result is the same state; on KVM it takes four ioctls instead of six or seven.
+//!
 //! INIT honours the virtualization extensions' blocking rules ([`spec::init_outcome`]): held
 //! in VMX root operation or with SVM's GIF clear (latched, and applied by
 //! [`Vcpu::deliver_latched_init`] once the rule no longer applies), a VM exit in VMX non-root
@@ -159,7 +165,8 @@ impl<B: Backend> Vcpu<B> {
     /// (host limits) are skipped by the backend and reported by [`Vcpu::verify`]. Nested state
     /// (VMX operation, current and enlightened VMCS, guest mode, GIF) is dropped and a latched
     /// INIT forgotten: RESET is not blocked by anything. Where the backend queues signals, the
-    /// activity state is read first.
+    /// activity state is read first. Where the backend offers its host's INIT and the cache
+    /// does not hold the whole state, that INIT does the bulk (see the module documentation).
     pub fn reset(&mut self) -> Result<Outcome, EngineError> {
         let before = self.cache.backend_stats();
         let target = spec::expected_state(&self.model, self.identity, Transition::Reset);

@@ -8,6 +8,8 @@
 //!   `mp_state.rs`, `events.rs` and `nested.rs`.
 //! - With sync regs (`sync.rs`), REGS, SREGS and EVENTS come with every exit and stores of them
 //!   are deferred to the next KVM_RUN, without ioctls. `run.rs` runs the vCPU and maps exits.
+//! - `init.rs` raises KVM's own INIT inside the KVM_SET_MSRS of a RESET
+//!   ([`Backend::host_init`](crate::backend::Backend::host_init)).
 //! - [`kvm_for_tests`] opens KVM for a test or says why the test is skipped.
 //!
 //! Every ioctl a vCPU makes is counted in its [`Stats`](crate::backend::Stats), creation and

@@ -4,7 +4,8 @@
 //! The MSRs held are those the host supports ([`super::KvmHost::supported_msrs`]) that the vCPU
 //! also answers: at creation one KVM_GET_MSRS reads them all, and each MSR KVM refuses costs one
 //! more and is dropped. KVM_GET/SET_MSRS stop at the first MSR they refuse and return how many
-//! they processed; a short count is [`BackendError::MsrRefused`]. IA32_MTRRCAP is read-only:
+//! they processed; a short count is [`BackendError::MsrRefused`]. Lists longer than KVM takes
+//! in one call (255 MSRs) go in several. IA32_MTRRCAP is read-only:
 //! it is loaded but never stored. The VMX capability MSRs (held only where the host offers
 //! nested VMX) are recorded as they read at creation: that is the VM's configuration, which
 //! RESET restores ([`vcpu_reset_spec::CpuModel::vmx_capabilities`]).
