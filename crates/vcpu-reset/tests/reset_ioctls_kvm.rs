@@ -18,7 +18,7 @@ use vcpu_reset::bench::exits::{CODE, PORT, Program};
 use vcpu_reset::cache::VcpuCache;
 use vcpu_reset::engine::{Deviation, DeviationKind, Vcpu};
 use vcpu_reset::runner::{Sink, Vm, VmConfig};
-use vcpu_reset::spec::{Field, VcpuIdentity, VcpuState};
+use vcpu_reset::spec::{self, Field, LapicReg, Msr, Transition, VcpuIdentity, VcpuState};
 
 fn mismatches(devs: &[Deviation]) -> Vec<&Deviation> {
     devs.iter()
@@ -262,4 +262,57 @@ fn leaving_kvms_init_to_the_next_run_takes_three_ioctls_and_is_exact_where_the_c
             }
         }
     }
+}
+
+#[test]
+fn kvms_init_keeps_a_changed_apic_id_and_x2apic_mode_but_the_reset_does_not() {
+    let Some(host) = kvm_for_tests() else { return };
+    let vm = host.create_vm(true).expect("VM with an irqchip");
+    let kv = KvmVcpu::new(&host, &vm, 1).expect("vCPU 1");
+    let model = kv.cpu_model().expect("an Intel or AMD host");
+    let mut v = Vcpu::new(VcpuCache::adopt(kv), model, VcpuIdentity::new(1));
+    v.reset().expect("power-on RESET");
+    if v.host_init_inexact().is_none() {
+        eprintln!("skipped: the host offers no INIT to build on");
+        return;
+    }
+    let want = spec::expected_state(&model, VcpuIdentity::new(1), Transition::Reset);
+    // An xAPIC ID changed by the guest (INIT keeps it, SDM Vol. 3A §11.4.6) ...
+    v.cache()
+        .set(Field::Lapic(LapicReg::Id), 0x0700_0000)
+        .expect("APIC ID");
+    v.cache().flush().expect("store");
+    v.cache().invalidate();
+    assert_eq!(
+        v.cache().get(Field::Lapic(LapicReg::Id)).expect("ID"),
+        0x0700_0000
+    );
+    v.cache().invalidate();
+    let out = v.reset().expect("RESET");
+    assert_eq!(out.calls.calls(), 4, "{:?}", out.calls);
+    let devs = v.verify().expect("verify");
+    assert!(mismatches(&devs).is_empty(), "{:?}", mismatches(&devs));
+    assert_eq!(
+        v.cache().get(Field::Lapic(LapicReg::Id)).expect("ID"),
+        want.lapic.id.into()
+    );
+    // ... and x2APIC mode (INIT keeps IA32_APIC_BASE).
+    let x2apic = u128::from(want.msrs.apic_base | (1 << 10));
+    v.cache()
+        .set(Field::Msr(Msr::ApicBase), x2apic)
+        .expect("APIC base");
+    v.cache().flush().expect("store");
+    v.cache().invalidate();
+    assert_eq!(
+        v.cache().get(Field::Msr(Msr::ApicBase)).expect("base"),
+        x2apic
+    );
+    v.cache().invalidate();
+    v.reset().expect("RESET");
+    let devs = v.verify().expect("verify");
+    assert!(mismatches(&devs).is_empty(), "{:?}", mismatches(&devs));
+    assert_eq!(
+        v.cache().get(Field::Msr(Msr::ApicBase)).expect("base"),
+        u128::from(want.msrs.apic_base)
+    );
 }
