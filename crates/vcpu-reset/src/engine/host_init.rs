@@ -14,8 +14,9 @@
 //! The first check also reads the classes the INIT clobbers (REGS, SREGS, EVENTS on KVM) and
 //! compares them with the RESET state, CR0.CD/NW aside: where they match and no class is
 //! inexact, later RESETs leave the INIT to the vCPU's next run (the backend's `lazy`), which
-//! on KVM saves one ioctl. Fields the backend does not hold are skipped. A class is checked again only if the backend
-//! did not establish it the first time (its INIT did not take effect then). Classes the
+//! on KVM saves one ioctl. Fields the backend does not hold are skipped. A class is checked
+//! again only if the backend did not establish it the first time (its INIT did not take effect
+//! then). Classes the
 //! backend stored from the RESET state itself in the same call (the MSRs on KVM, which INIT
 //! keeps: SDM Table 10-1, APM Table 14-1) are taken as stored without reading them back.
 
@@ -28,9 +29,9 @@ use crate::backend::{Backend, ClassSet, StateClass};
 /// CR0.CD (bit 30) and CR0.NW (bit 29).
 const CR0_CD_NW: u128 = (1 << 30) | (1 << 29);
 
-/// The classes an INIT sets that the engine may find off and store itself after it; where one
-/// of them is, the INIT cannot be left to the next run.
-const CLOBBERED_BY_INIT: ClassSet = ClassSet::EMPTY
+/// The classes the host's INIT sets to their RESET values (on KVM); where the engine found one
+/// off, it stores it after the INIT, so the INIT cannot be left to the next run.
+const SET_BY_INIT: ClassSet = ClassSet::EMPTY
     .with(StateClass::Lapic)
     .with(StateClass::Debug)
     .with(StateClass::MpState);
@@ -85,7 +86,7 @@ impl<B: Backend> Vcpu<B> {
         }
         let lazy = self.host_init.force_lazy
             || self.host_init.clobbered_off == Some(ClassSet::EMPTY)
-                && self.host_init.inexact.0 & (CLOBBERED_BY_INIT.0) == 0;
+                && self.host_init.inexact.0 & SET_BY_INIT.0 == 0;
         let Some(done) = self
             .cache
             .backend_mut()

@@ -455,6 +455,34 @@ mod tests {
     }
 
     #[test]
+    fn lists_longer_than_one_call_takes_go_in_chunks() {
+        let Some(host) = super::super::kvm_for_tests() else {
+            return;
+        };
+        let vm = host.create_vm(true).expect("VM");
+        let vcpu = KvmVcpu::new(&host, &vm, 0).expect("vCPU");
+        const MSR_IA32_PAT: u32 = 0x277;
+        let pat = 0x0007_0406_0007_0406;
+        // 300 entries: KVM refuses 256 or more in one call (E2BIG).
+        let mut list = vec![
+            kvm_msr_entry {
+                index: MSR_IA32_PAT,
+                data: pat,
+                ..Default::default()
+            };
+            300
+        ];
+        let (calls, done) = set_msr_chunks(&vcpu.fd, &list);
+        assert_eq!((calls, done.expect("KVM_SET_MSRS")), (2, 300));
+        for e in &mut list {
+            e.data = 0;
+        }
+        let (calls, done) = get_msr_chunks(&vcpu.fd, &mut list);
+        assert_eq!((calls, done.expect("KVM_GET_MSRS")), (2, 300));
+        assert!(list.iter().all(|e| e.data == pat));
+    }
+
+    #[test]
     fn sregs_msrs_are_left_out() {
         let indices: Vec<u32> = msr_fields().map(|(_, i)| i).collect();
         assert_eq!(indices[0], MSR_IA32_APIC_BASE);
