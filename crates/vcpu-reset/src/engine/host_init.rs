@@ -99,6 +99,11 @@ impl<B: Backend> Vcpu<B> {
         self.cache.forget(ClassSet(
             done.stored.0 | done.established.0 | done.clobbered.0,
         ));
+        if done.stored == ClassSet::EMPTY && done.established == ClassSet::EMPTY {
+            // The host could not raise its INIT after all: store everything, and from now on
+            // do not ask.
+            self.host_init.unavailable = true;
+        }
         let unchecked = ClassSet(done.established.0 & !self.host_init.checked.0);
         if unchecked != ClassSet::EMPTY {
             let wrong = self.classes_off(unchecked, target)?;

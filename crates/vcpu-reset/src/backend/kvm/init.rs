@@ -38,7 +38,9 @@
 //!
 //! Not offered (`None`): without an in-kernel irqchip, x2APIC in the vCPU's CPUID, sync regs or
 //! IA32_APIC_BASE held; with nested state (INIT is held in VMX root operation); where the vCPU
-//! may be in SMM (INIT is latched there) as far as the last exit does not show otherwise.
+//! may be in SMM (INIT is latched there) as far as the last exit does not show otherwise. Where
+//! the host refuses one of the MSR writes that raise the INIT, KVM is made to act on what its
+//! local APIC holds and every class is reported clobbered, so the caller stores them all.
 
 use kvm_bindings::{
     KVM_MP_STATE_INIT_RECEIVED, KVM_MP_STATE_RUNNABLE, KVM_VCPUEVENT_VALID_SMM, kvm_msr_entry,
@@ -130,7 +132,27 @@ impl KvmVcpu {
         // at once there.
         let lazy = lazy && !self.may_be_uninitialized;
         let preamble = init_preamble(self.id(), target.msrs.apic_base);
-        self.store_msrs_after(target, &preamble)?;
+        match self.store_msrs_after(target, &preamble) {
+            Err(BackendError::MsrRefused { done, .. }) if done < preamble.len() => {
+                // The host refused a write that raises the INIT. Have KVM act on what its local
+                // APIC holds (an INIT raised here if the ICR write went through, or an INIT or
+                // SIPI from before) and the caller store every class after it.
+                self.stats.loads += 1;
+                let mp = self
+                    .fd
+                    .get_mp_state()
+                    .map_err(|e| ioctl_error("KVM_GET_MP_STATE", e))?;
+                self.may_be_uninitialized = mp.mp_state == kvm_bindings::KVM_MP_STATE_UNINITIALIZED;
+                self.shadow = Shadow::default();
+                self.mirror = ClassSet::EMPTY;
+                return Ok(Some(HostInit {
+                    stored: ClassSet::EMPTY,
+                    established: ClassSet::EMPTY,
+                    clobbered: self.supported_classes(),
+                }));
+            }
+            other => other?,
+        }
         let apic_base = self.shadow.apic_base;
         self.shadow = Shadow {
             apic_base,

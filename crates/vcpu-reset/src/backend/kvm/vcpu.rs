@@ -281,6 +281,11 @@ impl KvmVcpu {
         self.identity.signature
     }
 
+    /// The classes this vCPU holds.
+    pub(super) fn supported_classes(&self) -> ClassSet {
+        self.supported
+    }
+
     /// Whether the vCPU's CPUID offers x2APIC.
     pub(super) fn x2apic_cpuid(&self) -> bool {
         self.identity.x2apic
