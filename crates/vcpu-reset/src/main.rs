@@ -160,6 +160,16 @@ enum BenchCommand {
         /// Timed reboots per path and vCPU count.
         #[arg(long, default_value_t = 20)]
         rounds: u32,
+        /// Compare with this VMM instead: the same firmware rebooted in it and in vcpu-reset's
+        /// runner (only `qemu`).
+        #[arg(long, value_parser = ["qemu"])]
+        peer: Option<String>,
+        /// With --peer: reboots per measured run pair.
+        #[arg(long, default_value_t = vcpu_reset::bench::peer::PeerOptions::default().reboots)]
+        reboots: u32,
+        /// With --peer: repetitions.
+        #[arg(long, default_value_t = vcpu_reset::bench::peer::PeerOptions::default().reps)]
+        reps: u32,
     },
 }
 
@@ -368,7 +378,22 @@ fn bench(which: BenchCommand) -> ExitCode {
             };
             exits::run(&host, &options).map(|r| r.to_text())
         }
-        BenchCommand::Reboot { vcpus, rounds } => {
+        BenchCommand::Reboot {
+            vcpus,
+            peer: Some(_),
+            reboots,
+            reps,
+            ..
+        } => {
+            drop(host);
+            let options = vcpu_reset::bench::peer::PeerOptions {
+                vcpus: vcpus.map_or_else(|| reboot::DEFAULT_VCPUS.to_vec(), |n| vec![n]),
+                reboots,
+                reps,
+            };
+            vcpu_reset::bench::peer::run(&options).map(|r| r.to_text())
+        }
+        BenchCommand::Reboot { vcpus, rounds, .. } => {
             drop(host);
             let options = reboot::RebootOptions {
                 vcpus: vcpus.map_or_else(|| reboot::DEFAULT_VCPUS.to_vec(), |n| vec![n]),

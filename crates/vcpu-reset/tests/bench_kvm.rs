@@ -138,16 +138,18 @@ fn cli_bench_exits_prints_three_rows() {
 }
 
 #[test]
-fn cli_bench_reboot_prints_both_paths() {
+fn cli_bench_reboot_prints_every_path() {
     let Some(_host) = kvm_for_tests() else { return };
     let text = cli(&["bench", "reboot", "--vcpus", "1", "--rounds", "1"]);
     let rows: Vec<&str> = text
         .lines()
         .filter(|l| l.starts_with("1 ") && (l.contains("in place") || l.contains("recreate")))
         .collect();
-    assert_eq!(rows.len(), 2, "{text}");
+    assert_eq!(rows.len(), 3, "{text}");
     assert!(
-        rows[0].contains("in place") && rows[1].contains("recreate"),
+        rows[0].contains("in place")
+            && rows[1].contains("in place, 1 thread")
+            && rows[2].contains("recreate"),
         "{text}"
     );
 }
@@ -163,5 +165,48 @@ fn cli_bench_refuses_bad_counts() {
     assert!(
         err.contains("--exits 0 is out of range") || err.contains("/dev/kvm"),
         "{err}"
+    );
+}
+
+#[test]
+fn cli_bench_reboot_peer_qemu_prints_both_vmms() {
+    let Some(_host) = kvm_for_tests() else { return };
+    let qemu = Command::new("qemu-system-x86_64").arg("--version").output();
+    if qemu.is_err() {
+        if std::env::var("VCPU_RESET_REQUIRE_QEMU").as_deref() == Ok("1") {
+            panic!("VCPU_RESET_REQUIRE_QEMU=1 but qemu-system-x86_64 cannot be run");
+        }
+        eprintln!("skipped: no qemu-system-x86_64");
+        return;
+    }
+    let text = cli(&[
+        "bench",
+        "reboot",
+        "--peer",
+        "qemu",
+        "--vcpus",
+        "2",
+        "--reboots",
+        "4",
+        "--reps",
+        "1",
+    ]);
+    let rows: Vec<&str> = text.lines().filter(|l| l.starts_with("2 ")).collect();
+    assert_eq!(rows.len(), 2, "{text}");
+    assert!(
+        rows[0].contains("vcpu-reset run") && rows[1].contains("qemu"),
+        "{text}"
+    );
+    // At most 4 per vCPU: an AP whose thread did not reach KVM_RUN before a boot ended is
+    // still at its RESET state and costs nothing.
+    let ioctls: f64 = rows[0]
+        .split_whitespace()
+        .last()
+        .and_then(|n| n.parse().ok())
+        .expect("ioctls per vCPU");
+    assert!(ioctls > 0.0 && ioctls <= 4.0, "{text}");
+    assert!(
+        text.contains("target ≥ 5× faster than QEMU at 32 vCPUs: not measured"),
+        "{text}"
     );
 }

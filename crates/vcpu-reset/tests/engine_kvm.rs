@@ -44,14 +44,22 @@ const SIPI_CODE: [u8; 6] = [0xb0, SIPI_MARKER, 0xe6, SIPI_PORT, 0xeb, 0xfe];
 /// Where RIP is after the SIPI code's OUT.
 const SIPI_RIP_AFTER_OUT: u64 = 4;
 
-/// The most ioctls a RESET of a vCPU that has run may take, as (loads, stores): one
-/// KVM_GET_MP_STATE, so that KVM acts on an INIT or SIPI still pending in the local APIC before
-/// the RESET rather than after it; one store each of MSRs, LAPIC, XSAVE, XCRs and debug
-/// registers, plus KVM_SET_MP_STATE where the activity changes (an AP that was running) and
-/// KVM_SET_NESTED_STATE where the host has nested state. REGS, SREGS and EVENTS ride the
-/// `kvm_run` page. The BSP, which stays active, thus takes 6 ioctls and an AP that was running
-/// 7.
-fn reset_budget(host: &KvmHost, activity_changes: bool) -> (u64, u64) {
+/// The most ioctls a RESET of a vCPU that has run may take, as (loads, stores).
+///
+/// With KVM's own INIT doing the bulk (the engine uses it where the backend offers it): one
+/// KVM_SET_MSRS that also raises the INIT, one KVM_GET_MP_STATE that makes KVM act on it, and
+/// KVM_SET_XSAVE and KVM_SET_XCRS, plus one store per class the engine found KVM's INIT to
+/// leave wrong on this host (e.g. KVM_SET_LAPIC for the BSP, whose LINT0 KVM's quirk sets to
+/// 0x700). REGS, SREGS and EVENTS ride the `kvm_run` page.
+///
+/// Without it: one KVM_GET_MP_STATE, so that KVM acts on an INIT or SIPI still pending in the
+/// local APIC before the RESET rather than after it; one store each of MSRs, LAPIC, XSAVE, XCRs
+/// and debug registers, plus KVM_SET_MP_STATE where the activity changes (an AP that was
+/// running) and KVM_SET_NESTED_STATE where the host has nested state.
+fn reset_budget(v: &Vcpu<KvmVcpu>, host: &KvmHost, activity_changes: bool) -> (u64, u64) {
+    if let Some(inexact) = v.host_init_inexact() {
+        return (1, 3 + inexact.iter().count() as u64);
+    }
     let nested = u64::from(host.caps().nested_state > 0);
     (1, 5 + u64::from(activity_changes) + nested)
 }
@@ -206,18 +214,14 @@ fn dirty_and_run(v: Vcpu<KvmVcpu>, model: &CpuModel) -> (VcpuState, Vcpu<KvmVcpu
     (state, v)
 }
 
-/// Read every class back host-side through a fresh cache over the same backend; the engine
-/// goes on with that cache.
+/// Read every class back host-side through a cache that knows nothing (flushed, then
+/// invalidated, as a fresh cache over the same backend would be); the engine goes on with it.
 fn read_back(v: Vcpu<KvmVcpu>) -> (VcpuState, Vcpu<KvmVcpu>) {
-    let model = *v.model();
-    let ident = v.identity();
-    let backend = v
-        .into_cache()
-        .into_backend()
-        .expect("flush before handing the backend over");
-    let mut fresh = VcpuCache::adopt(backend);
-    let state = *fresh.state().expect("read every class");
-    (state, Vcpu::new(fresh, model, ident))
+    let mut v = v;
+    v.cache().flush().expect("flush before reading back");
+    v.cache().invalidate();
+    let state = *v.cache().state().expect("read every class");
+    (state, v)
 }
 
 /// Why KVM does not hold `f` on this host, if its capabilities explain it.
@@ -404,7 +408,7 @@ fn reset_after_dirtying_gives_the_spec_state_on_the_bsp_and_an_ap() {
             out.calls.calls(),
             out.calls
         );
-        let (loads, stores) = reset_budget(&host, !ident.bsp);
+        let (loads, stores) = reset_budget(&v, &host, !ident.bsp);
         assert!(
             out.calls.loads <= loads
                 && out.calls.stores <= stores
@@ -414,6 +418,14 @@ fn reset_after_dirtying_gives_the_spec_state_on_the_bsp_and_an_ap() {
         );
         if ident.bsp && host.caps().nested_state == 0 {
             assert!(out.calls.calls() <= 6, "{who}: {:?}", out.calls);
+        }
+        if let Some(inexact) = v.host_init_inexact() {
+            eprintln!("{who}: KVM's INIT used; classes it leaves wrong here: {inexact:?}");
+            assert!(
+                out.calls.calls() <= 4 + inexact.iter().count() as u64,
+                "{who}: {:?}",
+                out.calls
+            );
         }
         let again = v.reset().expect("second RESET");
         assert_eq!(
@@ -734,7 +746,7 @@ fn an_init_or_sipi_in_flight_does_not_survive_reset_or_init() {
 }
 
 #[test]
-fn an_ap_waiting_for_sipi_is_reset_in_six_ioctls() {
+fn an_ap_waiting_for_sipi_is_reset_in_four_ioctls_with_kvms_init() {
     let Some(host) = kvm_for_tests() else { return };
     let mut m = machine(&host);
     let model = m.model;
@@ -750,12 +762,15 @@ fn an_ap_waiting_for_sipi_is_reset_in_six_ioctls() {
         out.calls.calls(),
         out.calls
     );
-    let (loads, stores) = reset_budget(&host, false);
+    let (loads, stores) = reset_budget(&ap, &host, false);
     assert!(
         out.calls.loads <= loads && out.calls.stores <= stores,
         "{:?}",
         out.calls
     );
+    if ap.host_init_inexact() == Some(vcpu_reset::backend::ClassSet::EMPTY) {
+        assert_eq!(out.calls.calls(), 4, "{:?}", out.calls);
+    }
     assert_verified(&mut ap, &host, "RESET of a waiting AP");
     let want = spec::expected_state(&model, VcpuIdentity::new(1), Transition::Reset);
     run_and_confirm(ap, &want, "RESET of a waiting AP");

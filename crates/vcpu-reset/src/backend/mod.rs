@@ -180,6 +180,18 @@ pub enum Exit {
     Other(u32),
 }
 
+/// What a [`Backend::host_init`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HostInit {
+    /// Classes the backend stored from the target itself (on KVM the MSRs, which the host's
+    /// INIT keeps; with `lazy` also REGS, SREGS and EVENTS).
+    pub stored: ClassSet,
+    /// Classes the host's INIT is meant to leave at the RESET target.
+    pub established: ClassSet,
+    /// Classes the host's INIT overwrote with values of its own, to be stored again.
+    pub clobbered: ClassSet,
+}
+
 /// Calls a backend has made, by kind. On KVM every count is one ioctl.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Stats {
@@ -323,6 +335,28 @@ pub trait Backend {
     fn store_slots(&mut self, class: StateClass, slots: u64, state: &VcpuState) -> bool {
         let _ = (class, slots, state);
         false
+    }
+
+    /// Let the host perform its own INIT of the vCPU as the bulk of a RESET to `target`, where
+    /// the host has one that costs (almost) no call: the backend stores the MSRs of `target`
+    /// (including IA32_APIC_BASE) and raises the host's INIT in the same store.
+    ///
+    /// Without `lazy` the INIT takes effect before this returns: [`HostInit::established`]
+    /// then holds what the host's INIT gives those classes, which the caller checks against the
+    /// spec before trusting it, and the classes in [`HostInit::clobbered`] hold the host's INIT
+    /// values, to be stored again. With `lazy` the backend also stores the classes the INIT
+    /// would clobber from `target` itself (in [`HostInit::stored`]) and leaves the INIT to take
+    /// effect when the vCPU next runs, or before anything else of the vCPU is read or written;
+    /// the INIT then overwrites those classes, so `lazy` is only exact where the host's INIT
+    /// gives them `target`'s values (CR0.CD/NW aside, which INIT keeps). Returns `None`, having
+    /// changed nothing, where the backend cannot (the default).
+    fn host_init(
+        &mut self,
+        target: &VcpuState,
+        lazy: bool,
+    ) -> Result<Option<HostInit>, BackendError> {
+        let _ = (target, lazy);
+        Ok(None)
     }
 
     /// Calls made so far.

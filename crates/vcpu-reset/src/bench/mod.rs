@@ -7,6 +7,8 @@
 //! - [`reboot`]: a warm reboot in place ([`Vm::reboot`](crate::runner::Vm::reboot)) against
 //!   tearing the VM down and building it again with the same configuration.
 //!   `vcpu-reset bench reboot`.
+//! - [`peer`]: the same self-rebooting firmware in QEMU and in vcpu-reset's runner.
+//!   `vcpu-reset bench reboot --peer qemu`.
 //! - [`stats`]: medians, spreads, ratios and text tables (no KVM).
 //!
 //! Repetitions of the paths are interleaved, so slow drift of the machine (frequency, other
@@ -14,6 +16,7 @@
 //! The same rigs back the Criterion benches in `benches/`.
 
 pub mod exits;
+pub mod peer;
 pub mod reboot;
 pub mod stats;
 
@@ -66,6 +69,9 @@ pub enum BenchError {
         /// What was seen instead of what was expected.
         what: String,
     },
+    /// The peer VMM could not be run or did not do what the bench expects.
+    #[error("peer VMM: {0}")]
+    Peer(String),
     /// A bench option is out of range.
     #[error("{option} {value} is out of range — {why}")]
     Option {

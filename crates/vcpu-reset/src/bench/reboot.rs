@@ -19,15 +19,17 @@
 
 use std::time::{Duration, Instant};
 
-use super::BenchError;
 use super::exits::{CODE, PORT, Program};
 use super::stats::{Summary, ratios, table};
+use super::{BenchError, host_cpus};
 use crate::backend::kvm::KvmHost;
 use crate::backend::{Exit, IoDir};
 use crate::runner::{RebootKind, Sink, Vm, VmConfig};
 
 /// The target: a reboot in place at least this many times faster than recreating the VM.
 pub const TARGET_SPEEDUP: f64 = 20.0;
+/// The target: at most this many vCPU ioctls per vCPU for a RESET in place.
+pub const TARGET_IOCTLS_PER_VCPU: f64 = 3.0;
 /// vCPU counts measured when none is given.
 pub const DEFAULT_VCPUS: [u32; 3] = [1, 2, 32];
 /// VM-level ioctls of [`Vm::reboot`] on RESET, which no vCPU's [`Stats`](crate::backend::Stats) counts.
@@ -107,6 +109,16 @@ impl RebootRig {
     /// [`BenchError::Run`] when the reboot fails, [`BenchError::Mismatch`] when the BSP does
     /// not reach the loop after the previous one.
     pub fn in_place(&mut self) -> Result<RebootSample, BenchError> {
+        self.in_place_on(host_cpus())
+    }
+
+    /// One timed reboot in place with the vCPUs' RESET spread over `threads` threads (1: one
+    /// after another on this thread).
+    ///
+    /// # Errors
+    /// As [`RebootRig::in_place`].
+    pub fn in_place_on(&mut self, threads: usize) -> Result<RebootSample, BenchError> {
+        self.in_place.set_reset_threads(threads);
         Self::run_bsp(&mut self.in_place)?;
         for v in self.in_place.vcpus() {
             v.cache().invalidate();
@@ -170,8 +182,12 @@ impl Default for RebootOptions {
 pub struct RebootRow {
     /// vCPUs.
     pub vcpus: u32,
-    /// Microseconds per reboot in place.
+    /// Microseconds per reboot in place, the vCPUs spread over the host's CPUs.
     pub in_place: Summary,
+    /// Microseconds per reboot in place, the vCPUs one after another on one thread.
+    pub in_place_serial: Summary,
+    /// One thread over spread, per round.
+    pub parallel_gain: Summary,
     /// Microseconds per teardown and recreation.
     pub recreate: Summary,
     /// Recreate over in place, per round.
@@ -199,6 +215,7 @@ impl RebootRow {
     pub fn from_samples(
         vcpus: u32,
         in_place: &[RebootSample],
+        in_place_serial: &[RebootSample],
         recreate: &[RebootSample],
     ) -> Result<RebootRow, BenchError> {
         let empty = || BenchError::Option {
@@ -206,7 +223,7 @@ impl RebootRow {
             value: in_place.len() as u64,
             why: "both paths need the same number of rounds, at least 1",
         };
-        if in_place.len() != recreate.len() {
+        if in_place.len() != recreate.len() || in_place_serial.len() != recreate.len() {
             return Err(empty());
         }
         let us = |s: &[RebootSample]| -> Vec<f64> {
@@ -216,10 +233,12 @@ impl RebootRow {
             let total: u64 = s.iter().map(|x| x.vcpu_ioctls).sum();
             total as f64 / (s.len().max(1) as f64 * f64::from(vcpus.max(1)))
         };
-        let (a, b) = (us(in_place), us(recreate));
+        let (a, b, c) = (us(in_place), us(recreate), us(in_place_serial));
         Ok(RebootRow {
             vcpus,
             in_place: Summary::of(&a).ok_or_else(empty)?,
+            in_place_serial: Summary::of(&c).ok_or_else(empty)?,
+            parallel_gain: Summary::of(&ratios(&c, &a)).ok_or_else(empty)?,
             recreate: Summary::of(&b).ok_or_else(empty)?,
             speedup: Summary::of(&ratios(&b, &a)).ok_or_else(empty)?,
             in_place_ioctls_per_vcpu: per_vcpu(in_place),
@@ -238,9 +257,11 @@ impl RebootReport {
     pub fn to_text(&self) -> String {
         let mut out = format!(
             "vcpu-reset bench reboot — {}\n\
-             in place: Vm::reboot(Reset) after invalidating every vCPU cache; recreate: drop the VM, build it again (VM, memory, irqchip, PIT, vCPUs, CPUID, RESET)\n\
+             in place: Vm::reboot(Reset) after invalidating every vCPU cache, the vCPUs' RESET spread over up to {} threads, one per {} vCPUs (and on 1 thread); recreate: drop the VM, build it again (VM, memory, irqchip, PIT, vCPUs, CPUID, RESET)\n\
              {} rounds per vCPU count, the paths alternating; median [min–max] over rounds\n\n",
             super::host_line(),
+            host_cpus(),
+            crate::engine::parallel::MIN_VCPUS_PER_THREAD,
             self.rounds
         );
         let mut rows = Vec::new();
@@ -254,6 +275,13 @@ impl RebootReport {
                     "{:.1} (+{VM_IOCTLS_PER_REBOOT} VM)",
                     r.in_place_ioctls_per_vcpu
                 ),
+            ]);
+            rows.push(vec![
+                r.vcpus.to_string(),
+                "in place, 1 thread".to_owned(),
+                r.in_place_serial.display(0),
+                format!("{} of spread", r.parallel_gain.display(2)),
+                String::new(),
             ]);
             rows.push(vec![
                 r.vcpus.to_string(),
@@ -286,6 +314,21 @@ impl RebootReport {
                 if met { "met" } else { "NOT met" },
             ));
         }
+        let most = self
+            .rows
+            .iter()
+            .map(|r| r.in_place_ioctls_per_vcpu)
+            .max_by(f64::total_cmp);
+        if let Some(most) = most {
+            out.push_str(&format!(
+                "target ≤ {TARGET_IOCTLS_PER_VCPU:.0} vCPU ioctls per vCPU per RESET in place: {} (at most {most:.1})\n",
+                if most <= TARGET_IOCTLS_PER_VCPU {
+                    "met"
+                } else {
+                    "NOT met"
+                },
+            ));
+        }
         out
     }
 }
@@ -316,18 +359,24 @@ pub fn run(options: &RebootOptions) -> Result<RebootReport, BenchError> {
         // One of each, untimed, so both paths start warm.
         rig.in_place()?;
         rig.recreate()?;
+        rig.in_place_on(1)?;
         let mut in_place = Vec::new();
+        let mut serial = Vec::new();
         let mut recreate = Vec::new();
         for round in 0..options.rounds {
             if round % 2 == 0 {
                 in_place.push(rig.in_place()?);
+                serial.push(rig.in_place_on(1)?);
                 recreate.push(rig.recreate()?);
             } else {
                 recreate.push(rig.recreate()?);
+                serial.push(rig.in_place_on(1)?);
                 in_place.push(rig.in_place()?);
             }
         }
-        rows.push(RebootRow::from_samples(vcpus, &in_place, &recreate)?);
+        rows.push(RebootRow::from_samples(
+            vcpus, &in_place, &serial, &recreate,
+        )?);
     }
     Ok(RebootReport {
         rounds: options.rounds,
@@ -351,6 +400,7 @@ mod tests {
         let row = RebootRow::from_samples(
             2,
             &[s(100, 16), s(200, 16), s(100, 16)],
+            &[s(150, 16), s(200, 16), s(200, 16)],
             &[s(3000, 60), s(3000, 60), s(2500, 60)],
         )
         .expect("row");
@@ -358,6 +408,8 @@ mod tests {
         assert_eq!(row.recreate.median, 3000.0);
         // 30, 15, 25 per round.
         assert_eq!(row.speedup.median, 25.0);
+        // 1.5, 1, 2 per round.
+        assert_eq!(row.parallel_gain.median, 1.5);
         assert_eq!(row.in_place_ioctls_per_vcpu, 8.0);
         assert_eq!(row.recreate_ioctls_per_vcpu, 30.0);
         assert!(row.met());
@@ -365,14 +417,16 @@ mod tests {
 
     #[test]
     fn mismatched_or_missing_rounds_are_an_error() {
-        assert!(RebootRow::from_samples(1, &[], &[]).is_err());
-        assert!(RebootRow::from_samples(1, &[s(1, 1)], &[]).is_err());
+        assert!(RebootRow::from_samples(1, &[], &[], &[]).is_err());
+        assert!(RebootRow::from_samples(1, &[s(1, 1)], &[s(1, 1)], &[]).is_err());
     }
 
     #[test]
     fn the_text_has_both_paths_per_count_and_the_verdict() {
-        let fast = RebootRow::from_samples(1, &[s(100, 8)], &[s(5000, 30)]).expect("row");
-        let slow = RebootRow::from_samples(32, &[s(1000, 256)], &[s(9000, 960)]).expect("row");
+        let fast =
+            RebootRow::from_samples(1, &[s(100, 8)], &[s(100, 8)], &[s(5000, 30)]).expect("row");
+        let slow = RebootRow::from_samples(32, &[s(1000, 256)], &[s(1500, 256)], &[s(9000, 960)])
+            .expect("row");
         let report = RebootReport {
             rounds: 1,
             rows: vec![fast, slow],
@@ -398,6 +452,12 @@ mod tests {
         assert!(
             text.contains(
                 "target in place ≥ 20× faster than recreate: NOT met (smallest median speedup 9.0×)"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "target ≤ 3 vCPU ioctls per vCPU per RESET in place: NOT met (at most 8.0)"
             ),
             "{text}"
         );

@@ -143,6 +143,34 @@ impl<B: Backend> VcpuCache<B> {
         dirtied
     }
 
+    /// Whether every slot of every supported class is available (nothing would be loaded).
+    pub fn holds_everything(&self) -> bool {
+        mask_of(self.supported) & !self.avail == 0
+    }
+
+    /// Forget `classes` entirely, dirty slots included: the backend changed them behind the
+    /// cache's back and what was dirty is no longer wanted.
+    pub fn forget(&mut self, classes: ClassSet) {
+        let m = mask_of(classes);
+        self.avail &= !m;
+        self.dirty &= !m;
+    }
+
+    /// Take the fields of `classes` in `state` as what the backend holds (available, not
+    /// dirty): the backend put them there itself (e.g. the host's own INIT).
+    pub fn assume(&mut self, classes: ClassSet, state: &VcpuState) {
+        let classes = ClassSet(classes.0 & self.supported.0);
+        for class in classes.iter() {
+            for f in regs::fields_of(class) {
+                f.set(&mut self.state, f.get(state));
+            }
+        }
+        let m = mask_of(classes);
+        self.avail |= m;
+        self.dirty &= !m;
+        self.check_invariant();
+    }
+
     /// The backend, for reading its counters or identity. Changing vCPU state behind the
     /// cache's back needs [`VcpuCache::invalidate`] afterwards.
     pub fn backend(&self) -> &B {

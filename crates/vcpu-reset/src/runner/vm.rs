@@ -187,6 +187,7 @@ pub struct Vm {
     pristine_pit: kvm_pit_state2,
     config: VmConfig,
     model: CpuModel,
+    reset_threads: usize,
 }
 
 impl Vm {
@@ -228,6 +229,10 @@ impl Vm {
                 op: "KVM_ENABLE_CAP(KVM_CAP_X86_TRIPLE_FAULT_EVENT)",
                 errno,
             })?;
+        }
+        // A VM that shows KVM's own creation state keeps KVM's defaults (its quirks included).
+        if !config.kvm_create_state {
+            disable_lint0_quirk(&vm)?;
         }
         let mut pristine_chips = Vec::new();
         for chip_id in [
@@ -274,11 +279,21 @@ impl Vm {
             pristine_pit,
             config,
             model,
+            reset_threads: std::thread::available_parallelism()
+                .map_or(1, std::num::NonZeroUsize::get),
         };
         if !vm.config.kvm_create_state {
             vm.reset_vcpus(RebootKind::Reset)?;
         }
         Ok(vm)
+    }
+
+    /// The most threads a reboot spreads the vCPUs' RESET or INIT over (default: the CPUs
+    /// available to this process; 1 does them one after another on the calling thread). Fewer
+    /// are used where there are too few vCPUs to pay for a thread
+    /// ([`crate::engine::parallel::threads_for`]).
+    pub fn set_reset_threads(&mut self, threads: usize) {
+        self.reset_threads = threads.max(1);
     }
 
     /// The vCPUs.
@@ -321,15 +336,18 @@ impl Vm {
         Ok(())
     }
 
-    /// Put every vCPU through RESET or INIT with the engine; returns the backend calls made.
+    /// Put every vCPU through RESET or INIT with the engine, spread over the host's CPUs
+    /// ([`crate::engine::parallel`]); returns the backend calls made.
     fn reset_vcpus(&mut self, kind: RebootKind) -> Result<Stats, RunError> {
-        let mut total = Stats::default();
-        for (i, v) in self.vcpus.iter_mut().enumerate() {
-            let out = match kind {
+        let threads = crate::engine::parallel::threads_for(self.vcpus.len(), self.reset_threads);
+        let results =
+            crate::engine::parallel::for_each_vcpu(&mut self.vcpus, threads, |v| match kind {
                 RebootKind::Reset => v.reset(),
                 RebootKind::Init => v.init(),
-            }
-            .map_err(|source| RunError::Engine {
+            });
+        let mut total = Stats::default();
+        for (i, r) in results.into_iter().enumerate() {
+            let out = r.map_err(|source| RunError::Engine {
                 vcpu: i as u32,
                 source,
             })?;
@@ -449,11 +467,32 @@ impl Vm {
                         unsafe { libc::pthread_kill(t as libc::pthread_t, kick_signal()) };
                     }
                 }
-                std::thread::sleep(Duration::from_micros(200));
+                std::thread::sleep(Duration::from_micros(20));
             }
             end
         })
     }
+}
+
+/// Turn off KVM's LINT0_REENABLED quirk where the host lets a VM do so: KVM's own INIT and
+/// RESET then leave the BSP's LVT LINT0 masked (0x10000, Intel SDM Vol. 3A §11.4.7.1, AMD APM
+/// Vol. 2 Table 16-2) instead of 0x700, so the engine's RESET through KVM's INIT needs no
+/// KVM_SET_LAPIC for the BSP. vcpu-reset's RESET writes the masked value either way.
+fn disable_lint0_quirk(vm: &VmFd) -> Result<(), RunError> {
+    let quirk = kvm_bindings::KVM_X86_QUIRK_LINT0_REENABLED;
+    let supported = vm.check_extension_raw(u64::from(kvm_bindings::KVM_CAP_DISABLE_QUIRKS2));
+    if u64::try_from(supported).unwrap_or(0) & u64::from(quirk) == 0 {
+        return Ok(());
+    }
+    let cap = kvm_enable_cap {
+        cap: kvm_bindings::KVM_CAP_DISABLE_QUIRKS2,
+        args: [u64::from(quirk), 0, 0, 0],
+        ..Default::default()
+    };
+    vm.enable_cap(&cap).map_err(|errno| RunError::VmIoctl {
+        op: "KVM_ENABLE_CAP(KVM_CAP_DISABLE_QUIRKS2)",
+        errno,
+    })
 }
 
 /// Run one vCPU until it has something to report or is told to stop.

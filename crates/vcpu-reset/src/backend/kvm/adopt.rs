@@ -23,7 +23,7 @@ use super::error::{AdoptRefusal, ReturnedFd};
 use super::ioctls::KVM_SET_BOOT_CPU_ID;
 use super::vcpu::Probed;
 use super::{KvmError, KvmHost, KvmVcpu, KvmVcpuOptions};
-use crate::backend::{BackendError, Stats};
+use crate::backend::{BackendError, StateClass, Stats};
 
 impl KvmVcpu {
     /// Take over vCPU `id` of `vm`, which a VMM created (KVM_CREATE_VCPU) and configured
@@ -126,7 +126,10 @@ impl KvmVcpu {
     /// which [`KvmVcpu::apply_deferred`] reports), it stays flagged in `kvm_dirty_regs` and
     /// the VMM's next KVM_RUN fails with KVM's error.
     pub fn into_fd(mut self) -> VcpuFd {
-        let flushed = self.flush_all().is_ok();
+        // An INIT raised for a RESET and left for the next KVM_RUN is taken now, so the deferred
+        // stores below land after it and the VMM's run loop starts from the finished state.
+        let settled = self.settle_init(StateClass::Regs).is_ok();
+        let flushed = settled && self.flush_all().is_ok();
         let valid = self.vmm_valid_regs;
         // Best effort: a class whose GET fails keeps the copy KVM left there.
         if valid & u64::from(KVM_SYNC_X86_REGS) != 0

@@ -184,6 +184,7 @@ impl KvmVcpu {
     /// Make the vCPU triple-fault (KVM_EXIT_SHUTDOWN) on its next KVM_RUN, as a guest would.
     /// The VM must have KVM_CAP_X86_TRIPLE_FAULT_EVENT enabled; other event state is kept.
     pub fn inject_triple_fault(&mut self) -> Result<(), BackendError> {
+        self.settle_init(StateClass::Events)?;
         let mut e = self.get_events()?;
         e.flags = KVM_VCPUEVENT_VALID_TRIPLE_FAULT;
         e.triple_fault.pending = 1;

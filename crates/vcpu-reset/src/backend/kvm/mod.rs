@@ -10,6 +10,8 @@
 //!   are deferred to the next KVM_RUN, without ioctls. `run.rs` runs the vCPU and maps exits.
 //! - [`KvmVcpu::adopt`] takes over a vCPU a VMM created (its CPUID read back, never changed);
 //!   [`KvmVcpu::into_fd`] hands it back with every deferred store applied (`adopt.rs`).
+//! - `init.rs` raises KVM's own INIT inside the KVM_SET_MSRS of a RESET
+//!   ([`Backend::host_init`](crate::backend::Backend::host_init)).
 //! - [`kvm_for_tests`] opens KVM for a test or says why the test is skipped.
 //!
 //! Every ioctl a vCPU makes is counted in its [`Stats`](crate::backend::Stats), creation and
@@ -41,6 +43,7 @@ mod error;
 mod events;
 mod fpu;
 mod host;
+mod init;
 mod ioctls;
 mod lapic;
 mod mp_state;

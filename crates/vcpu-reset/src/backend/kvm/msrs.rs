@@ -4,7 +4,8 @@
 //! The MSRs held are those the host supports ([`super::KvmHost::supported_msrs`]) that the vCPU
 //! also answers: at creation one KVM_GET_MSRS reads them all, and each MSR KVM refuses costs one
 //! more and is dropped. KVM_GET/SET_MSRS stop at the first MSR they refuse and return how many
-//! they processed; a short count is [`BackendError::MsrRefused`]. IA32_MTRRCAP is read-only:
+//! they processed; a short count is [`BackendError::MsrRefused`]. Lists longer than KVM takes
+//! in one call (255 MSRs) go in several. IA32_MTRRCAP is read-only:
 //! it is loaded but never stored. The VMX capability MSRs (held only where the host offers
 //! nested VMX) are recorded as they read at creation: that is the VM's configuration, which
 //! RESET restores ([`vcpu_reset_spec::CpuModel::vmx_capabilities`]).
@@ -134,18 +135,82 @@ pub(super) fn msr_fields() -> impl Iterator<Item = (Field, u32)> {
 fn entries<'a>(
     fields: impl Iterator<Item = &'a (Field, u32)>,
     data: impl Fn(Field) -> u64,
-) -> Result<Msrs, BackendError> {
-    let list: Vec<kvm_msr_entry> = fields
+) -> Vec<kvm_msr_entry> {
+    fields
         .map(|(f, index)| kvm_msr_entry {
             index: *index,
             data: data(*f),
             ..Default::default()
         })
-        .collect();
-    Msrs::from_entries(&list).map_err(|e| BackendError::Invalid {
+        .collect()
+}
+
+/// The most MSRs one KVM_GET/SET_MSRS takes: KVM refuses a list of `MAX_IO_MSRS` (256) or more
+/// with E2BIG (`msr_io()` in `arch/x86/kvm/x86.c`), so longer lists go in chunks, as Firecracker
+/// does.
+pub(super) const MSRS_PER_CALL: usize = 255;
+
+fn msr_list(chunk: &[kvm_msr_entry]) -> Result<Msrs, BackendError> {
+    Msrs::from_entries(chunk).map_err(|e| BackendError::Invalid {
         what: "MSR list",
-        why: format!("{} MSRs do not fit KVM_GET/SET_MSRS: {e}", list.len()),
+        why: format!("{} MSRs do not fit KVM_GET/SET_MSRS: {e}", chunk.len()),
     })
+}
+
+/// KVM_GET_MSRS of `list`, in chunks of [`MSRS_PER_CALL`], into `list`. Returns how many were
+/// read (fewer than asked when KVM refused one; later chunks are then not asked) and the
+/// number of ioctls made.
+pub(super) fn get_msr_chunks(
+    fd: &VcpuFd,
+    list: &mut [kvm_msr_entry],
+) -> (u64, Result<usize, BackendError>) {
+    let mut calls = 0;
+    let mut done = 0;
+    for chunk in list.chunks_mut(MSRS_PER_CALL) {
+        let mut msrs = match msr_list(chunk) {
+            Ok(m) => m,
+            Err(e) => return (calls, Err(e)),
+        };
+        calls += 1;
+        let n = match fd.get_msrs(&mut msrs) {
+            Ok(n) => n,
+            Err(e) => return (calls, Err(ioctl_error("KVM_GET_MSRS", e))),
+        };
+        let n = n.min(chunk.len());
+        chunk[..n].copy_from_slice(&msrs.as_slice()[..n]);
+        done += n;
+        if n < chunk.len() {
+            break;
+        }
+    }
+    (calls, Ok(done))
+}
+
+/// KVM_SET_MSRS of `list`, in chunks of [`MSRS_PER_CALL`], in order. Returns how many were
+/// written (fewer when KVM refused one; later chunks are then not written) and the number of
+/// ioctls made.
+pub(super) fn set_msr_chunks(
+    fd: &VcpuFd,
+    list: &[kvm_msr_entry],
+) -> (u64, Result<usize, BackendError>) {
+    let mut calls = 0;
+    let mut done = 0;
+    for chunk in list.chunks(MSRS_PER_CALL) {
+        let msrs = match msr_list(chunk) {
+            Ok(m) => m,
+            Err(e) => return (calls, Err(e)),
+        };
+        calls += 1;
+        let n = match fd.set_msrs(&msrs) {
+            Ok(n) => n.min(chunk.len()),
+            Err(e) => return (calls, Err(ioctl_error("KVM_SET_MSRS", e))),
+        };
+        done += n;
+        if n < chunk.len() {
+            break;
+        }
+    }
+    (calls, Ok(done))
 }
 
 impl MsrSet {
@@ -159,18 +224,26 @@ impl MsrSet {
         let mut calls = 0;
         let mut rest = &candidates[..];
         while !rest.is_empty() {
-            let mut msrs = entries(rest.iter(), |_| 0).map_err(|_| {
-                KvmError::ioctl(
+            let mut list = entries(rest.iter(), |_| 0);
+            let (n, done) = get_msr_chunks(fd, &mut list);
+            calls += n;
+            let done = done.map_err(|e| match e {
+                BackendError::Ioctl { errno, .. } => KvmError::ioctl(
+                    "KVM_GET_MSRS",
+                    errno,
+                    "the new vCPU does not answer MSR reads",
+                ),
+                other => KvmError::ioctl(
                     "KVM_GET_MSRS",
                     vmm_sys_util::errno::Error::new(libc::E2BIG),
-                    "too many MSRs for one call",
-                )
+                    if matches!(other, BackendError::Invalid { .. }) {
+                        "the MSR list does not fit one call"
+                    } else {
+                        "the new vCPU does not answer MSR reads"
+                    },
+                ),
             })?;
-            calls += 1;
-            let done = fd.get_msrs(&mut msrs).map_err(|e| {
-                KvmError::ioctl("KVM_GET_MSRS", e, "the new vCPU does not answer MSR reads")
-            })?;
-            for (entry, field) in msrs.as_slice()[..done].iter().zip(rest) {
+            for (entry, field) in list[..done].iter().zip(rest) {
                 if entry.index == MSR_IA32_MTRRCAP {
                     set.mtrr_cap = Some(entry.data);
                 }
@@ -235,12 +308,10 @@ impl KvmVcpu {
 
 impl KvmVcpu {
     pub(super) fn load_msrs(&mut self, state: &mut VcpuState) -> Result<(), BackendError> {
-        let mut msrs = entries(self.msrs.held.iter(), |_| 0)?;
-        self.stats.loads += 1;
-        let done = self
-            .fd
-            .get_msrs(&mut msrs)
-            .map_err(|e| ioctl_error("KVM_GET_MSRS", e))?;
+        let mut list = entries(self.msrs.held.iter(), |_| 0);
+        let (calls, done) = get_msr_chunks(&self.fd, &mut list);
+        self.stats.loads += calls;
+        let done = done?;
         let total = self.msrs.held.len();
         if done < total {
             return Err(BackendError::MsrRefused {
@@ -250,7 +321,7 @@ impl KvmVcpu {
                 index: self.msrs.held[done].1,
             });
         }
-        for (entry, (field, _)) in msrs.as_slice().iter().zip(&self.msrs.held) {
+        for (entry, (field, _)) in list.iter().zip(&self.msrs.held) {
             // The load that finds TSC writes ignored still reports what it read.
             if entry.index == MSR_IA32_TSC && !self.tsc.loaded(entry.data) {
                 continue;
@@ -264,6 +335,16 @@ impl KvmVcpu {
     }
 
     pub(super) fn store_msrs(&mut self, state: &VcpuState) -> Result<(), BackendError> {
+        self.store_msrs_after(state, &[])
+    }
+
+    /// Store the MSRs of `state` after the entries of `preamble` (written first, in the same
+    /// KVM_SET_MSRS where they fit).
+    pub(super) fn store_msrs_after(
+        &mut self,
+        state: &VcpuState,
+        preamble: &[kvm_msr_entry],
+    ) -> Result<(), BackendError> {
         let tsc = state.msrs.tsc;
         let write_tsc = self.tsc.writes(tsc);
         let writable: Vec<(Field, u32)> = self
@@ -277,35 +358,32 @@ impl KvmVcpu {
                 _ => true,
             })
             .collect();
-        let msrs = entries(writable.iter(), |f| match f {
+        let mut list = preamble.to_vec();
+        list.extend(entries(writable.iter(), |f| match f {
             Field::Msr(Msr::Tsc) => tsc_to_write(tsc),
             _ => field_u64(state, f),
-        })?;
-        self.stats.stores += 1;
-        let done = self
-            .fd
-            .set_msrs(&msrs)
-            .map_err(|e| ioctl_error("KVM_SET_MSRS", e))?;
-        if write_tsc
-            && msrs.as_slice()[..done]
-                .iter()
-                .any(|e| e.index == MSR_IA32_TSC)
-        {
+        }));
+        let (calls, done) = set_msr_chunks(&self.fd, &list);
+        self.stats.stores += calls;
+        let done = done?;
+        let written = &list[..done];
+        if write_tsc && written.iter().any(|e| e.index == MSR_IA32_TSC) {
             self.tsc.stored(tsc);
         }
-        if let Some(apic_base) = msrs.as_slice()[..done]
+        if let Some(apic_base) = written
             .iter()
+            .rev()
             .find(|e| e.index == MSR_IA32_APIC_BASE)
             .map(|e| e.data)
         {
             self.apic_base_written(apic_base);
         }
-        if done < writable.len() {
+        if done < list.len() {
             return Err(BackendError::MsrRefused {
                 op: "KVM_SET_MSRS",
                 done,
-                total: writable.len(),
-                index: writable[done].1,
+                total: list.len(),
+                index: list[done].index,
             });
         }
         Ok(())
@@ -384,6 +462,34 @@ mod tests {
         // A host that ignored the write: the counter is where it was (here ~an hour at 2.3 GHz).
         assert!(!tsc_followed(1, 0x81b_6154_0a7e, 50_000));
         assert!(!tsc_followed(0x1_0000_0000_0000, 0x81b_615a_2c02, 50_000));
+    }
+
+    #[test]
+    fn lists_longer_than_one_call_takes_go_in_chunks() {
+        let Some(host) = super::super::kvm_for_tests() else {
+            return;
+        };
+        let vm = host.create_vm(true).expect("VM");
+        let vcpu = KvmVcpu::new(&host, &vm, 0).expect("vCPU");
+        const MSR_IA32_PAT: u32 = 0x277;
+        let pat = 0x0007_0406_0007_0406;
+        // 300 entries: KVM refuses 256 or more in one call (E2BIG).
+        let mut list = vec![
+            kvm_msr_entry {
+                index: MSR_IA32_PAT,
+                data: pat,
+                ..Default::default()
+            };
+            300
+        ];
+        let (calls, done) = set_msr_chunks(&vcpu.fd, &list);
+        assert_eq!((calls, done.expect("KVM_SET_MSRS")), (2, 300));
+        for e in &mut list {
+            e.data = 0;
+        }
+        let (calls, done) = get_msr_chunks(&vcpu.fd, &mut list);
+        assert_eq!((calls, done.expect("KVM_GET_MSRS")), (2, 300));
+        assert!(list.iter().all(|e| e.data == pat));
     }
 
     #[test]

@@ -39,6 +39,8 @@ fn internal_error_text(suberror: u32) -> &'static str {
 impl KvmVcpu {
     pub(super) fn run_vcpu(&mut self) -> Result<Exit, BackendError> {
         self.answer = None;
+        // A raised INIT takes effect in this KVM_RUN, after the deferred stores.
+        self.init_pending = false;
         // Deferred stores survive a KVM_RUN that returns before applying them.
         let pending = self.fd.get_kvm_run().kvm_dirty_regs;
         let saved: Option<kvm_sync_regs> = (pending != 0).then(|| *self.fd.sync_regs_mut());

@@ -12,7 +12,7 @@ use super::KvmError;
 use super::fpu::XsaveLayout;
 use super::host::{KvmCaps, KvmHost};
 use super::msrs::{MsrSet, TscState};
-use crate::backend::{Backend, BackendError, ClassSet, Exit, StateClass, Stats};
+use crate::backend::{Backend, BackendError, ClassSet, Exit, HostInit, StateClass, Stats};
 
 /// How [`KvmVcpu::with_options`] sets up the vCPU.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -37,6 +37,8 @@ pub(super) struct Identity {
     pub(super) gp_counters: u8,
     /// The vCPU is the bootstrap processor.
     pub(super) bsp: bool,
+    /// CPUID.01H:ECX\[21\] (x2APIC) as the vCPU got it.
+    pub(super) x2apic: bool,
 }
 
 /// What a constructor learns from a vCPU whose CPUID is set, before the vCPU is assembled.
@@ -185,6 +187,9 @@ pub struct KvmVcpu {
     /// The vCPU may be in KVM_MP_STATE_UNINITIALIZED, where KVM_RUN returns before applying
     /// `kvm_dirty_regs` and then overwrites the sync area: stores must not be deferred.
     pub(super) may_be_uninitialized: bool,
+    /// KVM's INIT was raised and will take effect at the next KVM_RUN or KVM_GET_MP_STATE
+    /// (`init.rs`).
+    pub(super) init_pending: bool,
     /// Where the answer to the last exit's IN or MMIO read goes.
     pub(super) answer: Option<super::run::Answer>,
     /// The `kvm_valid_regs` the VMM had set when the vCPU was adopted (0 for a vCPU created
@@ -300,6 +305,7 @@ impl KvmVcpu {
                 ..Shadow::default()
             },
             may_be_uninitialized: probed.may_be_uninitialized,
+            init_pending: false,
             answer: None,
             vmm_valid_regs,
             stats,
@@ -362,6 +368,16 @@ impl KvmVcpu {
     /// CPUID.01H:EAX of the vCPU (family, model, stepping).
     pub fn cpuid_signature(&self) -> u32 {
         self.identity.signature
+    }
+
+    /// The classes this vCPU holds.
+    pub(super) fn supported_classes(&self) -> ClassSet {
+        self.supported
+    }
+
+    /// Whether the vCPU's CPUID offers x2APIC.
+    pub(super) fn x2apic_cpuid(&self) -> bool {
+        self.identity.x2apic
     }
 
     /// The vendor CPUID.0H names, if it is Intel or AMD.
@@ -499,6 +515,7 @@ fn identity(cpuid: &CpuId) -> Identity {
         signature: leaf(1).map_or(0, |e| e.eax),
         gp_counters: leaf(0xa).map_or(0, |e| e.eax.to_le_bytes()[1]),
         bsp: false,
+        x2apic: leaf(1).is_some_and(|e| e.ecx & CPUID_1_ECX_X2APIC != 0),
     }
 }
 
@@ -535,6 +552,7 @@ pub(super) fn ioctl_error(op: &'static str, errno: errno::Error) -> BackendError
 impl Backend for KvmVcpu {
     fn load(&mut self, class: StateClass, state: &mut VcpuState) -> Result<(), BackendError> {
         self.require(class)?;
+        self.settle_init(class)?;
         match class {
             StateClass::Regs => self.load_regs(state),
             StateClass::Sregs => self.load_sregs(state),
@@ -551,6 +569,7 @@ impl Backend for KvmVcpu {
 
     fn store(&mut self, class: StateClass, state: &VcpuState) -> Result<(), BackendError> {
         self.require(class)?;
+        self.settle_init(class)?;
         match class {
             StateClass::Regs => self.store_regs(state),
             StateClass::Sregs => self.store_sregs(state),
@@ -624,6 +643,14 @@ impl Backend for KvmVcpu {
 
     fn store_slots(&mut self, class: StateClass, slots: u64, state: &VcpuState) -> bool {
         self.store_mirrored_slots(class, slots, state)
+    }
+
+    fn host_init(
+        &mut self,
+        target: &VcpuState,
+        lazy: bool,
+    ) -> Result<Option<HostInit>, BackendError> {
+        self.host_init_reset(target, lazy)
     }
 
     fn stats(&self) -> Stats {

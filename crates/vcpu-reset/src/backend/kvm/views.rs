@@ -28,6 +28,7 @@ impl KvmVcpu {
     /// Read the fields of the table above through their second interface. A cache in front
     /// of this backend should be flushed first, so both views see the same state.
     pub fn other_views(&mut self) -> Result<Vec<OtherView>, BackendError> {
+        self.settle_init(crate::backend::StateClass::MpState)?;
         self.flush_all()?;
         let mut out = Vec::new();
         let entries: Vec<kvm_msr_entry> = [Msr::FsBase, Msr::GsBase]

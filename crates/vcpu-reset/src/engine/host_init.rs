@@ -1,0 +1,153 @@
+//! RESET with the host's own INIT doing the bulk ([`Backend::host_init`]).
+//!
+//! A RESET differs from an INIT only in what INIT keeps (Intel SDM Vol. 3A §10.1.1 and Table
+//! 10-1, AMD APM Vol. 2 §14.1.3 and Table 14-1): the MSRs, x87/SSE/AVX state, XCR0, CR0.CD/NW,
+//! the APIC ID and base, the TSC. Where the backend's host performs INIT cheaply (KVM's
+//! in-kernel INIT, raised inside the KVM_SET_MSRS that writes the RESET MSRs), the engine lets
+//! it: the classes the INIT establishes are taken as written, and only the rest is stored.
+//!
+//! The host's INIT is trusted per class only after it was checked: the first time a vCPU uses
+//! it, every field of every class it establishes is read back and compared with the RESET
+//! state (the TSC as a counter). A class with any field off is recorded as *inexact* and from
+//! then on stored by the engine after the INIT, like the classes the INIT clobbers. So the
+//! result is exact on every host, and as cheap as the host's INIT allows where it is right.
+//! The first check also reads the classes the INIT clobbers (REGS, SREGS, EVENTS on KVM) and
+//! compares them with the RESET state, CR0.CD/NW aside: where they match and no class is
+//! inexact, later RESETs leave the INIT to the vCPU's next run (the backend's `lazy`), which
+//! on KVM saves one ioctl. Fields the backend does not hold are skipped. A class is checked
+//! again only if the backend did not establish it the first time (its INIT did not take effect
+//! then). Classes the
+//! backend stored from the RESET state itself in the same call (the MSRs on KVM, which INIT
+//! keeps: SDM Table 10-1, APM Table 14-1) are taken as stored without reading them back.
+
+use vcpu_reset_spec::{Field, VcpuState};
+
+use super::verify::counted_from;
+use super::{EngineError, Vcpu};
+use crate::backend::{Backend, ClassSet, StateClass};
+
+/// CR0.CD (bit 30) and CR0.NW (bit 29).
+const CR0_CD_NW: u128 = (1 << 30) | (1 << 29);
+
+/// The classes the host's INIT sets to their RESET values (on KVM); where the engine found one
+/// off, it stores it after the INIT, so the INIT cannot be left to the next run.
+const SET_BY_INIT: ClassSet = ClassSet::EMPTY
+    .with(StateClass::Lapic)
+    .with(StateClass::Debug)
+    .with(StateClass::MpState);
+
+/// What the engine knows about a vCPU's host INIT.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(super) struct HostInitUse {
+    /// The backend said it has none: do not ask again.
+    pub(super) unavailable: bool,
+    /// Classes whose INIT result was compared with the RESET state.
+    pub(super) checked: ClassSet,
+    /// Of those, the classes the host's INIT leaves wrong.
+    pub(super) inexact: ClassSet,
+    /// Whether the classes the INIT clobbers were compared with the RESET state, and which
+    /// were off (CR0.CD/NW aside): where none is, the INIT may be left to the next run.
+    pub(super) clobbered_off: Option<ClassSet>,
+    /// Leave the INIT to the next run even where the clobbered classes were found off.
+    pub(super) force_lazy: bool,
+}
+
+impl<B: Backend> Vcpu<B> {
+    /// The classes the host's INIT leaves wrong for this vCPU, as far as checked: these are
+    /// stored by the engine after the INIT. `None` where the host INIT is not used.
+    pub fn host_init_inexact(&self) -> Option<ClassSet> {
+        (!self.host_init.unavailable && self.host_init.checked != ClassSet::EMPTY)
+            .then_some(self.host_init.inexact)
+    }
+
+    /// The classes the host's INIT clobbers that it leaves different from the RESET state
+    /// (CR0.CD/NW aside), as far as checked. Where this is empty, RESET leaves the INIT to the
+    /// vCPU's next run, which saves a call on KVM.
+    pub fn host_init_clobbered_off(&self) -> Option<ClassSet> {
+        self.host_init.clobbered_off
+    }
+
+    /// Leave the host's INIT to the next run even where it leaves classes it clobbers wrong
+    /// ([`Vcpu::host_init_clobbered_off`]): those fields then end as the host's INIT sets
+    /// them, not as the spec says. For measuring what that path costs; not exact there.
+    pub fn force_lazy_host_init(&mut self) {
+        self.host_init.force_lazy = true;
+    }
+
+    /// RESET through the host's INIT, where the backend offers it and the cache does not hold
+    /// the whole state already (then writing just the differences is cheaper). Returns the
+    /// slots written, or `None` (nothing done) where the host INIT is not used.
+    pub(super) fn reset_with_host_init(
+        &mut self,
+        target: &VcpuState,
+    ) -> Result<Option<usize>, EngineError> {
+        if self.host_init.unavailable || self.cache.holds_everything() {
+            return Ok(None);
+        }
+        let lazy = self.host_init.force_lazy
+            || self.host_init.clobbered_off == Some(ClassSet::EMPTY)
+                && self.host_init.inexact.0 & SET_BY_INIT.0 == 0;
+        let Some(done) = self
+            .cache
+            .backend_mut()
+            .host_init(target, lazy)
+            .map_err(crate::cache::CacheError::from)?
+        else {
+            self.host_init.unavailable = true;
+            return Ok(None);
+        };
+        self.cache.forget(ClassSet(
+            done.stored.0 | done.established.0 | done.clobbered.0,
+        ));
+        if done.stored == ClassSet::EMPTY && done.established == ClassSet::EMPTY {
+            // The host could not raise its INIT after all: store everything, and from now on
+            // do not ask.
+            self.host_init.unavailable = true;
+        }
+        let unchecked = ClassSet(done.established.0 & !self.host_init.checked.0);
+        if unchecked != ClassSet::EMPTY {
+            let wrong = self.classes_off(unchecked, target)?;
+            self.host_init.checked = ClassSet(self.host_init.checked.0 | unchecked.0);
+            self.host_init.inexact = ClassSet(self.host_init.inexact.0 | wrong.0);
+        }
+        if self.host_init.clobbered_off.is_none()
+            && done.clobbered != ClassSet::EMPTY
+            && done.established != ClassSet::EMPTY
+        {
+            self.host_init.clobbered_off = Some(self.classes_off(done.clobbered, target)?);
+        }
+        let trusted = ClassSet((done.established.0 & !self.host_init.inexact.0) | done.stored.0);
+        self.cache.assume(trusted, target);
+        let slots_written = self.cache.write_state(target);
+        self.cache.flush()?;
+        Ok(Some(slots_written))
+    }
+
+    /// The classes in `classes` with a held field that differs from `target` (read through
+    /// the cache, which loads each class once).
+    fn classes_off(
+        &mut self,
+        classes: ClassSet,
+        target: &VcpuState,
+    ) -> Result<ClassSet, EngineError> {
+        let mut off = ClassSet::EMPTY;
+        for field in Field::all() {
+            let class = StateClass::of(field);
+            if !classes.contains(class) || off.contains(class) || !self.cache.holds(field) {
+                continue;
+            }
+            let mut actual = self.cache.get(field)?;
+            let mut expected = field.get(target);
+            if field == Field::Cr0 {
+                // INIT keeps CD and NW (SDM Table 10-1 note 2, APM Table 14-1): a RESET left
+                // to the next run sets them before the INIT.
+                actual &= !CR0_CD_NW;
+                expected &= !CR0_CD_NW;
+            }
+            if actual != expected && !counted_from(field, expected, actual) {
+                off = off.with(class);
+            }
+        }
+        Ok(off)
+    }
+}

@@ -1,0 +1,318 @@
+//! What a RESET costs on KVM, from the backend's own counters, and the engine's fallback where
+//! KVM's INIT leaves a class wrong.
+//!
+//! Where the backend offers KVM's own INIT (in-kernel irqchip, x2APIC, sync regs), a RESET
+//! after the vCPU ran is KVM_SET_MSRS (which raises the INIT), KVM_GET_MP_STATE (KVM acts on
+//! it), KVM_SET_XSAVE and KVM_SET_XCRS, with REGS, SREGS and EVENTS through `kvm_run`; plus one
+//! store per class the engine found KVM's INIT to leave wrong. The runner's VMs turn KVM's
+//! LINT0_REENABLED quirk off, so there the BSP needs no KVM_SET_LAPIC either.
+//!
+//! Each test skips (printing why) where `/dev/kvm` cannot be used, unless
+//! `VCPU_RESET_REQUIRE_KVM=1`.
+
+use vcpu_reset::backend::kvm::{KvmVcpu, kvm_for_tests};
+use vcpu_reset::backend::{
+    Backend, BackendError, ClassSet, Exit, HostInit, IoDir, StateClass, Stats,
+};
+use vcpu_reset::bench::exits::{CODE, PORT, Program};
+use vcpu_reset::cache::VcpuCache;
+use vcpu_reset::engine::{Deviation, DeviationKind, Vcpu};
+use vcpu_reset::runner::{Sink, Vm, VmConfig};
+use vcpu_reset::spec::{self, Field, LapicReg, Msr, Transition, VcpuIdentity, VcpuState};
+
+fn mismatches(devs: &[Deviation]) -> Vec<&Deviation> {
+    devs.iter()
+        .filter(|d| d.kind != DeviationKind::NotHeld)
+        .collect()
+}
+
+/// One RESET's vCPU ioctls with KVM's INIT, as (loads, stores): the MSRs with the INIT, the MP
+/// state read that makes KVM act on it, XSAVE and XCRs, and one store per inexact class.
+fn budget(inexact: ClassSet) -> (u64, u64) {
+    (1, 3 + inexact.iter().count() as u64)
+}
+
+fn out_exit(exit: &Exit) -> bool {
+    matches!(
+        exit,
+        Exit::Io {
+            dir: IoDir::Out,
+            port: PORT,
+            ..
+        }
+    )
+}
+
+#[test]
+fn a_reset_takes_four_vcpu_ioctls_for_the_bsp_a_waiting_ap_and_an_ap_that_ran() {
+    let Some(host) = kvm_for_tests() else { return };
+    let program = Program::build().expect("bench program");
+    let config = VmConfig {
+        vcpus: 3,
+        sink: Sink::Discard,
+        ..VmConfig::default()
+    };
+    let mut vm = Vm::with_host(host, &program.firmware, config).expect("VM");
+    vm.memory().write(CODE, &program.code).expect("loop");
+    let vcpus = vm.vcpus();
+    // vCPU 0, the BSP, runs from the reset vector into the loop; vCPU 2 is started at the
+    // loop (SIPI vector 1: CS 0x0100, IP 0, linear CODE) and runs it; vCPU 1 waits for SIPI.
+    let exit = vcpus[0].cache().run().expect("BSP runs");
+    assert!(out_exit(&exit), "BSP: {exit:?}");
+    assert!(vcpus[2].sipi((CODE >> 12) as u8).expect("SIPI"));
+    let exit = vcpus[2].cache().run().expect("AP runs");
+    assert!(out_exit(&exit), "AP: {exit:?}");
+    for (v, who) in vcpus
+        .iter_mut()
+        .zip(["BSP", "AP waiting for SIPI", "AP that ran"])
+    {
+        // As after an exit: the cache knows nothing.
+        v.cache().invalidate();
+        let out = v.reset().expect("RESET");
+        let Some(inexact) = v.host_init_inexact() else {
+            eprintln!(
+                "{who}: the host offers no INIT to build on; RESET took {:?}",
+                out.calls
+            );
+            continue;
+        };
+        eprintln!(
+            "{who}: RESET {} vCPU ioctls {:?}; KVM's INIT wrong here for {inexact:?}",
+            out.calls.calls(),
+            out.calls
+        );
+        let (loads, stores) = budget(inexact);
+        assert_eq!(
+            (
+                out.calls.loads,
+                out.calls.stores,
+                out.calls.runs,
+                out.calls.other
+            ),
+            (loads, stores, 0, 0),
+            "{who}: {:?}",
+            out.calls
+        );
+        assert_eq!(
+            out.calls.sync_stores, 3,
+            "{who}: REGS, SREGS, EVENTS in kvm_run"
+        );
+        if inexact == ClassSet::EMPTY {
+            assert_eq!(out.calls.calls(), 4, "{who}");
+        }
+        let devs = v.verify().expect("verify");
+        assert!(
+            mismatches(&devs).is_empty(),
+            "{who}: {:?}",
+            mismatches(&devs)
+        );
+    }
+}
+
+/// A backend that leaves DR0 wrong after its host's INIT, as a host whose INIT forgot the
+/// debug registers would.
+struct DebugRegsStayDirty<B>(B);
+
+const STALE_DR0: u64 = 0x1234_5678;
+
+impl<B: Backend> Backend for DebugRegsStayDirty<B> {
+    fn load(&mut self, class: StateClass, state: &mut VcpuState) -> Result<(), BackendError> {
+        self.0.load(class, state)
+    }
+    fn store(&mut self, class: StateClass, state: &VcpuState) -> Result<(), BackendError> {
+        self.0.store(class, state)
+    }
+    fn run(&mut self) -> Result<Exit, BackendError> {
+        self.0.run()
+    }
+    fn set_io_in(&mut self, data: &[u8]) {
+        self.0.set_io_in(data);
+    }
+    fn volatile(&self) -> ClassSet {
+        self.0.volatile()
+    }
+    fn delivered(&self) -> ClassSet {
+        self.0.delivered()
+    }
+    fn supported(&self) -> ClassSet {
+        self.0.supported()
+    }
+    fn holds(&self, field: Field) -> bool {
+        self.0.holds(field)
+    }
+    fn queues_signals(&self) -> bool {
+        self.0.queues_signals()
+    }
+    fn load_slots(&mut self, class: StateClass, slots: u64, state: &mut VcpuState) -> bool {
+        self.0.load_slots(class, slots, state)
+    }
+    fn store_slots(&mut self, class: StateClass, slots: u64, state: &VcpuState) -> bool {
+        self.0.store_slots(class, slots, state)
+    }
+    fn host_init(
+        &mut self,
+        target: &VcpuState,
+        lazy: bool,
+    ) -> Result<Option<HostInit>, BackendError> {
+        let done = self.0.host_init(target, lazy)?;
+        if done.is_some_and(|d| d.established.contains(StateClass::Debug)) {
+            let mut s = VcpuState::default();
+            self.0.load(StateClass::Debug, &mut s)?;
+            s.dr[0] = STALE_DR0;
+            self.0.store(StateClass::Debug, &s)?;
+        }
+        Ok(done)
+    }
+    fn stats(&self) -> Stats {
+        self.0.stats()
+    }
+}
+
+#[test]
+fn where_kvms_init_leaves_a_class_wrong_the_engine_finds_it_once_and_stores_it_itself() {
+    let Some(host) = kvm_for_tests() else { return };
+    let vm = host.create_vm(true).expect("VM with an irqchip");
+    // Two APs: one over the plain backend, one over the backend that leaves DR0 wrong.
+    let plain = KvmVcpu::new(&host, &vm, 1).expect("vCPU 1");
+    let broken = KvmVcpu::new(&host, &vm, 2).expect("vCPU 2");
+    let model = plain.cpu_model().expect("an Intel or AMD host");
+    let mut plain = Vcpu::new(VcpuCache::adopt(plain), model, VcpuIdentity::new(1));
+    let mut broken = Vcpu::new(
+        VcpuCache::adopt(DebugRegsStayDirty(broken)),
+        model,
+        VcpuIdentity::new(2),
+    );
+    plain.reset().expect("RESET");
+    broken.reset().expect("RESET");
+    let Some(base) = plain.host_init_inexact() else {
+        eprintln!("skipped: the host offers no INIT to build on");
+        return;
+    };
+    let found = broken.host_init_inexact().expect("same host");
+    assert_eq!(
+        found,
+        base.with(StateClass::Debug),
+        "the engine found the debug registers wrong after the INIT, and nothing else new"
+    );
+    let devs = broken.verify().expect("verify");
+    assert!(mismatches(&devs).is_empty(), "{:?}", mismatches(&devs));
+
+    // Again, as after a run: the engine now stores the debug registers itself, one ioctl more
+    // (the wrapper's own KVM_GET/SET_DEBUGREGS that spoil DR0 are counted too).
+    plain.cache().invalidate();
+    broken.cache().invalidate();
+    let p = plain.reset().expect("RESET").calls;
+    let b = broken.reset().expect("RESET").calls;
+    eprintln!("plain {p:?}, with the wrong DR0 {b:?}");
+    assert_eq!((b.loads, b.stores), (p.loads + 1, p.stores + 1 + 1));
+    let devs = broken.verify().expect("verify");
+    assert!(mismatches(&devs).is_empty(), "{:?}", mismatches(&devs));
+    let dr0 = broken.cache().get(Field::Dr(0)).expect("DR0");
+    assert_eq!(
+        dr0, 0,
+        "DR0 is at its RESET value, not the stale {STALE_DR0:#x}"
+    );
+}
+
+#[test]
+fn leaving_kvms_init_to_the_next_run_takes_three_ioctls_and_is_exact_where_the_check_says_so() {
+    let Some(host) = kvm_for_tests() else { return };
+    let program = Program::build().expect("bench program");
+    let config = VmConfig {
+        vcpus: 2,
+        sink: Sink::Discard,
+        ..VmConfig::default()
+    };
+    let mut vm = Vm::with_host(host, &program.firmware, config).expect("VM");
+    vm.memory().write(CODE, &program.code).expect("loop");
+    let vcpus = vm.vcpus();
+    let Some(off) = vcpus[0].host_init_clobbered_off() else {
+        eprintln!("skipped: the host offers no INIT to build on");
+        return;
+    };
+    eprintln!("classes KVM's INIT leaves off the RESET state here: {off:?}");
+    for v in vcpus.iter_mut() {
+        v.force_lazy_host_init();
+    }
+    for round in 0..2 {
+        let exit = vcpus[0].cache().run().expect("BSP runs");
+        assert!(out_exit(&exit), "BSP after RESET {round}: {exit:?}");
+        for (v, who) in vcpus.iter_mut().zip(["BSP", "AP"]) {
+            v.cache().invalidate();
+            let out = v.reset().expect("RESET");
+            eprintln!(
+                "{who}: RESET with the INIT left to the next run: {:?}",
+                out.calls
+            );
+            assert_eq!(
+                (out.calls.loads, out.calls.stores, out.calls.sync_stores),
+                (0, 3, 3),
+                "{who}: KVM_SET_MSRS, KVM_SET_XSAVE, KVM_SET_XCRS; REGS, SREGS, EVENTS in kvm_run"
+            );
+            // Reads before the next run have KVM act on the INIT first.
+            let devs = v.verify().expect("verify");
+            for d in mismatches(&devs) {
+                assert!(
+                    off.contains(StateClass::of(d.field)),
+                    "{who}: {d:?} is in a class the check found right"
+                );
+            }
+            if off == ClassSet::EMPTY {
+                assert!(mismatches(&devs).is_empty(), "{who}: {devs:?}");
+            }
+        }
+    }
+}
+
+#[test]
+fn kvms_init_keeps_a_changed_apic_id_and_x2apic_mode_but_the_reset_does_not() {
+    let Some(host) = kvm_for_tests() else { return };
+    let vm = host.create_vm(true).expect("VM with an irqchip");
+    let kv = KvmVcpu::new(&host, &vm, 1).expect("vCPU 1");
+    let model = kv.cpu_model().expect("an Intel or AMD host");
+    let mut v = Vcpu::new(VcpuCache::adopt(kv), model, VcpuIdentity::new(1));
+    v.reset().expect("power-on RESET");
+    if v.host_init_inexact().is_none() {
+        eprintln!("skipped: the host offers no INIT to build on");
+        return;
+    }
+    let want = spec::expected_state(&model, VcpuIdentity::new(1), Transition::Reset);
+    // An xAPIC ID changed by the guest (INIT keeps it, SDM Vol. 3A §11.4.6) ...
+    v.cache()
+        .set(Field::Lapic(LapicReg::Id), 0x0700_0000)
+        .expect("APIC ID");
+    v.cache().flush().expect("store");
+    v.cache().invalidate();
+    assert_eq!(
+        v.cache().get(Field::Lapic(LapicReg::Id)).expect("ID"),
+        0x0700_0000
+    );
+    v.cache().invalidate();
+    let out = v.reset().expect("RESET");
+    assert_eq!(out.calls.calls(), 4, "{:?}", out.calls);
+    let devs = v.verify().expect("verify");
+    assert!(mismatches(&devs).is_empty(), "{:?}", mismatches(&devs));
+    assert_eq!(
+        v.cache().get(Field::Lapic(LapicReg::Id)).expect("ID"),
+        want.lapic.id.into()
+    );
+    // ... and x2APIC mode (INIT keeps IA32_APIC_BASE).
+    let x2apic = u128::from(want.msrs.apic_base | (1 << 10));
+    v.cache()
+        .set(Field::Msr(Msr::ApicBase), x2apic)
+        .expect("APIC base");
+    v.cache().flush().expect("store");
+    v.cache().invalidate();
+    assert_eq!(
+        v.cache().get(Field::Msr(Msr::ApicBase)).expect("base"),
+        x2apic
+    );
+    v.cache().invalidate();
+    v.reset().expect("RESET");
+    let devs = v.verify().expect("verify");
+    assert!(mismatches(&devs).is_empty(), "{:?}", mismatches(&devs));
+    assert_eq!(
+        v.cache().get(Field::Msr(Msr::ApicBase)).expect("base"),
+        u128::from(want.msrs.apic_base)
+    );
+}
