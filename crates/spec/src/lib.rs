@@ -18,6 +18,7 @@
 
 mod blocking;
 mod field;
+mod msr;
 mod render;
 mod rule;
 mod state;
