@@ -10,8 +10,8 @@
 use vcpu_reset_spec::{
     Activity, Class, CpuModel, Derivation, DescriptorTable, Dt, Event, EventFlag, Events, Field,
     Fpu, Gpr, Lapic, LapicBitmap, LapicReg, McBank, Msr, Msrs, Nested, NestedReg, Rule, Seg,
-    SegPart, Segment, Source, Transition, VcpuIdentity, VcpuState, Vectors, Vendor, X87,
-    expected_state, row, sipi, table,
+    SegPart, Segment, Source, Transition, VMX_CAPABILITY_MSRS, VcpuIdentity, VcpuState, Vectors,
+    Vendor, X87, expected_state, row, sipi, table,
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -1603,5 +1603,8 @@ fn default_vmx_capabilities_are_consistent() {
     assert_eq!(caps[8], 0x2000);
     assert_eq!(caps[8] & !caps[9], 0);
     // AMD has none.
-    assert_eq!(CpuModel::generic(Vendor::Amd).vmx_capabilities, [0; 18]);
+    assert_eq!(
+        CpuModel::generic(Vendor::Amd).vmx_capabilities,
+        [0; VMX_CAPABILITY_MSRS]
+    );
 }
