@@ -5,6 +5,8 @@
 //! and write it generically as a `u128`. The RESET/INIT tables, the renderers, the register cache
 //! and the conformance checks all walk [`Field::all`], so a field added here is seen everywhere.
 
+pub use crate::msr::{FIXED_MTRR_MSRS, Msr, SGX_LE_HASH0_INDEX, VMX_CAPABILITY_MSR_NAMES};
+use crate::msr::{msr_mut, msr_ref};
 use crate::state::{
     Activity, FIXED_MTRRS, GPRS, MCE_BANKS, SGX_LE_HASH_MSRS, VARIABLE_MTRRS, VMX_CAPABILITY_MSRS,
     VcpuState,
@@ -159,180 +161,6 @@ impl X87 {
     }
 }
 
-/// Single MSRs (the MTRR arrays and machine-check banks have their own variants).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-#[allow(missing_docs)]
-pub enum Msr {
-    ApicBase,
-    Tsc,
-    TscAdjust,
-    TscAux,
-    TscDeadline,
-    Pat,
-    MtrrCap,
-    MtrrDefType,
-    MiscEnable,
-    SysenterCs,
-    SysenterEsp,
-    SysenterEip,
-    Star,
-    Lstar,
-    Cstar,
-    Fmask,
-    FsBase,
-    GsBase,
-    KernelGsBase,
-    SpecCtrl,
-    DebugCtl,
-    PerfGlobalCtrl,
-    FeatureControl,
-    Smbase,
-    Xss,
-    McgStatus,
-    VmHsavePa,
-}
-
-impl Msr {
-    /// All single MSRs.
-    pub const ALL: [Msr; 27] = [
-        Msr::ApicBase,
-        Msr::Tsc,
-        Msr::TscAdjust,
-        Msr::TscAux,
-        Msr::TscDeadline,
-        Msr::Pat,
-        Msr::MtrrCap,
-        Msr::MtrrDefType,
-        Msr::MiscEnable,
-        Msr::SysenterCs,
-        Msr::SysenterEsp,
-        Msr::SysenterEip,
-        Msr::Star,
-        Msr::Lstar,
-        Msr::Cstar,
-        Msr::Fmask,
-        Msr::FsBase,
-        Msr::GsBase,
-        Msr::KernelGsBase,
-        Msr::SpecCtrl,
-        Msr::DebugCtl,
-        Msr::PerfGlobalCtrl,
-        Msr::FeatureControl,
-        Msr::Smbase,
-        Msr::Xss,
-        Msr::McgStatus,
-        Msr::VmHsavePa,
-    ];
-
-    /// The architectural MSR index (Intel SDM Vol. 4, Table 2-2; AMD APM Vol. 2, Appendix A;
-    /// VM_HSAVE_PA: AMD APM Vol. 2, §15.30.4).
-    pub fn index(self) -> u32 {
-        match self {
-            Msr::ApicBase => 0x1b,
-            Msr::Tsc => 0x10,
-            Msr::TscAdjust => 0x3b,
-            Msr::TscAux => 0xc000_0103,
-            Msr::TscDeadline => 0x6e0,
-            Msr::Pat => 0x277,
-            Msr::MtrrCap => 0xfe,
-            Msr::MtrrDefType => 0x2ff,
-            Msr::MiscEnable => 0x1a0,
-            Msr::SysenterCs => 0x174,
-            Msr::SysenterEsp => 0x175,
-            Msr::SysenterEip => 0x176,
-            Msr::Star => 0xc000_0081,
-            Msr::Lstar => 0xc000_0082,
-            Msr::Cstar => 0xc000_0083,
-            Msr::Fmask => 0xc000_0084,
-            Msr::FsBase => 0xc000_0100,
-            Msr::GsBase => 0xc000_0101,
-            Msr::KernelGsBase => 0xc000_0102,
-            Msr::SpecCtrl => 0x48,
-            Msr::DebugCtl => 0x1d9,
-            Msr::PerfGlobalCtrl => 0x38f,
-            Msr::FeatureControl => 0x3a,
-            Msr::Smbase => 0x9e,
-            Msr::Xss => 0xda0,
-            Msr::McgStatus => 0x17a,
-            Msr::VmHsavePa => 0xc001_0117,
-        }
-    }
-
-    /// The SDM name, lower-case.
-    pub fn name(self) -> &'static str {
-        match self {
-            Msr::ApicBase => "ia32_apic_base",
-            Msr::Tsc => "ia32_tsc",
-            Msr::TscAdjust => "ia32_tsc_adjust",
-            Msr::TscAux => "ia32_tsc_aux",
-            Msr::TscDeadline => "ia32_tsc_deadline",
-            Msr::Pat => "ia32_pat",
-            Msr::MtrrCap => "ia32_mtrrcap",
-            Msr::MtrrDefType => "ia32_mtrr_def_type",
-            Msr::MiscEnable => "ia32_misc_enable",
-            Msr::SysenterCs => "ia32_sysenter_cs",
-            Msr::SysenterEsp => "ia32_sysenter_esp",
-            Msr::SysenterEip => "ia32_sysenter_eip",
-            Msr::Star => "ia32_star",
-            Msr::Lstar => "ia32_lstar",
-            Msr::Cstar => "ia32_cstar",
-            Msr::Fmask => "ia32_fmask",
-            Msr::FsBase => "ia32_fs_base",
-            Msr::GsBase => "ia32_gs_base",
-            Msr::KernelGsBase => "ia32_kernel_gs_base",
-            Msr::SpecCtrl => "ia32_spec_ctrl",
-            Msr::DebugCtl => "ia32_debugctl",
-            Msr::PerfGlobalCtrl => "ia32_perf_global_ctrl",
-            Msr::FeatureControl => "ia32_feature_control",
-            Msr::Smbase => "ia32_smbase",
-            Msr::Xss => "ia32_xss",
-            Msr::McgStatus => "ia32_mcg_status",
-            Msr::VmHsavePa => "vm_hsave_pa",
-        }
-    }
-}
-
-/// Fixed-range MTRR names and indices (Intel SDM Vol. 3A, §12.11.2.2, Table 12-9).
-pub const FIXED_MTRR_MSRS: [(&str, u32); FIXED_MTRRS] = [
-    ("ia32_mtrr_fix64k_00000", 0x250),
-    ("ia32_mtrr_fix16k_80000", 0x258),
-    ("ia32_mtrr_fix16k_a0000", 0x259),
-    ("ia32_mtrr_fix4k_c0000", 0x268),
-    ("ia32_mtrr_fix4k_c8000", 0x269),
-    ("ia32_mtrr_fix4k_d0000", 0x26a),
-    ("ia32_mtrr_fix4k_d8000", 0x26b),
-    ("ia32_mtrr_fix4k_e0000", 0x26c),
-    ("ia32_mtrr_fix4k_e8000", 0x26d),
-    ("ia32_mtrr_fix4k_f0000", 0x26e),
-    ("ia32_mtrr_fix4k_f8000", 0x26f),
-];
-
-/// The VMX capability MSRs IA32_VMX_BASIC through IA32_VMX_VMFUNC, names and indices (Intel SDM
-/// Vol. 4, Table 2-2, 480H–491H; Vol. 3D, Appendix A).
-pub const VMX_CAPABILITY_MSR_NAMES: [(&str, u32); VMX_CAPABILITY_MSRS] = [
-    ("ia32_vmx_basic", 0x480),
-    ("ia32_vmx_pinbased_ctls", 0x481),
-    ("ia32_vmx_procbased_ctls", 0x482),
-    ("ia32_vmx_exit_ctls", 0x483),
-    ("ia32_vmx_entry_ctls", 0x484),
-    ("ia32_vmx_misc", 0x485),
-    ("ia32_vmx_cr0_fixed0", 0x486),
-    ("ia32_vmx_cr0_fixed1", 0x487),
-    ("ia32_vmx_cr4_fixed0", 0x488),
-    ("ia32_vmx_cr4_fixed1", 0x489),
-    ("ia32_vmx_vmcs_enum", 0x48a),
-    ("ia32_vmx_procbased_ctls2", 0x48b),
-    ("ia32_vmx_ept_vpid_cap", 0x48c),
-    ("ia32_vmx_true_pinbased_ctls", 0x48d),
-    ("ia32_vmx_true_procbased_ctls", 0x48e),
-    ("ia32_vmx_true_exit_ctls", 0x48f),
-    ("ia32_vmx_true_entry_ctls", 0x490),
-    ("ia32_vmx_vmfunc", 0x491),
-];
-
-/// Index of IA32_SGXLEPUBKEYHASH0; HASH1–3 follow (Intel SDM Vol. 4, Table 2-2, 8CH–8FH).
-pub const SGX_LE_HASH0_INDEX: u32 = 0x8c;
-
 /// Parts of the nested-virtualization state (see [`crate::Nested`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum NestedReg {
@@ -413,108 +241,75 @@ impl McReg {
     }
 }
 
-/// Single local APIC registers (ISR, TMR and IRR have their own variants).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-#[allow(missing_docs)]
-pub enum LapicReg {
-    Id,
-    Version,
-    Tpr,
-    Apr,
-    Ppr,
-    Ldr,
-    Dfr,
-    Svr,
-    Esr,
-    Icr,
-    LvtTimer,
-    LvtThermal,
-    LvtPerf,
-    LvtLint0,
-    LvtLint1,
-    LvtError,
-    LvtCmci,
-    TimerInitial,
-    TimerCurrent,
-    TimerDivide,
+/// Generates [`LapicReg`], its name and offset lookups and the state accessors from one table of
+/// rows `Variant = offset, "name", member;` (the member of [`crate::Lapic`] that holds it).
+macro_rules! lapic_table {
+    ($($variant:ident = $offset:literal, $name:literal, $member:ident;)*) => {
+        /// Single local APIC registers (ISR, TMR and IRR have their own variants).
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+        #[allow(missing_docs)]
+        pub enum LapicReg {
+            $($variant,)*
+        }
+
+        impl LapicReg {
+            /// All single registers.
+            pub const ALL: [LapicReg; [$(stringify!($variant)),*].len()] =
+                [$(LapicReg::$variant),*];
+
+            /// Lower-case name.
+            pub fn name(self) -> &'static str {
+                match self {
+                    $(LapicReg::$variant => $name,)*
+                }
+            }
+
+            /// Offset of the register in the xAPIC MMIO page (Intel SDM Vol. 3A, Table 11-1).
+            pub fn offset(self) -> u32 {
+                match self {
+                    $(LapicReg::$variant => $offset,)*
+                }
+            }
+        }
+
+        fn lapic_get(s: &VcpuState, r: LapicReg) -> u128 {
+            match r {
+                $(LapicReg::$variant => s.lapic.$member.into(),)*
+            }
+        }
+
+        // The `as` casts truncate on purpose: `v` is masked to the field's width by the caller.
+        #[allow(clippy::cast_possible_truncation)]
+        fn lapic_set(s: &mut VcpuState, r: LapicReg, v: u128) {
+            match r {
+                $(LapicReg::$variant => s.lapic.$member = v as _,)*
+            }
+        }
+    };
 }
 
-impl LapicReg {
-    /// All single registers.
-    pub const ALL: [LapicReg; 20] = [
-        LapicReg::Id,
-        LapicReg::Version,
-        LapicReg::Tpr,
-        LapicReg::Apr,
-        LapicReg::Ppr,
-        LapicReg::Ldr,
-        LapicReg::Dfr,
-        LapicReg::Svr,
-        LapicReg::Esr,
-        LapicReg::Icr,
-        LapicReg::LvtTimer,
-        LapicReg::LvtThermal,
-        LapicReg::LvtPerf,
-        LapicReg::LvtLint0,
-        LapicReg::LvtLint1,
-        LapicReg::LvtError,
-        LapicReg::LvtCmci,
-        LapicReg::TimerInitial,
-        LapicReg::TimerCurrent,
-        LapicReg::TimerDivide,
-    ];
-
-    /// Lower-case name.
-    pub fn name(self) -> &'static str {
-        match self {
-            LapicReg::Id => "id",
-            LapicReg::Version => "version",
-            LapicReg::Tpr => "tpr",
-            LapicReg::Apr => "apr",
-            LapicReg::Ppr => "ppr",
-            LapicReg::Ldr => "ldr",
-            LapicReg::Dfr => "dfr",
-            LapicReg::Svr => "svr",
-            LapicReg::Esr => "esr",
-            LapicReg::Icr => "icr",
-            LapicReg::LvtTimer => "lvt_timer",
-            LapicReg::LvtThermal => "lvt_thermal",
-            LapicReg::LvtPerf => "lvt_perf",
-            LapicReg::LvtLint0 => "lvt_lint0",
-            LapicReg::LvtLint1 => "lvt_lint1",
-            LapicReg::LvtError => "lvt_error",
-            LapicReg::LvtCmci => "lvt_cmci",
-            LapicReg::TimerInitial => "timer_initial",
-            LapicReg::TimerCurrent => "timer_current",
-            LapicReg::TimerDivide => "timer_divide",
-        }
-    }
-
-    /// Offset of the register in the xAPIC MMIO page (Intel SDM Vol. 3A, Table 11-1).
-    pub fn offset(self) -> u32 {
-        match self {
-            LapicReg::Id => 0x20,
-            LapicReg::Version => 0x30,
-            LapicReg::Tpr => 0x80,
-            LapicReg::Apr => 0x90,
-            LapicReg::Ppr => 0xa0,
-            LapicReg::Ldr => 0xd0,
-            LapicReg::Dfr => 0xe0,
-            LapicReg::Svr => 0xf0,
-            LapicReg::Esr => 0x280,
-            LapicReg::Icr => 0x300,
-            LapicReg::LvtCmci => 0x2f0,
-            LapicReg::LvtTimer => 0x320,
-            LapicReg::LvtThermal => 0x330,
-            LapicReg::LvtPerf => 0x340,
-            LapicReg::LvtLint0 => 0x350,
-            LapicReg::LvtLint1 => 0x360,
-            LapicReg::LvtError => 0x370,
-            LapicReg::TimerInitial => 0x380,
-            LapicReg::TimerCurrent => 0x390,
-            LapicReg::TimerDivide => 0x3e0,
-        }
-    }
+// Offsets: Intel SDM Vol. 3A, Table 11-1 "Local APIC Register Address Map".
+lapic_table! {
+    Id = 0x20, "id", id;
+    Version = 0x30, "version", version;
+    Tpr = 0x80, "tpr", tpr;
+    Apr = 0x90, "apr", apr;
+    Ppr = 0xa0, "ppr", ppr;
+    Ldr = 0xd0, "ldr", ldr;
+    Dfr = 0xe0, "dfr", dfr;
+    Svr = 0xf0, "svr", svr;
+    Esr = 0x280, "esr", esr;
+    Icr = 0x300, "icr", icr;
+    LvtTimer = 0x320, "lvt_timer", lvt_timer;
+    LvtThermal = 0x330, "lvt_thermal", lvt_thermal;
+    LvtPerf = 0x340, "lvt_perf", lvt_perf;
+    LvtLint0 = 0x350, "lvt_lint0", lvt_lint0;
+    LvtLint1 = 0x360, "lvt_lint1", lvt_lint1;
+    LvtError = 0x370, "lvt_error", lvt_error;
+    LvtCmci = 0x2f0, "lvt_cmci", lvt_cmci;
+    TimerInitial = 0x380, "timer_initial", timer_initial;
+    TimerCurrent = 0x390, "timer_current", timer_current;
+    TimerDivide = 0x3e0, "timer_divide", timer_divide;
 }
 
 /// The 256-bit APIC vector bitmaps.
@@ -540,42 +335,51 @@ impl LapicBitmap {
     }
 }
 
-/// Pending-event flags.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-#[allow(missing_docs)]
-pub enum EventFlag {
-    NmiPending,
-    NmiMasked,
-    ExceptionPending,
-    InterruptPending,
-    SmiPending,
-    Smm,
-    InterruptShadow,
+/// Generates [`EventFlag`], its names and the state accessors from one table of rows
+/// `Variant, "name";` (the member of [`crate::Events`] has the same name).
+macro_rules! event_table {
+    ($($variant:ident, $name:ident;)*) => {
+        /// Pending-event flags.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+        #[allow(missing_docs)]
+        pub enum EventFlag {
+            $($variant,)*
+        }
+
+        impl EventFlag {
+            /// All flags.
+            pub const ALL: [EventFlag; [$(stringify!($variant)),*].len()] =
+                [$(EventFlag::$variant),*];
+
+            fn name(self) -> &'static str {
+                match self {
+                    $(EventFlag::$variant => stringify!($name),)*
+                }
+            }
+        }
+
+        fn event_ref_const(s: &VcpuState, e: EventFlag) -> &bool {
+            match e {
+                $(EventFlag::$variant => &s.events.$name,)*
+            }
+        }
+
+        fn event_mut(s: &mut VcpuState, e: EventFlag) -> &mut bool {
+            match e {
+                $(EventFlag::$variant => &mut s.events.$name,)*
+            }
+        }
+    };
 }
 
-impl EventFlag {
-    /// All flags.
-    pub const ALL: [EventFlag; 7] = [
-        EventFlag::NmiPending,
-        EventFlag::NmiMasked,
-        EventFlag::ExceptionPending,
-        EventFlag::InterruptPending,
-        EventFlag::SmiPending,
-        EventFlag::Smm,
-        EventFlag::InterruptShadow,
-    ];
-
-    fn name(self) -> &'static str {
-        [
-            "nmi_pending",
-            "nmi_masked",
-            "exception_pending",
-            "interrupt_pending",
-            "smi_pending",
-            "smm",
-            "interrupt_shadow",
-        ][self as usize]
-    }
+event_table! {
+    NmiPending, nmi_pending;
+    NmiMasked, nmi_masked;
+    ExceptionPending, exception_pending;
+    InterruptPending, interrupt_pending;
+    SmiPending, smi_pending;
+    Smm, smm;
+    InterruptShadow, interrupt_shadow;
 }
 
 /// The spec class a field belongs to; one source file of the tables per class.
@@ -1106,83 +910,6 @@ impl std::fmt::Display for Field {
     }
 }
 
-// One list per lookup, used for both `&` and `&mut` access.
-macro_rules! msr_slot {
-    ($s:expr, $m:expr, $($mu:tt)?) => {
-        match $m {
-            Msr::ApicBase => &$($mu)? $s.msrs.apic_base,
-            Msr::Tsc => &$($mu)? $s.msrs.tsc,
-            Msr::TscAdjust => &$($mu)? $s.msrs.tsc_adjust,
-            Msr::TscAux => &$($mu)? $s.msrs.tsc_aux,
-            Msr::TscDeadline => &$($mu)? $s.msrs.tsc_deadline,
-            Msr::Pat => &$($mu)? $s.msrs.pat,
-            Msr::MtrrCap => &$($mu)? $s.msrs.mtrr_cap,
-            Msr::MtrrDefType => &$($mu)? $s.msrs.mtrr_def_type,
-            Msr::MiscEnable => &$($mu)? $s.msrs.misc_enable,
-            Msr::SysenterCs => &$($mu)? $s.msrs.sysenter_cs,
-            Msr::SysenterEsp => &$($mu)? $s.msrs.sysenter_esp,
-            Msr::SysenterEip => &$($mu)? $s.msrs.sysenter_eip,
-            Msr::Star => &$($mu)? $s.msrs.star,
-            Msr::Lstar => &$($mu)? $s.msrs.lstar,
-            Msr::Cstar => &$($mu)? $s.msrs.cstar,
-            Msr::Fmask => &$($mu)? $s.msrs.sfmask,
-            // IA32_FS_BASE / IA32_GS_BASE are the hidden FS/GS bases (SDM Vol. 3A, §3.4.4).
-            Msr::FsBase => &$($mu)? $s.segments[Seg::Fs as usize].base,
-            Msr::GsBase => &$($mu)? $s.segments[Seg::Gs as usize].base,
-            Msr::KernelGsBase => &$($mu)? $s.msrs.kernel_gs_base,
-            Msr::SpecCtrl => &$($mu)? $s.msrs.spec_ctrl,
-            Msr::DebugCtl => &$($mu)? $s.msrs.debugctl,
-            Msr::PerfGlobalCtrl => &$($mu)? $s.msrs.perf_global_ctrl,
-            Msr::FeatureControl => &$($mu)? $s.msrs.feature_control,
-            Msr::Smbase => &$($mu)? $s.msrs.smbase,
-            Msr::Xss => &$($mu)? $s.msrs.xss,
-            Msr::McgStatus => &$($mu)? $s.msrs.mcg_status,
-            Msr::VmHsavePa => &$($mu)? $s.msrs.vm_hsave_pa,
-        }
-    };
-}
-
-macro_rules! lapic_slot {
-    ($s:expr, $r:expr, $($mu:tt)?) => {
-        match $r {
-            LapicReg::Id => Some(&$($mu)? $s.lapic.id),
-            LapicReg::Version => Some(&$($mu)? $s.lapic.version),
-            LapicReg::Tpr => Some(&$($mu)? $s.lapic.tpr),
-            LapicReg::Apr => Some(&$($mu)? $s.lapic.apr),
-            LapicReg::Ppr => Some(&$($mu)? $s.lapic.ppr),
-            LapicReg::Ldr => Some(&$($mu)? $s.lapic.ldr),
-            LapicReg::Dfr => Some(&$($mu)? $s.lapic.dfr),
-            LapicReg::Svr => Some(&$($mu)? $s.lapic.svr),
-            LapicReg::Esr => Some(&$($mu)? $s.lapic.esr),
-            LapicReg::Icr => None,
-            LapicReg::LvtTimer => Some(&$($mu)? $s.lapic.lvt_timer),
-            LapicReg::LvtThermal => Some(&$($mu)? $s.lapic.lvt_thermal),
-            LapicReg::LvtPerf => Some(&$($mu)? $s.lapic.lvt_perf),
-            LapicReg::LvtLint0 => Some(&$($mu)? $s.lapic.lvt_lint0),
-            LapicReg::LvtLint1 => Some(&$($mu)? $s.lapic.lvt_lint1),
-            LapicReg::LvtError => Some(&$($mu)? $s.lapic.lvt_error),
-            LapicReg::LvtCmci => Some(&$($mu)? $s.lapic.lvt_cmci),
-            LapicReg::TimerInitial => Some(&$($mu)? $s.lapic.timer_initial),
-            LapicReg::TimerCurrent => Some(&$($mu)? $s.lapic.timer_current),
-            LapicReg::TimerDivide => Some(&$($mu)? $s.lapic.timer_divide),
-        }
-    };
-}
-
-macro_rules! event_slot {
-    ($s:expr, $e:expr, $($mu:tt)?) => {
-        match $e {
-            EventFlag::NmiPending => &$($mu)? $s.events.nmi_pending,
-            EventFlag::NmiMasked => &$($mu)? $s.events.nmi_masked,
-            EventFlag::ExceptionPending => &$($mu)? $s.events.exception_pending,
-            EventFlag::InterruptPending => &$($mu)? $s.events.interrupt_pending,
-            EventFlag::SmiPending => &$($mu)? $s.events.smi_pending,
-            EventFlag::Smm => &$($mu)? $s.events.smm,
-            EventFlag::InterruptShadow => &$($mu)? $s.events.interrupt_shadow,
-        }
-    };
-}
-
 fn nested_get(s: &VcpuState, r: NestedReg) -> u128 {
     let n = &s.nested;
     match r {
@@ -1206,35 +933,4 @@ fn nested_set(s: &mut VcpuState, r: NestedReg, v: u128) {
         NestedReg::Gif => n.gif = v != 0,
         NestedReg::InterceptInit => n.intercept_init = v != 0,
     }
-}
-
-fn msr_ref(s: &VcpuState, m: Msr) -> u64 {
-    *msr_slot!(s, m,)
-}
-
-fn msr_mut(s: &mut VcpuState, m: Msr) -> &mut u64 {
-    msr_slot!(s, m, mut)
-}
-
-fn lapic_get(s: &VcpuState, r: LapicReg) -> u128 {
-    match lapic_slot!(s, r,) {
-        Some(v) => u128::from(*v),
-        None => s.lapic.icr.into(),
-    }
-}
-
-#[allow(clippy::cast_possible_truncation)] // masked to the field width by the caller
-fn lapic_set(s: &mut VcpuState, r: LapicReg, v: u128) {
-    match lapic_slot!(s, r, mut) {
-        Some(slot) => *slot = v as u32,
-        None => s.lapic.icr = v as u64,
-    }
-}
-
-fn event_ref_const(s: &VcpuState, e: EventFlag) -> &bool {
-    event_slot!(s, e,)
-}
-
-fn event_mut(s: &mut VcpuState, e: EventFlag) -> &mut bool {
-    event_slot!(s, e, mut)
 }

@@ -11,6 +11,7 @@
 //! - [`entries`] flattens a table for rendering (table, JSON, markdown).
 //! - [`init_outcome`] says whether an INIT takes effect, is held (VMX root, SVM GIF = 0) or
 //!   becomes a VM exit (VMX non-root, SVM intercept), by the rules [`init_rules`] lists.
+//! - [`x87`] decodes FXSAVE images and converts the x87 tag word (abridged ↔ full).
 //!
 //! The crate has no dependencies; `serde` support is behind the `serde` feature.
 
@@ -18,10 +19,12 @@
 
 mod blocking;
 mod field;
+mod msr;
 mod render;
 mod rule;
 mod state;
 mod tables;
+pub mod x87;
 
 pub use blocking::{InitOutcome, InitRule, init_outcome, init_rules, init_vm_exit};
 pub use field::{

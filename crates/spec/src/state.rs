@@ -104,49 +104,7 @@ pub struct McBank {
     pub misc: u64,
 }
 
-/// The model-specific registers that RESET or INIT touch or keep.
-///
-/// IA32_FS_BASE and IA32_GS_BASE are not stored here: they are the hidden bases of FS and GS
-/// (Intel SDM Vol. 3A, §3.4.4), and [`crate::Field`] maps them onto [`VcpuState::segments`].
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
-#[allow(missing_docs)] // each member is the MSR of the same name
-pub struct Msrs {
-    pub apic_base: u64,
-    pub tsc: u64,
-    pub tsc_adjust: u64,
-    pub tsc_aux: u64,
-    pub tsc_deadline: u64,
-    pub pat: u64,
-    pub mtrr_cap: u64,
-    pub mtrr_def_type: u64,
-    pub mtrr_fixed: [u64; FIXED_MTRRS],
-    pub mtrr_phys_base: [u64; VARIABLE_MTRRS],
-    pub mtrr_phys_mask: [u64; VARIABLE_MTRRS],
-    pub misc_enable: u64,
-    pub sysenter_cs: u64,
-    pub sysenter_esp: u64,
-    pub sysenter_eip: u64,
-    pub star: u64,
-    pub lstar: u64,
-    pub cstar: u64,
-    pub sfmask: u64,
-    pub kernel_gs_base: u64,
-    pub spec_ctrl: u64,
-    pub debugctl: u64,
-    pub perf_global_ctrl: u64,
-    pub feature_control: u64,
-    pub smbase: u64,
-    pub xss: u64,
-    pub mcg_status: u64,
-    pub mc_banks: [McBank; MCE_BANKS],
-    /// IA32_VMX_BASIC … IA32_VMX_VMFUNC, in index order (480H–491H).
-    pub vmx_capabilities: [u64; VMX_CAPABILITY_MSRS],
-    /// IA32_SGXLEPUBKEYHASH0–3: the SHA-256 digest of the launch enclave's signing key.
-    pub sgx_le_pubkey_hash: [u64; SGX_LE_HASH_MSRS],
-    /// AMD's VM_HSAVE_PA (C001_0117H): where VMRUN saves host state.
-    pub vm_hsave_pa: u64,
-}
+pub use crate::msr::Msrs;
 
 /// The local APIC's registers, xAPIC view.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]

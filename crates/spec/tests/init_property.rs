@@ -56,7 +56,7 @@ fn model(vendor: Vendor, gp_counters: u8) -> CpuModel {
         mtrr_cap: 0x508,
         vmx_capabilities: match vendor {
             Vendor::Intel => vcpu_reset_spec::DEFAULT_VMX_CAPABILITIES,
-            Vendor::Amd => [0; 18],
+            Vendor::Amd => [0; vcpu_reset_spec::VMX_CAPABILITY_MSRS],
         },
         sgx_launch_control: vendor == Vendor::Intel,
     }

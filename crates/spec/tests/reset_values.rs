@@ -8,9 +8,10 @@
 //! every field holds a distinctive non-reset value), and the rule kinds from `row`.
 
 use vcpu_reset_spec::{
-    Activity, Class, CpuModel, Derivation, DescriptorTable, Dt, Event, EventFlag, Events, Field,
-    Fpu, Gpr, Lapic, LapicBitmap, LapicReg, McBank, Msr, Msrs, Nested, NestedReg, Rule, Seg,
-    SegPart, Segment, Source, Transition, VcpuIdentity, VcpuState, Vectors, Vendor, X87,
+    Activity, Class, CpuModel, Derivation, DescriptorTable, Dt, Event, EventFlag, Events,
+    FIXED_MTRRS, Field, Fpu, Gpr, Lapic, LapicBitmap, LapicReg, MCE_BANKS, McBank, Msr, Msrs,
+    Nested, NestedReg, Rule, SGX_LE_HASH_MSRS, Seg, SegPart, Segment, Source, Transition,
+    VARIABLE_MTRRS, VMX_CAPABILITY_MSRS, VcpuIdentity, VcpuState, Vectors, Vendor, X87,
     expected_state, row, sipi, table,
 };
 
@@ -62,7 +63,7 @@ const AMD: CpuModel = CpuModel {
     gp_counters: 6,
     apic_version: 0x8005_0010,
     mtrr_cap: 0x508,
-    vmx_capabilities: [0; 18],
+    vmx_capabilities: [0; VMX_CAPABILITY_MSRS],
     sgx_launch_control: false,
 };
 
@@ -84,6 +85,12 @@ const VCPUS: [VcpuIdentity; 2] = [BSP, AP];
 
 /// A state as a running 64-bit OS might leave it: every field holds a value that no RESET or
 /// INIT table gives it (checked by `dirty_prior_differs_from_reset_in_every_field`).
+///
+/// The `Msrs`, `Lapic` and `Events` literals end in `..Default::default()` so that a member
+/// added from the spec's tables needs no edit here: [`fill_unnamed`] gives every single MSR,
+/// LAPIC register and event flag the literal leaves at 0 a distinctive value.
+// All members are named today, which is what `needless_update` flags.
+#[allow(clippy::needless_update)]
 fn dirty_prior() -> VcpuState {
     let seg = Segment {
         selector: 0x0010,
@@ -91,7 +98,7 @@ fn dirty_prior() -> VcpuState {
         limit: 0xffff_ffff,
         attributes: 0xa09b,
     };
-    VcpuState {
+    let mut s = VcpuState {
         gprs: [0xd1d1_d1d1_0000_0001; 16],
         rip: 0xffff_ffff_8100_1234,
         rflags: 0x0000_0246,
@@ -148,9 +155,9 @@ fn dirty_prior() -> VcpuState {
             pat: 0x0007_0106_0007_0106,
             mtrr_cap: 0x0d0a,
             mtrr_def_type: 0x0c06,
-            mtrr_fixed: [0x0606_0606_0606_0606; 11],
-            mtrr_phys_base: [0xc000_0000; 8],
-            mtrr_phys_mask: [0x000f_c000_0800; 8],
+            mtrr_fixed: [0x0606_0606_0606_0606; FIXED_MTRRS],
+            mtrr_phys_base: [0xc000_0000; VARIABLE_MTRRS],
+            mtrr_phys_mask: [0x000f_c000_0800; VARIABLE_MTRRS],
             misc_enable: 0x0085_0089,
             sysenter_cs: 0x10,
             sysenter_esp: 0xffff_fe00_0000_1000,
@@ -172,11 +179,12 @@ fn dirty_prior() -> VcpuState {
                 status: 0x9c00_0000_0000_0011,
                 addr: 0x1234_5000,
                 misc: 0x86,
-            }; 10],
+            }; MCE_BANKS],
             // A VMM narrowed every capability; a guest wrote its own launch-enclave key.
-            vmx_capabilities: [0x0000_0001_0000_0000; 18],
-            sgx_le_pubkey_hash: [0x1234_5678_9abc_def0; 4],
+            vmx_capabilities: [0x0000_0001_0000_0000; VMX_CAPABILITY_MSRS],
+            sgx_le_pubkey_hash: [0x1234_5678_9abc_def0; SGX_LE_HASH_MSRS],
             vm_hsave_pa: 0x0000_0000_7fff_e000,
+            ..Msrs::default()
         },
         lapic: Lapic {
             id: 0x0700_0000,
@@ -202,6 +210,7 @@ fn dirty_prior() -> VcpuState {
             timer_initial: 0x0010_0000,
             timer_current: 0x0008_0000,
             timer_divide: 0xb,
+            ..Lapic::default()
         },
         activity: Activity::Hlt,
         events: Events {
@@ -212,6 +221,7 @@ fn dirty_prior() -> VcpuState {
             smi_pending: true,
             smm: true,
             interrupt_shadow: true,
+            ..Events::default()
         },
         // In VMX non-root operation with an enlightened VMCS, GIF clear, INIT intercepted:
         // every part away from its RESET value.
@@ -224,6 +234,24 @@ fn dirty_prior() -> VcpuState {
             gif: false,
             intercept_init: true,
         },
+    };
+    fill_unnamed(&mut s);
+    s
+}
+
+/// Give each single MSR, LAPIC register and event flag that is 0 in `s` a value no table gives
+/// it: a set flag, else `0xd1d1_0000` ORed with the MSR index or APIC offset and 1.
+fn fill_unnamed(s: &mut VcpuState) {
+    for f in Field::all() {
+        let tag = match f {
+            Field::Msr(m) => m.index(),
+            Field::Lapic(r) => r.offset(),
+            Field::Event(_) => 0,
+            _ => continue,
+        };
+        if f.get(s) == 0 {
+            f.set(s, (0xd1d1u128 << 16) | u128::from(tag) | 1);
+        }
     }
 }
 
@@ -808,9 +836,9 @@ fn init_keeps_msrs() {
             assert_eq!(m.pat, 0x0007_0106_0007_0106);
             assert_eq!(m.mtrr_cap, 0x0d0a);
             assert_eq!(m.mtrr_def_type, 0x0c06);
-            assert_eq!(m.mtrr_fixed, [0x0606_0606_0606_0606; 11]);
-            assert_eq!(m.mtrr_phys_base, [0xc000_0000; 8]);
-            assert_eq!(m.mtrr_phys_mask, [0x000f_c000_0800; 8]);
+            assert_eq!(m.mtrr_fixed, [0x0606_0606_0606_0606; FIXED_MTRRS]);
+            assert_eq!(m.mtrr_phys_base, [0xc000_0000; VARIABLE_MTRRS]);
+            assert_eq!(m.mtrr_phys_mask, [0x000f_c000_0800; VARIABLE_MTRRS]);
             assert_eq!(m.misc_enable, 0x0085_0089);
             assert_eq!(m.sysenter_cs, 0x10);
             assert_eq!(m.star, 0x0023_0010_0000_0000);
@@ -1603,5 +1631,8 @@ fn default_vmx_capabilities_are_consistent() {
     assert_eq!(caps[8], 0x2000);
     assert_eq!(caps[8] & !caps[9], 0);
     // AMD has none.
-    assert_eq!(CpuModel::generic(Vendor::Amd).vmx_capabilities, [0; 18]);
+    assert_eq!(
+        CpuModel::generic(Vendor::Amd).vmx_capabilities,
+        [0; VMX_CAPABILITY_MSRS]
+    );
 }

@@ -12,10 +12,39 @@ use vcpu_reset::backend::model::{
 };
 use vcpu_reset::backend::{Backend, BackendError, ClassSet, Exit, IoDir, StateClass, Stats};
 use vcpu_reset::spec::{
-    Activity, EventFlag, Field, Gpr, LapicReg, Msr, Nested, Seg, SegPart, VcpuState, X87,
+    Activity, Class, EventFlag, Field, Gpr, LapicBitmap, LapicReg, Msr, Nested, Seg, SegPart,
+    VcpuState, X87,
 };
 
 const P64: u64 = u64::from_ne_bytes([POISON_BYTE; 8]);
+
+/// The single MSRs whose home in the model is a VMCS guest-state field: PAT, DEBUGCTL,
+/// PERF_GLOBAL_CTRL, SYSENTER_CS/ESP/EIP, SMBASE (FS/GS base are the VMCS segment bases).
+const MSRS_IN_VMCS: u64 = 7;
+
+/// Number of spec fields of `class`, computed from the spec's field list so that adding a
+/// field there does not break the counts below.
+fn spec_fields(class: Class) -> u64 {
+    let n = Field::all().iter().filter(|f| f.class() == class).count();
+    u64::try_from(n).expect("field count fits u64")
+}
+
+/// MSRs the model keeps in its MSR store: every MSR-class field but those in the VMCS and
+/// IA32_FS_BASE / IA32_GS_BASE.
+fn msrs_in_store() -> u64 {
+    spec_fields(Class::Msrs) - MSRS_IN_VMCS - 2
+}
+
+/// XSAVE slots: every x87/SSE/AVX/AVX-512/PKRU field (XCR0 is not in the XSAVE area).
+fn xsave_slots() -> u64 {
+    spec_fields(Class::Fpu) - 1
+}
+
+/// APIC words: each single register (ICR is two words) and 8 words per bitmap.
+fn apic_words() -> u64 {
+    let n = LapicReg::ALL.len() + 1 + 8 * LapicBitmap::ALL.len();
+    u64::try_from(n).expect("word count fits u64")
+}
 
 fn store_all(m: &mut ModelVcpu, s: &VcpuState) {
     for c in StateClass::ALL {
@@ -184,13 +213,19 @@ fn each_class_counts_one_access_per_field() {
         // DR7; DR0-3, DR6.
         (StateClass::Debug, 1, 5, 1, 5),
         // 8 x87 env + 8 ST + MXCSR + 16 XMM + 16 YMM_H + 32 ZMM_H + 64 Hi16_ZMM + 8 k + PKRU.
-        (StateClass::Fpu, 0, 154, 0, 154),
+        (StateClass::Fpu, 0, xsave_slots(), 0, xsave_slots()),
         (StateClass::Xcrs, 0, 1, 0, 1),
-        // PAT, DEBUGCTL, PERF_GLOBAL_CTRL, SYSENTER_CS/ESP/EIP, SMBASE; 85 MSRs in the store,
-        // 18 VMX capability MSRs, 4 SGX launch-enclave hash MSRs.
-        (StateClass::Msrs, 7, 85 + 18 + 4, 7, 85 + 18 + 4),
+        // PAT, DEBUGCTL, PERF_GLOBAL_CTRL, SYSENTER_CS/ESP/EIP, SMBASE in the VMCS; every
+        // other MSR (but FS/GS base) in the store.
+        (
+            StateClass::Msrs,
+            MSRS_IN_VMCS,
+            msrs_in_store(),
+            MSRS_IN_VMCS,
+            msrs_in_store(),
+        ),
         // 19 single registers + ICR (two words) + 24 bitmap words.
-        (StateClass::Lapic, 0, 45, 0, 45),
+        (StateClass::Lapic, 0, apic_words(), 0, apic_words()),
         (StateClass::MpState, 1, 0, 1, 0),
         // Interruptibility and pending debug exceptions; 5 model flags. A load reads the
         // interruptibility state once per flag (shadow, NMI blocking).
@@ -368,11 +403,11 @@ fn a_poisoned_vcpu_lists_every_location() {
     assert_eq!(m.poisoned_locations(), all);
     let listed = m.poisoned();
     assert_eq!(listed.len(), all.len());
-    // 59 VMCS fields, 15 GPRs, CR2, CR8, DR0-3, DR6, 154 XSAVE slots, XCR0, 85 + 18 + 4 MSRs,
-    // 45 APIC words, 5 event flags, 3 nested pointers and 3 nested flags.
+    // 59 VMCS fields, 15 GPRs, CR2, CR8, DR0-3, DR6, the XSAVE slots, XCR0, the MSR store,
+    // the APIC words, 5 event flags, 3 nested pointers and 3 nested flags.
     assert_eq!(
-        all.len(),
-        59 + 15 + 2 + 5 + 154 + 1 + (85 + 18 + 4) + 45 + 5 + 3 + 3
+        u64::try_from(all.len()).expect("location count fits u64"),
+        59 + 15 + 2 + 5 + xsave_slots() + 1 + msrs_in_store() + apic_words() + 5 + 3 + 3
     );
     for want in [
         "vmcs 0x6800 GUEST_CR0",

@@ -110,8 +110,8 @@ pub fn quote(bytes: &[u8]) -> String {
 /// Most hex digits a value may have that is read as a number.
 pub const MAX_NUMBER_DIGITS: usize = 32;
 
-/// Size of an FXSAVE image.
-pub const FXSAVE_SIZE: usize = 512;
+/// The FXSAVE decoding lives in the spec crate, shared with the KVM backend.
+pub use crate::spec::x87::{FXSAVE_SIZE, FxsaveFormat, FxsaveImage, tag_of as full_tag};
 
 /// Errors from parsing a probe log or decoding its records.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -322,7 +322,10 @@ impl ProbeRun {
     pub fn fxsave(&self) -> Option<Result<FxsaveImage, RecordError>> {
         let v = self.get("fxsave")?;
         let bytes = v.blob()?;
-        Some(FxsaveImage::decode(&bytes, FxsaveFormat::Legacy))
+        Some(
+            FxsaveImage::decode(&bytes, FxsaveFormat::Legacy)
+                .map_err(|e| RecordError::BadFxsave(e.0)),
+        )
     }
 
     /// Every record that names a spec field, plus the fields decoded from the FXSAVE image
@@ -786,177 +789,6 @@ pub fn parse(log: &[u8]) -> Result<Vec<ProbeRun>, RecordError> {
     parse_all(log).into_iter().collect()
 }
 
-/// Which FXSAVE layout an image has.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FxsaveFormat {
-    /// FXSAVE outside 64-bit mode (or without REX.W): 32-bit FIP/FDP with FCS/FDS, XMM0–XMM7.
-    Legacy,
-    /// FXSAVE64 (REX.W): 64-bit FIP/FDP, XMM0–XMM15.
-    Rex64,
-}
-
-/// A decoded FXSAVE image.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FxsaveImage {
-    /// Layout it was decoded with.
-    pub format: FxsaveFormat,
-    /// FCW.
-    pub fcw: u16,
-    /// FSW.
-    pub fsw: u16,
-    /// Abridged tag byte (1 bit per physical register, 1 = not empty).
-    pub ftw_abridged: u8,
-    /// FOP (11 bits).
-    pub fop: u16,
-    /// FIP.
-    pub fip: u64,
-    /// FCS (legacy layout only, else 0).
-    pub fcs: u16,
-    /// FDP.
-    pub fdp: u64,
-    /// FDS (legacy layout only, else 0).
-    pub fds: u16,
-    /// MXCSR.
-    pub mxcsr: u32,
-    /// MXCSR_MASK.
-    pub mxcsr_mask: u32,
-    /// ST0–ST7 in stack order, 80 bits each.
-    pub st: [u128; 8],
-    /// XMM0–XMM15 (XMM8–15 only in the REX.W layout, else 0).
-    pub xmm: [u128; 16],
-}
-
-fn le(bytes: &[u8], at: usize, n: usize) -> u128 {
-    bytes[at..at + n]
-        .iter()
-        .rev()
-        .fold(0u128, |acc, &b| (acc << 8) | u128::from(b))
-}
-
-/// The full two-bit tag of an 80-bit register value that the abridged tag marks as in use
-/// (Intel SDM Vol. 1, §10.5.1.1, "Recreating FSAVE format"): 00 valid, 01 zero, 10 special.
-pub fn full_tag(value: u128) -> u16 {
-    let exponent = (value >> 64) & 0x7fff;
-    let significand = value & u128::from(u64::MAX);
-    let j = (value >> 63) & 1;
-    if exponent == 0x7fff {
-        0b10
-    } else if exponent == 0 {
-        if significand == 0 { 0b01 } else { 0b10 }
-    } else if j == 0 {
-        0b10
-    } else {
-        0b00
-    }
-}
-
-impl FxsaveImage {
-    /// Decodes a 512-byte image.
-    #[allow(clippy::cast_possible_truncation)] // `le` of n bytes fits the target width
-    pub fn decode(bytes: &[u8], format: FxsaveFormat) -> Result<FxsaveImage, RecordError> {
-        if bytes.len() != FXSAVE_SIZE {
-            return Err(RecordError::BadFxsave(bytes.len()));
-        }
-        let (fip, fcs, fdp, fds) = match format {
-            FxsaveFormat::Legacy => (
-                le(bytes, 8, 4) as u64,
-                le(bytes, 12, 2) as u16,
-                le(bytes, 16, 4) as u64,
-                le(bytes, 20, 2) as u16,
-            ),
-            FxsaveFormat::Rex64 => (le(bytes, 8, 8) as u64, 0, le(bytes, 16, 8) as u64, 0),
-        };
-        let nxmm = match format {
-            FxsaveFormat::Legacy => 8,
-            FxsaveFormat::Rex64 => 16,
-        };
-        let mut st = [0u128; 8];
-        for (i, s) in st.iter_mut().enumerate() {
-            *s = le(bytes, 32 + 16 * i, 10);
-        }
-        let mut xmm = [0u128; 16];
-        for (i, x) in xmm.iter_mut().enumerate().take(nxmm) {
-            *x = le(bytes, 160 + 16 * i, 16);
-        }
-        Ok(FxsaveImage {
-            format,
-            fcw: le(bytes, 0, 2) as u16,
-            fsw: le(bytes, 2, 2) as u16,
-            ftw_abridged: bytes[4],
-            fop: (le(bytes, 6, 2) as u16) & 0x7ff,
-            fip,
-            fcs,
-            fdp,
-            fds,
-            mxcsr: le(bytes, 24, 4) as u32,
-            mxcsr_mask: le(bytes, 28, 4) as u32,
-            st,
-            xmm,
-        })
-    }
-
-    /// The full x87 tag word as FNSTENV reports it, rebuilt from the abridged tag and the
-    /// register contents. Physical register `r` is stack slot `(r - TOP) mod 8`.
-    pub fn ftw(&self) -> u16 {
-        let top = (self.fsw >> 11) & 7;
-        (0..8u16).fold(0u16, |acc, r| {
-            let tag = if self.ftw_abridged & (1 << r) == 0 {
-                0b11
-            } else {
-                full_tag(self.st[usize::from((r + 8 - top) & 7)])
-            };
-            acc | (tag << (2 * r))
-        })
-    }
-
-    /// The spec fields this layout holds.
-    pub fn field_list(format: FxsaveFormat) -> Vec<Field> {
-        let nxmm = if format == FxsaveFormat::Legacy {
-            8
-        } else {
-            16
-        };
-        let mut v: Vec<Field> = crate::spec::X87::ALL.map(Field::X87).to_vec();
-        if format == FxsaveFormat::Rex64 {
-            v.retain(|f| {
-                !matches!(
-                    f,
-                    Field::X87(crate::spec::X87::Fcs) | Field::X87(crate::spec::X87::Fds)
-                )
-            });
-        }
-        v.extend((0..8).map(Field::St));
-        v.push(Field::Mxcsr);
-        v.extend((0..nxmm).map(Field::Xmm));
-        v
-    }
-
-    /// The spec fields with their values.
-    pub fn fields(&self) -> Vec<(Field, u128)> {
-        use crate::spec::X87;
-        Self::field_list(self.format)
-            .into_iter()
-            .map(|f| {
-                let v: u128 = match f {
-                    Field::X87(X87::Fcw) => self.fcw.into(),
-                    Field::X87(X87::Fsw) => self.fsw.into(),
-                    Field::X87(X87::Ftw) => self.ftw().into(),
-                    Field::X87(X87::Fop) => self.fop.into(),
-                    Field::X87(X87::Fip) => self.fip.into(),
-                    Field::X87(X87::Fdp) => self.fdp.into(),
-                    Field::X87(X87::Fcs) => self.fcs.into(),
-                    Field::X87(X87::Fds) => self.fds.into(),
-                    Field::St(i) => self.st[usize::from(i)],
-                    Field::Mxcsr => self.mxcsr.into(),
-                    Field::Xmm(i) => self.xmm[usize::from(i)],
-                    _ => 0,
-                };
-                (f, v)
-            })
-            .collect()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1343,10 +1175,9 @@ mod tests {
         assert_eq!(f[&Field::X87(crate::spec::X87::Ftw)], 0x4ffe);
         assert_eq!(f[&Field::St(0)], (0x3fffu128 << 64) | (1u128 << 63));
         assert!(!f.contains_key(&Field::Xmm(8)));
-        assert_eq!(
-            FxsaveImage::decode(&[0; 10], FxsaveFormat::Legacy),
-            Err(RecordError::BadFxsave(10))
-        );
+        let log = format_run("short", &[("fxsave".into(), Value::Hex("00".repeat(10)))]);
+        let runs = parse(log.as_bytes()).expect("parses");
+        assert_eq!(runs[0].fxsave(), Some(Err(RecordError::BadFxsave(10))));
     }
 
     #[test]

@@ -13,11 +13,11 @@
 //! initial configuration.
 
 use kvm_bindings::{CpuId, Xsave, kvm_xsave};
+use vcpu_reset_spec::x87::{self, FxsaveFormat, FxsaveImage};
 use vcpu_reset_spec::{Field, VcpuState};
 
 use super::KvmVcpu;
 use super::vcpu::ioctl_error;
-use super::x87;
 use crate::backend::BackendError;
 
 /// Size of `struct kvm_xsave`, the image KVM_GET_XSAVE fills.
@@ -104,10 +104,6 @@ impl XsaveLayout {
     }
 }
 
-fn u16_at(b: &[u8], at: usize) -> u16 {
-    u16::from_le_bytes([b[at], b[at + 1]])
-}
-
 fn u32_at(b: &[u8], at: usize) -> u32 {
     let mut w = [0u8; 4];
     w.copy_from_slice(&b[at..at + 4]);
@@ -133,17 +129,16 @@ fn put(b: &mut [u8], at: usize, bytes: &[u8]) {
 /// Read the state out of an XSAVE image.
 pub(super) fn xsave_to_state(b: &[u8], layout: &XsaveLayout, state: &mut VcpuState) {
     let xstate_bv = u64_at(b, XSTATE_BV);
+    let legacy = FxsaveImage::read(b, FxsaveFormat::Rex64);
     let fpu = &mut state.fpu;
     if xstate_bv & X87 != 0 {
-        fpu.fcw = u16_at(b, 0);
-        fpu.fsw = u16_at(b, 2);
-        fpu.fop = u16_at(b, 6) & 0x7ff;
-        fpu.fip = u64_at(b, 8);
-        fpu.fdp = u64_at(b, 16);
-        for (i, st) in fpu.st.iter_mut().enumerate() {
-            *st = u128_at(b, 32 + 16 * i, 10);
-        }
-        fpu.ftw = x87::full_tag_word(b[4], fpu.fsw, &fpu.st);
+        fpu.fcw = legacy.fcw;
+        fpu.fsw = legacy.fsw;
+        fpu.fop = legacy.fop;
+        fpu.fip = legacy.fip;
+        fpu.fdp = legacy.fdp;
+        fpu.st = legacy.st;
+        fpu.ftw = legacy.ftw();
     } else {
         fpu.fcw = FCW_INIT;
         fpu.fsw = 0;
@@ -153,16 +148,10 @@ pub(super) fn xsave_to_state(b: &[u8], layout: &XsaveLayout, state: &mut VcpuSta
         fpu.st = [0; 8];
         fpu.ftw = 0xffff;
     }
-    fpu.mxcsr = u32_at(b, 24);
+    fpu.mxcsr = legacy.mxcsr;
     let v = &mut state.vectors;
     let present = |component: usize| xstate_bv & (1 << component) != 0;
-    for (i, xmm) in v.xmm.iter_mut().enumerate() {
-        *xmm = if present(1) {
-            u128_at(b, 160 + 16 * i, 16)
-        } else {
-            0
-        };
-    }
+    v.xmm = if present(1) { legacy.xmm } else { [0; 16] };
     let component = |i: usize| layout.offsets[i].map(|o| (o, present(i)));
     if let Some((o, p)) = component(2) {
         for (i, r) in v.ymm_hi.iter_mut().enumerate() {

@@ -4,7 +4,7 @@
 //!   ([`KvmCaps`], supported CPUID, MSRs) and creates VMs ([`KvmHost::create_vm`]).
 //! - [`KvmVcpu`] is one vCPU. Each [`StateClass`](crate::backend::StateClass) maps onto one KVM structure, in its own file:
 //!   `regs.rs` (`kvm_regs`), `sregs.rs` (`kvm_sregs2`/`kvm_sregs`), `debugregs.rs`, `fpu.rs`
-//!   (the XSAVE image; `x87.rs` converts the tag word), `xcrs.rs`, `msrs.rs`, `lapic.rs`,
+//!   (the XSAVE image; the spec crate's `x87` module decodes its legacy region), `xcrs.rs`, `msrs.rs`, `lapic.rs`,
 //!   `mp_state.rs`, `events.rs` and `nested.rs`.
 //! - With sync regs (`sync.rs`), REGS, SREGS and EVENTS come with every exit and stores of them
 //!   are deferred to the next KVM_RUN, without ioctls. `run.rs` runs the vCPU and maps exits.
@@ -56,7 +56,6 @@ mod sregs;
 mod sync;
 mod vcpu;
 mod views;
-mod x87;
 mod xcrs;
 
 pub use error::{AdoptRefusal, KvmError, ReturnedFd};
