@@ -8,6 +8,7 @@
 //! - [`engine`]: RESET, INIT, SIPI and verify on a cached vCPU.
 //! - [`runner`]: a small VM that boots a flat firmware and reboots it in place.
 //! - [`probe`]: guest programs that record what the guest sees, and their record format.
+//! - [`input`]: bounded reads of input files (firmware, logs, state JSON).
 //! - [`check`]: the conformance selftest's scenarios, verdicts and reports.
 //! - [`bench`](mod@bench): exit-path and reboot benchmarks on KVM, paths side by side.
 
@@ -18,5 +19,6 @@ pub mod bench;
 pub mod cache;
 pub mod check;
 pub mod engine;
+pub mod input;
 pub mod probe;
 pub mod runner;
