@@ -162,6 +162,41 @@ pub fn quote(bytes: &[u8], max: usize) -> String {
 /// Most bytes of bad input a message quotes.
 pub const QUOTE_MAX: usize = 80;
 
+/// Why a vCPU state JSON file was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum StateJsonError {
+    /// The file could not be read (or is too large, or not a regular file).
+    #[error(transparent)]
+    Input(#[from] InputError),
+    /// It is not a vCPU state.
+    #[error(
+        "state JSON: {0} — give a vCPU state as `vcpu-reset` writes it (serde JSON of vcpu_reset_spec::VcpuState)"
+    )]
+    Parse(String),
+}
+
+/// Parse a vCPU state from JSON. The error quotes at most [`QUOTE_MAX`] bytes of the input
+/// (serde's messages can echo a whole string value).
+pub fn parse_state_json(bytes: &[u8]) -> Result<crate::spec::VcpuState, StateJsonError> {
+    serde_json::from_slice(bytes).map_err(|e| {
+        let text = e.to_string();
+        StateJsonError::Parse(if text.len() > 2 * QUOTE_MAX {
+            quote(text.as_bytes(), 2 * QUOTE_MAX)
+        } else {
+            text
+        })
+    })
+}
+
+/// Read (at most [`MAX_STATE_JSON`] bytes) and parse the vCPU state JSON file at `path`.
+///
+/// # Errors
+/// [`StateJsonError::Input`] when the file cannot be read within the bound,
+/// [`StateJsonError::Parse`] when it is not a vCPU state.
+pub fn load_state_json(path: &Path) -> Result<crate::spec::VcpuState, StateJsonError> {
+    parse_state_json(&read_bounded(path, MAX_STATE_JSON, "state JSON")?)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -205,6 +240,19 @@ mod tests {
         assert!(matches!(e, InputError::TooLarge { .. }), "{e}");
         let _ = std::fs::remove_file(&sparse);
         let _ = std::fs::remove_file(&fifo);
+    }
+
+    #[test]
+    fn state_json_errors_are_short() {
+        let big = format!("{{\"gprs\": \"{}\"}}", "z".repeat(10 << 20));
+        let e = parse_state_json(big.as_bytes()).unwrap_err().to_string();
+        assert!(e.len() < 400, "{} bytes", e.len());
+        let p = tmp("state.json");
+        let state = crate::spec::VcpuState::default();
+        std::fs::write(&p, serde_json::to_vec(&state).unwrap()).unwrap();
+        assert_eq!(load_state_json(&p).unwrap(), state);
+        let e = load_state_json(Path::new("/dev/zero")).unwrap_err();
+        assert!(e.to_string().contains("character device"), "{e}");
     }
 
     #[test]

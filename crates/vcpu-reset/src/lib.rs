@@ -9,6 +9,7 @@
 //! - [`runner`]: a small VM that boots a flat firmware and reboots it in place.
 //! - [`probe`]: guest programs that record what the guest sees, and their record format.
 //! - [`input`]: bounded reads of input files (firmware, logs, state JSON).
+//! - [`fuzz`](mod@fuzz): fuzz targets and a stable-Rust mutation fuzzer.
 //! - [`check`]: the conformance selftest's scenarios, verdicts and reports.
 //! - [`bench`](mod@bench): exit-path and reboot benchmarks on KVM, paths side by side.
 
@@ -19,6 +20,7 @@ pub mod bench;
 pub mod cache;
 pub mod check;
 pub mod engine;
+pub mod fuzz;
 pub mod input;
 pub mod probe;
 pub mod runner;
