@@ -665,9 +665,17 @@ fn execute(target: Target, input: &[u8], turn: u64, file: &Path) -> (Outcome, us
                 Vendor::Amd
             };
             // Rendering costs more than judging; every 16th execution is enough for it.
-            probe_log(input, vendor, turn.is_multiple_of(3), turn.is_multiple_of(16))
+            probe_log(
+                input,
+                vendor,
+                turn.is_multiple_of(3),
+                turn.is_multiple_of(16),
+            )
         }
-        Target::Firmware => (firmware(input, (turn.is_multiple_of(256)).then_some(file)), 0),
+        Target::Firmware => (
+            firmware(input, (turn.is_multiple_of(256)).then_some(file)),
+            0,
+        ),
         Target::StateJson => (state_json(input), 0),
     }
 }

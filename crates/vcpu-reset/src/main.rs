@@ -152,6 +152,16 @@ enum BenchCommand {
         #[arg(long, default_value_t = 20)]
         rounds: u32,
     },
+    /// Soak a 2-vCPU VM: RESET+run cycles, then guest-driven warm reboots; fds, threads and
+    /// RSS at start, middle and end (they must stay constant), and cycles per second.
+    Soak {
+        /// Host-driven RESET+run cycles.
+        #[arg(long, default_value_t = 100_000)]
+        cycles: u64,
+        /// Guest-driven warm reboots (0xCF9 hard reset).
+        #[arg(long, default_value_t = 100_000)]
+        reboots: u64,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -393,6 +403,11 @@ fn bench(which: BenchCommand) -> ExitCode {
             };
             reboot::run(&options).map(|r| r.to_text())
         }
+        BenchCommand::Soak { cycles, reboots } => vcpu_reset::bench::soak::run(
+            host,
+            &vcpu_reset::bench::soak::SoakOptions { cycles, reboots },
+        )
+        .map(|r| r.to_text()),
     };
     match report {
         Ok(text) => print(&text),
