@@ -448,8 +448,39 @@ fn print(text: &str) -> ExitCode {
     }
 }
 
+/// Parse the command line; clap's own messages echo a bad value whole, so cut every argument
+/// longer than [`vcpu_reset::input::QUOTE_MAX`] bytes down in them.
+fn parse_cli() -> Result<Cli, ExitCode> {
+    match Cli::try_parse() {
+        Ok(cli) => Ok(cli),
+        Err(e) if !e.use_stderr() => e.exit(), // --help, --version
+        Err(e) => {
+            let mut text = e.to_string();
+            for arg in std::env::args_os().skip(1) {
+                let arg = arg.to_string_lossy();
+                // `--flag=value` is quoted by its value.
+                let value = match arg.split_once('=') {
+                    Some((flag, v)) if flag.starts_with("--") => v,
+                    _ => arg.as_ref(),
+                };
+                if value.len() > vcpu_reset::input::QUOTE_MAX {
+                    text = text.replace(
+                        value,
+                        &vcpu_reset::input::quote(value.as_bytes(), vcpu_reset::input::QUOTE_MAX),
+                    );
+                }
+            }
+            eprint!("{text}");
+            Err(ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(2)))
+        }
+    }
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match parse_cli() {
+        Ok(cli) => cli,
+        Err(code) => return code,
+    };
     match cli.command {
         Command::Spec {
             vendor: v,
