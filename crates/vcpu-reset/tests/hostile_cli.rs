@@ -308,6 +308,18 @@ fn rep_insb_is_refused_clearly() {
         stderr(&o)
     );
     assert!(!stderr(&o).contains("unexpected KVM exit reason"));
+    // A single OUTSB (string flag, count 1) is an ordinary port write.
+    // mov byte [0], 'A'; mov dx, 0xe9; xor si, si; outsb; mov al, 0x2a; out 0xf4, al
+    let fw = d.image(
+        "outsb.bin",
+        &[
+            0xc6, 0x06, 0x00, 0x00, 0x41, 0xba, 0xe9, 0x00, 0x31, 0xf6, 0x6e, 0xb0, 0x2a, 0xe6,
+            0xf4,
+        ],
+    );
+    let o = bin().arg("run").arg(&fw).output().unwrap();
+    assert_eq!(o.status.code(), Some(42), "{}", stderr(&o));
+    assert_eq!(o.stdout, b"A");
 }
 
 // 5. --output is never the firmware; a full disk is an error, not lost output.
