@@ -413,6 +413,18 @@ fn a_non_kvm_device_and_hex_exit_ports_are_clear() {
     let o = bin()
         .arg("run")
         .arg(&fw)
+        .args(["--exit-port", "0x3f8"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("exit port 0x3f8 is the COM1 serial port's"),
+        "{}",
+        stderr(&o)
+    );
+    let o = bin()
+        .arg("run")
+        .arg(&fw)
         .args(["--exit-port", "0x10000"])
         .output()
         .unwrap();
@@ -424,11 +436,9 @@ fn a_non_kvm_device_and_hex_exit_ports_are_clear() {
     );
 }
 
-// Issue "Reboot at scale", point 5: the success message counts reboots per kind.
-#[test]
-fn many_reboots_are_summarised_in_one_short_line() {
-    let Some(_host) = kvm_for_tests() else { return };
-    let d = Dir::new("summary");
+/// A 4 KiB image that counts boots in RAM and reboots through 0xCF9 (hard) until boot 1000,
+/// then exits with 42.
+fn thousand_boots() -> Vec<u8> {
     // At 0xF00: xor ax,ax; mov ds,ax; inc word [0x500]; cmp word [0x500], 1000; jae done;
     // mov dx,0xcf9; mov al,6; out dx,al; done: mov al,0x2a; out 0xf4,al
     let code = [
@@ -439,8 +449,16 @@ fn many_reboots_are_summarised_in_one_short_line() {
     image[0xf00..0xf00 + code.len()].copy_from_slice(&code);
     // At the reset vector: jmp near 0xFF00 (rel16 from 0xFFF3).
     image[0xff0..0xff3].copy_from_slice(&[0xe9, 0x0d, 0xff]);
+    image
+}
+
+// Issue "Reboot at scale", point 5: the success message counts reboots per kind.
+#[test]
+fn many_reboots_are_summarised_in_one_short_line() {
+    let Some(_host) = kvm_for_tests() else { return };
+    let d = Dir::new("summary");
     let fw = d.path("reboots.bin");
-    std::fs::write(&fw, image).unwrap();
+    std::fs::write(&fw, thousand_boots()).unwrap();
     let o = bin()
         .arg("run")
         .arg(&fw)
@@ -454,4 +472,24 @@ fn many_reboots_are_summarised_in_one_short_line() {
         "{e}"
     );
     assert!(e.len() < 200, "{} bytes: {e}", e.len());
+}
+
+// Issue "Reboot at scale", point 5: the runner keeps counts and the last few records only.
+#[test]
+fn a_run_keeps_counts_and_the_last_records_only() {
+    use vcpu_reset::runner::{Firmware, KEPT_REBOOTS, RebootReason, Sink, Vm, VmConfig};
+    let Some(host) = kvm_for_tests() else { return };
+    let fw = Firmware::from_bytes(thousand_boots(), "reboots").unwrap();
+    let config = VmConfig {
+        max_reboots: 1000,
+        sink: Sink::Discard,
+        ..VmConfig::default()
+    };
+    let out = Vm::with_host(host, &fw, config).unwrap().run().unwrap();
+    assert_eq!(out.exit_value, 42);
+    assert_eq!(out.total_reboots(), 999);
+    assert_eq!(out.reboot_counts.get(&RebootReason::Cf9Hard), Some(&999));
+    assert_eq!(out.reboots.len(), KEPT_REBOOTS);
+    assert_eq!(out.reboots.first().map(|r| r.number), Some(999 - 31));
+    assert_eq!(out.reboots.last().map(|r| r.number), Some(999));
 }

@@ -34,6 +34,18 @@ pub const PORT_A: u16 = 0x92;
 /// Keyboard controller command/status port.
 pub const KBC_PORT: u16 = 0x64;
 
+/// The device at `port`, if any (the exit port must not be one of them).
+pub fn device_at(port: u16) -> Option<&'static str> {
+    match port {
+        DEBUGCON_PORT => Some("debug console"),
+        p if (COM1_PORT..COM1_PORT + 8).contains(&p) => Some("COM1 serial port"),
+        CF9_PORT => Some("reset control register"),
+        PORT_A => Some("system control port A"),
+        KBC_PORT => Some("keyboard controller"),
+        _ => None,
+    }
+}
+
 /// RESET or INIT of every vCPU.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
 #[serde(rename_all = "lowercase")]

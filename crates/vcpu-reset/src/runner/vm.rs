@@ -117,6 +117,16 @@ pub enum RunError {
         /// Reboots done.
         reboots: u32,
     },
+    /// The exit port is one a device already uses, so a write there would never end the run.
+    #[error(
+        "exit port {port:#x} is the {device}'s — choose a port no device uses (the default is 0xf4)"
+    )]
+    ExitPort {
+        /// The port asked for.
+        port: u16,
+        /// The device there.
+        device: &'static str,
+    },
     /// Writing guest output failed (e.g. a full disk).
     #[error("{0}")]
     Output(String),
@@ -243,6 +253,12 @@ impl Vm {
 
     /// Build the VM on an already opened host.
     pub fn with_host(host: KvmHost, firmware: &Firmware, config: VmConfig) -> Result<Vm, RunError> {
+        if let Some(device) = super::devices::device_at(config.exit_port) {
+            return Err(RunError::ExitPort {
+                port: config.exit_port,
+                device,
+            });
+        }
         let max = u32::try_from(host.caps().max_vcpus).unwrap_or(u32::MAX);
         if config.vcpus == 0 || config.vcpus > max {
             return Err(RunError::VcpuCount {
