@@ -7,7 +7,7 @@
 //! claims — so a hostile or mistaken path costs at most `limit` bytes of memory and stops at once.
 
 use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// Largest probe log `check --from-log` reads: 64 MiB. A probe run is about 3 KiB; a log of
 /// thousands of runs still fits, and a runaway or hostile log is refused before it costs memory.
@@ -23,8 +23,8 @@ pub enum InputError {
     NotFound {
         /// What the file is for ("firmware", "probe log", ...).
         what: String,
-        /// The path.
-        path: PathBuf,
+        /// The path (at most [`QUOTE_MAX`] bytes of it).
+        path: String,
     },
     /// The path is not a regular file.
     #[error(
@@ -33,8 +33,8 @@ pub enum InputError {
     NotRegular {
         /// What the file is for.
         what: String,
-        /// The path.
-        path: PathBuf,
+        /// The path (at most [`QUOTE_MAX`] bytes of it).
+        path: String,
         /// "directory", "FIFO", "character device", ...
         kind: &'static str,
     },
@@ -43,8 +43,8 @@ pub enum InputError {
     TooLarge {
         /// What the file is for.
         what: String,
-        /// The path.
-        path: PathBuf,
+        /// The path (at most [`QUOTE_MAX`] bytes of it).
+        path: String,
         /// The limit in bytes.
         limit: u64,
         /// What to do.
@@ -55,8 +55,8 @@ pub enum InputError {
     Io {
         /// What the file is for.
         what: String,
-        /// The path.
-        path: PathBuf,
+        /// The path (at most [`QUOTE_MAX`] bytes of it).
+        path: String,
         /// The I/O error.
         source: std::io::Error,
     },
@@ -89,28 +89,29 @@ fn kind_of(ft: std::fs::FileType) -> Option<&'static str> {
 /// [`InputError::TooLarge`] as soon as byte `limit + 1` is read (a sparse 1 GiB file is refused
 /// by its size without reading it); [`InputError::NotFound`] and [`InputError::Io`] otherwise.
 pub fn read_bounded(path: &Path, limit: u64, what: &str) -> Result<Vec<u8>, InputError> {
+    let shown = shown_path(path);
     let io = |source: std::io::Error| {
         if source.kind() == std::io::ErrorKind::NotFound {
             InputError::NotFound {
                 what: what.into(),
-                path: path.into(),
+                path: shown.clone(),
             }
         } else {
             InputError::Io {
                 what: what.into(),
-                path: path.into(),
+                path: shown.clone(),
                 source,
             }
         }
     };
     let not_regular = |kind| InputError::NotRegular {
         what: what.into(),
-        path: path.into(),
+        path: shown.clone(),
         kind,
     };
     let too_large = || InputError::TooLarge {
         what: what.into(),
-        path: path.into(),
+        path: shown.clone(),
         limit,
         hint: "is it the right file?",
     };
@@ -138,6 +139,16 @@ pub fn read_bounded(path: &Path, limit: u64, what: &str) -> Result<Vec<u8>, Inpu
         return Err(too_large());
     }
     Ok(bytes)
+}
+
+/// A path for a message: whole when short, else its first [`QUOTE_MAX`] bytes quoted.
+pub fn shown_path(path: &Path) -> String {
+    let text = path.display().to_string();
+    if text.len() > QUOTE_MAX {
+        quote(text.as_bytes(), QUOTE_MAX)
+    } else {
+        text
+    }
 }
 
 /// Quote at most `max` bytes of `bytes` for a message: lossy UTF-8, control characters
@@ -200,6 +211,7 @@ pub fn load_state_json(path: &Path) -> Result<crate::spec::VcpuState, StateJsonE
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::PathBuf;
 
     fn tmp(name: &str) -> PathBuf {
         let dir = std::env::temp_dir().join(format!("vcpu-reset-input-{}", std::process::id()));
@@ -253,6 +265,13 @@ mod tests {
         assert_eq!(load_state_json(&p).unwrap(), state);
         let e = load_state_json(Path::new("/dev/zero")).unwrap_err();
         assert!(e.to_string().contains("character device"), "{e}");
+    }
+
+    #[test]
+    fn a_huge_path_is_named_short() {
+        let long = format!("/nonexistent/{}", "p".repeat(100_000));
+        let e = read_bounded(Path::new(&long), 10, "firmware").unwrap_err();
+        assert!(e.to_string().len() < 200, "{} bytes", e.to_string().len());
     }
 
     #[test]

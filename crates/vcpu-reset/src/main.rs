@@ -240,17 +240,17 @@ fn open_output(
     flag: &str,
     firmware: &std::path::Path,
 ) -> Result<vcpu_reset::runner::Sink, String> {
+    let shown = vcpu_reset::input::shown_path(path);
     if same_file(path, firmware) {
         return Err(format!(
-            "{flag} {} is the firmware file — writing there would destroy the image; choose another file",
-            path.display()
+            "{flag} {shown} is the firmware file — writing there would destroy the image; choose another file"
         ));
     }
     match std::fs::File::create(path) {
         Ok(f) => Ok(vcpu_reset::runner::Sink::File(std::sync::Arc::new(
             std::sync::Mutex::new(f),
         ))),
-        Err(e) => Err(format!("cannot create {} ({flag}): {e}", path.display())),
+        Err(e) => Err(format!("cannot create {shown} ({flag}): {e}")),
     }
 }
 

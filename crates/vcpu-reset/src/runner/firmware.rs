@@ -88,8 +88,8 @@ impl Firmware {
 
     /// Read and validate the image at `path`.
     pub fn load(path: &Path) -> Result<Self, FirmwareError> {
-        use crate::input::{InputError, read_bounded};
-        let shown = path.display().to_string();
+        use crate::input::{InputError, read_bounded, shown_path};
+        let shown = shown_path(path);
         let bytes = read_bounded(path, MAX_FIRMWARE as u64, "firmware").map_err(|e| match e {
             InputError::NotFound { .. } => FirmwareError::NotFound {
                 path: shown.clone(),

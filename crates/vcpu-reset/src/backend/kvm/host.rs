@@ -93,9 +93,9 @@ impl std::fmt::Debug for KvmHost {
 /// The error for EACCES/EPERM on `path`: "add the user to group G" only where the device is
 /// read-write for its group and that group has a name (so joining it helps), else say who may
 /// open it.
-fn permission_denied(path: &str) -> KvmError {
+fn permission_denied(device: &str, path: &str) -> KvmError {
     use std::os::unix::fs::MetadataExt;
-    let Ok(meta) = std::fs::metadata(path) else {
+    let Ok(meta) = std::fs::metadata(device) else {
         return KvmError::PermissionDenied { path: path.into() };
     };
     let group = group_name(meta.gid());
@@ -145,14 +145,16 @@ impl KvmHost {
     /// `VCPU_RESET_KVM_DEVICE` when it is set (for tests of the error paths, and hosts that
     /// put the device elsewhere).
     pub fn open() -> Result<KvmHost, KvmError> {
-        let path = std::env::var("VCPU_RESET_KVM_DEVICE").unwrap_or_else(|_| "/dev/kvm".into());
-        let c_path = std::ffi::CString::new(path.clone())
+        let device = std::env::var("VCPU_RESET_KVM_DEVICE").unwrap_or_else(|_| "/dev/kvm".into());
+        // Messages name the device by at most 80 bytes of its path.
+        let path = crate::input::shown_path(std::path::Path::new(&device));
+        let c_path = std::ffi::CString::new(device.clone())
             .map_err(|_| KvmError::NoDevice { path: path.clone() })?;
         let kvm = Kvm::new_with_path(&c_path).map_err(|e| match e.errno() {
             libc::ENOENT | libc::ENODEV | libc::ENXIO | libc::ENOTDIR => {
                 KvmError::NoDevice { path: path.clone() }
             }
-            libc::EACCES | libc::EPERM => permission_denied(&path),
+            libc::EACCES | libc::EPERM => permission_denied(&device, &path),
             _ => KvmError::Open {
                 path: path.clone(),
                 errno: e,
