@@ -119,7 +119,17 @@ pub fn read_bounded(path: &Path, limit: u64, what: &str) -> Result<Vec<u8>, Inpu
     if let Some(kind) = kind_of(std::fs::metadata(path).map_err(io)?.file_type()) {
         return Err(not_regular(kind));
     }
-    let file = std::fs::File::open(path).map_err(io)?;
+    // O_NONBLOCK: should the path be swapped for a FIFO after the check, the open does not
+    // wait for a writer (and the check of the opened file below refuses it). It changes
+    // nothing for reads of a regular file.
+    let file = {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(path)
+            .map_err(io)?
+    };
     // The path may have been swapped between the check and the open: check the opened file.
     let meta = file.metadata().map_err(io)?;
     if let Some(kind) = kind_of(meta.file_type()) {
