@@ -89,14 +89,14 @@ fn kind_of_message(m: &str) -> u64 {
 }
 
 /// Run the probe-log target on `input`: parse, judge for Intel or AMD, and with `render`
-/// render every report format. Returns the outcome signature and the longest message the
-/// report holds.
+/// render every report format. Returns the outcome signature, the longest message the
+/// report holds, and whether any field was judged (the input got past the parser).
 pub fn probe_log(
     input: &[u8],
     vendor: Vendor,
     signature_known: bool,
     render: bool,
-) -> (Outcome, usize) {
+) -> (Outcome, usize, bool) {
     let mut report = crate::check::Report::default();
     let model = CpuModel::generic(vendor);
     crate::check::log::run(&mut report, input, &model, signature_known);
@@ -130,6 +130,7 @@ pub fn probe_log(
             s.host_limit.min(1000) / 8,
         )),
         longest,
+        !report.results.is_empty(),
     )
 }
 
@@ -545,6 +546,8 @@ pub struct TargetStats {
     pub slowest_len: usize,
     /// Longest message a report held (probe-log target).
     pub longest_message: usize,
+    /// Executions whose input got past the parser to the judge (probe-log target).
+    pub judged: u64,
 }
 
 /// What a fuzz run did.
@@ -581,9 +584,10 @@ impl FuzzReport {
         );
         for (t, st) in &self.targets {
             s.push_str(&format!(
-                "  {:<10} {:>12} execs, {} crashes, corpus {}, slowest {:.1} ms ({} bytes), longest message {} bytes\n",
+                "  {:<10} {:>12} execs ({} judged), {} crashes, corpus {}, slowest {:.1} ms ({} bytes), longest message {} bytes\n",
                 t.name(),
                 st.execs,
+                st.judged,
                 st.crashes,
                 st.corpus,
                 st.slowest.as_secs_f64() * 1e3,
@@ -656,7 +660,7 @@ pub fn seeds(target: Target, dir: Option<&Path>) -> Vec<Vec<u8>> {
     out
 }
 
-fn execute(target: Target, input: &[u8], turn: u64, file: &Path) -> (Outcome, usize) {
+fn execute(target: Target, input: &[u8], turn: u64, file: &Path) -> (Outcome, usize, bool) {
     match target {
         Target::ProbeLog => {
             let vendor = if turn.is_multiple_of(2) {
@@ -675,8 +679,9 @@ fn execute(target: Target, input: &[u8], turn: u64, file: &Path) -> (Outcome, us
         Target::Firmware => (
             firmware(input, (turn.is_multiple_of(256)).then_some(file)),
             0,
+            false,
         ),
-        Target::StateJson => (state_json(input), 0),
+        Target::StateJson => (state_json(input), 0, false),
     }
 }
 
@@ -737,8 +742,9 @@ pub fn fuzz(options: &FuzzOptions) -> FuzzReport {
                 stats.slowest_len = input.len();
             }
             match result {
-                Ok((outcome, longest)) => {
+                Ok((outcome, longest, judged)) => {
                     stats.longest_message = stats.longest_message.max(longest);
+                    stats.judged += u64::from(judged);
                     if seen.insert(outcome) && corpus.len() < MAX_CORPUS && input.len() < (4 << 20)
                     {
                         corpus.push(input);
