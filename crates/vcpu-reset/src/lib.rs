@@ -88,6 +88,8 @@
 //! - [`engine`]: RESET, INIT, SIPI and verify on a cached vCPU.
 //! - [`runner`]: a small VM that boots a flat firmware and reboots it in place.
 //! - [`probe`]: guest programs that record what the guest sees, and their record format.
+//! - [`input`]: bounded reads of input files (firmware, logs, state JSON).
+//! - [`fuzz`](mod@fuzz): fuzz targets and a stable-Rust mutation fuzzer.
 //! - [`check`]: the conformance selftest's scenarios, verdicts and reports.
 //! - [`bench`](mod@bench): exit-path and reboot benchmarks on KVM, paths side by side.
 //! - [`reset_vcpu`]: the one-call RESET for a VMM's own vCPU.
@@ -102,5 +104,7 @@ pub mod bench;
 pub mod cache;
 pub mod check;
 pub mod engine;
+pub mod fuzz;
+pub mod input;
 pub mod probe;
 pub mod runner;

@@ -119,14 +119,21 @@ enum Command {
         /// Most reboots before the run is ended with an error.
         #[arg(long, default_value_t = 100)]
         reboots: u32,
-        /// Time limit in seconds; a guest that hangs ends with an error.
-        #[arg(long, default_value_t = 10.0)]
-        timeout: f64,
-        /// Write port 0xE9 and COM1 output to this file instead of stdout.
+        /// Time limit in seconds (more than 0, at most a year); a guest that hangs ends with an
+        /// error.
+        #[arg(long, default_value = "10", value_parser = parse_timeout)]
+        timeout: std::time::Duration,
+        /// Write the debug console's output (port 0xE9) to this file instead of stdout. It is
+        /// never the firmware file.
         #[arg(long)]
         output: Option<std::path::PathBuf>,
-        /// The guest's exit port (a write of value V ends the run; V's low byte is the status).
-        #[arg(long, default_value_t = 0xf4)]
+        /// Write COM1's output to this file instead of stdout (the same file as --output puts
+        /// both channels in it, in the order the guest wrote them).
+        #[arg(long)]
+        serial: Option<std::path::PathBuf>,
+        /// The guest's exit port (a write of value V ends the run; V's low byte is the status):
+        /// hex with 0x (0xf4) or decimal (244).
+        #[arg(long, default_value = "0xf4", value_parser = parse_port)]
         exit_port: u16,
         /// Start from KVM's own vCPU-creation state instead of vcpu-reset's RESET.
         #[arg(long)]
@@ -171,6 +178,16 @@ enum BenchCommand {
         #[arg(long, default_value_t = vcpu_reset::bench::peer::PeerOptions::default().reps)]
         reps: u32,
     },
+    /// Soak a 2-vCPU VM: RESET+run cycles, then guest-driven warm reboots; fds, threads and
+    /// RSS at start, middle and end (they must stay constant), and cycles per second.
+    Soak {
+        /// Host-driven RESET+run cycles.
+        #[arg(long, default_value_t = 100_000)]
+        cycles: u64,
+        /// Guest-driven warm reboots (0xCF9 hard reset).
+        #[arg(long, default_value_t = 100_000)]
+        reboots: u64,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -188,9 +205,79 @@ enum RebootArg {
     Kbc,
 }
 
+/// At most [`vcpu_reset::input::QUOTE_MAX`] bytes of a bad value, for messages.
+fn shown(s: &str) -> String {
+    format!(
+        "{:?}",
+        vcpu_reset::input::quote(s.as_bytes(), vcpu_reset::input::QUOTE_MAX)
+    )
+}
+
 fn parse_hex_u32(s: &str) -> Result<u32, String> {
     let digits = s.trim_start_matches("0x").trim_start_matches("0X");
-    u32::from_str_radix(digits, 16).map_err(|e| format!("{s:?} is not a hex number: {e}"))
+    u32::from_str_radix(digits, 16).map_err(|e| format!("{} is not a hex number: {e}", shown(s)))
+}
+
+/// A port: `0x`-prefixed hex or decimal, 0 to 0xFFFF.
+fn parse_port(s: &str) -> Result<u16, String> {
+    let parsed = match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
+        Some(hex) => u16::from_str_radix(hex, 16),
+        None => s.parse::<u16>(),
+    };
+    parsed.map_err(|e| {
+        format!(
+            "{} is not a port number (0x0 to 0xffff; hex with 0x, e.g. 0xf4, or decimal): {e}",
+            shown(s)
+        )
+    })
+}
+
+/// Longest --timeout accepted: a year, far beyond any guest run and far from the clock's limit.
+const MAX_TIMEOUT_SECS: f64 = 365.0 * 24.0 * 3600.0;
+
+/// Seconds, more than 0 and at most a year; refused with a clear message otherwise (NaN,
+/// infinite, negative, 1e300) instead of panicking in a Duration conversion.
+fn parse_timeout(s: &str) -> Result<std::time::Duration, String> {
+    let secs: f64 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("{} is not a number of seconds", shown(s)))?;
+    if !(secs.is_finite() && secs > 0.0 && secs <= MAX_TIMEOUT_SECS) {
+        return Err(format!(
+            "{} seconds is out of range — give more than 0 and at most {MAX_TIMEOUT_SECS} (a year)",
+            shown(s)
+        ));
+    }
+    std::time::Duration::try_from_secs_f64(secs).map_err(|e| format!("{}: {e}", shown(s)))
+}
+
+/// Whether `a` and `b` name the same file (same device and inode; `b` may not exist yet).
+fn same_file(a: &std::path::Path, b: &std::path::Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(x), Ok(y)) => x.dev() == y.dev() && x.ino() == y.ino(),
+        _ => false,
+    }
+}
+
+/// Open an output file for `run`, refusing the firmware file itself.
+fn open_output(
+    path: &std::path::Path,
+    flag: &str,
+    firmware: &std::path::Path,
+) -> Result<vcpu_reset::runner::Sink, String> {
+    let shown = vcpu_reset::input::shown_path(path);
+    if same_file(path, firmware) {
+        return Err(format!(
+            "{flag} {shown} is the firmware file — writing there would destroy the image; choose another file"
+        ));
+    }
+    match std::fs::File::create(path) {
+        Ok(f) => Ok(vcpu_reset::runner::Sink::File(std::sync::Arc::new(
+            std::sync::Mutex::new(f),
+        ))),
+        Err(e) => Err(format!("cannot create {shown} ({flag}): {e}")),
+    }
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -250,8 +337,9 @@ fn run_firmware(
     vcpus: u32,
     memory: u32,
     reboots: u32,
-    timeout: f64,
+    timeout: std::time::Duration,
     output: Option<&std::path::Path>,
+    serial: Option<&std::path::Path>,
     exit_port: u16,
     kvm_create_state: bool,
 ) -> ExitCode {
@@ -263,26 +351,31 @@ fn run_firmware(
             return ExitCode::from(2);
         }
     };
-    if !(timeout.is_finite() && timeout > 0.0) {
-        eprintln!("vcpu-reset run: --timeout must be a positive number of seconds");
-        return ExitCode::from(2);
-    }
-    let sink = match output {
-        None => Sink::Stdout,
-        Some(p) => match std::fs::File::create(p) {
-            Ok(f) => Sink::File(std::sync::Arc::new(std::sync::Mutex::new(f))),
-            Err(e) => {
-                eprintln!("vcpu-reset run: cannot create {}: {e}", p.display());
-                return ExitCode::from(2);
-            }
-        },
+    let opened = output
+        .map(|p| open_output(p, "--output", firmware))
+        .transpose()
+        .and_then(|sink| {
+            let serial = match (serial, output) {
+                (Some(s), Some(o)) if same_file(s, o) || s == o => sink.clone(),
+                (Some(s), _) => Some(open_output(s, "--serial", firmware)?),
+                (None, _) => None,
+            };
+            Ok((sink, serial))
+        });
+    let (sink, serial) = match opened {
+        Ok(pair) => pair,
+        Err(e) => {
+            eprintln!("vcpu-reset run: {e}");
+            return ExitCode::from(2);
+        }
     };
     let config = VmConfig {
         vcpus,
         memory_mib: memory,
         max_reboots: reboots,
-        timeout: std::time::Duration::from_secs_f64(timeout),
-        sink,
+        timeout,
+        sink: sink.unwrap_or(Sink::Stdout),
+        serial: Some(serial.unwrap_or(Sink::Stdout)),
         exit_port,
         kvm_create_state,
     };
@@ -295,16 +388,10 @@ fn run_firmware(
     };
     match vm.run() {
         Ok(out) => {
-            let reasons: Vec<&str> = out.reboots.iter().map(|r| r.reason.name()).collect();
             eprintln!(
-                "vcpu-reset run: the guest exited with value {:#x} after {} reboot(s){}",
+                "vcpu-reset run: the guest exited with value {:#x} after {}",
                 out.exit_value,
-                out.reboots.len(),
-                if reasons.is_empty() {
-                    String::new()
-                } else {
-                    format!(": {}", reasons.join(", "))
-                }
+                out.summary()
             );
             ExitCode::from((out.exit_value & 0xff) as u8)
         }
@@ -401,6 +488,11 @@ fn bench(which: BenchCommand) -> ExitCode {
             };
             reboot::run(&options).map(|r| r.to_text())
         }
+        BenchCommand::Soak { cycles, reboots } => vcpu_reset::bench::soak::run(
+            host,
+            &vcpu_reset::bench::soak::SoakOptions { cycles, reboots },
+        )
+        .map(|r| r.to_text()),
     };
     match report {
         Ok(text) => print(&text),
@@ -441,8 +533,39 @@ fn print(text: &str) -> ExitCode {
     }
 }
 
+/// Parse the command line; clap's own messages echo a bad value whole, so cut every argument
+/// longer than [`vcpu_reset::input::QUOTE_MAX`] bytes down in them.
+fn parse_cli() -> Result<Cli, ExitCode> {
+    match Cli::try_parse() {
+        Ok(cli) => Ok(cli),
+        Err(e) if !e.use_stderr() => e.exit(), // --help, --version
+        Err(e) => {
+            let mut text = e.to_string();
+            for arg in std::env::args_os().skip(1) {
+                let arg = arg.to_string_lossy();
+                // `--flag=value` is quoted by its value.
+                let value = match arg.split_once('=') {
+                    Some((flag, v)) if flag.starts_with("--") => v,
+                    _ => arg.as_ref(),
+                };
+                if value.len() > vcpu_reset::input::QUOTE_MAX {
+                    text = text.replace(
+                        value,
+                        &vcpu_reset::input::quote(value.as_bytes(), vcpu_reset::input::QUOTE_MAX),
+                    );
+                }
+            }
+            eprint!("{text}");
+            Err(ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(2)))
+        }
+    }
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match parse_cli() {
+        Ok(cli) => cli,
+        Err(code) => return code,
+    };
     match cli.command {
         Command::Spec {
             vendor: v,
@@ -469,6 +592,7 @@ fn main() -> ExitCode {
             reboots,
             timeout,
             output,
+            serial,
             exit_port,
             kvm_create_state,
         } => run_firmware(
@@ -478,6 +602,7 @@ fn main() -> ExitCode {
             reboots,
             timeout,
             output.as_deref(),
+            serial.as_deref(),
             exit_port,
             kvm_create_state,
         ),
@@ -513,7 +638,11 @@ fn main() -> ExitCode {
             };
             let report = match from_log {
                 None => check::run(&check::CheckOptions { backend }),
-                Some(path) => match std::fs::read(&path) {
+                Some(path) => match vcpu_reset::input::read_bounded(
+                    &path,
+                    vcpu_reset::input::MAX_LOG,
+                    "probe log",
+                ) {
                     Ok(log) => check::log::judge_log(
                         &log,
                         &check::log::LogOptions {
@@ -522,7 +651,7 @@ fn main() -> ExitCode {
                         },
                     ),
                     Err(e) => {
-                        eprintln!("vcpu-reset check: cannot read {}: {e}", path.display());
+                        eprintln!("vcpu-reset check: {e}");
                         return ExitCode::from(2);
                     }
                 },

@@ -9,6 +9,8 @@
 //!   `vcpu-reset bench reboot`.
 //! - [`peer`]: the same self-rebooting firmware in QEMU and in vcpu-reset's runner.
 //!   `vcpu-reset bench reboot --peer qemu`.
+//! - [`soak`]: 100 000 RESET+run cycles and 100 000 warm reboots of a 2-vCPU VM, with fds,
+//!   threads and RSS sampled at start, middle and end. `vcpu-reset bench soak`.
 //! - [`stats`]: medians, spreads, ratios and text tables (no KVM).
 //!
 //! Repetitions of the paths are interleaved, so slow drift of the machine (frequency, other
@@ -18,6 +20,7 @@
 pub mod exits;
 pub mod peer;
 pub mod reboot;
+pub mod soak;
 pub mod stats;
 
 use vmm_sys_util::errno;

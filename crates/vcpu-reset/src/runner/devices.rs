@@ -34,6 +34,18 @@ pub const PORT_A: u16 = 0x92;
 /// Keyboard controller command/status port.
 pub const KBC_PORT: u16 = 0x64;
 
+/// The device at `port`, if any (the exit port must not be one of them).
+pub fn device_at(port: u16) -> Option<&'static str> {
+    match port {
+        DEBUGCON_PORT => Some("debug console"),
+        p if (COM1_PORT..COM1_PORT + 8).contains(&p) => Some("COM1 serial port"),
+        CF9_PORT => Some("reset control register"),
+        PORT_A => Some("system control port A"),
+        KBC_PORT => Some("keyboard controller"),
+        _ => None,
+    }
+}
+
 /// RESET or INIT of every vCPU.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -45,7 +57,7 @@ pub enum RebootKind {
 }
 
 /// What asked for a reboot.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum RebootReason {
     /// A vCPU triple-faulted (KVM_EXIT_SHUTDOWN).
@@ -95,6 +107,8 @@ pub enum PortAction {
     Reboot(RebootReason),
     /// The guest asked to end the run with this value.
     Exit(u32),
+    /// Writing guest output failed; [`Platform::take_output_error`] says how.
+    OutputFailed,
 }
 
 /// Where guest output goes.
@@ -111,24 +125,29 @@ pub enum Sink {
 }
 
 impl Sink {
-    fn write(&self, bytes: &[u8]) {
-        // Output is best effort: a full disk or closed pipe must not stop the guest.
+    /// Write guest output. A closed standard output (`| head`) is not an error; any other
+    /// failure (a full disk, an I/O error) is returned so the run can end with it instead of
+    /// losing output silently.
+    fn write(&self, bytes: &[u8]) -> std::io::Result<()> {
         match self {
             Sink::Stdout => {
                 let mut out = std::io::stdout().lock();
-                let _ = out.write_all(bytes).and_then(|()| out.flush());
+                match out.write_all(bytes).and_then(|()| out.flush()) {
+                    Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+                    r => r,
+                }
             }
             Sink::Buffer(b) => {
                 if let Ok(mut b) = b.lock() {
                     b.extend_from_slice(bytes);
                 }
+                Ok(())
             }
-            Sink::File(f) => {
-                if let Ok(mut f) = f.lock() {
-                    let _ = f.write_all(bytes);
-                }
-            }
-            Sink::Discard => {}
+            Sink::File(f) => match f.lock() {
+                Ok(mut f) => f.write_all(bytes),
+                Err(_) => Ok(()),
+            },
+            Sink::Discard => Ok(()),
         }
     }
 }
@@ -136,6 +155,8 @@ impl Sink {
 /// The platform's port-I/O devices.
 pub struct Platform {
     sink: Sink,
+    serial: Sink,
+    output_error: Option<String>,
     exit_port: u16,
     cf9: u8,
     port_a: u8,
@@ -145,10 +166,18 @@ pub struct Platform {
 }
 
 impl Platform {
-    /// Devices writing guest output to `sink`, with the guest-requested exit at `exit_port`.
+    /// Devices writing port 0xE9 and COM1 output to `sink`, with the guest-requested exit at
+    /// `exit_port`.
     pub fn new(sink: Sink, exit_port: u16) -> Self {
+        Self::with_serial(sink.clone(), sink, exit_port)
+    }
+
+    /// Devices writing port 0xE9 output to `debugcon` and COM1 output to `serial`.
+    pub fn with_serial(debugcon: Sink, serial: Sink, exit_port: u16) -> Self {
         Platform {
-            sink,
+            sink: debugcon,
+            serial,
+            output_error: None,
             exit_port,
             cf9: 0,
             port_a: 0,
@@ -162,14 +191,22 @@ impl Platform {
     pub fn io_out(&mut self, port: u16, data: &[u8]) -> PortAction {
         let byte = data.first().copied().unwrap_or(0);
         match port {
-            DEBUGCON_PORT => self.sink.write(&data[..1.min(data.len())]),
+            DEBUGCON_PORT => {
+                if let Err(e) = self.sink.write(&data[..1.min(data.len())]) {
+                    return self.output_failed("debug console (port 0xE9)", &e);
+                }
+            }
             p if p == self.exit_port => {
                 let mut v = [0u8; 4];
                 let n = data.len().min(4);
                 v[..n].copy_from_slice(&data[..n]);
                 return PortAction::Exit(u32::from_le_bytes(v));
             }
-            p if (COM1_PORT..COM1_PORT + 8).contains(&p) => self.com1_out(p - COM1_PORT, byte),
+            p if (COM1_PORT..COM1_PORT + 8).contains(&p) => {
+                if let Err(e) = self.com1_out(p - COM1_PORT, byte) {
+                    return self.output_failed("serial port (COM1)", &e);
+                }
+            }
             CF9_PORT => {
                 // Bits 1 (SYS_RST) and 2 (RST_CPU) are read/write; a write with RST_CPU set
                 // starts the reset.
@@ -196,15 +233,30 @@ impl Platform {
         PortAction::Continue
     }
 
-    fn com1_out(&mut self, reg: u16, byte: u8) {
+    fn output_failed(&mut self, channel: &str, e: &std::io::Error) -> PortAction {
+        if self.output_error.is_none() {
+            self.output_error = Some(format!(
+                "writing the guest's {channel} output failed: {e} — free space or choose another file"
+            ));
+        }
+        PortAction::OutputFailed
+    }
+
+    /// Why the last [`PortAction::OutputFailed`] happened (taken: the next call returns `None`).
+    pub fn take_output_error(&mut self) -> Option<String> {
+        self.output_error.take()
+    }
+
+    fn com1_out(&mut self, reg: u16, byte: u8) -> std::io::Result<()> {
         let dlab = self.com1_lcr & 0x80 != 0;
         match reg {
-            0 if !dlab => self.sink.write(&[byte]),
+            0 if !dlab => return self.serial.write(&[byte]),
             1 if !dlab => self.com1_ier = byte & 0x0f,
             3 => self.com1_lcr = byte,
             7 => self.com1_scratch = byte,
             _ => {}
         }
+        Ok(())
     }
 
     /// The guest read `size` bytes from `port`.
@@ -248,6 +300,7 @@ impl Platform {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::runner::SharedBuffer;
 
     fn platform() -> (Platform, Arc<Mutex<Vec<u8>>>) {
         let buf = Arc::new(Mutex::new(Vec::new()));
@@ -265,6 +318,34 @@ mod tests {
         p.io_out(COM1_PORT, b"!");
         assert_eq!(&*buf.lock().unwrap(), b"hi!");
         assert_eq!(p.io_in(COM1_PORT + 5, 1)[0], 0x60);
+    }
+
+    #[test]
+    fn debugcon_and_com1_can_go_apart() {
+        let (e9, com1) = (SharedBuffer::default(), SharedBuffer::default());
+        let mut p = Platform::with_serial(
+            Sink::Buffer(e9.clone()),
+            Sink::Buffer(com1.clone()),
+            EXIT_PORT,
+        );
+        p.io_out(DEBUGCON_PORT, b"a");
+        p.io_out(COM1_PORT, b"b");
+        assert_eq!(&*e9.lock().unwrap(), b"a");
+        assert_eq!(&*com1.lock().unwrap(), b"b");
+    }
+
+    #[test]
+    fn a_full_disk_is_an_error() {
+        let Ok(full) = std::fs::OpenOptions::new().write(true).open("/dev/full") else {
+            return;
+        };
+        let mut p = Platform::new(Sink::File(Arc::new(Mutex::new(full))), EXIT_PORT);
+        assert_eq!(p.io_out(DEBUGCON_PORT, b"x"), PortAction::OutputFailed);
+        let e = p.take_output_error().unwrap();
+        assert!(
+            e.contains("port 0xE9") && e.contains("No space left"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -24,14 +24,10 @@ pub enum FirmwareError {
         /// The path.
         path: String,
     },
-    /// The file could not be read.
-    #[error("firmware {path}: cannot read it: {source}")]
-    Unreadable {
-        /// The path.
-        path: String,
-        /// The I/O error.
-        source: std::io::Error,
-    },
+    /// The file could not be read, is not a regular file, or is larger than
+    /// [`MAX_FIRMWARE`] (refused as soon as byte 16 MiB + 1 is read).
+    #[error(transparent)]
+    Unreadable(crate::input::InputError),
     /// Empty image.
     #[error(
         "firmware {what}: the image is empty — a flat image needs at least one 4 KiB page ending in the reset vector"
@@ -40,8 +36,10 @@ pub enum FirmwareError {
         /// The path or description.
         what: String,
     },
-    /// Too big.
-    #[error("firmware {what}: {size} bytes is more than the 16 MiB that fit below 4 GiB here")]
+    /// Too big (`size` is MAX_FIRMWARE + 1 when the file was refused while reading it).
+    #[error(
+        "firmware {what}: {size} bytes or more is more than the 16 MiB that fit below 4 GiB here"
+    )]
     TooLarge {
         /// The path or description.
         what: String,
@@ -90,18 +88,17 @@ impl Firmware {
 
     /// Read and validate the image at `path`.
     pub fn load(path: &Path) -> Result<Self, FirmwareError> {
-        let shown = path.display().to_string();
-        let bytes = std::fs::read(path).map_err(|e| {
-            if e.kind() == std::io::ErrorKind::NotFound {
-                FirmwareError::NotFound {
-                    path: shown.clone(),
-                }
-            } else {
-                FirmwareError::Unreadable {
-                    path: shown.clone(),
-                    source: e,
-                }
-            }
+        use crate::input::{InputError, read_bounded, shown_path};
+        let shown = shown_path(path);
+        let bytes = read_bounded(path, MAX_FIRMWARE as u64, "firmware").map_err(|e| match e {
+            InputError::NotFound { .. } => FirmwareError::NotFound {
+                path: shown.clone(),
+            },
+            InputError::TooLarge { .. } => FirmwareError::TooLarge {
+                what: shown.clone(),
+                size: MAX_FIRMWARE + 1,
+            },
+            e => FirmwareError::Unreadable(e),
         })?;
         Self::from_bytes(bytes, &shown)
     }

@@ -164,8 +164,18 @@ impl GuestMemory {
             })
     }
 
-    /// Read `len` bytes at guest-physical `addr`.
+    /// Read `len` bytes at guest-physical `addr`. A range no slot holds is refused before
+    /// anything is allocated (so `len` from a caller cannot size a huge buffer).
     pub fn read(&self, addr: u64, len: usize) -> Result<Vec<u8>, MemoryError> {
+        let inside = self.slots.iter().any(|s| {
+            addr >= s.guest
+                && (addr - s.guest)
+                    .checked_add(len as u64)
+                    .is_some_and(|end| end <= s.size)
+        });
+        if !inside {
+            return Err(MemoryError::Access { addr, len });
+        }
         let mut buf = vec![0; len];
         self.mem
             .read_slice(&mut buf, GuestAddress(addr))
@@ -223,6 +233,17 @@ mod tests {
         );
         assert_eq!(m.read(0xffff_fff0, 1).unwrap(), vec![0xea]);
         assert_eq!(m.read(0xf_fff0, 1).unwrap(), vec![0xea]);
+    }
+
+    #[test]
+    fn reads_outside_memory_are_refused_before_allocating() {
+        let m = GuestMemory::new(2, &fw(1)).unwrap();
+        assert!(matches!(
+            m.read(0, usize::MAX),
+            Err(MemoryError::Access { .. })
+        ));
+        assert!(m.read(u64::MAX, 2).is_err());
+        assert_eq!(m.read(0x1000, 4).unwrap(), vec![0; 4]);
     }
 
     #[test]

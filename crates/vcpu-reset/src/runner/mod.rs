@@ -9,4 +9,4 @@ pub mod vm;
 pub use devices::{Platform, PortAction, RebootKind, RebootReason, Sink};
 pub use firmware::{Firmware, FirmwareError};
 pub use memory::{GuestMemory, MemoryError};
-pub use vm::{RebootRecord, RunError, RunOutcome, SharedBuffer, Vm, VmConfig};
+pub use vm::{KEPT_REBOOTS, RebootRecord, RunError, RunOutcome, SharedBuffer, Vm, VmConfig};

@@ -38,10 +38,13 @@ pub struct VmConfig {
     pub memory_mib: u32,
     /// Most reboots before the run is ended.
     pub max_reboots: u32,
-    /// Time limit for the whole run.
+    /// Time limit for the whole run. A limit too large to add to the clock (e.g.
+    /// `Duration::MAX`) means no limit.
     pub timeout: Duration,
-    /// Where port 0xE9 and COM1 output goes.
+    /// Where port 0xE9 output goes (and COM1's when `serial` is `None`).
     pub sink: Sink,
+    /// Where COM1 output goes; `None`: to `sink`, mixed with port 0xE9's.
+    pub serial: Option<Sink>,
     /// The guest-requested exit port.
     pub exit_port: u16,
     /// Start from KVM's own vCPU-creation state instead of vcpu-reset's RESET.
@@ -56,6 +59,7 @@ impl Default for VmConfig {
             max_reboots: 100,
             timeout: Duration::from_secs(10),
             sink: Sink::Stdout,
+            serial: None,
             exit_port: super::devices::EXIT_PORT,
             kvm_create_state: false,
         }
@@ -113,6 +117,19 @@ pub enum RunError {
         /// Reboots done.
         reboots: u32,
     },
+    /// The exit port is one a device already uses, so a write there would never end the run.
+    #[error(
+        "exit port {port:#x} is the {device}'s — choose a port no device uses (the default is 0xf4)"
+    )]
+    ExitPort {
+        /// The port asked for.
+        port: u16,
+        /// The device there.
+        device: &'static str,
+    },
+    /// Writing guest output failed (e.g. a full disk).
+    #[error("{0}")]
+    Output(String),
     /// The reboot limit was reached.
     #[error("the guest asked for reboot {n} ({reason}) but --reboots allows {max}")]
     RebootLimit {
@@ -142,13 +159,50 @@ pub struct RebootRecord {
     pub calls_per_vcpu: f64,
 }
 
+/// How many reboot records a run keeps: the last ones, in order. Counts cover every reboot.
+pub const KEPT_REBOOTS: usize = 32;
+
 /// How a run ended.
 #[derive(Clone, Debug)]
 pub struct RunOutcome {
     /// The value the guest wrote to the exit port.
     pub exit_value: u32,
-    /// Every reboot, in order.
+    /// The last [`KEPT_REBOOTS`] reboots, in order (all of them in a shorter run).
     pub reboots: Vec<RebootRecord>,
+    /// Every reboot, counted by what asked for it.
+    pub reboot_counts: std::collections::BTreeMap<RebootReason, u64>,
+}
+
+impl RunOutcome {
+    /// Reboots in the whole run.
+    pub fn total_reboots(&self) -> u64 {
+        self.reboot_counts.values().sum()
+    }
+
+    /// "3 reboot(s): 2 cf9-hard, 1 kbc (RESET 2, INIT 1)": counts per reason and per kind,
+    /// the same length for 3 reboots or 3 million.
+    pub fn summary(&self) -> String {
+        let total = self.total_reboots();
+        if total == 0 {
+            return "0 reboot(s)".into();
+        }
+        let by_reason: Vec<String> = self
+            .reboot_counts
+            .iter()
+            .map(|(r, n)| format!("{n} {}", r.name()))
+            .collect();
+        let (mut reset, mut init) = (0u64, 0u64);
+        for (r, n) in &self.reboot_counts {
+            match r.kind() {
+                RebootKind::Reset => reset += n,
+                RebootKind::Init => init += n,
+            }
+        }
+        format!(
+            "{total} reboot(s): {} (RESET {reset}, INIT {init})",
+            by_reason.join(", ")
+        )
+    }
 }
 
 /// What ended one boot.
@@ -157,6 +211,7 @@ enum BootEnd {
     Reboot(RebootReason, u32),
     Failed(u32, String),
     Timeout,
+    Output(String),
 }
 
 extern "C" fn kick_handler(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
@@ -199,6 +254,12 @@ impl Vm {
 
     /// Build the VM on an already opened host.
     pub fn with_host(host: KvmHost, firmware: &Firmware, config: VmConfig) -> Result<Vm, RunError> {
+        if let Some(device) = super::devices::device_at(config.exit_port) {
+            return Err(RunError::ExitPort {
+                port: config.exit_port,
+                device,
+            });
+        }
         let max = u32::try_from(host.caps().max_vcpus).unwrap_or(u32::MAX);
         if config.vcpus == 0 || config.vcpus > max {
             return Err(RunError::VcpuCount {
@@ -268,7 +329,11 @@ impl Vm {
             vcpus.push(Vcpu::new(VcpuCache::adopt(kv), m, VcpuIdentity::new(id)));
         }
         let model = model.unwrap_or_else(|| CpuModel::generic(vcpu_reset_spec::Vendor::Intel));
-        let platform = Mutex::new(Platform::new(config.sink.clone(), config.exit_port));
+        let platform = Mutex::new(Platform::with_serial(
+            config.sink.clone(),
+            config.serial.clone().unwrap_or_else(|| config.sink.clone()),
+            config.exit_port,
+        ));
         let mut vm = Vm {
             vcpus,
             vm,
@@ -319,9 +384,10 @@ impl Vm {
     /// Make vCPU `vcpu` triple-fault on its next run (KVM_CAP_X86_TRIPLE_FAULT_EVENT), as if
     /// the guest had.
     pub fn inject_triple_fault(&mut self, vcpu: usize) -> Result<(), RunError> {
+        let count = self.vcpus.len();
         let v = self.vcpus.get_mut(vcpu).ok_or(RunError::VcpuCount {
-            asked: vcpu as u32 + 1,
-            max: 0,
+            asked: u32::try_from(vcpu).unwrap_or(u32::MAX).saturating_add(1),
+            max: u32::try_from(count).unwrap_or(u32::MAX),
         })?;
         let fail = |e: crate::cache::CacheError| RunError::Engine {
             vcpu: vcpu as u32,
@@ -386,41 +452,55 @@ impl Vm {
     }
 
     /// Run until the guest writes the exit port, rebooting in place whenever it asks.
+    ///
+    /// Memory stays bounded however many reboots the guest asks for: a count per reason and
+    /// the last [`KEPT_REBOOTS`] records.
     pub fn run(&mut self) -> Result<RunOutcome, RunError> {
-        let deadline = Instant::now() + self.config.timeout;
-        let mut reboots = Vec::new();
+        // A limit that does not fit the clock (Duration::MAX) is no limit.
+        let deadline = Instant::now().checked_add(self.config.timeout);
+        let mut reboots = std::collections::VecDeque::with_capacity(KEPT_REBOOTS);
+        let mut counts = std::collections::BTreeMap::new();
+        let mut done: u64 = 0;
+        let saturate = |n: u64| u32::try_from(n).unwrap_or(u32::MAX);
         loop {
             match self.boot(deadline) {
                 BootEnd::Exit(v) => {
                     return Ok(RunOutcome {
                         exit_value: v,
-                        reboots,
+                        reboots: reboots.into(),
+                        reboot_counts: counts,
                     });
                 }
                 BootEnd::Timeout => {
                     return Err(RunError::Timeout {
                         secs: self.config.timeout.as_secs_f64(),
-                        reboots: reboots.len() as u32,
+                        reboots: saturate(done),
                     });
                 }
                 BootEnd::Failed(vcpu, what) => return Err(RunError::VcpuFailed { vcpu, what }),
+                BootEnd::Output(what) => return Err(RunError::Output(what)),
                 BootEnd::Reboot(reason, vcpu) => {
-                    let number = reboots.len() as u32 + 1;
-                    if number > self.config.max_reboots {
+                    let number = done + 1;
+                    if number > u64::from(self.config.max_reboots) {
                         return Err(RunError::RebootLimit {
-                            n: number,
+                            n: saturate(number),
                             reason: reason.name(),
                             max: self.config.max_reboots,
                         });
                     }
                     let start = Instant::now();
                     let calls = self.reboot(reason.kind())?;
-                    reboots.push(RebootRecord {
-                        number,
+                    done = number;
+                    *counts.entry(reason).or_insert(0u64) += 1;
+                    if reboots.len() == KEPT_REBOOTS {
+                        reboots.pop_front();
+                    }
+                    reboots.push_back(RebootRecord {
+                        number: saturate(number),
                         reason,
                         kind: reason.kind(),
                         vcpu,
-                        micros: start.elapsed().as_micros() as u64,
+                        micros: u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX),
                         calls_per_vcpu: calls.calls() as f64 / self.vcpus.len() as f64,
                     });
                 }
@@ -429,7 +509,7 @@ impl Vm {
     }
 
     /// One boot: every vCPU on its own thread until something ends it.
-    fn boot(&mut self, deadline: Instant) -> BootEnd {
+    fn boot(&mut self, deadline: Option<Instant>) -> BootEnd {
         install_kick_handler();
         let n = self.vcpus.len();
         let stop = AtomicBool::new(false);
@@ -451,9 +531,14 @@ impl Vm {
                 }));
             }
             drop(tx);
-            let end = match deadline.checked_duration_since(Instant::now()) {
-                Some(left) => rx.recv_timeout(left).unwrap_or(BootEnd::Timeout),
-                None => BootEnd::Timeout,
+            let end = match deadline.map(|d| d.checked_duration_since(Instant::now())) {
+                Some(Some(left)) => rx.recv_timeout(left).unwrap_or(BootEnd::Timeout),
+                Some(None) => BootEnd::Timeout,
+                // No limit: wait for a vCPU to report (every vCPU gone without a word is
+                // reported as a failure rather than waited on forever).
+                None => rx.recv().unwrap_or_else(|_| {
+                    BootEnd::Failed(0, "every vCPU thread ended without a report".into())
+                }),
             };
             stop.store(true, Ordering::SeqCst);
             // Kick until every thread is out: a signal that lands just before a thread enters
@@ -518,11 +603,17 @@ fn vcpu_loop(
                 data,
             } => {
                 let action = match platform.lock() {
-                    Ok(mut p) => p.io_out(port, &data[..usize::from(size.min(4))]),
+                    Ok(mut p) => match p.io_out(port, &data[..usize::from(size.min(4))]) {
+                        PortAction::OutputFailed => {
+                            let what = p.take_output_error().unwrap_or_default();
+                            return Some(BootEnd::Output(what));
+                        }
+                        a => a,
+                    },
                     Err(_) => PortAction::Continue,
                 };
                 match action {
-                    PortAction::Continue => {}
+                    PortAction::Continue | PortAction::OutputFailed => {}
                     PortAction::Exit(v) => return Some(BootEnd::Exit(v)),
                     PortAction::Reboot(r) => return Some(BootEnd::Reboot(r, id)),
                 }
@@ -564,6 +655,22 @@ fn vcpu_loop(
                 return Some(BootEnd::Failed(
                     id,
                     format!("KVM internal error at {cs:04x}:{rip:x}: {reason}"),
+                ));
+            }
+            // Single IN/OUT arrive as Exit::Io; KVM_EXIT_IO here is string I/O (INS/OUTS with
+            // a count > 1, e.g. `rep insb`), which no device of this runner implements.
+            Exit::Other(n) if n == kvm_bindings::KVM_EXIT_IO => {
+                let rip = v.cache().rip().unwrap_or(0);
+                let cs = v
+                    .cache()
+                    .segment(vcpu_reset_spec::Seg::Cs)
+                    .map(|s| s.selector)
+                    .unwrap_or(0);
+                return Some(BootEnd::Failed(
+                    id,
+                    format!(
+                        "string port I/O (INS/OUTS with a repeat count, e.g. `rep insb`) at {cs:04x}:{rip:x} — this runner's devices take single IN/OUT only; use IN/OUT in a loop"
+                    ),
                 ));
             }
             Exit::Other(n) => {

@@ -12,7 +12,7 @@ pub enum KvmError {
         /// The device path (`/dev/kvm` unless `VCPU_RESET_KVM_DEVICE` says otherwise).
         path: String,
     },
-    /// `/dev/kvm` exists but may not be opened read-write.
+    /// `/dev/kvm` exists but may not be opened read-write; its group may, so joining it helps.
     #[error("permission denied on {path} — add the user to group kvm")]
     PermissionDenied {
         /// The device path.
@@ -28,11 +28,36 @@ pub enum KvmError {
         /// The error.
         errno: errno::Error,
     },
+    /// The device may not be opened and no group grants access to it (e.g. mode 0600).
+    #[error(
+        "permission denied on {path} ({detail}) — run as its owner, or ask the administrator to grant access (e.g. a udev rule making it group kvm read-write, or an ACL)"
+    )]
+    AccessRestricted {
+        /// The device path.
+        path: String,
+        /// Owner, group and mode of the device.
+        detail: String,
+    },
+    /// The device opened but KVM_GET_API_VERSION failed on it: it is not a KVM device.
+    #[error(
+        "{path} is not a KVM device: KVM_GET_API_VERSION on it failed with {errno} — point VCPU_RESET_KVM_DEVICE at /dev/kvm, or unset it"
+    )]
+    NotKvm {
+        /// The device path.
+        path: String,
+        /// The error the ioctl returned.
+        errno: errno::Error,
+    },
     /// KVM_GET_API_VERSION did not return 12.
     #[error(
-        "/dev/kvm reports KVM API version {0}, not 12 — this is not a KVM this crate can drive"
+        "{path} reports KVM API version {version}, not 12 — this is not a KVM this crate can drive"
     )]
-    ApiVersion(i32),
+    ApiVersion {
+        /// The device path.
+        path: String,
+        /// The version it reported.
+        version: i32,
+    },
     /// [`KvmVcpu::adopt`](super::KvmVcpu::adopt) refused a vCPU. The vCPU's fd is inside:
     /// [`KvmError::into_fd`] gives it back, so the VMM keeps its vCPU.
     #[error("cannot adopt vCPU {id}: {refusal}")]

@@ -90,34 +90,86 @@ impl std::fmt::Debug for KvmHost {
     }
 }
 
+/// The error for EACCES/EPERM on `path`: "add the user to group G" only where the device is
+/// read-write for its group and that group has a name (so joining it helps), else say who may
+/// open it.
+fn permission_denied(device: &str, path: &str) -> KvmError {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(meta) = std::fs::metadata(device) else {
+        return KvmError::PermissionDenied { path: path.into() };
+    };
+    let group = group_name(meta.gid());
+    match (meta.mode() & 0o060 == 0o060, group) {
+        (true, Some(g)) if g == "kvm" => KvmError::PermissionDenied { path: path.into() },
+        (true, Some(g)) => KvmError::AccessRestricted {
+            path: path.into(),
+            detail: format!(
+                "mode {:o}, group {g}: add the user to group {g}",
+                meta.mode() & 0o7777
+            ),
+        },
+        _ => KvmError::AccessRestricted {
+            path: path.into(),
+            detail: format!(
+                "mode {:o}, owner uid {}, no group may open it",
+                meta.mode() & 0o7777,
+                meta.uid()
+            ),
+        },
+    }
+}
+
+/// The name of group `gid` from /etc/group (bounded read), if it has one.
+fn group_name(gid: u32) -> Option<String> {
+    let bytes =
+        crate::input::read_bounded(std::path::Path::new("/etc/group"), 1 << 20, "group file")
+            .ok()?;
+    String::from_utf8_lossy(&bytes).lines().find_map(|line| {
+        let mut f = line.split(':');
+        let name = f.next()?;
+        let id: u32 = f.nth(1)?.parse().ok()?;
+        (id == gid).then(|| name.to_string())
+    })
+}
+
 impl KvmHost {
     /// Open `/dev/kvm`, check the API version and record what the host offers.
     ///
     /// # Errors
     /// [`KvmError::NoDevice`] and [`KvmError::PermissionDenied`] say what to fix;
-    /// [`KvmError::ApiVersion`] when the API version is not 12; [`KvmError::Ioctl`] when a
+    /// [`KvmError::NotKvm`] when the device is not KVM; [`KvmError::ApiVersion`] when the API
+    /// version is not 12; [`KvmError::Ioctl`] when a
     /// system ioctl (supported CPUID, MSR index list) fails.
     ///
     /// The device is `/dev/kvm`, or the path in the environment variable
     /// `VCPU_RESET_KVM_DEVICE` when it is set (for tests of the error paths, and hosts that
     /// put the device elsewhere).
     pub fn open() -> Result<KvmHost, KvmError> {
-        let path = std::env::var("VCPU_RESET_KVM_DEVICE").unwrap_or_else(|_| "/dev/kvm".into());
-        let c_path = std::ffi::CString::new(path.clone())
+        let device = std::env::var("VCPU_RESET_KVM_DEVICE").unwrap_or_else(|_| "/dev/kvm".into());
+        // Messages name the device by at most 80 bytes of its path.
+        let path = crate::input::shown_path(std::path::Path::new(&device));
+        let c_path = std::ffi::CString::new(device.clone())
             .map_err(|_| KvmError::NoDevice { path: path.clone() })?;
         let kvm = Kvm::new_with_path(&c_path).map_err(|e| match e.errno() {
             libc::ENOENT | libc::ENODEV | libc::ENXIO | libc::ENOTDIR => {
                 KvmError::NoDevice { path: path.clone() }
             }
-            libc::EACCES | libc::EPERM => KvmError::PermissionDenied { path: path.clone() },
+            libc::EACCES | libc::EPERM => permission_denied(&device, &path),
             _ => KvmError::Open {
                 path: path.clone(),
                 errno: e,
             },
         })?;
         let version = kvm.get_api_version();
+        if version < 0 {
+            // The ioctl failed (-1 and errno), e.g. /dev/null: not a version at all.
+            return Err(KvmError::NotKvm {
+                path,
+                errno: errno::Error::last(),
+            });
+        }
         if version != KVM_API_VERSION {
-            return Err(KvmError::ApiVersion(version));
+            return Err(KvmError::ApiVersion { path, version });
         }
         let caps = probe_caps(&kvm);
         let cpuid = kvm
