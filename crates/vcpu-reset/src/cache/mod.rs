@@ -19,13 +19,13 @@
 //! ([`VcpuCache::adopt`]) starts with nothing available. In debug builds, reading a slot that
 //! was neither loaded nor written panics with the register's name.
 
-mod regs;
-
-pub use regs::{NR_REGS, Reg, fields_of};
+/// The slots, re-exported from [`crate::layout`] where they are defined.
+pub use crate::layout::{NR_REGS, Reg, fields_of};
 
 use vcpu_reset_spec::{Field, Gpr, Seg, Segment, VcpuState};
 
-use crate::backend::{Backend, BackendError, ClassSet, Exit, StateClass, Stats};
+use crate::backend::{Backend, BackendError, Exit, Stats};
+use crate::layout::{ClassSet, StateClass};
 
 /// Errors from the cache.
 #[derive(Debug, thiserror::Error)]
@@ -114,7 +114,7 @@ impl<B: Backend> VcpuCache<B> {
         let mut dirtied = 0;
         for class in self.supported.iter() {
             let mask = Reg::class_mask(class);
-            let fields = regs::fields_of(class);
+            let fields = fields_of(class);
             if self.avail & mask == mask {
                 let mut changed = 0u64;
                 for f in fields {
@@ -161,7 +161,7 @@ impl<B: Backend> VcpuCache<B> {
     pub fn assume(&mut self, classes: ClassSet, state: &VcpuState) {
         let classes = ClassSet(classes.0 & self.supported.0);
         for class in classes.iter() {
-            for f in regs::fields_of(class) {
+            for f in fields_of(class) {
                 f.set(&mut self.state, f.get(state));
             }
         }
@@ -253,7 +253,7 @@ impl<B: Backend> VcpuCache<B> {
             // slots that were not available.
             let mut fresh = self.state;
             self.backend.load(class, &mut fresh)?;
-            for f in regs::fields_of(class) {
+            for f in fields_of(class) {
                 if take & Reg::of(*f).bit() != 0 {
                     f.set(&mut self.state, f.get(&fresh));
                 }

@@ -6,7 +6,7 @@ use vcpu_reset_spec::{Gpr, VcpuState};
 use super::KvmVcpu;
 use super::vcpu::ioctl_error;
 use crate::backend::{BackendError, StateClass};
-use crate::cache::Reg;
+use crate::layout::Reg;
 
 /// Copy `kvm_regs` into the state.
 pub(super) fn regs_to_state(r: &kvm_regs, state: &mut VcpuState) {

@@ -18,7 +18,7 @@ use super::KvmVcpu;
 use super::ioctls::{KVM_GET_SREGS2, KVM_SET_SREGS2};
 use super::vcpu::ioctl_error;
 use crate::backend::{BackendError, StateClass};
-use crate::cache::Reg;
+use crate::layout::Reg;
 
 const CR0_PG: u64 = 1 << 31;
 const CR0_PE: u64 = 1;

@@ -34,7 +34,7 @@ use super::regs::{regs_slots_from_state, regs_slots_to_state};
 use super::sregs::sregs_slots_to_state;
 use super::vcpu::ioctl_error;
 use crate::backend::{BackendError, ClassSet, StateClass};
-use crate::cache::Reg;
+use crate::layout::Reg;
 
 /// The classes sync regs carry.
 pub(super) const SYNC_CLASSES: ClassSet = ClassSet::EMPTY
