@@ -315,7 +315,7 @@ impl<B: Backend> VcpuCache<B> {
             return Err(CacheError::NotHeld { field });
         }
         let reg = Reg::of(field);
-        if !single_field_slot(reg) {
+        if !reg.holds_one_field() {
             self.ensure(reg)?;
         }
         field.set(&mut self.state, value);
@@ -430,28 +430,6 @@ impl<B: Backend> VcpuCache<B> {
     pub fn set_io_in(&mut self, data: &[u8]) {
         self.backend.set_io_in(data);
     }
-}
-
-/// Whether a slot holds exactly one field, so that writing the field defines the slot.
-fn single_field_slot(reg: Reg) -> bool {
-    matches!(
-        reg,
-        Reg::Gpr(_)
-            | Reg::Rip
-            | Reg::Rflags
-            | Reg::Cr0
-            | Reg::Cr2
-            | Reg::Cr3
-            | Reg::Cr4
-            | Reg::Cr8
-            | Reg::Efer
-            | Reg::Dr(_)
-            | Reg::Dr6
-            | Reg::Dr7
-            | Reg::Xcrs
-            | Reg::MpState
-            | Reg::Nested
-    )
 }
 
 #[cfg(test)]

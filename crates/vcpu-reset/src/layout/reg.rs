@@ -235,6 +235,42 @@ impl Reg {
     }
 }
 
+/// The partition of [`Field::all`] by slot, computed once from [`Reg::of`]: the fields of
+/// each slot (by index), and the mask of slots that hold exactly one field.
+struct Partition {
+    fields: Vec<Vec<Field>>,
+    single: u64,
+}
+
+fn partition() -> &'static Partition {
+    static P: std::sync::OnceLock<Partition> = std::sync::OnceLock::new();
+    P.get_or_init(|| {
+        let mut fields = vec![Vec::new(); NR_REGS];
+        for f in Field::all() {
+            fields[Reg::of(f).index() as usize].push(f);
+        }
+        let single = Reg::all()
+            .into_iter()
+            .filter(|r| fields[r.index() as usize].len() == 1)
+            .fold(0, |m, r| m | r.bit());
+        Partition { fields, single }
+    })
+}
+
+impl Reg {
+    /// The spec fields this slot holds ([`Reg::of`] read backwards), in [`Field::all`] order.
+    /// The FS and GS slots include IA32_FS_BASE and IA32_GS_BASE.
+    pub fn fields(self) -> &'static [Field] {
+        &partition().fields[self.index() as usize]
+    }
+
+    /// Whether the slot holds exactly one field, so that writing that field defines the whole
+    /// slot (computed from [`Reg::fields`]).
+    pub fn holds_one_field(self) -> bool {
+        partition().single & self.bit() != 0
+    }
+}
+
 impl StateClass {
     /// The class that loads and stores `field`: the class of the register-cache slot that
     /// holds it ([`Reg::of`]), so there is one list to extend. IA32_FS_BASE and IA32_GS_BASE
@@ -309,6 +345,60 @@ mod tests {
         }
         assert_eq!(Reg::of(Field::Msr(Msr::FsBase)), Reg::Seg(Seg::Fs));
         assert_eq!(Reg::of(Field::Msr(Msr::ApicBase)), Reg::Msrs);
+    }
+
+    #[test]
+    fn every_slot_holds_a_field_and_the_partition_covers_the_spec() {
+        let mut n = 0;
+        for r in Reg::all() {
+            assert!(!r.fields().is_empty(), "{r} holds no spec field");
+            for f in r.fields() {
+                assert_eq!(Reg::of(*f), r);
+            }
+            n += r.fields().len();
+        }
+        assert_eq!(n, Field::all().len());
+        // fields_of is the same partition by class, FS/GS base MSRs aside.
+        let by_class: usize = StateClass::ALL.iter().map(|c| fields_of(*c).len()).sum();
+        assert_eq!(by_class + 2, Field::all().len());
+    }
+
+    #[test]
+    fn single_field_slots_follow_from_the_partition() {
+        let single: Vec<Reg> = Reg::all()
+            .into_iter()
+            .filter(|r| r.holds_one_field())
+            .collect();
+        for r in Reg::all() {
+            assert_eq!(r.holds_one_field(), r.fields().len() == 1, "{r}");
+        }
+        assert!(single.contains(&Reg::Rip) && single.contains(&Reg::Xcrs));
+        // A segment (four parts, plus the base MSR for FS/GS), the MSRs and the nested state
+        // (nested.state and its parts) are written part by part.
+        for r in [
+            Reg::Seg(Seg::Cs),
+            Reg::Seg(Seg::Fs),
+            Reg::Msrs,
+            Reg::Nested,
+            Reg::Fpu,
+        ] {
+            assert!(!r.holds_one_field(), "{r}");
+        }
+    }
+
+    #[test]
+    fn slots_refine_the_spec_classes() {
+        // Every slot's fields are of one spec class (Field::class), the FS/GS base MSRs aside,
+        // which are MSRs to the spec and the hidden FS/GS bases to a backend.
+        for r in Reg::all() {
+            let classes: std::collections::BTreeSet<_> = r
+                .fields()
+                .iter()
+                .filter(|f| !matches!(f, Field::Msr(Msr::FsBase | Msr::GsBase)))
+                .map(|f| f.class())
+                .collect();
+            assert_eq!(classes.len(), 1, "{r}: {classes:?}");
+        }
     }
 
     #[test]

@@ -60,6 +60,9 @@ pub mod nested;
 mod storage;
 pub mod vmcs;
 
+#[cfg(test)]
+mod home_tests;
+
 use vcpu_reset_spec::{Field, VcpuState};
 
 pub use nested::{INVALID_VMCS_POINTER, LaunchState, NestedError, NestedVmx, StoreRefused};
