@@ -58,6 +58,8 @@ mod vcpu;
 mod views;
 mod xcrs;
 
+pub mod codec;
+
 pub use error::{AdoptRefusal, KvmError, ReturnedFd};
 pub use host::{
     IDENTITY_MAP_ADDRESS, KVM_API_VERSION, KvmCaps, KvmHost, TSS_ADDRESS, kvm_for_tests,

@@ -30,7 +30,7 @@ use kvm_ioctls::SyncReg;
 use vcpu_reset_spec::VcpuState;
 
 use super::KvmVcpu;
-use super::regs::{regs_slots_from_state, regs_slots_to_state};
+use super::codec::regs::{regs_slots_from_state, regs_slots_to_state};
 use super::sregs::sregs_slots_to_state;
 use super::vcpu::ioctl_error;
 use crate::backend::{BackendError, ClassSet, StateClass};

@@ -88,7 +88,10 @@ impl Probed {
                     })?
                 }
             };
-            apic_version = Some(super::lapic::read_reg(&lapic, LapicReg::Version.offset()));
+            apic_version = Some(super::codec::lapic::read_reg(
+                &lapic,
+                LapicReg::Version.offset(),
+            ));
 
             calls += 1;
             let mp = fd.get_mp_state().map_err(|e| {

@@ -1,0 +1,24 @@
+//! Pure conversions between KVM's state structures and a [`VcpuState`](vcpu_reset_spec::VcpuState):
+//! no file descriptor, no ioctl, no `/dev/kvm`.
+//!
+//! Each module is one [`StateClass`](crate::layout::StateClass) and the KVM structure its
+//! KVM_GET/SET ioctl moves (KVM's `Documentation/virt/kvm/api.rst`, section 4):
+//!
+//! | module | class | KVM structure |
+//! |---|---|---|
+//! | [`regs`] | `Regs` | `kvm_regs` (and single cache slots of it) |
+//! | [`debugregs`] | `Debug` | `kvm_debugregs` |
+//! | [`xcrs`] | `Xcrs` | `kvm_xcrs` |
+//! | [`lapic`] | `Lapic` | `kvm_lapic_state` (the 1 KiB xAPIC register page) |
+//! | [`mp_state`] | `MpState` | `kvm_mp_state` |
+//!
+//! The KVM backend ([`KvmVcpu`](super::KvmVcpu)) makes the ioctls and calls these; a VMM that
+//! keeps its own vCPU fd (or a benchmark) can call them on the structures it already has, e.g.
+//! turn the `kvm_regs` of its own KVM_GET_REGS into the registers of a `VcpuState` to compare
+//! with the spec. Every conversion is tested here without KVM (round trips and known values).
+
+pub mod debugregs;
+pub mod lapic;
+pub mod mp_state;
+pub mod regs;
+pub mod xcrs;
