@@ -20,7 +20,7 @@ use vcpu_reset_spec::VcpuState;
 
 use super::KvmVcpu;
 use super::codec::mp_state::{activity_of, mp_state_of};
-use super::sregs::forces_bsp_runnable;
+use super::codec::sregs::forces_bsp_runnable;
 use super::vcpu::ioctl_error;
 use crate::backend::{BackendError, StateClass};
 

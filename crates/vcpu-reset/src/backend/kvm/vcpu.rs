@@ -472,7 +472,7 @@ impl KvmVcpu {
             self.mirror = super::sync::SYNC_CLASSES;
             let sregs = &self.fd.sync_regs_mut().sregs;
             self.shadow.apic_base = Some(sregs.apic_base);
-            if !super::sregs::is_pae_paging(sregs.cr0, sregs.cr4, sregs.efer) {
+            if !super::codec::sregs::is_pae_paging(sregs.cr0, sregs.cr4, sregs.efer) {
                 self.shadow.pdptrs = Some([0; 4]);
             }
         } else {

@@ -7,6 +7,7 @@
 //! | module | class | KVM structure |
 //! |---|---|---|
 //! | [`regs`] | `Regs` | `kvm_regs` (and single cache slots of it) |
+//! | [`sregs`] | `Sregs` | `kvm_sregs2`, `kvm_sregs` (and single cache slots of them) |
 //! | [`debugregs`] | `Debug` | `kvm_debugregs` |
 //! | [`xcrs`] | `Xcrs` | `kvm_xcrs` |
 //! | [`lapic`] | `Lapic` | `kvm_lapic_state` (the 1 KiB xAPIC register page) |
@@ -21,4 +22,5 @@ pub mod debugregs;
 pub mod lapic;
 pub mod mp_state;
 pub mod regs;
+pub mod sregs;
 pub mod xcrs;
