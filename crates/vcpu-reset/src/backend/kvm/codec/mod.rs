@@ -12,6 +12,7 @@
 //! | [`xcrs`] | `Xcrs` | `kvm_xcrs` |
 //! | [`lapic`] | `Lapic` | `kvm_lapic_state` (the 1 KiB xAPIC register page) |
 //! | [`mp_state`] | `MpState` | `kvm_mp_state` |
+//! | [`events`] | `Events` | `kvm_vcpu_events` |
 //!
 //! The KVM backend ([`KvmVcpu`](super::KvmVcpu)) makes the ioctls and calls these; a VMM that
 //! keeps its own vCPU fd (or a benchmark) can call them on the structures it already has, e.g.
@@ -19,6 +20,7 @@
 //! with the spec. Every conversion is tested here without KVM (round trips and known values).
 
 pub mod debugregs;
+pub mod events;
 pub mod lapic;
 pub mod mp_state;
 pub mod regs;
