@@ -9,7 +9,7 @@ use vcpu_reset_spec::{
 use vmm_sys_util::errno;
 
 use super::KvmError;
-use super::fpu::XsaveLayout;
+use super::codec::xsave::XsaveLayout;
 use super::host::{KvmCaps, KvmHost};
 use super::msrs::{MsrSet, TscState};
 use crate::backend::{Backend, BackendError, ClassSet, Exit, HostInit, StateClass, Stats};

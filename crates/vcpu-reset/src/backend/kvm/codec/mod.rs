@@ -9,6 +9,7 @@
 //! | [`regs`] | `Regs` | `kvm_regs` (and single cache slots of it) |
 //! | [`sregs`] | `Sregs` | `kvm_sregs2`, `kvm_sregs` (and single cache slots of them) |
 //! | [`debugregs`] | `Debug` | `kvm_debugregs` |
+//! | [`xsave`] | `Fpu` | the XSAVE image of `kvm_xsave` / KVM_GET_XSAVE2, laid out by CPUID leaf 0xD |
 //! | [`xcrs`] | `Xcrs` | `kvm_xcrs` |
 //! | [`lapic`] | `Lapic` | `kvm_lapic_state` (the 1 KiB xAPIC register page) |
 //! | [`mp_state`] | `MpState` | `kvm_mp_state` |
@@ -26,3 +27,4 @@ pub mod mp_state;
 pub mod regs;
 pub mod sregs;
 pub mod xcrs;
+pub mod xsave;
