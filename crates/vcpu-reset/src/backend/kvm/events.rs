@@ -15,7 +15,7 @@ use vcpu_reset_spec::VcpuState;
 
 use super::KvmVcpu;
 use super::codec::events::{EventParts, events_from_state, events_to_state, needs_base};
-use super::vcpu::ioctl_error;
+use super::ioctl_error::ioctl_error;
 use crate::backend::{BackendError, StateClass};
 
 impl KvmVcpu {

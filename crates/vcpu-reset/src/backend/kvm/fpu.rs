@@ -10,7 +10,7 @@ use super::KvmVcpu;
 use super::codec::xsave::{
     KVM_XSAVE_SIZE, bytes_to_words, words_to_bytes, xsave_from_state, xsave_to_state,
 };
-use super::vcpu::ioctl_error;
+use super::ioctl_error::ioctl_error;
 use crate::backend::BackendError;
 
 impl KvmVcpu {

@@ -13,7 +13,7 @@ use vcpu_reset_spec::{LapicReg, VcpuState};
 
 use super::KvmVcpu;
 use super::codec::lapic::{lapic_from_state, lapic_to_state, read_reg};
-use super::vcpu::ioctl_error;
+use super::ioctl_error::ioctl_error;
 use crate::backend::{BackendError, StateClass};
 
 impl KvmVcpu {

@@ -44,6 +44,7 @@ mod events;
 mod fpu;
 mod host;
 mod init;
+mod ioctl_error;
 mod ioctls;
 mod lapic;
 mod mp_state;

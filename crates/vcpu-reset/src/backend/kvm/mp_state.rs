@@ -21,7 +21,7 @@ use vcpu_reset_spec::VcpuState;
 use super::KvmVcpu;
 use super::codec::mp_state::{activity_of, mp_state_of};
 use super::codec::sregs::forces_bsp_runnable;
-use super::vcpu::ioctl_error;
+use super::ioctl_error::ioctl_error;
 use crate::backend::{BackendError, StateClass};
 
 impl KvmVcpu {

@@ -21,7 +21,7 @@ use kvm_bindings::{
 use vcpu_reset_spec::{VcpuState, Vendor};
 
 use super::KvmVcpu;
-use super::vcpu::ioctl_error;
+use super::ioctl_error::ioctl_error;
 use crate::backend::BackendError;
 
 /// Whether a nested state is more than "not in VMX operation / not in guest mode".

@@ -4,7 +4,7 @@ use vcpu_reset_spec::VcpuState;
 
 use super::KvmVcpu;
 use super::codec::regs::{regs_from_state, regs_to_state};
-use super::vcpu::ioctl_error;
+use super::ioctl_error::ioctl_error;
 use crate::backend::{BackendError, StateClass};
 
 impl KvmVcpu {

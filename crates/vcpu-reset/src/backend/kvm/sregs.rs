@@ -16,8 +16,8 @@ use super::KvmVcpu;
 use super::codec::sregs::{
     from_legacy, is_pae_paging, sregs_from_state, sregs_to_state, to_legacy,
 };
+use super::ioctl_error::ioctl_error;
 use super::ioctls::{KVM_GET_SREGS2, KVM_SET_SREGS2};
-use super::vcpu::ioctl_error;
 use crate::backend::{BackendError, StateClass};
 
 /// IA32_APIC_BASE (SDM Vol. 4 Table 2-2, APM Vol. 2 §16.3.1).

@@ -32,7 +32,7 @@ use vcpu_reset_spec::VcpuState;
 use super::KvmVcpu;
 use super::codec::regs::{regs_slots_from_state, regs_slots_to_state};
 use super::codec::sregs::sregs_slots_to_state;
-use super::vcpu::ioctl_error;
+use super::ioctl_error::ioctl_error;
 use crate::backend::{BackendError, ClassSet, StateClass};
 use crate::layout::Reg;
 

@@ -4,7 +4,7 @@ use vcpu_reset_spec::VcpuState;
 
 use super::KvmVcpu;
 use super::codec::xcrs::{xcr0_of, xcrs_from_state};
-use super::vcpu::ioctl_error;
+use super::ioctl_error::ioctl_error;
 use crate::backend::BackendError;
 
 impl KvmVcpu {

@@ -11,6 +11,7 @@
 //! | [`debugregs`] | `Debug` | `kvm_debugregs` |
 //! | [`xsave`] | `Fpu` | the XSAVE image of `kvm_xsave` / KVM_GET_XSAVE2, laid out by CPUID leaf 0xD |
 //! | [`xcrs`] | `Xcrs` | `kvm_xcrs` |
+//! | [`msrs`] | `Msrs` | the `kvm_msr_entry` list of KVM_GET/SET_MSRS |
 //! | [`lapic`] | `Lapic` | `kvm_lapic_state` (the 1 KiB xAPIC register page) |
 //! | [`mp_state`] | `MpState` | `kvm_mp_state` |
 //! | [`events`] | `Events` | `kvm_vcpu_events` |
@@ -24,6 +25,7 @@ pub mod debugregs;
 pub mod events;
 pub mod lapic;
 pub mod mp_state;
+pub mod msrs;
 pub mod regs;
 pub mod sregs;
 pub mod xcrs;
