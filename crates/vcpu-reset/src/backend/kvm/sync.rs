@@ -33,14 +33,9 @@ use super::KvmVcpu;
 use super::codec::regs::{regs_slots_from_state, regs_slots_to_state};
 use super::codec::sregs::sregs_slots_to_state;
 use super::ioctl_error::ioctl_error;
+use super::vcpu::SYNC_CLASSES;
 use crate::backend::{BackendError, ClassSet, StateClass};
 use crate::layout::Reg;
-
-/// The classes sync regs carry.
-pub(super) const SYNC_CLASSES: ClassSet = ClassSet::EMPTY
-    .with(StateClass::Regs)
-    .with(StateClass::Sregs)
-    .with(StateClass::Events);
 
 fn sync_reg(class: StateClass) -> Option<(SyncReg, u64)> {
     match class {

@@ -10,8 +10,24 @@ use vcpu_reset_spec::{
 use super::KvmError;
 use super::codec::xsave::XsaveLayout;
 use super::host::{KvmCaps, KvmHost};
-use super::msrs::{MsrSet, TscState};
+use super::msr_set::MsrSet;
+use super::tsc::TscState;
 use crate::backend::{Backend, BackendError, ClassSet, Exit, HostInit, StateClass, Stats};
+
+/// The classes sync regs carry.
+pub(super) const SYNC_CLASSES: ClassSet = ClassSet::EMPTY
+    .with(StateClass::Regs)
+    .with(StateClass::Sregs)
+    .with(StateClass::Events);
+
+/// Where the answer to an IN or MMIO read goes.
+#[derive(Clone, Copy, Debug)]
+pub(super) enum Answer {
+    /// Port input: `len` bytes at `offset` into the `kvm_run` mapping.
+    Io { offset: usize, len: usize },
+    /// MMIO read: `len` bytes of `kvm_run.mmio.data`.
+    Mmio { len: usize },
+}
 
 /// How [`KvmVcpu::with_options`] sets up the vCPU.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -193,7 +209,7 @@ pub struct KvmVcpu {
     /// (`init.rs`).
     pub(super) init_pending: bool,
     /// Where the answer to the last exit's IN or MMIO read goes.
-    pub(super) answer: Option<super::run::Answer>,
+    pub(super) answer: Option<Answer>,
     /// The `kvm_valid_regs` the VMM had set when the vCPU was adopted (0 for a vCPU created
     /// here), which [`KvmVcpu::into_fd`] puts back.
     pub(super) vmm_valid_regs: u64,
@@ -468,7 +484,7 @@ impl KvmVcpu {
         self.shadow = Shadow::default();
         self.tsc.ran();
         if self.sync && refreshed {
-            self.mirror = super::sync::SYNC_CLASSES;
+            self.mirror = SYNC_CLASSES;
             let sregs = &self.fd.sync_regs_mut().sregs;
             self.shadow.apic_base = Some(sregs.apic_base);
             if !super::codec::sregs::is_pae_paging(sregs.cr0, sregs.cr4, sregs.efer) {
