@@ -83,6 +83,7 @@
 //! # The crate
 //!
 //! - [`spec`] (re-exported `vcpu-reset-spec`): the state after RESET and INIT, cited.
+//! - [`layout`]: the state classes and register-cache slots backends and the cache share.
 //! - [`backend`]: KVM and a software VMX-style model, behind one trait.
 //! - [`cache`]: the register cache with available/dirty tracking in front of a backend.
 //! - [`engine`]: RESET, INIT, SIPI and verify on a cached vCPU.
@@ -106,5 +107,6 @@ pub mod check;
 pub mod engine;
 pub mod fuzz;
 pub mod input;
+pub mod layout;
 pub mod probe;
 pub mod runner;

@@ -13,121 +13,8 @@ pub(crate) mod recorder;
 
 use vcpu_reset_spec::VcpuState;
 
-/// A group of state a backend loads or stores in one operation (one ioctl on KVM).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum StateClass {
-    /// GPRs, RIP, RFLAGS (KVM_GET/SET_REGS).
-    Regs,
-    /// Segments, GDTR/IDTR, CR0/2/3/4/8, EFER, PDPTRs (KVM_GET/SET_SREGS or SREGS2).
-    Sregs,
-    /// DR0–DR3, DR6, DR7 (KVM_GET/SET_DEBUGREGS).
-    Debug,
-    /// x87, MXCSR, vector registers, PKRU (KVM_GET/SET_XSAVE).
-    Fpu,
-    /// XCR0 (KVM_GET/SET_XCRS).
-    Xcrs,
-    /// MSRs (KVM_GET/SET_MSRS), including IA32_APIC_BASE.
-    Msrs,
-    /// Local APIC registers (KVM_GET/SET_LAPIC).
-    Lapic,
-    /// Activity state (KVM_GET/SET_MP_STATE).
-    MpState,
-    /// Pending events (KVM_GET/SET_VCPU_EVENTS).
-    Events,
-    /// Nested-virtualization state (KVM_GET/SET_NESTED_STATE).
-    Nested,
-}
-
-impl StateClass {
-    /// All classes, in the order a full store writes them:
-    /// - nested state first (leaving guest mode changes what the other classes mean);
-    /// - MSRs before the LAPIC (KVM_SET_LAPIC's ID format depends on IA32_APIC_BASE);
-    /// - the LAPIC before the MP state (KVM needs an in-kernel LAPIC for wait-for-SIPI);
-    /// - the MP state before registers: an AP never run is in KVM_MP_STATE_UNINITIALIZED,
-    ///   where KVM_RUN returns before applying sync regs, so leaving it first lets REGS, SREGS
-    ///   and EVENTS ride the `kvm_run` page instead of three ioctls;
-    /// - events last, so nothing written afterwards re-queues an event.
-    pub const ALL: [StateClass; 10] = [
-        StateClass::Nested,
-        StateClass::Msrs,
-        StateClass::Lapic,
-        StateClass::MpState,
-        StateClass::Sregs,
-        StateClass::Regs,
-        StateClass::Fpu,
-        StateClass::Xcrs,
-        StateClass::Debug,
-        StateClass::Events,
-    ];
-
-    /// The class that loads and stores `field`: the class of the register-cache slot that
-    /// holds it ([`crate::cache::Reg::of`]), so there is one list to extend. IA32_FS_BASE and
-    /// IA32_GS_BASE are the FS and GS bases and move with [`StateClass::Sregs`].
-    pub fn of(field: vcpu_reset_spec::Field) -> StateClass {
-        crate::cache::Reg::of(field).class()
-    }
-
-    /// Bit for [`ClassSet`].
-    pub const fn bit(self) -> u16 {
-        1 << self as u16
-    }
-
-    /// Lower-case name.
-    pub fn name(self) -> &'static str {
-        match self {
-            StateClass::Regs => "regs",
-            StateClass::Sregs => "sregs",
-            StateClass::Debug => "debugregs",
-            StateClass::Fpu => "xsave",
-            StateClass::Xcrs => "xcrs",
-            StateClass::Msrs => "msrs",
-            StateClass::Lapic => "lapic",
-            StateClass::MpState => "mp_state",
-            StateClass::Events => "vcpu_events",
-            StateClass::Nested => "nested_state",
-        }
-    }
-}
-
-impl std::fmt::Display for StateClass {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-/// A set of [`StateClass`]es.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub struct ClassSet(pub u16);
-
-impl ClassSet {
-    /// No class.
-    pub const EMPTY: ClassSet = ClassSet(0);
-
-    /// Every class.
-    pub fn all() -> ClassSet {
-        StateClass::ALL
-            .iter()
-            .fold(ClassSet::EMPTY, |s, c| s.with(*c))
-    }
-
-    /// This set plus `c`.
-    #[must_use]
-    pub const fn with(self, c: StateClass) -> ClassSet {
-        ClassSet(self.0 | c.bit())
-    }
-
-    /// Whether `c` is in the set.
-    pub const fn contains(self, c: StateClass) -> bool {
-        self.0 & c.bit() != 0
-    }
-
-    /// The classes in the set, in [`StateClass::ALL`] order.
-    pub fn iter(self) -> impl Iterator<Item = StateClass> {
-        StateClass::ALL
-            .into_iter()
-            .filter(move |c| self.contains(*c))
-    }
-}
+/// The classes, re-exported from [`crate::layout`] where they are defined.
+pub use crate::layout::{ClassSet, StateClass};
 
 /// Direction of a port I/O exit.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -319,7 +206,7 @@ pub trait Backend {
         false
     }
 
-    /// Load only the cache slots in `slots` (a mask of [`crate::cache::Reg`] bits, all of
+    /// Load only the cache slots in `slots` (a mask of [`crate::layout::Reg`] bits, all of
     /// `class`) into `state`, where that costs no call (e.g. a class the last exit delivered).
     /// Returns `false`, having changed nothing, where it cannot; the caller then loads the whole
     /// class with [`Backend::load`]. The default never can.

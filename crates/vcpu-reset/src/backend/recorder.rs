@@ -40,7 +40,7 @@ impl Recorder {
 }
 
 fn copy_class(class: StateClass, from: &VcpuState, to: &mut VcpuState) {
-    for f in crate::cache::fields_of(class) {
+    for f in crate::layout::fields_of(class) {
         f.set(to, f.get(from));
     }
 }

@@ -19,13 +19,13 @@
 //! ([`VcpuCache::adopt`]) starts with nothing available. In debug builds, reading a slot that
 //! was neither loaded nor written panics with the register's name.
 
-mod regs;
-
-pub use regs::{NR_REGS, Reg, fields_of};
+/// The slots, re-exported from [`crate::layout`] where they are defined.
+pub use crate::layout::{NR_REGS, Reg, fields_of};
 
 use vcpu_reset_spec::{Field, Gpr, Seg, Segment, VcpuState};
 
-use crate::backend::{Backend, BackendError, ClassSet, Exit, StateClass, Stats};
+use crate::backend::{Backend, BackendError, Exit, Stats};
+use crate::layout::{ClassSet, StateClass};
 
 /// Errors from the cache.
 #[derive(Debug, thiserror::Error)]
@@ -114,7 +114,7 @@ impl<B: Backend> VcpuCache<B> {
         let mut dirtied = 0;
         for class in self.supported.iter() {
             let mask = Reg::class_mask(class);
-            let fields = regs::fields_of(class);
+            let fields = fields_of(class);
             if self.avail & mask == mask {
                 let mut changed = 0u64;
                 for f in fields {
@@ -161,7 +161,7 @@ impl<B: Backend> VcpuCache<B> {
     pub fn assume(&mut self, classes: ClassSet, state: &VcpuState) {
         let classes = ClassSet(classes.0 & self.supported.0);
         for class in classes.iter() {
-            for f in regs::fields_of(class) {
+            for f in fields_of(class) {
                 f.set(&mut self.state, f.get(state));
             }
         }
@@ -253,7 +253,7 @@ impl<B: Backend> VcpuCache<B> {
             // slots that were not available.
             let mut fresh = self.state;
             self.backend.load(class, &mut fresh)?;
-            for f in regs::fields_of(class) {
+            for f in fields_of(class) {
                 if take & Reg::of(*f).bit() != 0 {
                     f.set(&mut self.state, f.get(&fresh));
                 }
@@ -315,7 +315,7 @@ impl<B: Backend> VcpuCache<B> {
             return Err(CacheError::NotHeld { field });
         }
         let reg = Reg::of(field);
-        if !single_field_slot(reg) {
+        if !reg.holds_one_field() {
             self.ensure(reg)?;
         }
         field.set(&mut self.state, value);
@@ -430,28 +430,6 @@ impl<B: Backend> VcpuCache<B> {
     pub fn set_io_in(&mut self, data: &[u8]) {
         self.backend.set_io_in(data);
     }
-}
-
-/// Whether a slot holds exactly one field, so that writing the field defines the slot.
-fn single_field_slot(reg: Reg) -> bool {
-    matches!(
-        reg,
-        Reg::Gpr(_)
-            | Reg::Rip
-            | Reg::Rflags
-            | Reg::Cr0
-            | Reg::Cr2
-            | Reg::Cr3
-            | Reg::Cr4
-            | Reg::Cr8
-            | Reg::Efer
-            | Reg::Dr(_)
-            | Reg::Dr6
-            | Reg::Dr7
-            | Reg::Xcrs
-            | Reg::MpState
-            | Reg::Nested
-    )
 }
 
 #[cfg(test)]

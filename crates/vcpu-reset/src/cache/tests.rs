@@ -4,7 +4,7 @@
 use super::*;
 use crate::backend::StateClass;
 use crate::backend::recorder::Recorder;
-use vcpu_reset_spec::{Field, Gpr, Msr, Seg, SegPart, Segment};
+use vcpu_reset_spec::{Field, Gpr, Msr, NestedReg, Seg, SegPart, Segment};
 
 #[test]
 fn adopted_cache_has_nothing_available() {
@@ -75,6 +75,18 @@ fn writing_part_of_a_segment_loads_the_rest_first() {
         (cs.selector, cs.base, cs.limit),
         (0xf000, 0xffff_0000, 0xffff)
     );
+}
+
+#[test]
+fn writing_one_nested_part_loads_the_rest_first() {
+    // The nested slot holds nested.state and its parts (Reg::fields), so writing one part
+    // must not guess the others.
+    let mut rec = Recorder::new();
+    rec.state.nested.present = true;
+    let mut c = VcpuCache::adopt(rec);
+    c.set(Field::NestedReg(NestedReg::Gif), 1).unwrap();
+    assert_eq!(c.backend().loads[StateClass::Nested as usize], 1);
+    assert_eq!(c.get(Field::Nested).unwrap(), 1);
 }
 
 #[test]

@@ -6,6 +6,7 @@
 //! `kvm-init`) and what the guest itself sees.
 
 pub mod advertised;
+mod backend_choice;
 pub mod dirty;
 pub mod html;
 pub mod kvm;
@@ -19,19 +20,9 @@ pub mod report;
 pub mod scenario;
 pub mod verdict;
 
+pub use backend_choice::BackendChoice;
 pub use report::{FieldResult, Report, ScenarioInfo, Summary, View};
 pub use verdict::{Judge, Observed, Owner, Verdict, judge};
-
-/// Which backend `check` runs on.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum BackendChoice {
-    /// KVM where `/dev/kvm` opens, the software model otherwise.
-    Auto,
-    /// KVM only.
-    Kvm,
-    /// The software model only.
-    Model,
-}
 
 /// Options of a `check` run.
 #[derive(Clone, Copy, Debug)]

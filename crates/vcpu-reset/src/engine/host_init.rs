@@ -36,22 +36,6 @@ const SET_BY_INIT: ClassSet = ClassSet::EMPTY
     .with(StateClass::Debug)
     .with(StateClass::MpState);
 
-/// What the engine knows about a vCPU's host INIT.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub(super) struct HostInitUse {
-    /// The backend said it has none: do not ask again.
-    pub(super) unavailable: bool,
-    /// Classes whose INIT result was compared with the RESET state.
-    pub(super) checked: ClassSet,
-    /// Of those, the classes the host's INIT leaves wrong.
-    pub(super) inexact: ClassSet,
-    /// Whether the classes the INIT clobbers were compared with the RESET state, and which
-    /// were off (CR0.CD/NW aside): where none is, the INIT may be left to the next run.
-    pub(super) clobbered_off: Option<ClassSet>,
-    /// Leave the INIT to the next run even where the clobbered classes were found off.
-    pub(super) force_lazy: bool,
-}
-
 impl<B: Backend> Vcpu<B> {
     /// The classes the host's INIT leaves wrong for this vCPU, as far as checked: these are
     /// stored by the engine after the INIT. `None` where the host INIT is not used.

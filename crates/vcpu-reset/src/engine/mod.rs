@@ -62,6 +62,7 @@ use vcpu_reset_spec::{self as spec, CpuModel, Field, Transition, VcpuIdentity, V
 
 use crate::backend::{Backend, Stats};
 use crate::cache::{CacheError, VcpuCache};
+use crate::layout::ClassSet;
 
 /// Errors from the engine.
 #[derive(Debug, thiserror::Error)]
@@ -85,6 +86,22 @@ pub struct Outcome {
     pub init: Option<spec::InitOutcome>,
 }
 
+/// What the engine knows about a vCPU's host INIT.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct HostInitUse {
+    /// The backend said it has none: do not ask again.
+    unavailable: bool,
+    /// Classes whose INIT result was compared with the RESET state.
+    checked: ClassSet,
+    /// Of those, the classes the host's INIT leaves wrong.
+    inexact: ClassSet,
+    /// Whether the classes the INIT clobbers were compared with the RESET state, and which
+    /// were off (CR0.CD/NW aside): where none is, the INIT may be left to the next run.
+    clobbered_off: Option<ClassSet>,
+    /// Leave the INIT to the next run even where the clobbered classes were found off.
+    force_lazy: bool,
+}
+
 /// A vCPU driven by the engine.
 pub struct Vcpu<B: Backend> {
     cache: VcpuCache<B>,
@@ -92,7 +109,7 @@ pub struct Vcpu<B: Backend> {
     identity: VcpuIdentity,
     expected: Option<(VcpuState, spec::Event)>,
     init_latched: Option<spec::InitRule>,
-    host_init: host_init::HostInitUse,
+    host_init: HostInitUse,
 }
 
 impl<B: Backend> Vcpu<B> {
@@ -104,7 +121,7 @@ impl<B: Backend> Vcpu<B> {
             identity,
             expected: None,
             init_latched: None,
-            host_init: host_init::HostInitUse::default(),
+            host_init: HostInitUse::default(),
         }
     }
 

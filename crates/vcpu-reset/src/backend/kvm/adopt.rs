@@ -315,7 +315,7 @@ fn complete_vmm_exit(fd: &mut VcpuFd, stats: &mut Stats) -> Result<(), AdoptRefu
 
 /// The xAPIC ID in `lapic` where it is not the low 8 bits of `id`.
 fn xapic_id_mismatch(lapic: &kvm_lapic_state, id: u64) -> Option<u64> {
-    let xapic_id = u64::from(super::lapic::read_reg(lapic, LapicReg::Id.offset()) >> 24);
+    let xapic_id = u64::from(super::codec::lapic::read_reg(lapic, LapicReg::Id.offset()) >> 24);
     (xapic_id != id & 0xff).then_some(xapic_id)
 }
 

@@ -48,7 +48,8 @@ use kvm_bindings::{
 use vcpu_reset_spec::VcpuState;
 
 use super::KvmVcpu;
-use super::vcpu::{Shadow, ioctl_error};
+use super::ioctl_error::ioctl_error;
+use super::vcpu::Shadow;
 use crate::backend::{BackendError, ClassSet, HostInit, StateClass};
 
 const MSR_IA32_APIC_BASE: u32 = 0x1b;

@@ -2,10 +2,14 @@
 //!
 //! - [`KvmHost`] opens `/dev/kvm`, checks the API version, records what the host offers
 //!   ([`KvmCaps`], supported CPUID, MSRs) and creates VMs ([`KvmHost::create_vm`]).
-//! - [`KvmVcpu`] is one vCPU. Each [`StateClass`](crate::backend::StateClass) maps onto one KVM structure, in its own file:
-//!   `regs.rs` (`kvm_regs`), `sregs.rs` (`kvm_sregs2`/`kvm_sregs`), `debugregs.rs`, `fpu.rs`
-//!   (the XSAVE image; the spec crate's `x87` module decodes its legacy region), `xcrs.rs`, `msrs.rs`, `lapic.rs`,
-//!   `mp_state.rs`, `events.rs` and `nested.rs`.
+//! - [`KvmVcpu`] is one vCPU (`vcpu.rs`). Each [`StateClass`](crate::backend::StateClass)
+//!   maps onto one KVM structure: [`codec`] converts it to and from a `VcpuState` (pure, public,
+//!   tested without `/dev/kvm`), and the class's file makes the ioctls: `regs.rs`
+//!   (`kvm_regs`), `sregs.rs` (`kvm_sregs2`/`kvm_sregs`), `debugregs.rs`, `fpu.rs` (the XSAVE
+//!   image), `xcrs.rs`, `msrs.rs` (with `msr_set.rs`, the MSRs the vCPU holds and the chunked
+//!   KVM_GET/SET_MSRS, and `tsc.rs`, the IA32_TSC write policy), `lapic.rs`, `mp_state.rs`,
+//!   `events.rs` and `nested.rs`. `ioctl_error.rs` turns a failed ioctl into a
+//!   [`BackendError`](crate::backend::BackendError) with a hint.
 //! - With sync regs (`sync.rs`), REGS, SREGS and EVENTS come with every exit and stores of them
 //!   are deferred to the next KVM_RUN, without ioctls. `run.rs` runs the vCPU and maps exits.
 //! - [`KvmVcpu::adopt`] takes over a vCPU a VMM created (its CPUID read back, never changed);
@@ -44,9 +48,11 @@ mod events;
 mod fpu;
 mod host;
 mod init;
+mod ioctl_error;
 mod ioctls;
 mod lapic;
 mod mp_state;
+mod msr_set;
 mod msrs;
 mod nested;
 mod regs;
@@ -54,9 +60,12 @@ mod run;
 mod signals;
 mod sregs;
 mod sync;
+mod tsc;
 mod vcpu;
 mod views;
 mod xcrs;
+
+pub mod codec;
 
 pub use error::{AdoptRefusal, KvmError, ReturnedFd};
 pub use host::{

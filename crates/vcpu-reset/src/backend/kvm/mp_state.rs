@@ -15,39 +15,14 @@
 //! irqchip, except for an AP KVM has never started (UNINITIALIZED: KVM drops a SIPI sent to it,
 //! and a RESET must write its MP state to take it out of that state anyway).
 
-use kvm_bindings::{
-    KVM_MP_STATE_AP_RESET_HOLD, KVM_MP_STATE_HALTED, KVM_MP_STATE_INIT_RECEIVED,
-    KVM_MP_STATE_RUNNABLE, KVM_MP_STATE_SIPI_RECEIVED, KVM_MP_STATE_UNINITIALIZED, kvm_mp_state,
-};
-use vcpu_reset_spec::{Activity, VcpuState};
+use kvm_bindings::{KVM_MP_STATE_RUNNABLE, KVM_MP_STATE_UNINITIALIZED, kvm_mp_state};
+use vcpu_reset_spec::VcpuState;
 
 use super::KvmVcpu;
-use super::sregs::forces_bsp_runnable;
-use super::vcpu::ioctl_error;
+use super::codec::mp_state::{activity_of, mp_state_of};
+use super::codec::sregs::forces_bsp_runnable;
+use super::ioctl_error::ioctl_error;
 use crate::backend::{BackendError, StateClass};
-
-/// The activity state of a KVM MP state. SIPI_RECEIVED (a startup IPI KVM is about to deliver)
-/// counts as active; AP_RESET_HOLD (SEV-ES) as waiting for SIPI.
-pub(super) fn activity_of(mp_state: u32) -> Option<Activity> {
-    match mp_state {
-        KVM_MP_STATE_RUNNABLE | KVM_MP_STATE_SIPI_RECEIVED => Some(Activity::Active),
-        KVM_MP_STATE_HALTED => Some(Activity::Hlt),
-        KVM_MP_STATE_INIT_RECEIVED | KVM_MP_STATE_UNINITIALIZED | KVM_MP_STATE_AP_RESET_HOLD => {
-            Some(Activity::WaitForSipi)
-        }
-        _ => None,
-    }
-}
-
-/// The KVM MP state for an activity state, if KVM has one.
-pub(super) fn mp_state_of(activity: Activity) -> Option<u32> {
-    match activity {
-        Activity::Active => Some(KVM_MP_STATE_RUNNABLE),
-        Activity::Hlt => Some(KVM_MP_STATE_HALTED),
-        Activity::WaitForSipi => Some(KVM_MP_STATE_INIT_RECEIVED),
-        Activity::Shutdown => None,
-    }
-}
 
 impl KvmVcpu {
     pub(super) fn load_mp_state(&mut self, state: &mut VcpuState) -> Result<(), BackendError> {
@@ -88,28 +63,5 @@ impl KvmVcpu {
             .map_err(|e| ioctl_error("KVM_SET_MP_STATE", e))?;
         self.may_be_uninitialized = false;
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn activity_mapping() {
-        for a in [Activity::Active, Activity::Hlt, Activity::WaitForSipi] {
-            let mp = mp_state_of(a).expect("KVM has this state");
-            assert_eq!(activity_of(mp), Some(a));
-        }
-        assert_eq!(
-            mp_state_of(Activity::WaitForSipi),
-            Some(KVM_MP_STATE_INIT_RECEIVED)
-        );
-        assert_eq!(
-            activity_of(KVM_MP_STATE_UNINITIALIZED),
-            Some(Activity::WaitForSipi)
-        );
-        assert_eq!(mp_state_of(Activity::Shutdown), None);
-        assert_eq!(activity_of(99), None);
     }
 }

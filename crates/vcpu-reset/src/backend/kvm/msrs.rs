@@ -32,271 +32,19 @@
 //! [`Backend::holds`](crate::backend::Backend::holds) says IA32_TSC is not held (a host limit),
 //! stores leave it out and loads leave it alone.
 
-use kvm_bindings::{Msrs, kvm_msr_entry};
-use kvm_ioctls::VcpuFd;
-use vcpu_reset_spec::{Class, Field, Msr, SGX_LE_HASH0_INDEX, VMX_CAPABILITY_MSRS, VcpuState};
+use kvm_bindings::kvm_msr_entry;
+use vcpu_reset_spec::{Field, Msr, VcpuState};
 
-use super::vcpu::ioctl_error;
-use super::{KvmError, KvmVcpu};
+use super::KvmVcpu;
+use super::codec::msrs::{msr_entries, msr_value};
+use super::msr_set::{MSR_IA32_MTRRCAP, get_msr_chunks, set_msr_chunks};
+use super::tsc::tsc_to_write;
 use crate::backend::{BackendError, StateClass};
 
+/// IA32_TSC (SDM Vol. 4 Table 2-2, APM Vol. 2 §13.2.4).
 const MSR_IA32_TSC: u32 = 0x10;
+/// IA32_APIC_BASE (SDM Vol. 4 Table 2-2, APM Vol. 2 §16.3.1).
 const MSR_IA32_APIC_BASE: u32 = 0x1b;
-const MSR_IA32_MTRRCAP: u32 = 0xfe;
-
-/// What a host write of IA32_TSC means to KVM: 0 asks it to synchronise the vCPU with the VM's
-/// other vCPUs instead of setting the counter, so a 0 is written as 1.
-fn tsc_to_write(value: u64) -> u64 {
-    value.max(1)
-}
-
-/// The fastest a TSC is taken to count: 10 GHz, in cycles per nanosecond.
-const TSC_MAX_CYCLES_PER_NS: u128 = 10;
-/// KVM matches a host TSC write to the VM's current TSC when it is within one second of it.
-const KVM_TSC_MATCH_WINDOW_NS: u128 = 1_000_000_000;
-
-/// Whether a TSC read of `read`, `elapsed_ns` after `written` was written, can have followed
-/// from that write: it counted on at up to 10 GHz, or KVM matched the write to the VM's
-/// current TSC, which is within one second of it.
-fn tsc_followed(written: u64, read: u64, elapsed_ns: u128) -> bool {
-    let window = KVM_TSC_MATCH_WINDOW_NS * TSC_MAX_CYCLES_PER_NS;
-    let low = u128::from(written).saturating_sub(window);
-    let high = u128::from(written) + (elapsed_ns + KVM_TSC_MATCH_WINDOW_NS) * TSC_MAX_CYCLES_PER_NS;
-    (low..=high).contains(&u128::from(read))
-}
-
-/// What the backend knows about IA32_TSC (see the module documentation).
-#[derive(Clone, Copy, Debug, Default)]
-pub(super) struct TscState {
-    /// The value last loaded or stored since the last run (as the state has it, before
-    /// [`tsc_to_write`]).
-    last: Option<u64>,
-    /// The value last written and when, until the next load or run checks it.
-    written: Option<(u64, std::time::Instant)>,
-    /// The host accepts TSC writes but ignores them.
-    pub(super) ignored: bool,
-}
-
-impl TscState {
-    /// Whether a store of a state whose TSC is `value` writes IA32_TSC.
-    fn writes(&self, value: u64) -> bool {
-        !self.ignored && self.last != Some(value)
-    }
-
-    /// `value` was written (as [`tsc_to_write`] of it).
-    fn stored(&mut self, value: u64) {
-        self.last = Some(value);
-        self.written = Some((tsc_to_write(value), std::time::Instant::now()));
-    }
-
-    /// A load read `read`: check a pending write against it. Returns whether the load reports
-    /// the value (it does unless the field was already known not to be held).
-    fn loaded(&mut self, read: u64) -> bool {
-        if self.ignored {
-            return false;
-        }
-        if let Some((written, at)) = self.written.take()
-            && !tsc_followed(written, read, at.elapsed().as_nanos())
-        {
-            self.ignored = true;
-        }
-        self.last = Some(read);
-        true
-    }
-
-    /// A KVM_RUN happened: the counter moved on (and the guest may have written it), so the
-    /// last value is no longer what it holds and a pending write can no longer be checked.
-    pub(super) fn ran(&mut self) {
-        self.last = None;
-        self.written = None;
-    }
-}
-
-/// The MSR fields a vCPU holds, in the order they are moved (IA32_APIC_BASE first).
-#[derive(Clone, Debug, Default)]
-pub(super) struct MsrSet {
-    held: Vec<(Field, u32)>,
-    mtrr_cap: Option<u64>,
-    /// IA32_APIC_BASE as the probe read it (its BSP flag names the bootstrap processor).
-    apic_base: Option<u64>,
-    vmx_capabilities: [Option<u64>; VMX_CAPABILITY_MSRS],
-}
-
-/// The MSR fields this class moves: those with an MSR index, except EFER and FS/GS base.
-pub(super) fn msr_fields() -> impl Iterator<Item = (Field, u32)> {
-    Field::all().into_iter().filter_map(|f| {
-        if f.class() != Class::Msrs || matches!(f, Field::Msr(Msr::FsBase | Msr::GsBase)) {
-            return None;
-        }
-        f.msr_index().map(|index| (f, index))
-    })
-}
-
-fn entries<'a>(
-    fields: impl Iterator<Item = &'a (Field, u32)>,
-    data: impl Fn(Field) -> u64,
-) -> Vec<kvm_msr_entry> {
-    fields
-        .map(|(f, index)| kvm_msr_entry {
-            index: *index,
-            data: data(*f),
-            ..Default::default()
-        })
-        .collect()
-}
-
-/// The most MSRs one KVM_GET/SET_MSRS takes: KVM refuses a list of `MAX_IO_MSRS` (256) or more
-/// with E2BIG (`msr_io()` in `arch/x86/kvm/x86.c`), so longer lists go in chunks, as Firecracker
-/// does.
-pub(super) const MSRS_PER_CALL: usize = 255;
-
-fn msr_list(chunk: &[kvm_msr_entry]) -> Result<Msrs, BackendError> {
-    Msrs::from_entries(chunk).map_err(|e| BackendError::Invalid {
-        what: "MSR list",
-        why: format!("{} MSRs do not fit KVM_GET/SET_MSRS: {e}", chunk.len()),
-    })
-}
-
-/// KVM_GET_MSRS of `list`, in chunks of [`MSRS_PER_CALL`], into `list`. Returns how many were
-/// read (fewer than asked when KVM refused one; later chunks are then not asked) and the
-/// number of ioctls made.
-pub(super) fn get_msr_chunks(
-    fd: &VcpuFd,
-    list: &mut [kvm_msr_entry],
-) -> (u64, Result<usize, BackendError>) {
-    let mut calls = 0;
-    let mut done = 0;
-    for chunk in list.chunks_mut(MSRS_PER_CALL) {
-        let mut msrs = match msr_list(chunk) {
-            Ok(m) => m,
-            Err(e) => return (calls, Err(e)),
-        };
-        calls += 1;
-        let n = match fd.get_msrs(&mut msrs) {
-            Ok(n) => n,
-            Err(e) => return (calls, Err(ioctl_error("KVM_GET_MSRS", e))),
-        };
-        let n = n.min(chunk.len());
-        chunk[..n].copy_from_slice(&msrs.as_slice()[..n]);
-        done += n;
-        if n < chunk.len() {
-            break;
-        }
-    }
-    (calls, Ok(done))
-}
-
-/// KVM_SET_MSRS of `list`, in chunks of [`MSRS_PER_CALL`], in order. Returns how many were
-/// written (fewer when KVM refused one; later chunks are then not written) and the number of
-/// ioctls made.
-pub(super) fn set_msr_chunks(
-    fd: &VcpuFd,
-    list: &[kvm_msr_entry],
-) -> (u64, Result<usize, BackendError>) {
-    let mut calls = 0;
-    let mut done = 0;
-    for chunk in list.chunks(MSRS_PER_CALL) {
-        let msrs = match msr_list(chunk) {
-            Ok(m) => m,
-            Err(e) => return (calls, Err(e)),
-        };
-        calls += 1;
-        let n = match fd.set_msrs(&msrs) {
-            Ok(n) => n.min(chunk.len()),
-            Err(e) => return (calls, Err(ioctl_error("KVM_SET_MSRS", e))),
-        };
-        done += n;
-        if n < chunk.len() {
-            break;
-        }
-    }
-    (calls, Ok(done))
-}
-
-impl MsrSet {
-    /// Find which of the host's MSRs the vCPU answers. Returns the set and the number of
-    /// KVM_GET_MSRS calls made.
-    pub(super) fn probe(fd: &VcpuFd, supported: &[u32]) -> Result<(MsrSet, u64), KvmError> {
-        let candidates: Vec<(Field, u32)> = msr_fields()
-            .filter(|(_, index)| supported.binary_search(index).is_ok())
-            .collect();
-        let mut set = MsrSet::default();
-        let mut calls = 0;
-        let mut rest = &candidates[..];
-        while !rest.is_empty() {
-            let mut list = entries(rest.iter(), |_| 0);
-            let (n, done) = get_msr_chunks(fd, &mut list);
-            calls += n;
-            let done = done.map_err(|e| match e {
-                BackendError::Ioctl { errno, .. } => KvmError::ioctl(
-                    "KVM_GET_MSRS",
-                    errno,
-                    "the new vCPU does not answer MSR reads",
-                ),
-                other => KvmError::ioctl(
-                    "KVM_GET_MSRS",
-                    vmm_sys_util::errno::Error::new(libc::E2BIG),
-                    if matches!(other, BackendError::Invalid { .. }) {
-                        "the MSR list does not fit one call"
-                    } else {
-                        "the new vCPU does not answer MSR reads"
-                    },
-                ),
-            })?;
-            for (entry, field) in list[..done].iter().zip(rest) {
-                if entry.index == MSR_IA32_MTRRCAP {
-                    set.mtrr_cap = Some(entry.data);
-                }
-                if entry.index == MSR_IA32_APIC_BASE {
-                    set.apic_base = Some(entry.data);
-                }
-                if let Field::VmxCap(i) = field.0
-                    && let Some(slot) = set.vmx_capabilities.get_mut(usize::from(i))
-                {
-                    *slot = Some(entry.data);
-                }
-                set.held.push(*field);
-            }
-            rest = rest.get(done + 1..).unwrap_or(&[]);
-        }
-        Ok((set, calls))
-    }
-
-    /// Whether the MSR is held.
-    pub(super) fn holds(&self, index: u32) -> bool {
-        self.held.iter().any(|(_, i)| *i == index)
-    }
-
-    /// The held MSR indices.
-    pub(super) fn indices(&self) -> Vec<u32> {
-        self.held.iter().map(|(_, i)| *i).collect()
-    }
-
-    /// IA32_MTRRCAP as the vCPU reported it at creation.
-    pub(super) fn mtrr_cap(&self) -> Option<u64> {
-        self.mtrr_cap
-    }
-
-    /// IA32_APIC_BASE as the vCPU reported it at creation or adoption.
-    pub(super) fn probed_apic_base(&self) -> Option<u64> {
-        self.apic_base
-    }
-
-    /// The VMX capability MSRs as the vCPU reported them at creation (0 for those not held).
-    pub(super) fn vmx_capabilities(&self) -> [u64; VMX_CAPABILITY_MSRS] {
-        self.vmx_capabilities.map(|v| v.unwrap_or(0))
-    }
-
-    /// Whether the SGX launch-enclave hash MSRs are held (the VM offers SGX launch control).
-    pub(super) fn sgx_launch_control(&self) -> bool {
-        self.holds(SGX_LE_HASH0_INDEX)
-    }
-}
-
-#[allow(clippy::cast_possible_truncation)] // MSR fields are 64 bits wide
-fn field_u64(state: &VcpuState, f: Field) -> u64 {
-    f.get(state) as u64
-}
 
 impl KvmVcpu {
     /// Whether this host was found to accept writes to IA32_TSC but ignore them (then the TSC
@@ -308,7 +56,7 @@ impl KvmVcpu {
 
 impl KvmVcpu {
     pub(super) fn load_msrs(&mut self, state: &mut VcpuState) -> Result<(), BackendError> {
-        let mut list = entries(self.msrs.held.iter(), |_| 0);
+        let mut list = msr_entries(self.msrs.held.iter(), |_| 0);
         let (calls, done) = get_msr_chunks(&self.fd, &mut list);
         self.stats.loads += calls;
         let done = done?;
@@ -359,9 +107,9 @@ impl KvmVcpu {
             })
             .collect();
         let mut list = preamble.to_vec();
-        list.extend(entries(writable.iter(), |f| match f {
+        list.extend(msr_entries(writable.iter(), |f| match f {
             Field::Msr(Msr::Tsc) => tsc_to_write(tsc),
-            _ => field_u64(state, f),
+            _ => msr_value(state, f),
         }));
         let (calls, done) = set_msr_chunks(&self.fd, &list);
         self.stats.stores += calls;
@@ -404,67 +152,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_tsc_of_zero_is_written_as_one() {
-        assert_eq!(tsc_to_write(0), 1);
-        assert_eq!(tsc_to_write(1), 1);
-        assert_eq!(tsc_to_write(0x1234_5678), 0x1234_5678);
-    }
-
-    #[test]
-    fn the_tsc_is_written_only_when_it_changes() {
-        let mut t = TscState::default();
-        assert!(t.writes(0), "nothing known yet");
-        t.stored(0);
-        assert!(
-            !t.writes(0),
-            "0 was just written: writing it again would restart the count"
-        );
-        assert!(t.writes(5));
-        assert!(t.loaded(1), "the counter went on from the 1 written");
-        assert!(!t.ignored);
-        assert!(!t.writes(1), "a value read is never written back");
-        t.ran();
-        assert!(
-            t.writes(0),
-            "after a run the counter has moved on: RESET writes it again"
-        );
-        assert!(t.writes(1));
-    }
-
-    #[test]
-    fn a_host_that_ignores_tsc_writes_is_found_out_by_the_next_load() {
-        let mut t = TscState::default();
-        t.stored(0);
-        assert!(
-            t.loaded(0x81b_6154_0a7e),
-            "the load that finds out still reports what it read"
-        );
-        assert!(t.ignored, "the count did not restart");
-        assert!(!t.writes(0) && !t.writes(7), "nothing is written any more");
-        assert!(!t.loaded(0x81b_6160_0000));
-        // A run between the write and the load: the guest may have written the TSC itself.
-        let mut t = TscState::default();
-        t.stored(0);
-        t.ran();
-        assert!(t.loaded(0x81b_6154_0a7e));
-        assert!(!t.ignored);
-    }
-
-    #[test]
-    fn a_tsc_read_follows_a_write_by_counting_or_by_kvm_matching() {
-        // Counting on from the write, at up to 10 GHz.
-        assert!(tsc_followed(1, 1, 0));
-        assert!(tsc_followed(1, 3_000_000, 1_000_000));
-        assert!(tsc_followed(1, 100_000_000_000, 9_000_000_000));
-        // KVM matched the write to the VM's TSC, within a second of it either way.
-        assert!(tsc_followed(20_000_000_000, 11_000_000_000, 0));
-        assert!(tsc_followed(1, 9_000_000_000, 0));
-        // A host that ignored the write: the counter is where it was (here ~an hour at 2.3 GHz).
-        assert!(!tsc_followed(1, 0x81b_6154_0a7e, 50_000));
-        assert!(!tsc_followed(0x1_0000_0000_0000, 0x81b_615a_2c02, 50_000));
-    }
-
-    #[test]
     fn lists_longer_than_one_call_takes_go_in_chunks() {
         let Some(host) = super::super::kvm_for_tests() else {
             return;
@@ -490,17 +177,5 @@ mod tests {
         let (calls, done) = get_msr_chunks(&vcpu.fd, &mut list);
         assert_eq!((calls, done.expect("KVM_GET_MSRS")), (2, 300));
         assert!(list.iter().all(|e| e.data == pat));
-    }
-
-    #[test]
-    fn sregs_msrs_are_left_out() {
-        let indices: Vec<u32> = msr_fields().map(|(_, i)| i).collect();
-        assert_eq!(indices[0], MSR_IA32_APIC_BASE);
-        for absent in [0xc000_0080, 0xc000_0100, 0xc000_0101] {
-            assert!(!indices.contains(&absent), "{absent:#x}");
-        }
-        for present in [0x277, 0xfe, 0x2ff, 0x250, 0x20f, 0x174, 0xc000_0102, 0x400] {
-            assert!(indices.contains(&present), "{present:#x}");
-        }
     }
 }

@@ -4,16 +4,8 @@ use kvm_bindings::{KVM_EXIT_IO, KVM_EXIT_IO_IN, kvm_run, kvm_sync_regs};
 use kvm_ioctls::VcpuExit;
 
 use super::KvmVcpu;
+use super::vcpu::Answer;
 use crate::backend::{BackendError, Exit, IoDir};
-
-/// Where the answer to an IN or MMIO read goes.
-#[derive(Clone, Copy, Debug)]
-pub(crate) enum Answer {
-    /// Port input: `len` bytes at `offset` into the `kvm_run` mapping.
-    Io { offset: usize, len: usize },
-    /// MMIO read: `len` bytes of `kvm_run.mmio.data`.
-    Mmio { len: usize },
-}
 
 /// What the first look at an exit found, before `kvm_run` can be read again.
 enum Seen {

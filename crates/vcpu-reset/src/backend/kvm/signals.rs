@@ -13,7 +13,7 @@ use kvm_bindings::{
 };
 
 use super::KvmVcpu;
-use super::vcpu::ioctl_error;
+use super::ioctl_error::ioctl_error;
 use crate::backend::{BackendError, ClassSet, StateClass};
 
 impl KvmVcpu {

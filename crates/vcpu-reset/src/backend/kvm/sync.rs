@@ -30,17 +30,12 @@ use kvm_ioctls::SyncReg;
 use vcpu_reset_spec::VcpuState;
 
 use super::KvmVcpu;
-use super::regs::{regs_slots_from_state, regs_slots_to_state};
-use super::sregs::sregs_slots_to_state;
-use super::vcpu::ioctl_error;
+use super::codec::regs::{regs_slots_from_state, regs_slots_to_state};
+use super::codec::sregs::sregs_slots_to_state;
+use super::ioctl_error::ioctl_error;
+use super::vcpu::SYNC_CLASSES;
 use crate::backend::{BackendError, ClassSet, StateClass};
-use crate::cache::Reg;
-
-/// The classes sync regs carry.
-pub(super) const SYNC_CLASSES: ClassSet = ClassSet::EMPTY
-    .with(StateClass::Regs)
-    .with(StateClass::Sregs)
-    .with(StateClass::Events);
+use crate::layout::Reg;
 
 fn sync_reg(class: StateClass) -> Option<(SyncReg, u64)> {
     match class {

@@ -6,13 +6,28 @@ use kvm_ioctls::{VcpuFd, VmFd};
 use vcpu_reset_spec::{
     CpuModel, EventFlag, Field, LapicReg, Msr, NestedReg, VcpuIdentity, VcpuState, Vendor, X87,
 };
-use vmm_sys_util::errno;
 
 use super::KvmError;
-use super::fpu::XsaveLayout;
+use super::codec::xsave::XsaveLayout;
 use super::host::{KvmCaps, KvmHost};
-use super::msrs::{MsrSet, TscState};
+use super::msr_set::MsrSet;
+use super::tsc::TscState;
 use crate::backend::{Backend, BackendError, ClassSet, Exit, HostInit, StateClass, Stats};
+
+/// The classes sync regs carry.
+pub(super) const SYNC_CLASSES: ClassSet = ClassSet::EMPTY
+    .with(StateClass::Regs)
+    .with(StateClass::Sregs)
+    .with(StateClass::Events);
+
+/// Where the answer to an IN or MMIO read goes.
+#[derive(Clone, Copy, Debug)]
+pub(super) enum Answer {
+    /// Port input: `len` bytes at `offset` into the `kvm_run` mapping.
+    Io { offset: usize, len: usize },
+    /// MMIO read: `len` bytes of `kvm_run.mmio.data`.
+    Mmio { len: usize },
+}
 
 /// How [`KvmVcpu::with_options`] sets up the vCPU.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -88,7 +103,10 @@ impl Probed {
                     })?
                 }
             };
-            apic_version = Some(super::lapic::read_reg(&lapic, LapicReg::Version.offset()));
+            apic_version = Some(super::codec::lapic::read_reg(
+                &lapic,
+                LapicReg::Version.offset(),
+            ));
 
             calls += 1;
             let mp = fd.get_mp_state().map_err(|e| {
@@ -191,7 +209,7 @@ pub struct KvmVcpu {
     /// (`init.rs`).
     pub(super) init_pending: bool,
     /// Where the answer to the last exit's IN or MMIO read goes.
-    pub(super) answer: Option<super::run::Answer>,
+    pub(super) answer: Option<Answer>,
     /// The `kvm_valid_regs` the VMM had set when the vCPU was adopted (0 for a vCPU created
     /// here), which [`KvmVcpu::into_fd`] puts back.
     pub(super) vmm_valid_regs: u64,
@@ -466,10 +484,10 @@ impl KvmVcpu {
         self.shadow = Shadow::default();
         self.tsc.ran();
         if self.sync && refreshed {
-            self.mirror = super::sync::SYNC_CLASSES;
+            self.mirror = SYNC_CLASSES;
             let sregs = &self.fd.sync_regs_mut().sregs;
             self.shadow.apic_base = Some(sregs.apic_base);
-            if !super::sregs::is_pae_paging(sregs.cr0, sregs.cr4, sregs.efer) {
+            if !super::codec::sregs::is_pae_paging(sregs.cr0, sregs.cr4, sregs.efer) {
                 self.shadow.pdptrs = Some([0; 4]);
             }
         } else {
@@ -517,36 +535,6 @@ fn identity(cpuid: &CpuId) -> Identity {
         bsp: false,
         x2apic: leaf(1).is_some_and(|e| e.ecx & CPUID_1_ECX_X2APIC != 0),
     }
-}
-
-/// A failed vCPU ioctl as a [`BackendError`], with what to do about it.
-pub(super) fn ioctl_error(op: &'static str, errno: errno::Error) -> BackendError {
-    let hint = match op {
-        "KVM_SET_REGS" => "KVM rejected the general registers",
-        "KVM_SET_SREGS" | "KVM_SET_SREGS2" => {
-            "KVM rejected the segment/control state: CR0, CR4 and EFER must be consistent (no PG without PE, LMA only with LME and PG, no CR4 bit the vCPU's CPUID lacks)"
-        }
-        "KVM_SET_XSAVE" => {
-            "KVM rejected the XSAVE image: MXCSR has reserved bits set, or a component the vCPU's CPUID does not enable is present"
-        }
-        "KVM_SET_XCRS" => {
-            "XCR0 must have bit 0, AVX needs SSE, AVX-512 needs bits 5-7 together, and every bit must be in CPUID.(EAX=0DH,ECX=0)"
-        }
-        "KVM_SET_DEBUGREGS" => "DR6 and DR7 bits 63:32 must be zero",
-        "KVM_SET_LAPIC" => "KVM rejected the local APIC page (in x2APIC mode the ID must match)",
-        "KVM_SET_MP_STATE" => "KVM rejected the MP state for this vCPU",
-        "KVM_SET_VCPU_EVENTS" => {
-            "KVM rejected the events: SMM needs KVM_CAP_X86_SMM and exception vectors must be below 32"
-        }
-        "KVM_SET_NESTED_STATE" => "KVM rejected the nested state",
-        "KVM_RUN" => {
-            "the vCPU cannot run: guest memory may be missing, or KVM rejected REGS/SREGS/EVENTS stored through sync regs"
-        }
-        _ => {
-            "the vCPU did not answer; the host's KVM may lack the capability or the vCPU is unusable"
-        }
-    };
-    BackendError::Ioctl { op, errno, hint }
 }
 
 impl Backend for KvmVcpu {

@@ -10,7 +10,7 @@ use kvm_bindings::{Msrs, kvm_msr_entry};
 use vcpu_reset_spec::{Field, Msr, X87};
 
 use super::KvmVcpu;
-use super::vcpu::ioctl_error;
+use super::ioctl_error::ioctl_error;
 use crate::backend::BackendError;
 
 /// One value read through the other interface.

@@ -60,6 +60,9 @@ pub mod nested;
 mod storage;
 pub mod vmcs;
 
+#[cfg(test)]
+mod home_tests;
+
 use vcpu_reset_spec::{Field, VcpuState};
 
 pub use nested::{INVALID_VMCS_POINTER, LaunchState, NestedError, NestedVmx, StoreRefused};
@@ -70,7 +73,7 @@ use storage::{Storage, Via};
 
 use super::{Backend, BackendError, ClassSet, Exit, StateClass, Stats};
 
-pub use crate::cache::fields_of;
+pub use crate::layout::fields_of;
 
 /// Whether `value`, read from `field`, is the poison pattern: [`POISON_BYTE`] repeated over
 /// the bits of the field the model holds (its width, or less where its VMCS field is narrower,

@@ -12,15 +12,18 @@
 
 pub mod bochs;
 pub mod cmd;
+mod error;
+mod launch;
 pub mod process;
 pub mod qemu;
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 use std::time::Duration;
 
-use thiserror::Error;
 use vcpu_reset_spec::Vendor;
+
+pub use error::PeerError;
+pub use launch::Launch;
 
 use super::report::{Report, ScenarioInfo};
 use super::verdict::Owner;
@@ -94,110 +97,6 @@ pub fn host_vendor() -> Vendor {
         .unwrap_or(Vendor::Intel)
 }
 
-/// Errors of `check --vmm`.
-#[derive(Debug, Error)]
-pub enum PeerError {
-    /// The peer is not installed.
-    #[error(
-        "{peer}: {program} is not installed (not found on PATH) — install the Debian package {package} (apt-get install {package})"
-    )]
-    Missing {
-        /// Peer name.
-        peer: String,
-        /// What is missing.
-        program: String,
-        /// The Debian package that provides it.
-        package: String,
-    },
-    /// `qemu-kvm` without a usable `/dev/kvm`.
-    #[error(
-        "qemu-kvm: /dev/kvm cannot be opened ({source}) — QEMU's KVM accelerator needs it (load the kvm module, join group kvm), or use --vmm qemu-tcg"
-    )]
-    NoKvm {
-        /// Why it cannot be opened.
-        source: std::io::Error,
-    },
-    /// The probe image could not be built.
-    #[error("building the probe image failed: {0}")]
-    Probe(#[from] ProbeError),
-    /// A file operation failed.
-    #[error("{what}: {source}")]
-    Io {
-        /// What was being done.
-        what: String,
-        /// The error.
-        source: std::io::Error,
-    },
-    /// The peer could not be started.
-    #[error("{peer}: cannot run {command}: {source} — check the command and PATH")]
-    Spawn {
-        /// Peer name.
-        peer: String,
-        /// The command line.
-        command: String,
-        /// The error.
-        source: std::io::Error,
-    },
-    /// The peer did not finish in time (it was killed).
-    #[error(
-        "{peer}: no complete probe log after {seconds} s (killed; {runs} of {expected} runs printed) — raise --vmm-timeout or check that the VMM writes port 0xE9 to the log"
-    )]
-    Timeout {
-        /// Peer name.
-        peer: String,
-        /// The limit.
-        seconds: f64,
-        /// Runs in the log when it was killed.
-        runs: usize,
-        /// Runs expected.
-        expected: usize,
-    },
-    /// The peer exited before the probe printed everything.
-    #[error("{peer}: exited ({status}) with {runs} of {expected} probe runs in its log: {output}")]
-    Exited {
-        /// Peer name.
-        peer: String,
-        /// Exit status.
-        status: String,
-        /// Runs in the log.
-        runs: usize,
-        /// Runs expected.
-        expected: usize,
-        /// The end of the peer's own output.
-        output: String,
-    },
-    /// The peer cannot boot this image.
-    #[error("{peer}: cannot boot {why}")]
-    Image {
-        /// Peer name.
-        peer: String,
-        /// What is wrong.
-        why: String,
-    },
-    /// An unusable `--vmm-cmd` template.
-    #[error("--vmm-cmd {template:?}: {why}")]
-    Template {
-        /// The template.
-        template: String,
-        /// What is wrong.
-        why: String,
-    },
-}
-
-impl PeerError {
-    /// True when nothing can run for this peer on this machine (exit status 2).
-    pub fn is_missing(&self) -> bool {
-        matches!(
-            self,
-            PeerError::Missing { .. }
-                | PeerError::NoKvm { .. }
-                | PeerError::Template { .. }
-                | PeerError::Probe(_)
-                | PeerError::Image { .. }
-        )
-    }
-}
-
 /// Options of `check --vmm`.
 #[derive(Clone, Debug)]
 pub struct PeerOptions {
@@ -214,16 +113,6 @@ impl Default for PeerOptions {
             mechanisms: RebootVia::ALL.to_vec(),
         }
     }
-}
-
-/// How one peer process is started, prepared in its temp dir.
-pub struct Launch {
-    /// The command (stdin, stdout, stderr and process group are set by the runner).
-    pub command: Command,
-    /// The file the probe's records end up in.
-    pub log: PathBuf,
-    /// A description of the command line for the report's host facts.
-    pub describe: String,
 }
 
 /// The probe image `vcpu-reset probe-image --reboot <via>` writes: output on port 0xE9 and
