@@ -111,13 +111,16 @@ pub enum PortAction {
     OutputFailed,
 }
 
+/// A buffer sink shared with the caller (tests, `check`).
+pub type SharedBuffer = Arc<Mutex<Vec<u8>>>;
+
 /// Where guest output goes.
 #[derive(Clone)]
 pub enum Sink {
     /// The process's standard output.
     Stdout,
     /// A shared buffer (tests, `check`).
-    Buffer(Arc<Mutex<Vec<u8>>>),
+    Buffer(SharedBuffer),
     /// A file.
     File(Arc<Mutex<std::fs::File>>),
     /// Nowhere.
@@ -300,7 +303,6 @@ impl Platform {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::runner::SharedBuffer;
 
     fn platform() -> (Platform, Arc<Mutex<Vec<u8>>>) {
         let buf = Arc::new(Mutex::new(Vec::new()));

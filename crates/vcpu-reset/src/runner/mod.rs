@@ -6,7 +6,7 @@ pub mod firmware;
 pub mod memory;
 pub mod vm;
 
-pub use devices::{Platform, PortAction, RebootKind, RebootReason, Sink};
+pub use devices::{Platform, PortAction, RebootKind, RebootReason, SharedBuffer, Sink};
 pub use firmware::{Firmware, FirmwareError};
 pub use memory::{GuestMemory, MemoryError};
-pub use vm::{KEPT_REBOOTS, RebootRecord, RunError, RunOutcome, SharedBuffer, Vm, VmConfig};
+pub use vm::{KEPT_REBOOTS, RebootRecord, RunError, RunOutcome, Vm, VmConfig};

@@ -10,7 +10,7 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex, Once};
+use std::sync::{Mutex, Once};
 use std::time::{Duration, Instant};
 
 use kvm_bindings::{
@@ -682,6 +682,3 @@ fn vcpu_loop(
         }
     }
 }
-
-/// A buffer sink shared with the caller (tests, `check`).
-pub type SharedBuffer = Arc<Mutex<Vec<u8>>>;
