@@ -110,3 +110,4 @@ pub mod input;
 pub mod layout;
 pub mod probe;
 pub mod runner;
+pub mod sys;

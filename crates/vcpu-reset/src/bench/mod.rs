@@ -92,19 +92,7 @@ pub enum BenchError {
 /// KVM and handler time together, without the time the thread waited for a CPU while other
 /// work on the machine ran.
 pub fn thread_cpu_time() -> Option<std::time::Duration> {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes one `timespec` through the pointer, which `&mut ts`
-    // provides; CLOCK_THREAD_CPUTIME_ID is a clock every Linux has. The result is checked.
-    let ret = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    if ret != 0 {
-        return None;
-    }
-    let secs = u64::try_from(ts.tv_sec).ok()?;
-    let nanos = u32::try_from(ts.tv_nsec).ok()?;
-    Some(std::time::Duration::new(secs, nanos))
+    crate::sys::thread_cpu_time()
 }
 
 /// The Linux release this runs on (from procfs), for report headers; `unknown` when procfs is

@@ -8,9 +8,9 @@
 //! VM was created, and the firmware image back in place. RAM is kept. No VM or vCPU fd is ever
 //! recreated.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
-use std::sync::{Mutex, Once};
+use std::sync::{Mutex, Once, OnceLock};
 use std::time::{Duration, Instant};
 
 use kvm_bindings::{
@@ -28,6 +28,7 @@ use crate::backend::kvm::{KvmError, KvmHost, KvmVcpu};
 use crate::backend::{Exit, IoDir, Stats};
 use crate::cache::VcpuCache;
 use crate::engine::{EngineError, Vcpu};
+use crate::sys::Kickable;
 
 /// How to build and run a VM.
 #[derive(Clone)]
@@ -513,7 +514,7 @@ impl Vm {
         install_kick_handler();
         let n = self.vcpus.len();
         let stop = AtomicBool::new(false);
-        let tids: Vec<AtomicU64> = (0..n).map(|_| AtomicU64::new(0)).collect();
+        let threads: Vec<OnceLock<Kickable>> = (0..n).map(|_| OnceLock::new()).collect();
         let (tx, rx) = mpsc::channel::<BootEnd>();
         let platform = &self.platform;
         std::thread::scope(|s| {
@@ -521,10 +522,9 @@ impl Vm {
             for (i, v) in self.vcpus.iter_mut().enumerate() {
                 let tx = tx.clone();
                 let stop = &stop;
-                let tid = &tids[i];
+                let me = &threads[i];
                 handles.push(s.spawn(move || {
-                    // SAFETY: pthread_self has no preconditions.
-                    tid.store(unsafe { libc::pthread_self() } as u64, Ordering::SeqCst);
+                    let _ = me.set(Kickable::current());
                     if let Some(end) = vcpu_loop(i as u32, v, platform, stop) {
                         let _ = tx.send(end);
                     }
@@ -544,12 +544,9 @@ impl Vm {
             // Kick until every thread is out: a signal that lands just before a thread enters
             // KVM_RUN is lost, so repeat.
             while handles.iter().any(|h| !h.is_finished()) {
-                for (h, tid) in handles.iter().zip(&tids) {
-                    let t = tid.load(Ordering::SeqCst);
-                    if !h.is_finished() && t != 0 {
-                        // SAFETY: `t` is the pthread_t of a scoped thread that has not been
-                        // joined yet (joining happens when the scope ends), so it is valid.
-                        unsafe { libc::pthread_kill(t as libc::pthread_t, kick_signal()) };
+                for (h, thread) in handles.iter().zip(&threads) {
+                    if let Some(t) = thread.get() {
+                        t.kick(h, kick_signal());
                     }
                 }
                 std::thread::sleep(Duration::from_micros(20));

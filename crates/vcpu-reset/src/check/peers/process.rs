@@ -35,14 +35,9 @@ impl Group {
         if self.done {
             return;
         }
-        if let Ok(pid) = i32::try_from(self.child.id()) {
-            // SAFETY: kill(2) takes plain integers and touches no memory of ours; the negative
-            // pid names the process group the child leads (spawned with process_group(0)), so
-            // a `sh -c` wrapper's children (e.g. the VMM it started) die with it.
-            unsafe {
-                libc::kill(-pid, libc::SIGKILL);
-            }
-        }
+        // The whole group the child leads (spawned with process_group(0)), so a `sh -c`
+        // wrapper's children (e.g. the VMM it started) die with it.
+        crate::sys::kill_process_group(self.child.id());
         let _ = self.child.kill();
         let _ = self.child.wait();
         self.done = true;
