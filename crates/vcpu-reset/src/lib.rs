@@ -91,6 +91,7 @@
 //! - [`probe`]: guest programs that record what the guest sees, and their record format.
 //! - [`input`]: bounded reads of input files (firmware, logs, state JSON).
 //! - [`fuzz`](mod@fuzz): fuzz targets and a stable-Rust mutation fuzzer.
+//! - [`sys`]: the few OS calls outside the KVM backend, behind safe functions.
 //! - [`check`]: the conformance selftest's scenarios, verdicts and reports.
 //! - [`bench`](mod@bench): exit-path and reboot benchmarks on KVM, paths side by side.
 //! - [`reset_vcpu`]: the one-call RESET for a VMM's own vCPU.
