@@ -37,8 +37,8 @@ pub enum ResetVcpuError {
         id: u64,
         /// What failed.
         source: EngineError,
-        /// The vCPU fd, in whatever state KVM accepted (`None` only if KVM also rejected the
-        /// store that hands it back).
+        /// The vCPU fd, in whatever state KVM accepted (always there: a store KVM refused
+        /// does not cost the VMM its vCPU; `Option` for compatibility).
         fd: Option<ReturnedFd>,
     },
 }
@@ -117,21 +117,18 @@ pub fn reset_vcpu_counted(
     let identity = kv.vcpu_identity();
     let mut vcpu = Vcpu::new(VcpuCache::adopt(kv), model, identity);
     let reset = vcpu.reset();
-    let back = vcpu.into_cache().into_backend();
-    match (reset, back) {
-        (Ok(_), Ok(kv)) => {
-            let stats = crate::backend::Backend::stats(&kv);
-            Ok((kv.into_fd(), stats))
-        }
-        (Ok(_), Err(e)) => Err(ResetVcpuError::Reset {
-            id,
-            source: EngineError::Cache(e),
-            fd: None,
-        }),
-        (Err(source), back) => Err(ResetVcpuError::Reset {
-            id,
-            source,
-            fd: back.ok().map(|kv| ReturnedFd(kv.into_fd())),
-        }),
-    }
+    // The backend comes back even when a store failed, so the VMM never loses its vCPU fd
+    // (KVM cannot create a vCPU with the same id again).
+    let (kv, flushed) = vcpu.into_cache().into_backend_anyway();
+    let stats = crate::backend::Backend::stats(&kv);
+    let source = match (reset, flushed) {
+        (Ok(_), Ok(())) => return Ok((kv.into_fd(), stats)),
+        (Err(source), _) => source,
+        (Ok(_), Err(e)) => EngineError::Cache(e),
+    };
+    Err(ResetVcpuError::Reset {
+        id,
+        source,
+        fd: Some(ReturnedFd(kv.into_fd())),
+    })
 }

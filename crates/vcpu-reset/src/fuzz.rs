@@ -2,7 +2,7 @@
 //!
 //! Targets (each takes arbitrary bytes and must never panic, hang or allocate without bound):
 //! - [`Target::ProbeLog`]: the probe-log parser and the judge (`check --from-log`'s whole path:
-//!   [`crate::check::log::run`], then every report format).
+//!   [`crate::check::log::judge_log`], then every report format).
 //! - [`Target::Firmware`]: the firmware loader ([`crate::runner::Firmware::from_bytes`], and
 //!   now and then [`crate::runner::Firmware::load`] through a real file and the bounded read).
 //! - [`Target::StateJson`]: a vCPU state as JSON ([`crate::input::parse_state_json`]), then the

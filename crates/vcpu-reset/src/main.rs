@@ -85,9 +85,10 @@ enum Command {
         /// ending at 4 GiB) and {log} (where port 0xE9 output must go) (repeatable).
         #[arg(long, value_name = "CMD")]
         vmm_cmd: Vec<String>,
-        /// Time limit per VMM run in seconds; the VMM is killed when it passes.
-        #[arg(long, default_value_t = 60.0)]
-        vmm_timeout: f64,
+        /// Time limit per VMM run in seconds (more than 0, at most a year); the VMM is killed
+        /// when it passes.
+        #[arg(long, default_value = "60", value_parser = parse_timeout)]
+        vmm_timeout: std::time::Duration,
         /// Also write the field x VMM/scenario matrix as a self-contained HTML page.
         #[arg(long, value_name = "FILE")]
         html: Option<std::path::PathBuf>,
@@ -299,7 +300,7 @@ enum VmmArg {
 fn peers(
     vmm: &[VmmArg],
     vmm_cmd: &[String],
-    timeout: f64,
+    timeout: std::time::Duration,
 ) -> Result<(Vec<check::peers::Peer>, check::peers::PeerOptions), String> {
     use check::peers::{Peer, PeerOptions};
     let mut list: Vec<Peer> = vmm
@@ -321,11 +322,8 @@ fn peers(
         });
     }
     list.dedup();
-    if !(timeout.is_finite() && timeout > 0.0) {
-        return Err("--vmm-timeout must be a positive number of seconds".into());
-    }
     let opts = PeerOptions {
-        timeout: std::time::Duration::from_secs_f64(timeout),
+        timeout,
         ..PeerOptions::default()
     };
     Ok((list, opts))

@@ -189,6 +189,14 @@ impl<B: Backend> VcpuCache<B> {
         Ok(self.backend)
     }
 
+    /// Give the backend back whatever happens: flush what is dirty and return the flush's
+    /// result beside the backend, so a caller whose store the backend refused still gets it
+    /// (e.g. to hand a VMM's vCPU fd back). Writes that did not reach the backend are lost.
+    pub fn into_backend_anyway(mut self) -> (B, Result<(), CacheError>) {
+        let flushed = self.flush();
+        (self.backend, flushed)
+    }
+
     /// The classes the backend supports.
     pub fn supported(&self) -> ClassSet {
         self.supported

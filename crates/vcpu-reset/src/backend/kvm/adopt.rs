@@ -131,18 +131,23 @@ impl KvmVcpu {
         let settled = self.settle_init(StateClass::Regs).is_ok();
         let flushed = settled && self.flush_all().is_ok();
         let valid = self.vmm_valid_regs;
-        // Best effort: a class whose GET fails keeps the copy KVM left there.
+        // Best effort: a class whose GET fails keeps the copy KVM left there. A class whose
+        // store is still pending keeps its copy and its `kvm_dirty_regs` bit, so the VMM's
+        // next KVM_RUN applies it (or fails with KVM's error), never the state from before.
         if valid & u64::from(KVM_SYNC_X86_REGS) != 0
+            && !self.pending(StateClass::Regs)
             && let Ok(regs) = self.fd.get_regs()
         {
             self.fd.sync_regs_mut().regs = regs;
         }
         if valid & u64::from(KVM_SYNC_X86_SREGS) != 0
+            && !self.pending(StateClass::Sregs)
             && let Ok(sregs) = self.fd.get_sregs()
         {
             self.fd.sync_regs_mut().sregs = sregs;
         }
         if valid & u64::from(KVM_SYNC_X86_EVENTS) != 0
+            && !self.pending(StateClass::Events)
             && let Ok(events) = self.fd.get_vcpu_events()
         {
             self.fd.sync_regs_mut().events = events;
