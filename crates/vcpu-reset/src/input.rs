@@ -27,9 +27,7 @@ pub enum InputError {
         path: String,
     },
     /// The path is not a regular file.
-    #[error(
-        "{what} {path}: is a {kind}, not a regular file — write the data to a file first (a {kind} can be endless)"
-    )]
+    #[error("{what} {path}: is a {kind}, not a regular file — write the data to a file first")]
     NotRegular {
         /// What the file is for.
         what: String,

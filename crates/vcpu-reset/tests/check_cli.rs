@@ -107,3 +107,16 @@ fn from_log_of_a_missing_file_is_a_clear_error() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read"));
 }
+
+#[test]
+fn a_kvm_device_the_user_named_that_fails_is_an_error_not_a_fallback_to_the_model() {
+    let out = Command::new(env!("CARGO_BIN_EXE_vcpu-reset"))
+        .arg("check")
+        .env("VCPU_RESET_KVM_DEVICE", "/dev/null")
+        .output()
+        .expect("the vcpu-reset binary runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(2), "{text}");
+    assert!(text.contains("/dev/null is not a KVM device"), "{text}");
+    assert!(!text.contains("software model instead"), "{text}");
+}

@@ -321,7 +321,7 @@ fn a_missing_peer_exits_2_naming_the_debian_package() {
     for (vmm, package) in [
         ("qemu-tcg", "qemu-system-x86"),
         ("qemu-kvm", "qemu-system-x86"),
-        ("bochs", "bochs"),
+        ("bochs", "bochs bochsbios bochs-term"),
     ] {
         let out = Command::new(BIN)
             .args(["check", "--backend", "model", "--vmm", vmm])

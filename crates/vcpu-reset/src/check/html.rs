@@ -106,8 +106,14 @@ pub fn render(report: &Report) -> String {
     }
     let _ = write!(
         o,
-        "<tr><th>summary</th><td id=\"summary\">{} pass, {} spec-allows, {} host-limit, {} finding, {} fail; {} scenario(s) not run</td></tr></table>",
-        s.pass, s.spec_allows, s.host_limit, s.finding, s.fail, s.scenarios_not_run
+        "<tr><th>summary</th><td id=\"summary\">{} pass, {} not applicable, {} spec-allows, {} host-limit, {} finding, {} fail; {} scenario(s) not run</td></tr></table>",
+        s.pass,
+        s.not_applicable,
+        s.spec_allows,
+        s.host_limit,
+        s.finding,
+        s.fail,
+        s.scenarios_not_run
     );
     o.push_str(
         "<p class=\"legend\"><span class=\"v-pass\">. pass</span><span class=\"v-spec-allows\">~ spec-allows</span>\
@@ -137,10 +143,11 @@ pub fn render(report: &Report) -> String {
         let cs = &col.summary;
         let _ = write!(
             o,
-            "<th class=\"col{}\" title=\"{}: {} pass, {} spec-allows, {} host-limit, {} finding, {} fail\">{}/{}/{}</th>",
+            "<th class=\"col{}\" title=\"{}: {} pass, {} not applicable, {} spec-allows, {} host-limit, {} finding, {} fail\">{}/{}/{}</th>",
             if first[c] { " vmm-head" } else { "" },
             escape(&col.id),
             cs.pass,
+            cs.not_applicable,
             cs.spec_allows,
             cs.host_limit,
             cs.finding,

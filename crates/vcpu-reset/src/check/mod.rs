@@ -42,11 +42,19 @@ pub fn run(opts: &CheckOptions) -> Report {
         report.host.insert("vendor".into(), m.vendor.name().into());
         model::run(report, &m, model::engine);
     };
-    match opts.backend {
+    // A device the user named (VCPU_RESET_KVM_DEVICE) is KVM asked for: its failure is an
+    // error, not a reason to judge the software model instead.
+    let backend = match opts.backend {
+        BackendChoice::Auto if std::env::var_os(crate::backend::kvm::DEVICE_ENV).is_some() => {
+            BackendChoice::Kvm
+        }
+        other => other,
+    };
+    match backend {
         BackendChoice::Model => run_model(&mut report),
         BackendChoice::Kvm | BackendChoice::Auto => match crate::backend::kvm::KvmHost::open() {
             Ok(host) => kvm::run(&mut report, &host),
-            Err(e) if opts.backend == BackendChoice::Auto => {
+            Err(e) if backend == BackendChoice::Auto => {
                 report.host.insert(
                     "note".into(),
                     format!("{e}; running against the software model instead"),
@@ -63,6 +71,6 @@ pub fn run(opts: &CheckOptions) -> Report {
             }
         },
     }
-    nested::run(&mut report, opts.backend);
+    nested::run(&mut report, backend);
     report
 }

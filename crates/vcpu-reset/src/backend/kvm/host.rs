@@ -132,6 +132,10 @@ fn group_name(gid: u32) -> Option<String> {
     })
 }
 
+/// The environment variable that names another KVM device than `/dev/kvm` for
+/// [`KvmHost::open`].
+pub const DEVICE_ENV: &str = "VCPU_RESET_KVM_DEVICE";
+
 impl KvmHost {
     /// Open `/dev/kvm`, check the API version and record what the host offers.
     ///
@@ -145,7 +149,7 @@ impl KvmHost {
     /// `VCPU_RESET_KVM_DEVICE` when it is set (for tests of the error paths, and hosts that
     /// put the device elsewhere).
     pub fn open() -> Result<KvmHost, KvmError> {
-        let device = std::env::var("VCPU_RESET_KVM_DEVICE").unwrap_or_else(|_| "/dev/kvm".into());
+        let device = std::env::var(DEVICE_ENV).unwrap_or_else(|_| "/dev/kvm".into());
         // Messages name the device by at most 80 bytes of its path.
         let path = crate::input::shown_path(std::path::Path::new(&device));
         let c_path = std::ffi::CString::new(device.clone())
@@ -171,6 +175,28 @@ impl KvmHost {
         if version != KVM_API_VERSION {
             return Err(KvmError::ApiVersion { path, version });
         }
+        Self::probe(kvm)
+    }
+
+    /// The host behind a `/dev/kvm` handle the caller already holds (a VMM that opened it
+    /// itself, or was passed the fd in a sandbox), instead of opening the device again.
+    ///
+    /// # Errors
+    /// [`KvmError::ApiVersion`] when the API version is not 12; [`KvmError::Ioctl`] when a
+    /// system ioctl (supported CPUID, MSR index list) fails.
+    pub fn from_kvm(kvm: Kvm) -> Result<KvmHost, KvmError> {
+        let version = kvm.get_api_version();
+        if version != KVM_API_VERSION {
+            return Err(KvmError::ApiVersion {
+                path: "the given KVM handle".into(),
+                version,
+            });
+        }
+        Self::probe(kvm)
+    }
+
+    /// What the host offers: capabilities, supported CPUID and MSRs.
+    fn probe(kvm: Kvm) -> Result<KvmHost, KvmError> {
         let caps = probe_caps(&kvm);
         let cpuid = kvm
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)

@@ -69,7 +69,7 @@ pub mod codec;
 
 pub use error::{AdoptRefusal, KvmError, ReturnedFd};
 pub use host::{
-    IDENTITY_MAP_ADDRESS, KVM_API_VERSION, KvmCaps, KvmHost, TSS_ADDRESS, kvm_for_tests,
+    DEVICE_ENV, IDENTITY_MAP_ADDRESS, KVM_API_VERSION, KvmCaps, KvmHost, TSS_ADDRESS, kvm_for_tests,
 };
 pub use vcpu::{KvmVcpu, KvmVcpuOptions};
 pub use views::OtherView;

@@ -24,8 +24,8 @@ use super::{Launch, PeerError};
 
 /// The program.
 pub const PROGRAM: &str = "bochs";
-/// The Debian package that has it.
-pub const PACKAGE: &str = "bochs";
+/// The Debian packages a headless run needs: the emulator, its BIOS and the `term` display.
+pub const PACKAGE: &str = "bochs bochsbios bochs-term";
 /// The Debian package with the `term` display library.
 pub const DISPLAY_PACKAGE: &str = "bochs-term";
 

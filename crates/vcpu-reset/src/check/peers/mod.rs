@@ -326,7 +326,10 @@ mod tests {
             Peer::QemuKvm.program(),
             Some(("qemu-system-x86_64", "qemu-system-x86"))
         );
-        assert_eq!(Peer::Bochs.program(), Some(("bochs", "bochs")));
+        assert_eq!(
+            Peer::Bochs.program(),
+            Some(("bochs", "bochs bochsbios bochs-term"))
+        );
         let e = bochs::missing_display("bochsrc:3: display library 'term' not available")
             .expect_err("missing");
         assert!(e.to_string().contains("apt-get install bochs-term"), "{e}");
