@@ -686,7 +686,31 @@ fn main() -> ExitCode {
             if printed != ExitCode::SUCCESS {
                 return printed;
             }
-            ExitCode::from(report.exit_code(strict))
+            let code = report.exit_code(strict);
+            if code == 2 {
+                // Said on stderr too, so `--format json > file` does not hide it.
+                let why: Vec<String> = report
+                    .incomplete
+                    .iter()
+                    .cloned()
+                    .chain(
+                        report
+                            .scenarios
+                            .iter()
+                            .filter_map(|s| s.error.as_ref().map(|e| format!("{}: {e}", s.name))),
+                    )
+                    .take(4)
+                    .collect();
+                eprintln!(
+                    "vcpu-reset check: not judged (exit status 2) — {}",
+                    if why.is_empty() {
+                        "no field was observed".to_string()
+                    } else {
+                        why.join("; ")
+                    }
+                );
+            }
+            ExitCode::from(code)
         }
     }
 }

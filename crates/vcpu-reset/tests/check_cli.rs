@@ -120,3 +120,32 @@ fn a_kvm_device_the_user_named_that_fails_is_an_error_not_a_fallback_to_the_mode
     assert!(text.contains("/dev/null is not a KVM device"), "{text}");
     assert!(!text.contains("software model instead"), "{text}");
 }
+
+#[test]
+fn a_log_with_nothing_to_judge_bails_out_in_tap_and_says_so_on_stderr() {
+    let dir = std::env::temp_dir().join(format!("vcpu-reset-bail-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let log = dir.join("garbage.log");
+    std::fs::write(&log, "not a probe log\n").expect("write log");
+    let out = Command::new(env!("CARGO_BIN_EXE_vcpu-reset"))
+        .args(["check", "--format", "tap", "--from-log"])
+        .arg(&log)
+        .output()
+        .expect("the vcpu-reset binary runs");
+    let _ = std::fs::remove_dir_all(&dir);
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert_eq!(out.status.code(), Some(2), "{stdout}{stderr}");
+    assert!(
+        stdout
+            .lines()
+            .last()
+            .unwrap_or_default()
+            .starts_with("Bail out! "),
+        "{stdout}"
+    );
+    assert!(stderr.contains("not judged"), "{stderr}");
+    assert!(stderr.contains("holds no probe run"), "{stderr}");
+}

@@ -434,7 +434,8 @@ fn a_vmm_cmd_script_running_qemu_is_judged_like_qemu() {
 }
 
 /// A VMM that powers off where the probe reboots (QEMU with `-no-reboot`) leaves one run per
-/// log: every mechanism is reported as not run, with the VMM's exit status, not judged.
+/// log: every mechanism is reported as not run, with the VMM's exit status, not judged; as
+/// nothing of the VMM asked for could be judged, the status is 2 and stderr says why.
 #[test]
 fn a_vmm_that_stops_at_the_reboot_is_reported_not_judged() {
     if !installed("qemu-system-x86_64", "VCPU_RESET_REQUIRE_QEMU") {
@@ -444,10 +445,11 @@ fn a_vmm_that_stops_at_the_reboot_is_reported_not_judged() {
                     -serial none -bios {image} -debugcon file:{log} \
                     -global isa-debugcon.iobase=0xe9";
     let out = check(&["--vmm-cmd", template, "--format", "json"]);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "local scenarios decide the status"
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("vmm-cmd: no run of this VMM could be judged"),
+        "{stderr}"
     );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
     let errors: Vec<&str> = v["scenarios"]

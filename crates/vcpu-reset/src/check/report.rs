@@ -330,6 +330,16 @@ impl Report {
             out,
             "# Totals: pass:{pass} fail:{fail} xfail:{xfail} xpass:0 skip:{skip} error:0"
         );
+        if self.exit_code(strict) == 2 {
+            // Nothing (or not all that was asked) could be judged: a harness must not read
+            // the skips above as a pass.
+            let why = if self.incomplete.is_empty() {
+                "nothing could be judged".to_string()
+            } else {
+                self.incomplete.join("; ")
+            };
+            let _ = writeln!(out, "Bail out! {why}");
+        }
         out
     }
 }

@@ -251,6 +251,7 @@ pub fn run(report: &mut Report, peers: &[Peer], opts: &PeerOptions) -> Result<()
             .host
             .insert(format!("vmm.{}", peer.name()), describe(peer));
         let mut have_power_on = false;
+        let judged_before = report.results.len();
         for via in &opts.mechanisms {
             match capture(peer, *via, opts) {
                 Ok(log) => {
@@ -264,6 +265,13 @@ pub fn run(report: &mut Report, peers: &[Peer], opts: &PeerOptions) -> Result<()
                     error: Some(e.to_string()),
                 }),
             }
+        }
+        if report.results.len() == judged_before {
+            // The comparison the user asked for has nothing of this VMM: not a pass.
+            report.incomplete.push(format!(
+                "{}: no run of this VMM could be judged (its scenarios say why)",
+                peer.name()
+            ));
         }
     }
     Ok(())
