@@ -149,6 +149,42 @@ pub fn read_bounded(path: &Path, limit: u64, what: &str) -> Result<Vec<u8>, Inpu
     Ok(bytes)
 }
 
+/// Creates (or truncates) an output file without hanging: a FIFO with no reader is refused
+/// at once (ENXIO) instead of blocking the open forever; with a reader, writes block as usual.
+///
+/// # Errors
+/// The open's error, with the path (at most 80 bytes of it) and what to do.
+pub fn create_output(path: &Path, what: &str) -> Result<std::fs::File, String> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let shown = shown_path(path);
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::ENXIO) => format!(
+                "cannot write {what} to {shown}: it is a FIFO with no reader — start the reader first, or write to a regular file"
+            ),
+            _ => format!("cannot create {what} {shown}: {e}"),
+        })?;
+    crate::sys::set_blocking(&file).map_err(|e| format!("cannot write {what} to {shown}: {e}"))?;
+    Ok(file)
+}
+
+/// Writes `bytes` to a new (or truncated) output file, as [`create_output`] opens it.
+///
+/// # Errors
+/// The open's or the write's error, with the path and what to do.
+pub fn write_output(path: &Path, what: &str, bytes: &[u8]) -> Result<(), String> {
+    use std::io::Write;
+    let mut f = create_output(path, what)?;
+    f.write_all(bytes)
+        .and_then(|()| f.flush())
+        .map_err(|e| format!("cannot write {what} to {}: {e}", shown_path(path)))
+}
+
 /// A path for a message: whole when short, else its first [`QUOTE_MAX`] bytes quoted.
 pub fn shown_path(path: &Path) -> String {
     let text = path.display().to_string();

@@ -273,12 +273,10 @@ fn open_output(
             "{flag} {shown} is the firmware file — writing there would destroy the image; choose another file"
         ));
     }
-    match std::fs::File::create(path) {
-        Ok(f) => Ok(vcpu_reset::runner::Sink::File(std::sync::Arc::new(
-            std::sync::Mutex::new(f),
-        ))),
-        Err(e) => Err(format!("cannot create {shown} ({flag}): {e}")),
-    }
+    let f = vcpu_reset::input::create_output(path, flag)?;
+    Ok(vcpu_reset::runner::Sink::File(std::sync::Arc::new(
+        std::sync::Mutex::new(f),
+    )))
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -422,7 +420,7 @@ fn probe_image(output: &std::path::Path, reboot: Option<RebootArg>) -> ExitCode 
             return ExitCode::from(2);
         }
     };
-    match std::fs::write(output, &image) {
+    match vcpu_reset::input::write_output(output, "the probe image", &image) {
         Ok(()) => {
             eprintln!(
                 "vcpu-reset probe-image: wrote {} ({} bytes); e.g. qemu-system-x86_64 -bios {} -display none -debugcon file:probe.log -global isa-debugcon.iobase=0xe9 -device isa-debug-exit,iobase=0xf4,iosize=0x04, then vcpu-reset check --from-log probe.log",
@@ -433,10 +431,7 @@ fn probe_image(output: &std::path::Path, reboot: Option<RebootArg>) -> ExitCode 
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!(
-                "vcpu-reset probe-image: cannot write {}: {e}",
-                output.display()
-            );
+            eprintln!("vcpu-reset probe-image: {e}");
             ExitCode::from(2)
         }
     }
@@ -660,9 +655,13 @@ fn main() -> ExitCode {
                 return ExitCode::from(2);
             }
             if let Some(path) = &html
-                && let Err(e) = std::fs::write(path, check::html::render(&report))
+                && let Err(e) = vcpu_reset::input::write_output(
+                    path,
+                    "the HTML report",
+                    check::html::render(&report).as_bytes(),
+                )
             {
-                eprintln!("vcpu-reset check: cannot write {}: {e}", path.display());
+                eprintln!("vcpu-reset check: {e}");
                 return ExitCode::from(2);
             }
             let json = if peers.is_empty() {

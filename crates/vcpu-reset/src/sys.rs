@@ -1,6 +1,7 @@
 //! The few operating-system calls the library makes outside the KVM backend and the runner's
 //! guest memory, each behind a safe function: the one place their `unsafe` lives.
 
+use std::os::fd::AsRawFd;
 use std::os::raw::c_int;
 use std::thread::ScopedJoinHandle;
 use std::time::Duration;
@@ -69,4 +70,25 @@ impl Kickable {
             libc::pthread_kill(tid, signal);
         }
     }
+}
+
+/// Clears O_NONBLOCK on `file` (opened non-blocking so that opening a FIFO cannot hang), so
+/// writes wait for the reader as usual.
+///
+/// # Errors
+/// fcntl's error.
+pub fn set_blocking(file: &std::fs::File) -> std::io::Result<()> {
+    let fd = file.as_raw_fd();
+    // SAFETY: fcntl with F_GETFL/F_SETFL on a descriptor `file` owns and keeps open for the
+    // duration of the call; it touches no memory of ours.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    if flags < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: as above.
+    let ret = unsafe { libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_NONBLOCK) };
+    if ret < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }

@@ -486,3 +486,23 @@ fn a_run_keeps_counts_and_the_last_records_only() {
     assert_eq!(out.reboots.first().map(|r| r.number), Some(999 - 31));
     assert_eq!(out.reboots.last().map(|r| r.number), Some(999));
 }
+
+// 5. An output that is a FIFO with no reader is refused at once instead of hanging the open.
+#[test]
+fn a_fifo_output_without_a_reader_is_refused_not_waited_on() {
+    let d = Dir::new("fifo-out");
+    let fifo = d.path("out.fifo");
+    let made = Command::new("mkfifo").arg(&fifo).status().unwrap();
+    assert!(made.success());
+    let mut cmd = bin();
+    cmd.args(["probe-image", "-o"]).arg(&fifo);
+    let o = run_limited(cmd, Duration::from_secs(20));
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("FIFO with no reader"), "{}", stderr(&o));
+    let mut cmd = bin();
+    cmd.args(["check", "--backend", "model", "--html"])
+        .arg(&fifo);
+    let o = run_limited(cmd, Duration::from_secs(60));
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("FIFO with no reader"), "{}", stderr(&o));
+}
