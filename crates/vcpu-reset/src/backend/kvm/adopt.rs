@@ -180,11 +180,11 @@ fn examine(
     stats.other += 1;
     if vm.check_extension_raw(c_ulong::from(KVM_CAP_SET_BOOT_CPU_ID)) > 0 {
         stats.other += 1;
+        let (request, id) = (KVM_SET_BOOT_CPU_ID(), c_ulong::MAX);
         // SAFETY: KVM_SET_BOOT_CPU_ID takes its argument by value and touches no memory of
         // ours; `vm` is a live VM fd. The id c_ulong::MAX is above every KVM_MAX_VCPU_IDS, so
         // KVM changes nothing: it answers EBUSY when the VM has vCPUs, else EINVAL.
-        let ret =
-            unsafe { vmm_sys_util::ioctl::ioctl_with_val(vm, KVM_SET_BOOT_CPU_ID(), c_ulong::MAX) };
+        let ret = unsafe { vmm_sys_util::ioctl::ioctl_with_val(vm, request, id) };
         if ret != 0 && vmm_sys_util::errno::Error::last().errno() == libc::EINVAL {
             return Err(AdoptRefusal::OtherVm {
                 why: "the VM has no vCPU at all",
