@@ -182,53 +182,52 @@ pub fn sregs_from_state(state: &VcpuState, apic_base: u64, pdptrs: bool) -> kvm_
     s
 }
 
+/// `$out` built from `$src`'s fields that `kvm_sregs` and `kvm_sregs2` share (written once
+/// for both directions), plus the target's own fields.
+macro_rules! shared_sregs_fields {
+    ($src:expr, $out:ident { $($own:tt)* }) => {
+        $out {
+            cs: $src.cs,
+            ds: $src.ds,
+            es: $src.es,
+            fs: $src.fs,
+            gs: $src.gs,
+            ss: $src.ss,
+            tr: $src.tr,
+            ldt: $src.ldt,
+            gdt: $src.gdt,
+            idt: $src.idt,
+            cr0: $src.cr0,
+            cr2: $src.cr2,
+            cr3: $src.cr3,
+            cr4: $src.cr4,
+            cr8: $src.cr8,
+            efer: $src.efer,
+            apic_base: $src.apic_base,
+            $($own)*
+        }
+    };
+}
+
 /// `kvm_sregs2` as `kvm_sregs`, with an empty interrupt bitmap.
 pub fn to_legacy(s: &kvm_sregs2) -> kvm_sregs {
-    kvm_sregs {
-        cs: s.cs,
-        ds: s.ds,
-        es: s.es,
-        fs: s.fs,
-        gs: s.gs,
-        ss: s.ss,
-        tr: s.tr,
-        ldt: s.ldt,
-        gdt: s.gdt,
-        idt: s.idt,
-        cr0: s.cr0,
-        cr2: s.cr2,
-        cr3: s.cr3,
-        cr4: s.cr4,
-        cr8: s.cr8,
-        efer: s.efer,
-        apic_base: s.apic_base,
-        interrupt_bitmap: [0; 4],
-    }
+    shared_sregs_fields!(
+        s,
+        kvm_sregs {
+            interrupt_bitmap: [0; 4]
+        }
+    )
 }
 
 /// `kvm_sregs` as `kvm_sregs2`, without PDPTRs.
 pub fn from_legacy(s: &kvm_sregs) -> kvm_sregs2 {
-    kvm_sregs2 {
-        cs: s.cs,
-        ds: s.ds,
-        es: s.es,
-        fs: s.fs,
-        gs: s.gs,
-        ss: s.ss,
-        tr: s.tr,
-        ldt: s.ldt,
-        gdt: s.gdt,
-        idt: s.idt,
-        cr0: s.cr0,
-        cr2: s.cr2,
-        cr3: s.cr3,
-        cr4: s.cr4,
-        cr8: s.cr8,
-        efer: s.efer,
-        apic_base: s.apic_base,
-        flags: 0,
-        pdptrs: [0; 4],
-    }
+    shared_sregs_fields!(
+        s,
+        kvm_sregs2 {
+            flags: 0,
+            pdptrs: [0; 4]
+        }
+    )
 }
 
 #[cfg(test)]
