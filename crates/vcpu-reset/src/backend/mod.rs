@@ -237,13 +237,29 @@ pub trait Backend {
     /// the INIT then overwrites those classes, so `lazy` is only exact where the host's INIT
     /// gives them `target`'s values (CR0.CD/NW aside, which INIT keeps). Returns `None`, having
     /// changed nothing, where the backend cannot (the default).
+    ///
+    /// `kept` are classes the caller vouches hold `target` already (nothing changed them since
+    /// they were stored: [`Backend::touch_count`]); the backend may leave them out of its
+    /// stores, except fields that change by themselves (the TSC) and what raising the INIT
+    /// needs (IA32_APIC_BASE).
     fn host_init(
         &mut self,
         target: &VcpuState,
         lazy: bool,
+        kept: ClassSet,
     ) -> Result<Option<HostInit>, BackendError> {
-        let _ = (target, lazy);
+        let _ = (target, lazy, kept);
         Ok(None)
+    }
+
+    /// A count that moves whenever the vCPU's x87/SSE/AVX state, XCR0 or MSRs may have
+    /// changed: at every guest entry, and at every store of those classes (or of nested
+    /// state) by the host. Where it has not moved between two reads, those classes are as they
+    /// were at the first. On KVM: the vCPU's `exits` statistic (read with one `pread` after a
+    /// KVM_RUN, without one otherwise) plus the backend's own stores of those classes. `None`
+    /// (the default) where the host gives no count of guest entries.
+    fn touch_count(&mut self) -> Option<u64> {
+        None
     }
 
     /// Calls made so far.

@@ -26,6 +26,18 @@ use super::verify::counted_from;
 use super::{EngineError, Vcpu};
 use crate::backend::{Backend, ClassSet, StateClass};
 
+/// Classes only the guest's own instructions (or a store by the host) change, which INIT
+/// keeps: x87/SSE/AVX state, XCR0 and the MSRs (SDM Table 10-1, APM Table 14-1). Where the vCPU
+/// has not entered the guest since a RESET left them at their RESET values and the host has
+/// stored none of them since ([`Backend::touch_count`]), the next RESET need not store them again (the TSC aside, which counts
+/// and which the backend writes anyway). KVM's INIT, which the vCPU may have taken while it
+/// waited (an INIT IPI from another vCPU), keeps them too, and clears only MPX state, which is
+/// zero at RESET as well.
+const UNTOUCHED_WITHOUT_GUEST: ClassSet = ClassSet::EMPTY
+    .with(StateClass::Msrs)
+    .with(StateClass::Fpu)
+    .with(StateClass::Xcrs);
+
 /// CR0.CD (bit 30) and CR0.NW (bit 29).
 const CR0_CD_NW: u128 = (1 << 30) | (1 << 29);
 
@@ -71,10 +83,19 @@ impl<B: Backend> Vcpu<B> {
         let lazy = self.host_init.force_lazy
             || self.host_init.clobbered_off == Some(ClassSet::EMPTY)
                 && self.host_init.inexact.0 & SET_BY_INIT.0 == 0;
+        let untouched = match self.host_init.pristine.take() {
+            Some(then) => self.cache.backend_mut().touch_count() == Some(then),
+            None => false,
+        };
+        let kept = if untouched {
+            UNTOUCHED_WITHOUT_GUEST
+        } else {
+            ClassSet::EMPTY
+        };
         let Some(done) = self
             .cache
             .backend_mut()
-            .host_init(target, lazy)
+            .host_init(target, lazy, kept)
             .map_err(crate::cache::CacheError::from)?
         else {
             self.host_init.unavailable = true;
@@ -100,10 +121,17 @@ impl<B: Backend> Vcpu<B> {
         {
             self.host_init.clobbered_off = Some(self.classes_off(done.clobbered, target)?);
         }
-        let trusted = ClassSet((done.established.0 & !self.host_init.inexact.0) | done.stored.0);
+        let trusted = ClassSet(
+            (done.established.0 & !self.host_init.inexact.0)
+                | done.stored.0
+                | (kept.0 & !done.clobbered.0),
+        );
         self.cache.assume(trusted, target);
         let slots_written = self.cache.write_state(target);
         self.cache.flush()?;
+        if done.stored.contains(StateClass::Msrs) {
+            self.host_init.pristine = self.cache.backend_mut().touch_count();
+        }
         Ok(Some(slots_written))
     }
 

@@ -100,6 +100,9 @@ struct HostInitUse {
     clobbered_off: Option<ClassSet>,
     /// Leave the INIT to the next run even where the clobbered classes were found off.
     force_lazy: bool,
+    /// The backend's [`Backend::touch_count`] right after the last RESET through the host's
+    /// INIT (`host_init.rs`).
+    pristine: Option<u64>,
 }
 
 /// A vCPU driven by the engine.

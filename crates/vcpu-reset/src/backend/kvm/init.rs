@@ -125,6 +125,7 @@ impl KvmVcpu {
         &mut self,
         target: &VcpuState,
         lazy: bool,
+        kept: ClassSet,
     ) -> Result<Option<HostInit>, BackendError> {
         if !self.host_init_possible() {
             return Ok(None);
@@ -137,7 +138,8 @@ impl KvmVcpu {
         // at once there.
         let lazy = lazy && !self.may_be_uninitialized;
         let preamble = init_preamble(self.id(), target.msrs.apic_base);
-        match self.store_msrs_after(target, &preamble) {
+        self.guest_state_stores += 1;
+        match self.store_msrs_after(target, &preamble, kept.contains(StateClass::Msrs)) {
             Err(BackendError::MsrRefused { done, .. }) if done < preamble.len() => {
                 // The host refused a write that raises the INIT. Have KVM act on what its local
                 // APIC holds (an INIT raised here if the ICR write went through, or an INIT or

@@ -11,3 +11,5 @@ ioctl_ior_nr!(KVM_GET_SREGS2, KVMIO, 0xcc, kvm_sregs2);
 ioctl_iow_nr!(KVM_SET_SREGS2, KVMIO, 0xcd, kvm_sregs2);
 // KVM_SET_BOOT_CPU_ID: _IO(KVMIO, 0x78), on a VM (KVM_CAP_SET_BOOT_CPU_ID).
 ioctl_io_nr!(KVM_SET_BOOT_CPU_ID, KVMIO, 0x78);
+// KVM_GET_STATS_FD: _IO(KVMIO, 0xce), on a vCPU (KVM_CAP_BINARY_STATS_FD).
+ioctl_io_nr!(KVM_GET_STATS_FD, KVMIO, 0xce);

@@ -43,6 +43,7 @@
 
 mod adopt;
 mod debugregs;
+mod entries;
 mod error;
 mod events;
 mod fpu;

@@ -83,15 +83,17 @@ impl KvmVcpu {
     }
 
     pub(super) fn store_msrs(&mut self, state: &VcpuState) -> Result<(), BackendError> {
-        self.store_msrs_after(state, &[])
+        self.store_msrs_after(state, &[], false)
     }
 
     /// Store the MSRs of `state` after the entries of `preamble` (written first, in the same
-    /// KVM_SET_MSRS where they fit).
+    /// KVM_SET_MSRS where they fit). With `kept` (the vCPU holds `state`'s MSRs already) only
+    /// IA32_APIC_BASE, which the preamble changes, and IA32_TSC, which counts, are written.
     pub(super) fn store_msrs_after(
         &mut self,
         state: &VcpuState,
         preamble: &[kvm_msr_entry],
+        kept: bool,
     ) -> Result<(), BackendError> {
         let tsc = state.msrs.tsc;
         let write_tsc = self.tsc.writes(tsc);
@@ -103,7 +105,8 @@ impl KvmVcpu {
             .filter(|(_, index)| match *index {
                 MSR_IA32_MTRRCAP => false,
                 MSR_IA32_TSC => write_tsc,
-                _ => true,
+                MSR_IA32_APIC_BASE => true,
+                _ => !kept,
             })
             .collect();
         let mut list = preamble.to_vec();

@@ -9,6 +9,7 @@ use vcpu_reset_spec::{
 
 use super::KvmError;
 use super::codec::xsave::XsaveLayout;
+use super::entries::EntryCount;
 use super::host::{KvmCaps, KvmHost};
 use super::msr_set::MsrSet;
 use super::tsc::TscState;
@@ -213,6 +214,12 @@ pub struct KvmVcpu {
     /// The `kvm_valid_regs` the VMM had set when the vCPU was adopted (0 for a vCPU created
     /// here), which [`KvmVcpu::into_fd`] puts back.
     pub(super) vmm_valid_regs: u64,
+    /// The vCPU's count of guest entries (`entries.rs`); not opened for an adopted vCPU.
+    pub(super) entries: Option<EntryCount>,
+    /// The last count read, with `stats.runs` then: only KVM_RUN moves it.
+    entries_seen: Option<(u64, u64)>,
+    /// Stores of classes only the guest changes otherwise ([`GUEST_STATE`]).
+    pub(super) guest_state_stores: u64,
     pub(super) stats: Stats,
 }
 
@@ -229,6 +236,14 @@ impl std::fmt::Debug for KvmVcpu {
 }
 
 const CPUID_1_ECX_X2APIC: u32 = 1 << 21;
+
+/// Classes only the guest's own instructions change, besides stores by the host: x87/SSE/AVX
+/// state, XCR0, the MSRs and nested state ([`Backend::touch_count`]).
+const GUEST_STATE: ClassSet = ClassSet::EMPTY
+    .with(StateClass::Fpu)
+    .with(StateClass::Xcrs)
+    .with(StateClass::Msrs)
+    .with(StateClass::Nested);
 
 impl KvmVcpu {
     /// Create vCPU `id` in `vm` with sync regs where the host offers them.
@@ -249,7 +264,9 @@ impl KvmVcpu {
     /// KVM_GET_LAPIC (does the VM have an in-kernel local APIC?), KVM_SET_CPUID2, with an irqchip
     /// KVM_GET_LAPIC again (the APIC version under this CPUID) and KVM_GET_MP_STATE (is it an AP
     /// not yet started?), KVM_GET_VCPU_EVENTS (does KVM report the interrupt shadow?), and one
-    /// KVM_GET_MSRS, plus one more per MSR the host lists but the vCPU refuses.
+    /// KVM_GET_MSRS, plus one more per MSR the host lists but the vCPU refuses, and
+    /// KVM_GET_STATS_FD (the vCPU's count of guest entries, which lets a RESET skip what an AP
+    /// that never ran cannot have changed: [`Backend::guest_entries`]).
     ///
     /// # Errors
     /// [`KvmError::Ioctl`] naming the ioctl that failed.
@@ -285,7 +302,11 @@ impl KvmVcpu {
         })?;
         let probed = Probed::read(&fd, host, id, &cpuid, irqchip, None)?;
         stats.other += probed.calls;
-        Ok(KvmVcpu::assemble(fd, vm, host, options, probed, stats, 0))
+        stats.other += 1;
+        let entries = EntryCount::open(&fd);
+        let mut vcpu = KvmVcpu::assemble(fd, vm, host, options, probed, stats, 0);
+        vcpu.entries = entries;
+        Ok(vcpu)
     }
 
     /// The vCPU from its parts, with sync regs enabled where `options` and the host allow.
@@ -326,6 +347,9 @@ impl KvmVcpu {
             init_pending: false,
             answer: None,
             vmm_valid_regs,
+            entries: None,
+            entries_seen: None,
+            guest_state_stores: 0,
             stats,
         };
         vcpu.supported = vcpu.compute_supported();
@@ -558,6 +582,9 @@ impl Backend for KvmVcpu {
     fn store(&mut self, class: StateClass, state: &VcpuState) -> Result<(), BackendError> {
         self.require(class)?;
         self.settle_init(class)?;
+        if GUEST_STATE.contains(class) {
+            self.guest_state_stores += 1;
+        }
         match class {
             StateClass::Regs => self.store_regs(state),
             StateClass::Sregs => self.store_sregs(state),
@@ -637,8 +664,23 @@ impl Backend for KvmVcpu {
         &mut self,
         target: &VcpuState,
         lazy: bool,
+        kept: ClassSet,
     ) -> Result<Option<HostInit>, BackendError> {
-        self.host_init_reset(target, lazy)
+        self.host_init_reset(target, lazy, kept)
+    }
+
+    fn touch_count(&mut self) -> Option<u64> {
+        let count = self.entries.as_ref()?;
+        let exits = match self.entries_seen {
+            Some((runs, exits)) if runs == self.stats.runs => exits,
+            _ => {
+                let exits = count.read()?;
+                self.entries_seen = Some((self.stats.runs, exits));
+                exits
+            }
+        };
+        // Both only grow, so the sum moves whenever either does.
+        Some(exits.wrapping_add(self.guest_state_stores))
     }
 
     fn stats(&self) -> Stats {
