@@ -19,7 +19,7 @@ use super::ioctl_error::ioctl_error;
 use crate::backend::{BackendError, StateClass};
 
 impl KvmVcpu {
-    fn event_parts(&self) -> EventParts {
+    pub(super) fn event_parts(&self) -> EventParts {
         EventParts {
             smm: self.caps.x86_smm,
             shadow: self.events_shadow,

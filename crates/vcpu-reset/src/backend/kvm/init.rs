@@ -53,10 +53,12 @@
 
 use kvm_bindings::{
     KVM_MP_STATE_INIT_RECEIVED, KVM_MP_STATE_RUNNABLE, KVM_VCPUEVENT_VALID_SMM, kvm_msr_entry,
+    kvm_vcpu_events,
 };
 use vcpu_reset_spec::VcpuState;
 
 use super::KvmVcpu;
+use super::codec::events::events_from_state;
 use super::ioctl_error::ioctl_error;
 use super::vcpu::Shadow;
 use crate::backend::{BackendError, ClassSet, HostInit, StateClass};
@@ -137,6 +139,13 @@ impl KvmVcpu {
         // KVM_RUN on an AP KVM never started returns before applying sync regs: take the INIT
         // at once there.
         let lazy = lazy && !self.may_be_uninitialized;
+        if !lazy
+            && kept.contains(StateClass::Msrs)
+            && !self.tsc.writes(target.msrs.tsc)
+            && self.caps.vcpu_events
+        {
+            return self.quiet_host_init(target).map(Some);
+        }
         let preamble = init_preamble(self.id(), target.msrs.apic_base);
         self.guest_state_stores += 1;
         match self.store_msrs_after(target, &preamble, kept.contains(StateClass::Msrs)) {
@@ -180,6 +189,40 @@ impl KvmVcpu {
                 clobbered: ClassSet::EMPTY,
             }));
         }
+        self.take_init(target).map(Some)
+    }
+
+    /// The RESET of a vCPU whose MSRs the caller vouches are at `target` (it has not run since
+    /// its last RESET), on a host that ignores IA32_TSC writes or where the TSC needs none:
+    /// no MSR is written, so the INIT is raised with `smi.latched_init` in one
+    /// KVM_SET_VCPU_EVENTS (which also stores the RESET events), not through the x2APIC ICR,
+    /// and IA32_APIC_BASE keeps its value. That spares KVM the two rebuilds of its APIC map
+    /// the mode changes cost. The xAPIC ID, which INIT keeps, is the vCPU id still: only the
+    /// guest or a store of the local APIC (counted by [`Backend::touch_count`]) changes it. A
+    /// startup IPI still pending is not dropped as an INIT IPI would drop it: KVM then starts
+    /// the AP right after the INIT, which the MP-state check below sees, and the caller stores
+    /// the local APIC, debug registers and MP state itself.
+    ///
+    /// [`Backend::touch_count`]: crate::backend::Backend::touch_count
+    fn quiet_host_init(&mut self, target: &VcpuState) -> Result<HostInit, BackendError> {
+        let mut e = events_from_state(target, &kvm_vcpu_events::default(), self.event_parts())?;
+        e.flags |= KVM_VCPUEVENT_VALID_SMM;
+        e.smi.latched_init = 1;
+        self.stats.stores += 1;
+        self.fd
+            .set_vcpu_events(&e)
+            .map_err(|err| ioctl_error("KVM_SET_VCPU_EVENTS", err))?;
+        let apic_base = self.shadow.apic_base;
+        self.shadow = Shadow {
+            apic_base,
+            ..Shadow::default()
+        };
+        self.mirror = ClassSet::EMPTY;
+        self.take_init(target)
+    }
+
+    /// Have KVM act on the INIT raised with KVM_GET_MP_STATE, and say what it established.
+    fn take_init(&mut self, target: &VcpuState) -> Result<HostInit, BackendError> {
         self.stats.loads += 1;
         let mp = self
             .fd
@@ -192,18 +235,20 @@ impl KvmVcpu {
             KVM_MP_STATE_INIT_RECEIVED
         };
         if mp.mp_state != want {
-            // The INIT did not take effect: only the MSRs are known.
-            return Ok(Some(HostInit {
+            // The INIT did not take effect as meant (or a startup IPI followed it): only the
+            // MSRs are known, and the classes the INIT should have set are for the caller to
+            // store too.
+            return Ok(HostInit {
                 stored: MSRS,
                 established: ClassSet::EMPTY,
-                clobbered: CLOBBERED,
-            }));
+                clobbered: ClassSet(CLOBBERED.0 | ESTABLISHED.0),
+            });
         }
-        Ok(Some(HostInit {
+        Ok(HostInit {
             stored: MSRS,
             established: ESTABLISHED,
             clobbered: CLOBBERED,
-        }))
+        })
     }
 
     /// Before `class` is loaded or stored: have KVM act on an INIT raised lazily, with

@@ -237,13 +237,15 @@ impl std::fmt::Debug for KvmVcpu {
 
 const CPUID_1_ECX_X2APIC: u32 = 1 << 21;
 
-/// Classes only the guest's own instructions change, besides stores by the host: x87/SSE/AVX
-/// state, XCR0, the MSRs and nested state ([`Backend::touch_count`]).
+/// Classes whose stores [`Backend::touch_count`] counts: those only the guest's own
+/// instructions change otherwise (x87/SSE/AVX state, XCR0, the MSRs, nested state), and the
+/// local APIC, for its ID, which INIT keeps (`init.rs`).
 const GUEST_STATE: ClassSet = ClassSet::EMPTY
     .with(StateClass::Fpu)
     .with(StateClass::Xcrs)
     .with(StateClass::Msrs)
-    .with(StateClass::Nested);
+    .with(StateClass::Nested)
+    .with(StateClass::Lapic);
 
 impl KvmVcpu {
     /// Create vCPU `id` in `vm` with sync regs where the host offers them.
