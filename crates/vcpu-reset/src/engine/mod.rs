@@ -113,6 +113,8 @@ pub struct Vcpu<B: Backend> {
     expected: Option<(VcpuState, spec::Event)>,
     init_latched: Option<spec::InitRule>,
     host_init: HostInitUse,
+    /// The RESET state of this vCPU, built once: it depends only on the model and identity.
+    reset_state: Option<Box<VcpuState>>,
 }
 
 impl<B: Backend> Vcpu<B> {
@@ -125,6 +127,7 @@ impl<B: Backend> Vcpu<B> {
             expected: None,
             init_latched: None,
             host_init: HostInitUse::default(),
+            reset_state: None,
         }
     }
 
@@ -189,7 +192,10 @@ impl<B: Backend> Vcpu<B> {
     /// does not hold the whole state, that INIT does the bulk (see the module documentation).
     pub fn reset(&mut self) -> Result<Outcome, EngineError> {
         let before = self.cache.backend_stats();
-        let target = spec::expected_state(&self.model, self.identity, Transition::Reset);
+        let (model, identity) = (self.model, self.identity);
+        let target = **self.reset_state.get_or_insert_with(|| {
+            Box::new(spec::expected_state(&model, identity, Transition::Reset))
+        });
         self.init_latched = None;
         if let Some(slots_written) = self.reset_with_host_init(&target)? {
             self.expected = Some((target, spec::Event::Reset));
