@@ -16,9 +16,16 @@
 //! inexact, later RESETs leave the INIT to the vCPU's next run (the backend's `lazy`), which
 //! on KVM saves one ioctl. Fields the backend does not hold are skipped. A class is checked
 //! again only if the backend did not establish it the first time (its INIT did not take effect
-//! then). Classes the
-//! backend stored from the RESET state itself in the same call (the MSRs on KVM, which INIT
-//! keeps: SDM Table 10-1, APM Table 14-1) are taken as stored without reading them back.
+//! then). Classes the backend stored from the RESET state itself in the same call (the MSRs on
+//! KVM, which INIT keeps: SDM Table 10-1, APM Table 14-1) are taken as stored without reading
+//! them back.
+//!
+//! A vCPU that has not entered the guest since its last RESET, and whose x87/SSE state, XCR0,
+//! MSRs and local APIC the host has not stored since, still holds the RESET values of the
+//! classes INIT keeps ([`Backend::touch_count`] tells): the backend is told so (`kept`) and
+//! the engine stores none of them again. On KVM that is an AP that waited for SIPI through a
+//! whole boot, the usual AP at a reboot from firmware: KVM_SET_VCPU_EVENTS (raising the INIT)
+//! and KVM_GET_MP_STATE, two ioctls.
 
 use vcpu_reset_spec::{Field, VcpuState};
 

@@ -12,7 +12,8 @@
 //! in-kernel INIT), [`Vcpu::reset`] lets it do the bulk of the RESET and writes only what INIT
 //! keeps but RESET changes; each class the host's INIT sets is checked against the spec the
 //! first time and stored by the engine from then on where it is off (`host_init.rs`). The
-//! result is the same state; on KVM it takes four ioctls instead of six or seven.
+//! result is the same state; on KVM it takes four ioctls instead of six or seven, and two for a
+//! vCPU that has not run since its last RESET (its x87/SSE state, XCR0 and MSRs are kept).
 //!
 //! INIT honours the virtualization extensions' blocking rules ([`spec::init_outcome`]): held
 //! in VMX root operation or with SVM's GIF clear (latched, and applied by

@@ -34,7 +34,11 @@
 //! a host-side read before the next KVM_RUN sees exactly the RESET state. A RESET thus costs
 //! KVM_SET_MSRS, KVM_GET_MP_STATE, KVM_SET_XSAVE and KVM_SET_XCRS: four ioctls, plus one per
 //! class the INIT leaves wrong on the host (e.g. KVM_SET_LAPIC for the BSP where KVM's
-//! LINT0_REENABLED quirk makes its LVT LINT0 0x700).
+//! LINT0_REENABLED quirk makes its LVT LINT0 0x700). Where the caller vouches that the MSRs
+//! are at their RESET values already (`kept`: the vCPU has not run since its last RESET) and
+//! the TSC needs no write, no MSR is written: the INIT is raised with `smi.latched_init` in a
+//! KVM_SET_VCPU_EVENTS instead (`quiet_host_init`), and x87/SSE state and XCR0 are not stored
+//! either: two ioctls.
 //!
 //! *Lazily* (when asked), the INIT is left for the next KVM_RUN, which saves KVM_GET_MP_STATE:
 //! three ioctls. KVM applies sync regs before it acts on the INIT, so REGS, SREGS and EVENTS

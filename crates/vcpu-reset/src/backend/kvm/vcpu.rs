@@ -268,7 +268,7 @@ impl KvmVcpu {
     /// not yet started?), KVM_GET_VCPU_EVENTS (does KVM report the interrupt shadow?), and one
     /// KVM_GET_MSRS, plus one more per MSR the host lists but the vCPU refuses, and
     /// KVM_GET_STATS_FD (the vCPU's count of guest entries, which lets a RESET skip what an AP
-    /// that never ran cannot have changed: [`Backend::guest_entries`]).
+    /// that never ran cannot have changed: [`Backend::touch_count`]).
     ///
     /// # Errors
     /// [`KvmError::Ioctl`] naming the ioctl that failed.
