@@ -145,11 +145,12 @@ fn cli_bench_reboot_prints_every_path() {
         .lines()
         .filter(|l| l.starts_with("1 ") && (l.contains("in place") || l.contains("recreate")))
         .collect();
-    assert_eq!(rows.len(), 3, "{text}");
+    assert_eq!(rows.len(), 4, "{text}");
     assert!(
         rows[0].contains("in place")
             && rows[1].contains("in place, 1 thread")
-            && rows[2].contains("recreate"),
+            && rows[2].contains("in place, all ran")
+            && rows[3].contains("recreate"),
         "{text}"
     );
 }
