@@ -35,6 +35,21 @@ fn budget(inexact: ClassSet, untouched: bool) -> (u64, u64) {
     (1, 3 - kept + inexact.iter().count() as u64)
 }
 
+/// A runner VM of `vcpus` vCPUs with the exit bench's firmware and loop, or `None` (having
+/// said why) where KVM cannot be used.
+fn loop_vm(vcpus: u32) -> Option<Vm> {
+    let host = kvm_for_tests()?;
+    let program = Program::build().expect("bench program");
+    let config = VmConfig {
+        vcpus,
+        sink: Sink::Discard,
+        ..VmConfig::default()
+    };
+    let vm = Vm::with_host(host, &program.firmware, config).expect("VM");
+    vm.memory().write(CODE, &program.code).expect("loop");
+    Some(vm)
+}
+
 fn out_exit(exit: &Exit) -> bool {
     matches!(
         exit,
@@ -93,15 +108,7 @@ fn reset_within_budget(v: &mut Vcpu<KvmVcpu>, who: &str, untouched: bool) -> u64
 
 #[test]
 fn a_reset_takes_four_vcpu_ioctls_after_the_guest_ran_and_two_where_it_did_not() {
-    let Some(host) = kvm_for_tests() else { return };
-    let program = Program::build().expect("bench program");
-    let config = VmConfig {
-        vcpus: 3,
-        sink: Sink::Discard,
-        ..VmConfig::default()
-    };
-    let mut vm = Vm::with_host(host, &program.firmware, config).expect("VM");
-    vm.memory().write(CODE, &program.code).expect("loop");
+    let Some(mut vm) = loop_vm(3) else { return };
     let vcpus = vm.vcpus();
     // vCPU 0, the BSP, runs from the reset vector into the loop; vCPU 2 is started at the
     // loop (SIPI vector 1: CS 0x0100, IP 0, linear CODE) and runs it; vCPU 1 waits for SIPI
@@ -252,15 +259,7 @@ fn where_kvms_init_leaves_a_class_wrong_the_engine_finds_it_once_and_stores_it_i
 
 #[test]
 fn leaving_kvms_init_to_the_next_run_takes_three_ioctls_and_is_exact_where_the_check_says_so() {
-    let Some(host) = kvm_for_tests() else { return };
-    let program = Program::build().expect("bench program");
-    let config = VmConfig {
-        vcpus: 2,
-        sink: Sink::Discard,
-        ..VmConfig::default()
-    };
-    let mut vm = Vm::with_host(host, &program.firmware, config).expect("VM");
-    vm.memory().write(CODE, &program.code).expect("loop");
+    let Some(mut vm) = loop_vm(2) else { return };
     let vcpus = vm.vcpus();
     let Some(off) = vcpus[0].host_init_clobbered_off() else {
         eprintln!("skipped: the host offers no INIT to build on");
@@ -361,14 +360,7 @@ fn kvms_init_keeps_a_changed_apic_id_and_x2apic_mode_but_the_reset_does_not() {
 
 #[test]
 fn a_startup_ipi_pending_at_a_short_reset_does_not_start_the_ap() {
-    let Some(host) = kvm_for_tests() else { return };
-    let program = Program::build().expect("bench program");
-    let config = VmConfig {
-        vcpus: 2,
-        sink: Sink::Discard,
-        ..VmConfig::default()
-    };
-    let mut vm = Vm::with_host(host, &program.firmware, config).expect("VM");
+    let Some(mut vm) = loop_vm(2) else { return };
     let vcpus = vm.vcpus();
     if vcpus[1].cache().backend_mut().touch_count().is_none() {
         eprintln!("skipped: the host does not count guest entries");
