@@ -231,16 +231,50 @@ fn install_kick_handler() {
     });
 }
 
-/// A VM built from a firmware image.
-pub struct Vm {
-    // Field order is drop order: vCPUs and the VM fd go before the memory they map.
-    vcpus: Vec<Vcpu<KvmVcpu>>,
+/// Everything of the VM but its vCPUs: what the VM-level part of a reboot puts back.
+struct Board {
+    // Field order is drop order: the VM fd goes before the memory it maps.
     vm: VmFd,
     memory: GuestMemory,
-    host: KvmHost,
     platform: Mutex<Platform>,
     pristine_chips: Vec<kvm_irqchip>,
     pristine_pit: kvm_pit_state2,
+}
+
+impl Board {
+    /// The VM-level part of a reboot, once every vCPU is through: irqchip and PIT back to
+    /// their creation state on RESET, firmware restored, devices told.
+    fn restore(&self, kind: RebootKind) -> Result<(), RunError> {
+        if kind == RebootKind::Reset {
+            for chip in &self.pristine_chips {
+                self.vm
+                    .set_irqchip(chip)
+                    .map_err(|errno| RunError::VmIoctl {
+                        op: "KVM_SET_IRQCHIP",
+                        errno,
+                    })?;
+            }
+            self.vm
+                .set_pit2(&self.pristine_pit)
+                .map_err(|errno| RunError::VmIoctl {
+                    op: "KVM_SET_PIT2",
+                    errno,
+                })?;
+        }
+        self.memory.restore_firmware()?;
+        if let Ok(mut p) = self.platform.lock() {
+            p.on_reboot(kind);
+        }
+        Ok(())
+    }
+}
+
+/// A VM built from a firmware image.
+pub struct Vm {
+    // Field order is drop order: vCPUs go before the VM fd and the memory they map.
+    vcpus: Vec<Vcpu<KvmVcpu>>,
+    board: Board,
+    host: KvmHost,
     config: VmConfig,
     model: CpuModel,
     reset_threads: usize,
@@ -337,12 +371,14 @@ impl Vm {
         ));
         let mut vm = Vm {
             vcpus,
-            vm,
-            memory,
+            board: Board {
+                vm,
+                memory,
+                platform,
+                pristine_chips,
+                pristine_pit,
+            },
             host,
-            platform,
-            pristine_chips,
-            pristine_pit,
             config,
             model,
             reset_threads: std::thread::available_parallelism()
@@ -369,7 +405,7 @@ impl Vm {
 
     /// The guest memory.
     pub fn memory(&self) -> &GuestMemory {
-        &self.memory
+        &self.board.memory
     }
 
     /// The host.
@@ -429,26 +465,7 @@ impl Vm {
     /// state on RESET, firmware restored, RAM kept. Returns the engine's backend calls.
     pub fn reboot(&mut self, kind: RebootKind) -> Result<Stats, RunError> {
         let calls = self.reset_vcpus(kind)?;
-        if kind == RebootKind::Reset {
-            for chip in &self.pristine_chips {
-                self.vm
-                    .set_irqchip(chip)
-                    .map_err(|errno| RunError::VmIoctl {
-                        op: "KVM_SET_IRQCHIP",
-                        errno,
-                    })?;
-            }
-            self.vm
-                .set_pit2(&self.pristine_pit)
-                .map_err(|errno| RunError::VmIoctl {
-                    op: "KVM_SET_PIT2",
-                    errno,
-                })?;
-        }
-        self.memory.restore_firmware()?;
-        if let Ok(mut p) = self.platform.lock() {
-            p.on_reboot(kind);
-        }
+        self.board.restore(kind)?;
         Ok(calls)
     }
 
@@ -516,7 +533,7 @@ impl Vm {
         let stop = AtomicBool::new(false);
         let threads: Vec<OnceLock<Kickable>> = (0..n).map(|_| OnceLock::new()).collect();
         let (tx, rx) = mpsc::channel::<BootEnd>();
-        let platform = &self.platform;
+        let platform = &self.board.platform;
         std::thread::scope(|s| {
             let mut handles = Vec::new();
             for (i, v) in self.vcpus.iter_mut().enumerate() {
