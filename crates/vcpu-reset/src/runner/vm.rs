@@ -231,7 +231,7 @@ type VcpuCrew = Crew<BootEnd, RebootKind, Result<Stats, EngineError>>;
 type VcpuMember<'c> = Member<'c, BootEnd, RebootKind, Result<Stats, EngineError>>;
 
 /// The wait between two rounds of kicks for the threads not yet out of `KVM_RUN`.
-const KICK_PAUSE: Duration = Duration::from_micros(20);
+const KICK_PAUSE: Duration = Duration::from_micros(50);
 
 extern "C" fn kick_handler(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
 
