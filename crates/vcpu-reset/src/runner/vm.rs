@@ -1,15 +1,24 @@
 //! The VM: KVM VM and vCPUs, guest memory, devices, the run loop and warm reboot in place.
 //!
-//! Each vCPU runs `KVM_RUN` on its own thread for one *boot*. A boot ends when a vCPU asks for
-//! a reboot (triple fault, 0xCF9, port 0x92, KBC 0xFE), the guest writes the exit port, a vCPU
-//! fails, or the time limit passes. The main thread then stops the others by signalling their
-//! threads (a no-op handler makes `KVM_RUN` return `EINTR`), and — for a reboot — puts every
-//! vCPU back with the engine, the in-kernel PIC/IOAPIC/PIT back to the state they had when the
-//! VM was created, and the firmware image back in place. RAM is kept. No VM or vCPU fd is ever
-//! recreated.
+//! [`Vm::run`] starts one thread per vCPU and keeps it for the whole run, as a VMM does; each
+//! runs `KVM_RUN` on its vCPU for one *boot* after another. A boot ends when a vCPU asks for a
+//! reboot (triple fault, 0xCF9, port 0x92, KBC 0xFE), the guest writes the exit port, a vCPU
+//! fails, or the time limit passes. The main thread then decides what comes next (a reboot of
+//! kind RESET or INIT, or the end of the run) and publishes it before it stops the threads by
+//! signalling them (a no-op handler makes `KVM_RUN` return `EINTR`; repeated for a thread not
+//! yet out, since a signal that lands just before `KVM_RUN` is lost). At this rendezvous
+//! (`runner/crew.rs`) each thread, once out of `KVM_RUN`, puts its own vCPU back with the
+//! engine and counts itself done; when the last is done the main thread puts the in-kernel
+//! PIC/IOAPIC/PIT back to the state they had when the VM was created and the firmware image
+//! back in place, then starts the next boot. RAM is kept. No VM or vCPU fd is ever recreated,
+//! and no thread is started after the first boot. At the end of the run every thread is
+//! joined.
+//!
+//! [`Vm::reboot`], for callers that hold the VM between runs, reboots it in place from the
+//! calling thread, spreading the vCPUs' RESET or INIT over a few short-lived threads
+//! ([`crate::engine::parallel`]).
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc;
 use std::sync::{Mutex, Once, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -21,6 +30,7 @@ use kvm_bindings::{
 use kvm_ioctls::{Cap, VmFd};
 use vcpu_reset_spec::{CpuModel, VcpuIdentity};
 
+use super::crew::{Crew, Member, Step, Wake};
 use super::devices::{Platform, PortAction, RebootKind, RebootReason, Sink};
 use super::firmware::Firmware;
 use super::memory::{GuestMemory, MemoryError};
@@ -206,14 +216,22 @@ impl RunOutcome {
     }
 }
 
-/// What ended one boot.
+/// What ended one boot, as a vCPU thread reports it.
 enum BootEnd {
     Exit(u32),
     Reboot(RebootReason, u32),
     Failed(u32, String),
-    Timeout,
     Output(String),
 }
+
+/// The vCPU threads' rendezvous: boot ends reported, reboot kinds published, each vCPU's
+/// engine result (its backend calls) handed in.
+type VcpuCrew = Crew<BootEnd, RebootKind, Result<Stats, EngineError>>;
+/// A vCPU thread's handle on the rendezvous.
+type VcpuMember<'c> = Member<'c, BootEnd, RebootKind, Result<Stats, EngineError>>;
+
+/// The wait between two rounds of kicks for the threads not yet out of `KVM_RUN`.
+const KICK_PAUSE: Duration = Duration::from_micros(50);
 
 extern "C" fn kick_handler(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
 
@@ -231,16 +249,50 @@ fn install_kick_handler() {
     });
 }
 
-/// A VM built from a firmware image.
-pub struct Vm {
-    // Field order is drop order: vCPUs and the VM fd go before the memory they map.
-    vcpus: Vec<Vcpu<KvmVcpu>>,
+/// Everything of the VM but its vCPUs: what the VM-level part of a reboot puts back.
+struct Board {
+    // Field order is drop order: the VM fd goes before the memory it maps.
     vm: VmFd,
     memory: GuestMemory,
-    host: KvmHost,
     platform: Mutex<Platform>,
     pristine_chips: Vec<kvm_irqchip>,
     pristine_pit: kvm_pit_state2,
+}
+
+impl Board {
+    /// The VM-level part of a reboot, once every vCPU is through: irqchip and PIT back to
+    /// their creation state on RESET, firmware restored, devices told.
+    fn restore(&self, kind: RebootKind) -> Result<(), RunError> {
+        if kind == RebootKind::Reset {
+            for chip in &self.pristine_chips {
+                self.vm
+                    .set_irqchip(chip)
+                    .map_err(|errno| RunError::VmIoctl {
+                        op: "KVM_SET_IRQCHIP",
+                        errno,
+                    })?;
+            }
+            self.vm
+                .set_pit2(&self.pristine_pit)
+                .map_err(|errno| RunError::VmIoctl {
+                    op: "KVM_SET_PIT2",
+                    errno,
+                })?;
+        }
+        self.memory.restore_firmware()?;
+        if let Ok(mut p) = self.platform.lock() {
+            p.on_reboot(kind);
+        }
+        Ok(())
+    }
+}
+
+/// A VM built from a firmware image.
+pub struct Vm {
+    // Field order is drop order: vCPUs go before the VM fd and the memory they map.
+    vcpus: Vec<Vcpu<KvmVcpu>>,
+    board: Board,
+    host: KvmHost,
     config: VmConfig,
     model: CpuModel,
     reset_threads: usize,
@@ -337,12 +389,14 @@ impl Vm {
         ));
         let mut vm = Vm {
             vcpus,
-            vm,
-            memory,
+            board: Board {
+                vm,
+                memory,
+                platform,
+                pristine_chips,
+                pristine_pit,
+            },
             host,
-            platform,
-            pristine_chips,
-            pristine_pit,
             config,
             model,
             reset_threads: std::thread::available_parallelism()
@@ -354,10 +408,11 @@ impl Vm {
         Ok(vm)
     }
 
-    /// The most threads a reboot spreads the vCPUs' RESET or INIT over (default: the CPUs
-    /// available to this process; 1 does them one after another on the calling thread). Fewer
-    /// are used where there are too few vCPUs to pay for a thread
-    /// ([`crate::engine::parallel::threads_for`]).
+    /// The most threads [`Vm::reboot`] (and the power-on RESET) spreads the vCPUs' RESET or
+    /// INIT over (default: the CPUs available to this process; 1 does them one after another
+    /// on the calling thread). Fewer are used where there are too few vCPUs to pay for a thread
+    /// ([`crate::engine::parallel::threads_for`]). The reboots inside [`Vm::run`] need none:
+    /// there each vCPU's own thread puts it back.
     pub fn set_reset_threads(&mut self, threads: usize) {
         self.reset_threads = threads.max(1);
     }
@@ -369,7 +424,7 @@ impl Vm {
 
     /// The guest memory.
     pub fn memory(&self) -> &GuestMemory {
-        &self.memory
+        &self.board.memory
     }
 
     /// The host.
@@ -407,20 +462,16 @@ impl Vm {
     /// ([`crate::engine::parallel`]); returns the backend calls made.
     fn reset_vcpus(&mut self, kind: RebootKind) -> Result<Stats, RunError> {
         let threads = crate::engine::parallel::threads_for(self.vcpus.len(), self.reset_threads);
-        let results =
-            crate::engine::parallel::for_each_vcpu(&mut self.vcpus, threads, |v| match kind {
-                RebootKind::Reset => v.reset(),
-                RebootKind::Init => v.init(),
-            });
+        let results = crate::engine::parallel::for_each_vcpu(&mut self.vcpus, threads, |v| {
+            reset_one(v, kind)
+        });
         let mut total = Stats::default();
         for (i, r) in results.into_iter().enumerate() {
-            let out = r.map_err(|source| RunError::Engine {
+            let calls = r.map_err(|source| RunError::Engine {
                 vcpu: i as u32,
                 source,
             })?;
-            total.loads += out.calls.loads;
-            total.stores += out.calls.stores;
-            total.other += out.calls.other;
+            add_calls(&mut total, &calls);
         }
         Ok(total)
     }
@@ -429,131 +480,207 @@ impl Vm {
     /// state on RESET, firmware restored, RAM kept. Returns the engine's backend calls.
     pub fn reboot(&mut self, kind: RebootKind) -> Result<Stats, RunError> {
         let calls = self.reset_vcpus(kind)?;
-        if kind == RebootKind::Reset {
-            for chip in &self.pristine_chips {
-                self.vm
-                    .set_irqchip(chip)
-                    .map_err(|errno| RunError::VmIoctl {
-                        op: "KVM_SET_IRQCHIP",
-                        errno,
-                    })?;
-            }
-            self.vm
-                .set_pit2(&self.pristine_pit)
-                .map_err(|errno| RunError::VmIoctl {
-                    op: "KVM_SET_PIT2",
-                    errno,
-                })?;
-        }
-        self.memory.restore_firmware()?;
-        if let Ok(mut p) = self.platform.lock() {
-            p.on_reboot(kind);
-        }
+        self.board.restore(kind)?;
         Ok(calls)
     }
 
     /// Run until the guest writes the exit port, rebooting in place whenever it asks.
     ///
+    /// Every vCPU runs on one thread of its own for the whole run, which also puts it back at
+    /// each reboot (see the module's documentation); all are joined before this returns. A
+    /// vCPU thread that panics ends the run: the panic is resumed here once every thread is
+    /// joined.
+    ///
     /// Memory stays bounded however many reboots the guest asks for: a count per reason and
     /// the last [`KEPT_REBOOTS`] records.
     pub fn run(&mut self) -> Result<RunOutcome, RunError> {
+        install_kick_handler();
         // A limit that does not fit the clock (Duration::MAX) is no limit.
         let deadline = Instant::now().checked_add(self.config.timeout);
-        let mut reboots = std::collections::VecDeque::with_capacity(KEPT_REBOOTS);
-        let mut counts = std::collections::BTreeMap::new();
-        let mut done: u64 = 0;
-        let saturate = |n: u64| u32::try_from(n).unwrap_or(u32::MAX);
-        loop {
-            match self.boot(deadline) {
-                BootEnd::Exit(v) => {
-                    return Ok(RunOutcome {
-                        exit_value: v,
-                        reboots: reboots.into(),
-                        reboot_counts: counts,
+        let n = self.vcpus.len();
+        let crew = VcpuCrew::new(n);
+        let kickers: Vec<OnceLock<Kickable>> = (0..n).map(|_| OnceLock::new()).collect();
+        let Vm {
+            vcpus,
+            board,
+            config,
+            ..
+        } = self;
+        let (board, config) = (&*board, &*config);
+        std::thread::scope(|s| {
+            let mut handles = Vec::with_capacity(n);
+            let mut unstarted = None;
+            for (i, v) in vcpus.iter_mut().enumerate() {
+                // Moved into the thread, so that its drop marks the vCPU gone however the
+                // thread ends (or at once, if it cannot be started).
+                let member = crew.member(i);
+                let kicker = &kickers[i];
+                let platform = &board.platform;
+                let spawned = std::thread::Builder::new()
+                    .name(format!("vcpu{i}"))
+                    .spawn_scoped(s, move || {
+                        vcpu_thread(i as u32, v, platform, &member, kicker);
                     });
-                }
-                BootEnd::Timeout => {
-                    return Err(RunError::Timeout {
-                        secs: self.config.timeout.as_secs_f64(),
-                        reboots: saturate(done),
-                    });
-                }
-                BootEnd::Failed(vcpu, what) => return Err(RunError::VcpuFailed { vcpu, what }),
-                BootEnd::Output(what) => return Err(RunError::Output(what)),
-                BootEnd::Reboot(reason, vcpu) => {
-                    let number = done + 1;
-                    if number > u64::from(self.config.max_reboots) {
-                        return Err(RunError::RebootLimit {
-                            n: saturate(number),
-                            reason: reason.name(),
-                            max: self.config.max_reboots,
+                match spawned {
+                    Ok(h) => handles.push(Some(h)),
+                    Err(e) => {
+                        handles.push(None);
+                        unstarted.get_or_insert(RunError::VcpuFailed {
+                            vcpu: i as u32,
+                            what: format!("its thread could not be started: {e}"),
                         });
                     }
-                    let start = Instant::now();
-                    let calls = self.reboot(reason.kind())?;
-                    done = number;
-                    *counts.entry(reason).or_insert(0u64) += 1;
-                    if reboots.len() == KEPT_REBOOTS {
-                        reboots.pop_front();
-                    }
-                    reboots.push_back(RebootRecord {
-                        number: saturate(number),
-                        reason,
-                        kind: reason.kind(),
-                        vcpu,
-                        micros: u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX),
-                        calls_per_vcpu: calls.calls() as f64 / self.vcpus.len() as f64,
-                    });
                 }
             }
-        }
-    }
-
-    /// One boot: every vCPU on its own thread until something ends it.
-    fn boot(&mut self, deadline: Option<Instant>) -> BootEnd {
-        install_kick_handler();
-        let n = self.vcpus.len();
-        let stop = AtomicBool::new(false);
-        let threads: Vec<OnceLock<Kickable>> = (0..n).map(|_| OnceLock::new()).collect();
-        let (tx, rx) = mpsc::channel::<BootEnd>();
-        let platform = &self.platform;
-        std::thread::scope(|s| {
-            let mut handles = Vec::new();
-            for (i, v) in self.vcpus.iter_mut().enumerate() {
-                let tx = tx.clone();
-                let stop = &stop;
-                let me = &threads[i];
-                handles.push(s.spawn(move || {
-                    let _ = me.set(Kickable::current());
-                    if let Some(end) = vcpu_loop(i as u32, v, platform, stop) {
-                        let _ = tx.send(end);
-                    }
-                }));
-            }
-            drop(tx);
-            let end = match deadline.map(|d| d.checked_duration_since(Instant::now())) {
-                Some(Some(left)) => rx.recv_timeout(left).unwrap_or(BootEnd::Timeout),
-                Some(None) => BootEnd::Timeout,
-                // No limit: wait for a vCPU to report (every vCPU gone without a word is
-                // reported as a failure rather than waited on forever).
-                None => rx.recv().unwrap_or_else(|_| {
-                    BootEnd::Failed(0, "every vCPU thread ended without a report".into())
-                }),
+            let kick = |i: usize| {
+                if let (Some(Some(h)), Some(k)) =
+                    (handles.get(i), kickers.get(i).and_then(OnceLock::get))
+                {
+                    k.kick(h, kick_signal());
+                }
             };
-            stop.store(true, Ordering::SeqCst);
-            // Kick until every thread is out: a signal that lands just before a thread enters
-            // KVM_RUN is lost, so repeat.
-            while handles.iter().any(|h| !h.is_finished()) {
-                for (h, thread) in handles.iter().zip(&threads) {
-                    if let Some(t) = thread.get() {
-                        t.kick(h, kick_signal());
-                    }
+            let result = match unstarted {
+                Some(e) => Err(e),
+                None => drive(&crew, board, config, n, deadline, &kick),
+            };
+            // However the run ended: no vCPU in KVM_RUN, every thread told to return.
+            crew.publish(Step::Finish);
+            crew.kick_until_out(KICK_PAUSE, kick);
+            let mut panicked = None;
+            for h in handles.into_iter().flatten() {
+                if let Err(payload) = h.join() {
+                    panicked.get_or_insert(payload);
                 }
-                std::thread::sleep(Duration::from_micros(20));
             }
-            end
+            if let Some(payload) = panicked {
+                std::panic::resume_unwind(payload);
+            }
+            result
         })
     }
+}
+
+/// The main thread's side of [`Vm::run`]: wait for each boot to end, decide, and for a reboot
+/// stop the vCPU threads, wait for their RESET or INIT, do the VM-level part and start the
+/// next boot. Returns how the run ended; the caller then finishes the crew and joins it.
+fn drive(
+    crew: &VcpuCrew,
+    board: &Board,
+    config: &VmConfig,
+    vcpus: usize,
+    deadline: Option<Instant>,
+    kick: &dyn Fn(usize),
+) -> Result<RunOutcome, RunError> {
+    let mut reboots = std::collections::VecDeque::with_capacity(KEPT_REBOOTS);
+    let mut counts = std::collections::BTreeMap::new();
+    let mut done: u64 = 0;
+    let saturate = |n: u64| u32::try_from(n).unwrap_or(u32::MAX);
+    let lost = |i: usize| RunError::VcpuFailed {
+        vcpu: saturate(i as u64),
+        what: "its thread ended".into(),
+    };
+    loop {
+        let end = crew.wait_end(deadline);
+        let start = Instant::now();
+        let (reason, vcpu) = match end {
+            Wake::Report(BootEnd::Reboot(reason, vcpu)) => (reason, vcpu),
+            Wake::Report(BootEnd::Exit(v)) => {
+                return Ok(RunOutcome {
+                    exit_value: v,
+                    reboots: reboots.into(),
+                    reboot_counts: counts,
+                });
+            }
+            Wake::Report(BootEnd::Failed(vcpu, what)) => {
+                return Err(RunError::VcpuFailed { vcpu, what });
+            }
+            Wake::Report(BootEnd::Output(what)) => return Err(RunError::Output(what)),
+            Wake::Timeout => {
+                return Err(RunError::Timeout {
+                    secs: config.timeout.as_secs_f64(),
+                    reboots: saturate(done),
+                });
+            }
+            Wake::Lost(i) => return Err(lost(i)),
+        };
+        let number = done + 1;
+        if number > u64::from(config.max_reboots) {
+            return Err(RunError::RebootLimit {
+                n: saturate(number),
+                reason: reason.name(),
+                max: config.max_reboots,
+            });
+        }
+        let kind = reason.kind();
+        crew.publish(Step::Reboot(kind));
+        crew.kick_until_out(KICK_PAUSE, kick);
+        // Each thread resets its own vCPU as soon as it is out; wait for the last.
+        let mut calls = Stats::default();
+        for (i, r) in crew.wait_done().into_iter().enumerate() {
+            match r {
+                Some(Ok(c)) => add_calls(&mut calls, &c),
+                Some(Err(source)) => {
+                    return Err(RunError::Engine {
+                        vcpu: saturate(i as u64),
+                        source,
+                    });
+                }
+                None => return Err(lost(i)),
+            }
+        }
+        board.restore(kind)?;
+        done = number;
+        *counts.entry(reason).or_insert(0u64) += 1;
+        if reboots.len() == KEPT_REBOOTS {
+            reboots.pop_front();
+        }
+        reboots.push_back(RebootRecord {
+            number: saturate(number),
+            reason,
+            kind,
+            vcpu,
+            micros: u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX),
+            calls_per_vcpu: calls.calls() as f64 / vcpus as f64,
+        });
+        crew.start();
+    }
+}
+
+/// A vCPU thread of [`Vm::run`]: boot after boot, run the vCPU until told to stop, then do
+/// what the main thread published: put the vCPU back (RESET or INIT) or return.
+fn vcpu_thread(
+    id: u32,
+    v: &mut Vcpu<KvmVcpu>,
+    platform: &Mutex<Platform>,
+    me: &VcpuMember<'_>,
+    kicker: &OnceLock<Kickable>,
+) {
+    let _ = kicker.set(Kickable::current());
+    let mut seen = 0;
+    while me.wait_start(&mut seen) {
+        if let Some(end) = vcpu_loop(id, v, platform, me.stop_flag()) {
+            me.report(end);
+        }
+        match me.leave() {
+            Step::Reboot(kind) => me.done(reset_one(v, kind)),
+            Step::Run | Step::Finish => return,
+        }
+    }
+}
+
+/// One vCPU through RESET or INIT with the engine; the backend calls it made.
+fn reset_one(v: &mut Vcpu<KvmVcpu>, kind: RebootKind) -> Result<Stats, EngineError> {
+    let out = match kind {
+        RebootKind::Reset => v.reset(),
+        RebootKind::Init => v.init(),
+    }?;
+    Ok(out.calls)
+}
+
+fn add_calls(total: &mut Stats, c: &Stats) {
+    total.loads += c.loads;
+    total.stores += c.stores;
+    total.other += c.other;
 }
 
 /// Turn off KVM's LINT0_REENABLED quirk where the host lets a VM do so: KVM's own INIT and
