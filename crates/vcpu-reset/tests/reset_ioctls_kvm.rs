@@ -398,9 +398,16 @@ fn a_startup_ipi_pending_at_a_short_reset_does_not_start_the_ap() {
     vcpus[1].cache().invalidate();
     let out = vcpus[1].reset().expect("RESET");
     eprintln!("AP with a SIPI pending: RESET {:?}", out.calls);
+    let shape = (out.calls.loads, out.calls.stores);
     assert!(
-        out.calls.stores > 1,
-        "KVM started the AP after the INIT and the engine stored the state back: {:?}",
+        // KVM_SET_VCPU_EVENTS raised the INIT and KVM_GET_MP_STATE took it, then KVM started
+        // the AP with the SIPI; the engine stored the local APIC, debug registers and MP state
+        // back, and nothing else (no KVM_SET_MSRS, XSAVE or XCRS) ...
+        shape == (1, 4)
+            // ... or, where the short RESET writes IA32_TSC, the INIT rode that KVM_SET_MSRS
+            // as an INIT IPI, which drops a pending SIPI by itself.
+            || shape == (1, 1),
+        "{:?}",
         out.calls
     );
     let devs = vcpus[1].verify().expect("verify");

@@ -69,6 +69,23 @@ pub struct KvmCaps {
     pub set_tss_addr: bool,
     /// KVM_CAP_SET_IDENTITY_MAP_ADDR.
     pub set_identity_map_addr: bool,
+    /// A host write of IA32_APIC_BASE that goes from x2APIC straight to xAPIC mode sets the
+    /// xAPIC ID back to the vCPU id: Linux 6.3 and later (commit 052c3b99cbc8, "KVM: x86:
+    /// Reinitialize xAPIC ID when userspace forces x2APIC => xAPIC"); taken from the kernel
+    /// release, so a kernel that has the fix backported under an older number is treated as
+    /// lacking it (the RESET then disables the APIC in between, which is slower, not wrong).
+    pub x2apic_exit_sets_xapic_id: bool,
+}
+
+/// Whether the Linux release `release` (e.g. "6.18.44-fc") is `major.minor` or later.
+pub(super) fn release_at_least(release: &str, major: u32, minor: u32) -> bool {
+    let mut parts = release
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|p| p.parse::<u32>().ok());
+    match (parts.next().flatten(), parts.next().flatten()) {
+        (Some(a), Some(b)) => (a, b) >= (major, minor),
+        _ => false,
+    }
 }
 
 /// An open `/dev/kvm`, with the host's capabilities, supported CPUID and MSRs recorded.
@@ -354,6 +371,8 @@ fn probe_caps(kvm: &Kvm) -> KvmCaps {
         mce_cap,
         set_tss_addr: cap(KVM_CAP_SET_TSS_ADDR) > 0,
         set_identity_map_addr: cap(KVM_CAP_SET_IDENTITY_MAP_ADDR) > 0,
+        x2apic_exit_sets_xapic_id: std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .is_ok_and(|r| release_at_least(r.trim(), 6, 3)),
     }
 }
 
@@ -413,6 +432,17 @@ fn host_or_skip<T>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kernel_releases_compare_by_major_and_minor() {
+        assert!(release_at_least("6.18.44-fc-v1272", 6, 3));
+        assert!(release_at_least("6.3.0", 6, 3));
+        assert!(release_at_least("7.0-rc1", 6, 3));
+        assert!(!release_at_least("6.2.16-300.fc38.x86_64", 6, 3));
+        assert!(!release_at_least("5.15.0-91-generic", 6, 3));
+        assert!(!release_at_least("unknown", 6, 3));
+        assert!(!release_at_least("", 6, 3));
+    }
 
     #[test]
     fn a_missing_kvm_skips_with_the_reason() {

@@ -20,7 +20,8 @@
 //!    KVM's INIT leaves the vCPU RUNNABLE or waiting for SIPI) first. Leaving x2APIC mode
 //!    straight for xAPIC mode is a transition only the host may make (SDM Vol. 3A §11.12.5
 //!    forbids it to software); KVM sets the xAPIC ID back to the vCPU id on it, which INIT
-//!    would keep.
+//!    would keep. It does since Linux 6.3; on older kernels the preamble disables the APIC
+//!    first (IA32_APIC_BASE = 0), and enabling it again resets the ID there.
 //!
 //! Each of these writes changes the APIC mode or ID, and KVM recomputes its VM-wide APIC map
 //! (`kvm_recalculate_apic_map`, a walk over every vCPU) after each, and once more for the INIT:
@@ -90,21 +91,27 @@ pub(super) const CLOBBERED: ClassSet = ClassSet::EMPTY
     .with(StateClass::Sregs)
     .with(StateClass::Events);
 
-/// The MSR writes that raise KVM's INIT of vCPU `id` (see the module documentation).
-pub(super) fn init_preamble(id: u64, apic_base: u64) -> [kvm_msr_entry; 2] {
+/// The MSR writes that raise KVM's INIT of vCPU `id` (see the module documentation). Where
+/// leaving x2APIC mode straight for xAPIC mode does not reset the xAPIC ID (`direct_exit`
+/// false: Linux before 6.3), the local APIC is disabled in between, which does.
+pub(super) fn init_preamble(id: u64, apic_base: u64, direct_exit: bool) -> Vec<kvm_msr_entry> {
     let base = apic_base & !0xfff;
     let entry = |index, data| kvm_msr_entry {
         index,
         data,
         ..Default::default()
     };
-    [
+    let mut p = vec![
         entry(
             MSR_IA32_APIC_BASE,
             base | APIC_BASE_ENABLE | APIC_BASE_EXTD | (apic_base & APIC_BASE_BSP),
         ),
         entry(MSR_X2APIC_ICR, ((id & 0xffff_ffff) << 32) | ICR_INIT_ASSERT),
-    ]
+    ];
+    if !direct_exit {
+        p.push(entry(MSR_IA32_APIC_BASE, 0));
+    }
+    p
 }
 
 impl KvmVcpu {
@@ -150,7 +157,11 @@ impl KvmVcpu {
         {
             return self.quiet_host_init(target).map(Some);
         }
-        let preamble = init_preamble(self.id(), target.msrs.apic_base);
+        let preamble = init_preamble(
+            self.id(),
+            target.msrs.apic_base,
+            self.caps.x2apic_exit_sets_xapic_id,
+        );
         self.guest_state_stores += 1;
         match self.store_msrs_after(target, &preamble, kept.contains(StateClass::Msrs)) {
             Err(BackendError::MsrRefused { done, .. }) if done < preamble.len() => {
@@ -281,10 +292,18 @@ mod tests {
 
     #[test]
     fn the_preamble_turns_x2apic_on_and_raises_an_init_to_the_vcpu_itself() {
-        let p = init_preamble(3, 0xfee0_0900);
+        let p = init_preamble(3, 0xfee0_0900, true);
+        assert_eq!(p.len(), 2);
         assert_eq!((p[0].index, p[0].data), (0x1b, 0xfee0_0d00));
         assert_eq!((p[1].index, p[1].data), (0x830, 0x0000_0003_0000_4500));
-        let ap = init_preamble(1, 0xfee0_0800);
+        let ap = init_preamble(1, 0xfee0_0800, true);
         assert_eq!(ap[0].data, 0xfee0_0c00, "no BSP flag for an AP");
+        let old = init_preamble(3, 0xfee0_0900, false);
+        assert_eq!(
+            old.len(),
+            3,
+            "before Linux 6.3 the APIC is disabled in between"
+        );
+        assert_eq!((old[2].index, old[2].data), (0x1b, 0));
     }
 }

@@ -51,6 +51,14 @@ impl Saved {
 
 impl KvmVcpu {
     pub(super) fn run_vcpu(&mut self) -> Result<Exit, BackendError> {
+        if self.completes_insn {
+            // KVM finishes the instruction of the last port-I/O or MMIO exit at the start of
+            // this KVM_RUN, before it looks for a signal, so it may change state (an MMIO load
+            // into an XMM register, say) even where the vCPU never enters the guest and the
+            // `exits` count stays put: count it as a store of guest state.
+            self.guest_state_stores += 1;
+        }
+        self.completes_insn = false;
         self.answer = None;
         // A raised INIT takes effect in this KVM_RUN, after the deferred stores.
         self.init_pending = false;
@@ -110,6 +118,10 @@ impl KvmVcpu {
             Ok(seen) => {
                 self.after_run(true);
                 let exit = self.finish_exit(seen);
+                self.completes_insn = matches!(
+                    exit,
+                    Exit::Io { .. } | Exit::Mmio { .. } | Exit::Other(KVM_EXIT_IO)
+                );
                 if !matches!(exit, Exit::Interrupted) {
                     // The vCPU ran, so it is not waiting in UNINITIALIZED any more.
                     self.may_be_uninitialized = false;

@@ -218,8 +218,13 @@ pub struct KvmVcpu {
     pub(super) entries: Option<EntryCount>,
     /// The last count read, with `stats.runs` then: only KVM_RUN moves it.
     entries_seen: Option<(u64, u64)>,
-    /// Stores of classes only the guest changes otherwise ([`GUEST_STATE`]).
+    /// Stores of classes only the guest changes otherwise ([`GUEST_STATE`]), and KVM_RUNs that
+    /// may complete an instruction without entering the guest.
     pub(super) guest_state_stores: u64,
+    /// Times [`KvmVcpu::fd`] lent the fd out, through which anything may have been changed.
+    pub(super) fd_lent: std::sync::atomic::AtomicU64,
+    /// The last exit was port I/O or MMIO, whose instruction the next KVM_RUN completes.
+    pub(super) completes_insn: bool,
     pub(super) stats: Stats,
 }
 
@@ -352,6 +357,8 @@ impl KvmVcpu {
             entries: None,
             entries_seen: None,
             guest_state_stores: 0,
+            fd_lent: std::sync::atomic::AtomicU64::new(0),
+            completes_insn: false,
             stats,
         };
         vcpu.supported = vcpu.compute_supported();
@@ -681,8 +688,13 @@ impl Backend for KvmVcpu {
                 exits
             }
         };
-        // Both only grow, so the sum moves whenever either does.
-        Some(exits.wrapping_add(self.guest_state_stores))
+        // All three only grow, so the sum moves whenever one does.
+        let lent = self.fd_lent.load(std::sync::atomic::Ordering::Relaxed);
+        Some(
+            exits
+                .wrapping_add(self.guest_state_stores)
+                .wrapping_add(lent),
+        )
     }
 
     fn stats(&self) -> Stats {
