@@ -3,7 +3,7 @@
 
 use vcpu_reset_spec::{Field, Gpr, Seg, VcpuState};
 
-use super::{Backend, BackendError, ClassSet, Exit, StateClass, Stats};
+use super::{Backend, BackendError, ClassSet, Exit, HostInit, StateClass, Stats};
 
 /// A vCPU that is just a `VcpuState`, counting loads and stores per class.
 pub(crate) struct Recorder {
@@ -16,7 +16,24 @@ pub(crate) struct Recorder {
     pub not_held: Option<Field>,
     /// What [`Backend::queues_signals`] answers.
     pub queues_signals: bool,
+    /// Offer a host INIT ([`Backend::host_init`]): it stores the MSRs (unless kept), sets the
+    /// local APIC, debug registers and MP state from the target, and clobbers REGS, SREGS and
+    /// EVENTS (zeroes them).
+    pub host_init: bool,
+    /// The `kept` of each [`Backend::host_init`] call.
+    pub kept: Vec<ClassSet>,
+    /// Guest runs plus stores of the classes a touch count covers, as
+    /// [`Backend::touch_count`] reports it; `None` for no count.
+    pub touches: Option<u64>,
 }
+
+/// The classes whose stores the recorder's touch count counts (as the KVM backend's).
+const TOUCHED_BY_STORE: ClassSet = ClassSet::EMPTY
+    .with(StateClass::Fpu)
+    .with(StateClass::Xcrs)
+    .with(StateClass::Msrs)
+    .with(StateClass::Nested)
+    .with(StateClass::Lapic);
 
 impl Recorder {
     pub fn new() -> Self {
@@ -35,6 +52,9 @@ impl Recorder {
             on_run: |s| s.gprs[Gpr::Rax as usize] += 1,
             not_held: None,
             queues_signals: false,
+            host_init: false,
+            kept: Vec::new(),
+            touches: None,
         }
     }
 }
@@ -55,11 +75,15 @@ impl Backend for Recorder {
     fn store(&mut self, class: StateClass, state: &VcpuState) -> Result<(), BackendError> {
         self.stores[class as usize] += 1;
         self.stats.stores += 1;
+        if TOUCHED_BY_STORE.contains(class) {
+            self.touches = self.touches.map(|t| t + 1);
+        }
         copy_class(class, state, &mut self.state);
         Ok(())
     }
     fn run(&mut self) -> Result<Exit, BackendError> {
         self.stats.runs += 1;
+        self.touches = self.touches.map(|t| t + 1);
         (self.on_run)(&mut self.state);
         Ok(Exit::Hlt)
     }
@@ -78,6 +102,43 @@ impl Backend for Recorder {
     }
     fn queues_signals(&self) -> bool {
         self.queues_signals
+    }
+    fn host_init(
+        &mut self,
+        target: &VcpuState,
+        _lazy: bool,
+        kept: ClassSet,
+    ) -> Result<Option<HostInit>, BackendError> {
+        if !self.host_init {
+            return Ok(None);
+        }
+        self.kept.push(kept);
+        if !kept.contains(StateClass::Msrs) {
+            self.store(StateClass::Msrs, target)?;
+        } else {
+            self.stats.stores += 1;
+        }
+        for class in [StateClass::Lapic, StateClass::Debug, StateClass::MpState] {
+            copy_class(class, target, &mut self.state);
+        }
+        for class in [StateClass::Regs, StateClass::Sregs, StateClass::Events] {
+            copy_class(class, &VcpuState::default(), &mut self.state);
+        }
+        self.stats.loads += 1;
+        Ok(Some(HostInit {
+            stored: ClassSet::EMPTY.with(StateClass::Msrs),
+            established: ClassSet::EMPTY
+                .with(StateClass::Lapic)
+                .with(StateClass::Debug)
+                .with(StateClass::MpState),
+            clobbered: ClassSet::EMPTY
+                .with(StateClass::Regs)
+                .with(StateClass::Sregs)
+                .with(StateClass::Events),
+        }))
+    }
+    fn touch_count(&mut self) -> Option<u64> {
+        self.touches
     }
     fn stats(&self) -> Stats {
         self.stats

@@ -135,3 +135,91 @@ fn verify_before_reset_is_an_error() {
     assert!(matches!(v.verify(), Err(EngineError::NothingToVerify)));
     assert_eq!(v.cache_ref().loads_since_run(StateClass::Regs), 0);
 }
+
+/// A vCPU over a recorder that offers a host INIT and counts touches.
+fn vcpu_with_host_init() -> Vcpu<Recorder> {
+    let mut v = vcpu(1);
+    let b = v.cache().backend_mut();
+    b.host_init = true;
+    b.touches = Some(0);
+    v
+}
+
+const KEPT: ClassSet = ClassSet::EMPTY
+    .with(StateClass::Msrs)
+    .with(StateClass::Fpu)
+    .with(StateClass::Xcrs);
+
+#[test]
+fn a_reset_keeps_what_init_keeps_only_where_nothing_touched_the_vcpu_since_the_last() {
+    let mut v = vcpu_with_host_init();
+    v.reset().unwrap();
+    assert_eq!(
+        v.cache_ref().backend().kept,
+        vec![ClassSet::EMPTY],
+        "no RESET before"
+    );
+    let fpu = v.cache_ref().backend().stores[StateClass::Fpu as usize];
+
+    // Nothing ran, nothing stored: x87/SSE, XCR0 and the MSRs are kept, none stored again.
+    v.cache().invalidate();
+    v.reset().unwrap();
+    assert_eq!(v.cache_ref().backend().kept.last(), Some(&KEPT));
+    assert_eq!(
+        v.cache_ref().backend().stores[StateClass::Fpu as usize],
+        fpu
+    );
+    assert!(mismatches(&mut v).is_empty());
+
+    // A run in between: everything is stored again.
+    v.cache().run().unwrap();
+    v.cache().invalidate();
+    v.reset().unwrap();
+    assert_eq!(v.cache_ref().backend().kept.last(), Some(&ClassSet::EMPTY));
+    assert_eq!(
+        v.cache_ref().backend().stores[StateClass::Fpu as usize],
+        fpu + 1
+    );
+
+    // A store of x87 state in between, without a run: likewise.
+    v.cache()
+        .set(Field::X87(vcpu_reset_spec::X87::Fcw), 0x37f)
+        .unwrap();
+    v.cache().flush().unwrap();
+    v.cache().invalidate();
+    v.reset().unwrap();
+    assert_eq!(v.cache_ref().backend().kept.last(), Some(&ClassSet::EMPTY));
+    assert_eq!(v.cache_ref().backend().state.fpu.fcw, 0x40);
+    assert!(mismatches(&mut v).is_empty());
+}
+
+#[test]
+fn without_a_touch_count_nothing_is_kept_and_an_init_between_keeps_the_kept() {
+    let mut v = vcpu_with_host_init();
+    v.cache().backend_mut().touches = None;
+    v.reset().unwrap();
+    v.cache().invalidate();
+    v.reset().unwrap();
+    assert_eq!(
+        v.cache_ref().backend().kept,
+        vec![ClassSet::EMPTY, ClassSet::EMPTY]
+    );
+
+    // An INIT (by the engine, no run) keeps x87/SSE, XCR0 and the MSRs itself (SDM Table
+    // 10-1), so they are still at their RESET values for the RESET after it.
+    let mut v = vcpu_with_host_init();
+    v.reset().unwrap();
+    v.init().unwrap();
+    v.cache().invalidate();
+    v.reset().unwrap();
+    assert_eq!(v.cache_ref().backend().kept.last(), Some(&KEPT));
+    assert!(mismatches(&mut v).is_empty());
+}
+
+fn mismatches(v: &mut Vcpu<Recorder>) -> Vec<Deviation> {
+    v.verify()
+        .unwrap()
+        .into_iter()
+        .filter(|d| d.kind == DeviationKind::Mismatch)
+        .collect()
+}
