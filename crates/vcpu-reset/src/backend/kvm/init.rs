@@ -184,12 +184,7 @@ impl KvmVcpu {
             }
             other => other?,
         }
-        let apic_base = self.shadow.apic_base;
-        self.shadow = Shadow {
-            apic_base,
-            ..Shadow::default()
-        };
-        self.mirror = ClassSet::EMPTY;
+        self.forget_after_init();
         if lazy {
             // REGS, SREGS and EVENTS of the RESET state ride `kvm_run`; KVM applies them, then
             // acts on the INIT (kept raised by `smi.latched_init`), which keeps CR0.CD/NW.
@@ -227,13 +222,19 @@ impl KvmVcpu {
         self.fd
             .set_vcpu_events(&e)
             .map_err(|err| ioctl_error("KVM_SET_VCPU_EVENTS", err))?;
+        self.forget_after_init();
+        self.take_init(target)
+    }
+
+    /// What the backend knew of the classes KVM's INIT changes is stale (IA32_APIC_BASE, which
+    /// INIT keeps, aside).
+    fn forget_after_init(&mut self) {
         let apic_base = self.shadow.apic_base;
         self.shadow = Shadow {
             apic_base,
             ..Shadow::default()
         };
         self.mirror = ClassSet::EMPTY;
-        self.take_init(target)
     }
 
     /// Have KVM act on the INIT raised with KVM_GET_MP_STATE, and say what it established.
