@@ -367,12 +367,12 @@ mod tests {
         assert_eq!(r.exit_code(true), 0);
     }
 
-    #[test]
-    fn no_vmx_means_vmx_msrs_are_not_applicable() {
+    /// The power-on verdict of `field` = `value` in a log whose CPUID is an AMD CPU's, judged
+    /// with Intel's documents (which define more than AMD's).
+    fn amd_log_judged_as_intel(field: &str, value: &str) -> Verdict {
         let mut list = amd_cpuid();
-        list.push(("msr.ia32_vmx_basic", "0000000000000000"));
+        list.push((field, value));
         let log = format_run("probe", &recs(&list));
-        // Even with Intel's documents, which define the MSRs.
         let r = judge_log(
             log.as_bytes(),
             &LogOptions {
@@ -380,26 +380,21 @@ mod tests {
                 signature: None,
             },
         );
+        verdicts(&r, "power-on")[field].0
+    }
+
+    #[test]
+    fn no_vmx_means_vmx_msrs_are_not_applicable() {
         assert_eq!(
-            verdicts(&r, "power-on")["msr.ia32_vmx_basic"].0,
+            amd_log_judged_as_intel("msr.ia32_vmx_basic", "0000000000000000"),
             Verdict::NotApplicable
         );
     }
 
     #[test]
     fn six_lvt_entries_mean_cmci_is_not_applicable() {
-        let mut list = amd_cpuid();
-        list.push(("lapic.lvt_cmci", "000102f0"));
-        let log = format_run("probe", &recs(&list));
-        let r = judge_log(
-            log.as_bytes(),
-            &LogOptions {
-                vendor: Some(Vendor::Intel),
-                signature: None,
-            },
-        );
         assert_eq!(
-            verdicts(&r, "power-on")["lapic.lvt_cmci"].0,
+            amd_log_judged_as_intel("lapic.lvt_cmci", "000102f0"),
             Verdict::NotApplicable
         );
     }
