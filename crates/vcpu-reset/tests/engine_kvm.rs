@@ -47,8 +47,8 @@ const SIPI_RIP_AFTER_OUT: u64 = 4;
 /// The most ioctls a RESET of a vCPU that has run may take, as (loads, stores).
 ///
 /// With KVM's own INIT doing the bulk (the engine uses it where the backend offers it): one
-/// KVM_SET_MSRS that also raises the INIT, one KVM_GET_MP_STATE that makes KVM act on it, and
-/// KVM_SET_XSAVE and KVM_SET_XCRS, plus one store per class the engine found KVM's INIT to
+/// KVM_SET_MSRS that also raises the INIT, one KVM_GET_MP_STATE that makes KVM act on it (none
+/// where the engine leaves the INIT to the next run, [`Vcpu::host_init_lazy`]), and KVM_SET_XSAVE and KVM_SET_XCRS, plus one store per class the engine found KVM's INIT to
 /// leave wrong on this host (e.g. KVM_SET_LAPIC for the BSP, whose LINT0 KVM's quirk sets to
 /// 0x700). REGS, SREGS and EVENTS ride the `kvm_run` page.
 ///
@@ -58,7 +58,8 @@ const SIPI_RIP_AFTER_OUT: u64 = 4;
 /// running) and KVM_SET_NESTED_STATE where the host has nested state.
 fn reset_budget(v: &Vcpu<KvmVcpu>, host: &KvmHost, activity_changes: bool) -> (u64, u64) {
     if let Some(inexact) = v.host_init_inexact() {
-        return (1, 3 + inexact.iter().count() as u64);
+        let read_mp_state = u64::from(!v.host_init_lazy());
+        return (read_mp_state, 3 + inexact.iter().count() as u64);
     }
     let nested = u64::from(host.caps().nested_state > 0);
     (1, 5 + u64::from(activity_changes) + nested)
@@ -746,7 +747,7 @@ fn an_init_or_sipi_in_flight_does_not_survive_reset_or_init() {
 }
 
 #[test]
-fn an_ap_waiting_for_sipi_is_reset_in_four_ioctls_with_kvms_init() {
+fn an_ap_waiting_for_sipi_is_reset_in_at_most_four_ioctls_with_kvms_init() {
     let Some(host) = kvm_for_tests() else { return };
     let mut m = machine(&host);
     let model = m.model;
@@ -756,6 +757,7 @@ fn an_ap_waiting_for_sipi_is_reset_in_four_ioctls_with_kvms_init() {
     ap.init().expect("INIT");
     // A cache that knows nothing of the waiting AP, as after a run.
     ap.cache().invalidate();
+    let lazy = ap.host_init_lazy();
     let out = ap.reset().expect("RESET");
     eprintln!(
         "AP waiting for SIPI: RESET {} ioctls ({:?})",
@@ -769,7 +771,12 @@ fn an_ap_waiting_for_sipi_is_reset_in_four_ioctls_with_kvms_init() {
         out.calls
     );
     if ap.host_init_inexact() == Some(vcpu_reset::backend::ClassSet::EMPTY) {
-        assert_eq!(out.calls.calls(), 4, "{:?}", out.calls);
+        // KVM_SET_MSRS (raising the INIT), KVM_SET_XSAVE, KVM_SET_XCRS, and KVM_GET_MP_STATE
+        // where the INIT is taken inside the RESET; where the host's INIT leaves REGS, SREGS
+        // and EVENTS at the RESET state, the INIT waits for the next run and that read goes.
+        let want = if lazy { 3 } else { 4 };
+        eprintln!("the host's INIT is left to the next run: {lazy}");
+        assert_eq!(out.calls.calls(), want, "{:?}", out.calls);
     }
     assert_verified(&mut ap, &host, "RESET of a waiting AP");
     let want = spec::expected_state(&model, VcpuIdentity::new(1), Transition::Reset);

@@ -70,6 +70,19 @@ impl<B: Backend> Vcpu<B> {
         self.host_init.clobbered_off
     }
 
+    /// Whether the next RESET through the host's INIT leaves that INIT to the vCPU's next run
+    /// (KVM: no KVM_GET_MP_STATE in the RESET; REGS, SREGS and EVENTS ride `kvm_run`). It
+    /// does where the first RESET found the classes the INIT clobbers at their RESET values
+    /// ([`Vcpu::host_init_clobbered_off`] empty) and the classes it sets exact, or where
+    /// [`Vcpu::force_lazy_host_init`] asked for it. A read of the vCPU before that run
+    /// settles the INIT first (one more call), so what it returns is the RESET state.
+    pub fn host_init_lazy(&self) -> bool {
+        !self.host_init.unavailable
+            && (self.host_init.force_lazy
+                || self.host_init.clobbered_off == Some(ClassSet::EMPTY)
+                    && self.host_init.inexact.0 & SET_BY_INIT.0 == 0)
+    }
+
     /// Leave the host's INIT to the next run even where it leaves classes it clobbers wrong
     /// ([`Vcpu::host_init_clobbered_off`]): those fields then end as the host's INIT sets
     /// them, not as the spec says. For measuring what that path costs; not exact there.
@@ -87,9 +100,7 @@ impl<B: Backend> Vcpu<B> {
         if self.host_init.unavailable || self.cache.holds_everything() {
             return Ok(None);
         }
-        let lazy = self.host_init.force_lazy
-            || self.host_init.clobbered_off == Some(ClassSet::EMPTY)
-                && self.host_init.inexact.0 & SET_BY_INIT.0 == 0;
+        let lazy = self.host_init_lazy();
         let untouched = match self.host_init.pristine.take() {
             Some(then) => self.cache.backend_mut().touch_count() == Some(then),
             None => false,
