@@ -268,10 +268,15 @@ fn qemu_kvm_logs_are_judged_with_its_true_findings() {
     assert_columns(&c, "qemu-kvm");
     assert_qemu_finit_x87(&c, "qemu-kvm");
     assert_qemu_soft_resets_are_full_resets(&c, "qemu-kvm");
-    // Under KVM, QEMU's vCPU starts with the host's TSC, not 0.
+    // Under KVM, QEMU's vCPU starts with the host's TSC, not 0. The judge accepts a counter up
+    // to 2^40 cycles past the value RESET sets (it runs on by itself), so this is a finding
+    // only once the host's count is past that (minutes to hours after the host booted,
+    // depending on its TSC rate), and a pass before.
     let tsc = cell(&c, "qemu-kvm:power-on", "msr.ia32_tsc");
-    assert_eq!(tsc.verdict, "finding");
-    assert_ne!(number(tsc), 0);
+    let count = number(tsc);
+    assert_ne!(count, 0);
+    let want = if count >= 1 << 40 { "finding" } else { "pass" };
+    assert_eq!(tsc.verdict, want, "TSC {count:#x}");
     if self_describing(&Peer::QemuKvm) {
         assert_no_false_findings(&c, "qemu-kvm");
     }
