@@ -9,7 +9,7 @@ use crate::probe::ProbeError;
 pub enum PeerError {
     /// The peer is not installed.
     #[error(
-        "{peer}: {program} is not installed (not found on PATH) — install the Debian package(s) {package} (apt-get install {package})"
+        "{peer}: {program} is not installed — install the Debian package(s) {package} (apt-get install {package})"
     )]
     Missing {
         /// Peer name.

@@ -128,7 +128,8 @@ pub fn probe_image(via: Option<RebootVia>) -> Result<Vec<u8>, ProbeError> {
     probe::firmware_image(&opts)
 }
 
-/// Fails with [`PeerError::Missing`] when a peer's program is not on `PATH`, with
+/// Fails with [`PeerError::Missing`] when a peer's program is not on `PATH` (or, for Bochs,
+/// no VGA ROM it can open is installed: [`bochs::vga_rom`]), with
 /// [`PeerError::NoKvm`] for `qemu-kvm` when `/dev/kvm` does not open.
 pub fn check_installed(peers: &[Peer]) -> Result<(), PeerError> {
     for p in peers {
@@ -137,9 +138,12 @@ pub fn check_installed(peers: &[Peer]) -> Result<(), PeerError> {
         {
             return Err(PeerError::Missing {
                 peer: p.name().to_string(),
-                program: program.to_string(),
+                program: format!("{program} (not found on PATH)"),
                 package: package.to_string(),
             });
+        }
+        if *p == Peer::Bochs {
+            bochs::vga_rom()?;
         }
     }
     for p in peers {
@@ -286,10 +290,15 @@ mod tests {
         let rc = bochs::bochsrc(
             Path::new("/x/probe.rom"),
             64 << 10,
+            Path::new("/usr/share/seabios/vgabios-isavga.bin"),
             Path::new("/x/bochs.log"),
         );
         assert!(
             rc.contains("romimage: file=\"/x/probe.rom\", address=0xffff0000\n"),
+            "{rc}"
+        );
+        assert!(
+            rc.contains("vgaromimage: file=\"/usr/share/seabios/vgabios-isavga.bin\"\n"),
             "{rc}"
         );
         assert!(rc.contains("port_e9_hack: enabled=1\n"));
