@@ -83,18 +83,18 @@
 //! # The crate
 //!
 //! - [`spec`] (re-exported `vcpu-reset-spec`): the state after RESET and INIT, cited.
-//! - [`layout`]: the state classes and register-cache slots backends and the cache share.
-//! - [`backend`]: KVM and a software VMX-style model, behind one trait.
+//! - [`engine`]: RESET, INIT, SIPI and verify on a cached vCPU, and running that over a
+//!   whole VM's vCPUs in parallel.
 //! - [`cache`]: the register cache with available/dirty tracking in front of a backend.
-//! - [`engine`]: RESET, INIT, SIPI and verify on a cached vCPU.
-//! - [`runner`]: a small VM that boots a flat firmware and reboots it in place.
-//! - [`probe`]: guest programs that record what the guest sees, and their record format.
-//! - [`input`]: bounded reads of input files (firmware, logs, state JSON).
-//! - [`fuzz`](mod@fuzz): fuzz targets and a stable-Rust mutation fuzzer.
-//! - [`sys`]: the few OS calls outside the KVM backend, behind safe functions.
-//! - [`check`]: the conformance selftest's scenarios, verdicts and reports.
-//! - [`bench`](mod@bench): exit-path and reboot benchmarks on KVM, paths side by side.
+//! - [`backend`]: KVM and a software VMX-style model, behind one trait.
+//! - [`layout`]: the state classes and register-cache slots backends and the cache share.
 //! - [`reset_vcpu`]: the one-call RESET for a VMM's own vCPU.
+//!
+//! The conformance selftest, its guest probes, the small VMM that boots them and the
+//! `vcpu-reset` command are the crate `vcpu-reset-selftest`, apart from this library: a VMM
+//! that depends on `vcpu-reset` builds none of them. The feature `selftest` adds the few hooks
+//! that tool needs (KVM's own INIT and SIPI raised from the host, second views of state KVM
+//! reports twice, forcing the lazy host-INIT path); a VMM has no use for them.
 
 pub use vcpu_reset_spec as spec;
 
@@ -102,13 +102,6 @@ mod adopt;
 pub use adopt::{ResetVcpuError, reset_vcpu, reset_vcpu_counted};
 
 pub mod backend;
-pub mod bench;
 pub mod cache;
-pub mod check;
 pub mod engine;
-pub mod fuzz;
-pub mod input;
 pub mod layout;
-pub mod probe;
-pub mod runner;
-pub mod sys;

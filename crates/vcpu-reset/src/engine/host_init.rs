@@ -74,7 +74,7 @@ impl<B: Backend> Vcpu<B> {
     /// (KVM: no KVM_GET_MP_STATE in the RESET; REGS, SREGS and EVENTS ride `kvm_run`). It
     /// does where the first RESET found the classes the INIT clobbers at their RESET values
     /// ([`Vcpu::host_init_clobbered_off`] empty) and the classes it sets exact, or where
-    /// [`Vcpu::force_lazy_host_init`] asked for it. A read of the vCPU before that run
+    /// the selftest tool forced it (feature `selftest`). A read of the vCPU before that run
     /// settles the INIT first (one more call), so what it returns is the RESET state.
     pub fn host_init_lazy(&self) -> bool {
         !self.host_init.unavailable
@@ -86,6 +86,7 @@ impl<B: Backend> Vcpu<B> {
     /// Leave the host's INIT to the next run even where it leaves classes it clobbers wrong
     /// ([`Vcpu::host_init_clobbered_off`]): those fields then end as the host's INIT sets
     /// them, not as the spec says. For measuring what that path costs; not exact there.
+    #[cfg(feature = "selftest")]
     pub fn force_lazy_host_init(&mut self) {
         self.host_init.force_lazy = true;
     }

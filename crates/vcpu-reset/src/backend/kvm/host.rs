@@ -1,6 +1,8 @@
 //! `/dev/kvm`: opening it, what the host's KVM offers, and creating VMs.
 
 use std::os::raw::c_ulong;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
 
 use kvm_bindings::{
     CpuId, KVM_CAP_DEBUGREGS, KVM_CAP_INTR_SHADOW, KVM_CAP_IRQCHIP, KVM_CAP_MAX_VCPUS, KVM_CAP_MCE,
@@ -110,7 +112,7 @@ impl std::fmt::Debug for KvmHost {
 /// The error for EACCES/EPERM on `path`: "add the user to group G" only where the device is
 /// read-write for its group and that group has a name (so joining it helps), else say who may
 /// open it.
-fn permission_denied(device: &str, path: &str) -> KvmError {
+fn permission_denied(device: &Path, path: &str) -> KvmError {
     use std::os::unix::fs::MetadataExt;
     let Ok(meta) = std::fs::metadata(device) else {
         return KvmError::PermissionDenied { path: path.into() };
@@ -138,9 +140,13 @@ fn permission_denied(device: &str, path: &str) -> KvmError {
 
 /// The name of group `gid` from /etc/group (bounded read), if it has one.
 fn group_name(gid: u32) -> Option<String> {
-    let bytes =
-        crate::input::read_bounded(std::path::Path::new("/etc/group"), 1 << 20, "group file")
-            .ok()?;
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    std::fs::File::open("/etc/group")
+        .ok()?
+        .take(1 << 20)
+        .read_to_end(&mut bytes)
+        .ok()?;
     String::from_utf8_lossy(&bytes).lines().find_map(|line| {
         let mut f = line.split(':');
         let name = f.next()?;
@@ -149,33 +155,36 @@ fn group_name(gid: u32) -> Option<String> {
     })
 }
 
-/// The environment variable that names another KVM device than `/dev/kvm` for
-/// [`KvmHost::open`].
-pub const DEVICE_ENV: &str = "VCPU_RESET_KVM_DEVICE";
+/// The KVM device a host normally has.
+pub const DEFAULT_DEVICE: &str = "/dev/kvm";
 
 impl KvmHost {
-    /// Open `/dev/kvm`, check the API version and record what the host offers.
+    /// Open `/dev/kvm`, check the API version and record what the host offers
+    /// ([`KvmHost::open_path`] with [`DEFAULT_DEVICE`]).
+    ///
+    /// # Errors
+    /// As [`KvmHost::open_path`].
+    pub fn open() -> Result<KvmHost, KvmError> {
+        Self::open_path(Path::new(DEFAULT_DEVICE))
+    }
+
+    /// Open the KVM device at `device`, check the API version and record what the host offers.
     ///
     /// # Errors
     /// [`KvmError::NoDevice`] and [`KvmError::PermissionDenied`] say what to fix;
     /// [`KvmError::NotKvm`] when the device is not KVM; [`KvmError::ApiVersion`] when the API
-    /// version is not 12; [`KvmError::Ioctl`] when a
-    /// system ioctl (supported CPUID, MSR index list) fails.
-    ///
-    /// The device is `/dev/kvm`, or the path in the environment variable
-    /// `VCPU_RESET_KVM_DEVICE` when it is set (for tests of the error paths, and hosts that
-    /// put the device elsewhere).
-    pub fn open() -> Result<KvmHost, KvmError> {
-        let device = std::env::var(DEVICE_ENV).unwrap_or_else(|_| "/dev/kvm".into());
+    /// version is not 12; [`KvmError::Ioctl`] when a system ioctl (supported CPUID, MSR index
+    /// list) fails.
+    pub fn open_path(device: &Path) -> Result<KvmHost, KvmError> {
         // Messages name the device by at most 80 bytes of its path.
-        let path = crate::input::shown_path(std::path::Path::new(&device));
-        let c_path = std::ffi::CString::new(device.clone())
+        let path = shown_path(device);
+        let c_path = std::ffi::CString::new(device.as_os_str().as_bytes())
             .map_err(|_| KvmError::NoDevice { path: path.clone() })?;
         let kvm = Kvm::new_with_path(&c_path).map_err(|e| match e.errno() {
             libc::ENOENT | libc::ENODEV | libc::ENXIO | libc::ENOTDIR => {
                 KvmError::NoDevice { path: path.clone() }
             }
-            libc::EACCES | libc::EPERM => permission_denied(&device, &path),
+            libc::EACCES | libc::EPERM => permission_denied(device, &path),
             _ => KvmError::Open {
                 path: path.clone(),
                 errno: e,
@@ -397,33 +406,45 @@ fn supported_msrs(list: &[u32], cpuid: &CpuId, mce_banks: u32) -> Vec<u32> {
     msrs
 }
 
-/// Open KVM for a test, or say why the test is skipped.
-///
-/// On failure this prints exactly `skipped: no /dev/kvm (<reason>)` to stderr and returns `None`,
-/// so a test can start with `let Some(host) = kvm_for_tests() else { return };`.
-///
-/// # Panics
-/// When the environment variable `VCPU_RESET_REQUIRE_KVM` is `1` and KVM cannot be opened:
-/// CI sets it where `/dev/kvm` exists, so that a broken KVM fails the run instead of skipping.
-pub fn kvm_for_tests() -> Option<KvmHost> {
-    let required = std::env::var("VCPU_RESET_REQUIRE_KVM").is_ok_and(|v| v == "1");
-    host_or_skip(KvmHost::open(), required, &mut std::io::stderr())
+/// A path for a message: whole when at most 80 bytes, else its first 80 bytes with control
+/// characters escaped and the length.
+fn shown_path(path: &Path) -> String {
+    const MAX: usize = 80;
+    let text = path.display().to_string();
+    if text.len() <= MAX {
+        return text;
+    }
+    let mut cut = MAX;
+    while !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    let shown: String = text[..cut]
+        .chars()
+        .flat_map(|c| {
+            let escaped: Vec<char> = if c.is_control() {
+                c.escape_default().collect()
+            } else {
+                vec![c]
+            };
+            escaped
+        })
+        .collect();
+    format!("{shown}… ({} bytes)", text.len())
 }
 
-fn host_or_skip<T>(
-    opened: Result<T, KvmError>,
-    required: bool,
-    log: &mut dyn std::io::Write,
-) -> Option<T> {
-    match opened {
+/// KVM for the library's own unit tests: `None` (having said why) where `/dev/kvm` does not
+/// open, a panic where `VCPU_RESET_REQUIRE_KVM=1` (CI sets it where `/dev/kvm` exists).
+#[cfg(test)]
+pub(super) fn test_host() -> Option<KvmHost> {
+    match KvmHost::open() {
         Ok(host) => Some(host),
         Err(e) => {
+            let required = std::env::var("VCPU_RESET_REQUIRE_KVM").is_ok_and(|v| v == "1");
             assert!(
                 !required,
                 "VCPU_RESET_REQUIRE_KVM=1 but KVM cannot be used: {e}"
             );
-            // Nothing useful can be done if stderr is gone.
-            let _ = writeln!(log, "skipped: no /dev/kvm ({e})");
+            eprintln!("skipped: no /dev/kvm ({e})");
             None
         }
     }
@@ -442,48 +463,6 @@ mod tests {
         assert!(!release_at_least("5.15.0-91-generic", 6, 3));
         assert!(!release_at_least("unknown", 6, 3));
         assert!(!release_at_least("", 6, 3));
-    }
-
-    #[test]
-    fn a_missing_kvm_skips_with_the_reason() {
-        let mut log = Vec::new();
-        let host: Option<()> = host_or_skip(
-            Err(KvmError::NoDevice {
-                path: "/dev/kvm".into(),
-            }),
-            false,
-            &mut log,
-        );
-        assert!(host.is_none());
-        assert_eq!(
-            String::from_utf8_lossy(&log),
-            "skipped: no /dev/kvm (no /dev/kvm — load the kvm module or run on a host with \
-             virtualization enabled)\n"
-        );
-        let mut log = Vec::new();
-        let _: Option<()> = host_or_skip(
-            Err(KvmError::PermissionDenied {
-                path: "/dev/kvm".into(),
-            }),
-            false,
-            &mut log,
-        );
-        assert_eq!(
-            String::from_utf8_lossy(&log),
-            "skipped: no /dev/kvm (permission denied on /dev/kvm — add the user to group kvm)\n"
-        );
-    }
-
-    #[test]
-    #[should_panic(expected = "VCPU_RESET_REQUIRE_KVM=1 but KVM cannot be used: no /dev/kvm")]
-    fn a_missing_kvm_fails_where_it_is_required() {
-        let _: Option<()> = host_or_skip(
-            Err(KvmError::NoDevice {
-                path: "/dev/kvm".into(),
-            }),
-            true,
-            &mut Vec::new(),
-        );
     }
 
     #[test]

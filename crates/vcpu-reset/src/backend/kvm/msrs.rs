@@ -156,7 +156,7 @@ mod tests {
 
     #[test]
     fn lists_longer_than_one_call_takes_go_in_chunks() {
-        let Some(host) = super::super::kvm_for_tests() else {
+        let Some(host) = super::super::host::test_host() else {
             return;
         };
         let vm = host.create_vm(true).expect("VM");

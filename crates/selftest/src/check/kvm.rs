@@ -1,0 +1,492 @@
+//! Scenarios on KVM, each observed host-side (every field through a fresh register cache) and
+//! guest-side (the real-mode probe, run by the vCPU itself):
+//!
+//! | scenario | what happens | owner |
+//! |---|---|---|
+//! | `create` | fresh vCPUs, KVM's own RESET at KVM_CREATE_VCPU | host |
+//! | `kvm-init` | vCPUs dirtied through the cache, then KVM's own INIT and SIPI, raised through the in-kernel local APIC | host |
+//! | `kvm-init-ipi` | the AP dirties itself, the BSP sends INIT and SIPI ([`super::kvm_ipi`]) | host |
+//! | `reset` | vCPUs dirtied through the cache, then vcpu-reset's RESET | vcpu-reset |
+//! | `init` | vCPUs dirtied through the cache, then vcpu-reset's INIT (APs started by vcpu-reset's SIPI) | vcpu-reset |
+//! | `reboot-<how>` | the probe firmware dirties state and reboots itself through the runner (0xCF9 hard/soft, port 0x92, KBC; a triple fault raised by KVM) | vcpu-reset |
+//!
+//! The BSP is probed at the reset vector; an AP after a startup IPI, with the probe copied to
+//! the SIPI page. Fields the guest cannot see from real mode, and fields KVM does not hold on
+//! this host, are `host-limit` with the reason.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use vcpu_reset_spec::{self as spec, CpuModel, Event, Field, Transition, VcpuIdentity, VcpuState};
+
+use super::dirty::dirtied;
+use super::report::{Report, ScenarioInfo, View};
+use super::scenario::{Expectation, judge_all, observe_probe_run, vcpu_label};
+use super::verdict::{Observed, Owner};
+use crate::probe::{self, ProbeOptions, RebootVia};
+use crate::runner::{Firmware, RebootKind, SharedBuffer, Sink, Vm, VmConfig};
+use vcpu_reset::backend::kvm::{KvmHost, KvmVcpu};
+use vcpu_reset::backend::{Backend, StateClass};
+use vcpu_reset::engine::Vcpu;
+
+/// The SIPI vector an AP is started with; its probe is copied to `vector << 12`.
+const AP_SIPI_VECTOR: u8 = 0x10;
+/// Time limit of one probe run.
+const RUN_LIMIT: Duration = Duration::from_secs(20);
+
+type Fail = String;
+
+fn err(e: impl std::fmt::Display) -> Fail {
+    e.to_string()
+}
+
+/// A two-vCPU VM whose firmware is the probe (rebooting itself once through `reboot`).
+fn probe_vm(
+    tag: &str,
+    reboot: Option<RebootVia>,
+    kvm_create_state: bool,
+) -> Result<(Vm, SharedBuffer), Fail> {
+    let mut opts = ProbeOptions::reset_vector(tag);
+    opts.reboot = reboot;
+    let image = probe::firmware_image(&opts).map_err(err)?;
+    let fw = Firmware::from_bytes(image, "probe firmware").map_err(err)?;
+    let buf = SharedBuffer::default();
+    let config = VmConfig {
+        vcpus: if reboot.is_some() { 1 } else { 2 },
+        memory_mib: 2,
+        max_reboots: 4,
+        timeout: RUN_LIMIT,
+        sink: Sink::Buffer(buf.clone()),
+        kvm_create_state,
+        ..VmConfig::default()
+    };
+    let host = crate::host::open().map_err(err)?;
+    let vm = Vm::with_host(host, &fw, config).map_err(err)?;
+    Ok((vm, buf))
+}
+
+/// Why KVM does not hold `field` here.
+fn not_held_reason(vcpu: &KvmVcpu, field: Field) -> String {
+    let class = StateClass::of(field);
+    if field == Field::Msr(vcpu_reset_spec::Msr::Tsc) && vcpu.tsc_writes_ignored() {
+        "this host's KVM accepts writes to IA32_TSC but ignores them".into()
+    } else if !vcpu.supported().contains(class) {
+        format!("KVM offers no {class} state on this host")
+    } else if class == StateClass::Msrs {
+        "the host's KVM refuses this MSR for this vCPU".into()
+    } else {
+        format!("not in what KVM's {class} interface carries on this host")
+    }
+}
+
+/// Every field of vCPU `v`, read through a fresh cache (flushed and invalidated first).
+fn host_observe(v: &mut Vcpu<KvmVcpu>) -> Result<BTreeMap<Field, Observed>, Fail> {
+    v.cache().flush().map_err(err)?;
+    v.cache().invalidate();
+    let state = *v.cache().state().map_err(err)?;
+    let mut out = BTreeMap::new();
+    for f in Field::all() {
+        let o = if v.cache_ref().holds(f) {
+            Observed::Value(f.get(&state))
+        } else {
+            Observed::Unobservable(not_held_reason(v.cache_ref().backend(), f))
+        };
+        out.insert(f, o);
+    }
+    Ok(out)
+}
+
+/// What the probe run in `log` (the `index`-th run) saw, as observations of every field.
+/// A field the vCPU does not implement (KVM does not hold it, e.g. the CMCI LVT of an APIC with
+/// six LVT entries, whose MMIO read returns stale data) is a host limit whatever the guest read.
+fn guest_observe(
+    log: &[u8],
+    index: usize,
+    expected: &VcpuState,
+    vcpu: &Vcpu<KvmVcpu>,
+) -> Result<BTreeMap<Field, Observed>, Fail> {
+    let held = |f: Field| {
+        if vcpu.cache_ref().holds(f) {
+            None
+        } else {
+            Some(format!(
+                "vcpu-reset cannot set it here ({}), so what the guest reads is not what was written",
+                not_held_reason(vcpu.cache_ref().backend(), f)
+            ))
+        }
+    };
+    observe_probe_run(log, index, expected, held)
+}
+
+struct Judged<'a> {
+    scenario: &'a str,
+    owner: Owner,
+    model: &'a CpuModel,
+    event: Event,
+    /// Fields measured to be out of vcpu-reset's reach on this host, with the reason.
+    limits: &'a BTreeMap<Field, String>,
+}
+
+impl Judged<'_> {
+    fn add(
+        &self,
+        report: &mut Report,
+        view: View,
+        id: u32,
+        expected: &VcpuState,
+        prior: Option<&VcpuState>,
+        obs: &BTreeMap<Field, Observed>,
+    ) {
+        judge_all(
+            report,
+            &Expectation {
+                scenario: self.scenario,
+                owner: self.owner,
+                view,
+                vcpu: vcpu_label(id),
+                vendor: self.model.vendor,
+                event: self.event,
+                expected,
+                prior,
+            },
+            |f| match self.limits.get(&f) {
+                Some(why) if self.owner == Owner::VcpuReset => {
+                    Some(Observed::Unobservable(why.clone()))
+                }
+                _ => obs.get(&f).cloned(),
+            },
+        );
+    }
+}
+
+/// Run the probe for the AP: copy it to the SIPI page, start the AP with `start`, run.
+fn probe_ap(
+    vm: &mut Vm,
+    buf: &SharedBuffer,
+    tag: &str,
+    start: impl FnOnce(&mut Vm) -> Result<(), Fail>,
+) -> Result<Vec<u8>, Fail> {
+    let mut opts = ProbeOptions::reset_vector(tag);
+    opts.origin = probe::Origin {
+        segment: u16::from(AP_SIPI_VECTOR) << 8,
+        offset: 0,
+    };
+    let image = probe::assemble_image(&opts).map_err(err)?;
+    vm.memory()
+        .write(u64::from(opts.origin.linear()), &image.bytes)
+        .map_err(err)?;
+    take(buf);
+    start(vm)?;
+    vm.run().map_err(err)?;
+    Ok(take(buf))
+}
+
+fn take(buf: &SharedBuffer) -> Vec<u8> {
+    buf.lock()
+        .map(|mut b| std::mem::take(&mut *b))
+        .unwrap_or_default()
+}
+
+/// Dirty every vCPU through its cache; returns the states KVM then holds (the priors).
+fn dirty_all(vm: &mut Vm) -> Result<Vec<VcpuState>, Fail> {
+    let model = *vm.model();
+    let mut priors = Vec::new();
+    for (i, v) in vm.vcpus().iter_mut().enumerate() {
+        let reset = spec::expected_state(&model, VcpuIdentity::new(i as u32), Transition::Reset);
+        v.cache().write_state(&dirtied(&reset));
+        v.cache().flush().map_err(err)?;
+        v.cache().invalidate();
+        priors.push(*v.cache().state().map_err(err)?);
+    }
+    Ok(priors)
+}
+
+/// Scenario `views-<of>`: the values the cache read for vCPU `id` (through KVM_GET_SREGS and
+/// KVM_GET_XSAVE) against the same fields read through KVM's other interfaces (KVM_GET_MSRS,
+/// KVM_GET_FPU). They must agree; a disagreement is a finding about the host.
+fn cross_check(report: &mut Report, of: &str, id: u32, v: &mut Vcpu<KvmVcpu>) -> Result<(), Fail> {
+    v.cache().flush().map_err(err)?;
+    let others = v.cache().backend_mut().other_views().map_err(err)?;
+    v.cache().invalidate();
+    for o in others {
+        let mine = v.cache().get(o.field).map_err(err)?;
+        let (verdict, reason) = if mine == o.value {
+            (super::Verdict::Pass, None)
+        } else {
+            (
+                super::Verdict::Finding,
+                Some(format!(
+                    "{} reports {:#x}, the interface vcpu-reset uses reports {:#x}",
+                    o.via, o.value, mine
+                )),
+            )
+        };
+        report.results.push(super::FieldResult {
+            scenario: format!("views-{of}"),
+            view: View::Host,
+            vcpu: vcpu_label(id),
+            field: o.field.name(),
+            class: o.field.class().name().into(),
+            verdict,
+            expected: spec::hex(o.field, mine),
+            actual: Some(spec::hex(o.field, o.value)),
+            citation: format!("{} and the view vcpu-reset reads must agree", o.via),
+            reason,
+        });
+    }
+    Ok(())
+}
+
+fn create(report: &mut Report, limits: &BTreeMap<Field, String>) -> Result<(), Fail> {
+    let (mut vm, buf) = probe_vm("create", None, true)?;
+    let model = *vm.model();
+    let j = Judged {
+        scenario: "create",
+        owner: Owner::Host,
+        model: &model,
+        event: Event::Reset,
+        limits,
+    };
+    for id in 0..2u32 {
+        let expected = spec::expected_state(&model, VcpuIdentity::new(id), Transition::Reset);
+        let obs = host_observe(&mut vm.vcpus()[id as usize])?;
+        j.add(report, View::Host, id, &expected, None, &obs);
+        cross_check(report, "create", id, &mut vm.vcpus()[id as usize])?;
+    }
+    let expected = spec::expected_state(&model, VcpuIdentity::new(0), Transition::Reset);
+    vm.run().map_err(err)?;
+    let obs = guest_observe(&take(&buf), 0, &expected, &vm.vcpus()[0])?;
+    j.add(report, View::Guest, 0, &expected, None, &obs);
+    Ok(())
+}
+
+/// `reset`, `init` (vcpu-reset's) and `kvm-init` (KVM's): dirty, apply, observe.
+fn transition(
+    report: &mut Report,
+    name: &str,
+    event: Event,
+    kvm_own: bool,
+    limits: &BTreeMap<Field, String>,
+) -> Result<(), Fail> {
+    let (mut vm, buf) = probe_vm(name, None, kvm_own)?;
+    let model = *vm.model();
+    let priors = dirty_all(&mut vm)?;
+    let j = Judged {
+        scenario: name,
+        owner: if kvm_own {
+            Owner::Host
+        } else {
+            Owner::VcpuReset
+        },
+        model: &model,
+        event,
+        limits,
+    };
+    match (event, kvm_own) {
+        (Event::Reset, _) => {
+            vm.reboot(RebootKind::Reset).map_err(err)?;
+        }
+        (Event::Init, false) => {
+            vm.reboot(RebootKind::Init).map_err(err)?;
+        }
+        (Event::Init, true) => {
+            for v in vm.vcpus() {
+                v.cache().flush().map_err(err)?;
+                v.cache().backend_mut().kvm_init().map_err(err)?;
+                v.cache().invalidate();
+            }
+        }
+    }
+    let expect = |id: u32| match event {
+        Event::Reset => spec::expected_state(&model, VcpuIdentity::new(id), Transition::Reset),
+        Event::Init => spec::expected_state(
+            &model,
+            VcpuIdentity::new(id),
+            Transition::Init(&priors[id as usize]),
+        ),
+    };
+    for id in 0..2u32 {
+        let obs = host_observe(&mut vm.vcpus()[id as usize])?;
+        let prior = (event == Event::Init).then(|| &priors[id as usize]);
+        j.add(report, View::Host, id, &expect(id), prior, &obs);
+        cross_check(report, name, id, &mut vm.vcpus()[id as usize])?;
+    }
+    // The BSP is at the reset vector: the probe firmware runs.
+    vm.run().map_err(err)?;
+    let bsp = expect(0);
+    let log = take(&buf);
+    let obs = guest_observe(&log, 0, &bsp, &vm.vcpus()[0])?;
+    j.add(
+        report,
+        View::Guest,
+        0,
+        &bsp,
+        (event == Event::Init).then(|| &priors[0]),
+        &obs,
+    );
+    // The AP waits for SIPI: start it at the probe's copy.
+    let mut ap = expect(1);
+    spec::sipi(&mut ap, AP_SIPI_VECTOR);
+    let log = probe_ap(&mut vm, &buf, name, |vm| {
+        let v = &mut vm.vcpus()[1];
+        if kvm_own {
+            v.cache().flush().map_err(err)?;
+            v.cache()
+                .backend_mut()
+                .kvm_sipi(AP_SIPI_VECTOR)
+                .map_err(err)?;
+            v.cache().invalidate();
+            Ok(())
+        } else {
+            match v.sipi(AP_SIPI_VECTOR).map_err(err)? {
+                true => Ok(()),
+                false => Err("the AP was not waiting for SIPI".into()),
+            }
+        }
+    })?;
+    let obs = guest_observe(&log, 0, &ap, &vm.vcpus()[1])?;
+    j.add(
+        report,
+        View::Guest,
+        1,
+        &ap,
+        (event == Event::Init).then(|| &priors[1]),
+        &obs,
+    );
+    Ok(())
+}
+
+fn reboot(
+    report: &mut Report,
+    via: Option<RebootVia>,
+    limits: &BTreeMap<Field, String>,
+) -> Result<(), Fail> {
+    let name = format!("reboot-{}", via.map_or("triple-fault", RebootVia::name));
+    let (mut vm, buf) = probe_vm(&name, via, false)?;
+    let model = *vm.model();
+    let reset = spec::expected_state(&model, VcpuIdentity::new(0), Transition::Reset);
+    if via.is_none() {
+        vm.inject_triple_fault(0).map_err(err)?;
+    }
+    let out = vm.run().map_err(err)?;
+    let Some(record) = out.reboots.first() else {
+        return Err("the guest did not reboot".into());
+    };
+    let kind = record.kind;
+    let log = take(&buf);
+    let mut prior = super::dirty::before_probe_reboot(&reset);
+    // The TSC kept counting through the first run: take what the guest saw there as the prior.
+    if via.is_some()
+        && let Ok(runs) = probe::parse(&log)
+        && let Some(tsc) = runs
+            .first()
+            .and_then(|r| r.number(&probe::record::msr_key(0x10)))
+    {
+        prior.msrs.tsc = tsc as u64;
+    }
+    let (event, expected) = match kind {
+        RebootKind::Reset => (Event::Reset, reset),
+        RebootKind::Init => (
+            Event::Init,
+            spec::expected_state(&model, VcpuIdentity::new(0), Transition::Init(&prior)),
+        ),
+    };
+    let j = Judged {
+        scenario: &name,
+        owner: Owner::VcpuReset,
+        model: &model,
+        event,
+        limits,
+    };
+    // With a self-reboot the second run is after it; with the injected triple fault, the only run.
+    let index = usize::from(via.is_some());
+    let obs = guest_observe(&log, index, &expected, &vm.vcpus()[0])?;
+    j.add(
+        report,
+        View::Guest,
+        0,
+        &expected,
+        (event == Event::Init).then_some(&prior),
+        &obs,
+    );
+    Ok(())
+}
+
+fn record(report: &mut Report, name: &str, owner: Owner, result: Result<(), Fail>) {
+    report.scenarios.push(ScenarioInfo {
+        name: name.into(),
+        owner,
+        error: result.err(),
+    });
+}
+
+/// Run every KVM scenario.
+pub fn run(report: &mut Report, host: &KvmHost) {
+    report.host.insert("backend".into(), "kvm".into());
+    let caps = host.caps();
+    report.host.insert(
+        "kvm".into(),
+        format!(
+            "sync_regs={} sregs2={} nested_state={} max_vcpus={}",
+            caps.sync_regs, caps.sregs2, caps.nested_state, caps.max_vcpus
+        ),
+    );
+    let (limits, cpu) = probe_host();
+    if let Some(cpu) = cpu {
+        report.host.insert("cpu".into(), cpu);
+    }
+    for (f, why) in &limits {
+        report.host.insert(format!("limit {f}"), why.clone());
+    }
+    let r = create(report, &limits);
+    record(report, "create", Owner::Host, r);
+    let r = transition(report, "kvm-init", Event::Init, true, &limits);
+    record(report, "kvm-init", Owner::Host, r);
+    let r = super::kvm_ipi::run(report, &limits);
+    record(report, "kvm-init-ipi", Owner::Host, r);
+    let r = transition(report, "reset", Event::Reset, false, &limits);
+    record(report, "reset", Owner::VcpuReset, r);
+    let r = transition(report, "init", Event::Init, false, &limits);
+    record(report, "init", Owner::VcpuReset, r);
+    for via in RebootVia::ALL.map(Some).into_iter().chain([None]) {
+        let name = format!("reboot-{}", via.map_or("triple-fault", RebootVia::name));
+        let r = reboot(report, via, &limits);
+        record(report, &name, Owner::VcpuReset, r);
+    }
+}
+
+/// What vcpu-reset cannot set on this host, and the CPU model, from one probe vCPU: a write
+/// of IA32_TSC that the backend finds ignored (it checks the first read-back after a write)
+/// makes the TSC a host limit for vcpu-reset's scenarios.
+fn probe_host() -> (BTreeMap<Field, String>, Option<String>) {
+    let mut limits = BTreeMap::new();
+    let tsc = Field::Msr(vcpu_reset_spec::Msr::Tsc);
+    let Some(host) = crate::host::open().ok() else {
+        return (limits, None);
+    };
+    let Some(vm) = host.create_vm(true).ok() else {
+        return (limits, None);
+    };
+    let Some(kv) = KvmVcpu::new(&host, &vm, 0).ok() else {
+        return (limits, None);
+    };
+    let cpu = kv.cpu_model().map(|m| {
+        format!(
+            "{} signature {:#x}, {} GP counters, APIC version {:#x}",
+            m.vendor.name(),
+            m.signature,
+            m.gp_counters,
+            m.apic_version
+        )
+    });
+    let mut c = vcpu_reset::cache::VcpuCache::adopt(kv);
+    let wrote = c.get(tsc).and_then(|v| c.set(tsc, v ^ (1 << 44)));
+    if wrote.is_ok() && c.flush().is_ok() {
+        c.invalidate();
+        let _ = c.get(tsc);
+        if c.backend().tsc_writes_ignored() {
+            limits.insert(tsc, not_held_reason(c.backend(), tsc));
+        }
+    }
+    (limits, cpu)
+}

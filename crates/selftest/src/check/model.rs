@@ -1,0 +1,95 @@
+//! Scenarios on the software VMX-style model: vcpu-reset's RESET and INIT of a poisoned vCPU
+//! after the same dirtying the KVM scenarios use, read back host-side through a fresh cache.
+//! The model executes no guest code, so there is no guest view here.
+
+use vcpu_reset_spec::{self as spec, CpuModel, Event, Field, Transition, VcpuIdentity, Vendor};
+
+use super::dirty::dirtied;
+use super::report::{Report, View};
+use super::scenario::{Expectation, judge_all, run_cases, vcpu_label};
+use super::verdict::{Observed, Owner};
+use vcpu_reset::backend::model::ModelVcpu;
+use vcpu_reset::cache::VcpuCache;
+use vcpu_reset::engine::Vcpu;
+
+/// How vcpu-reset's RESET or INIT is applied; the conformance tests substitute broken ones.
+pub type Apply = fn(&mut Vcpu<ModelVcpu>, Event) -> Result<(), String>;
+
+/// The real engine.
+pub fn engine(v: &mut Vcpu<ModelVcpu>, event: Event) -> Result<(), String> {
+    match event {
+        Event::Reset => v.reset().map(|_| ()),
+        Event::Init => v.init().map(|_| ()),
+    }
+    .map_err(|e| e.to_string())
+}
+
+/// Run the `reset` and `init` scenarios for vCPUs 0 (BSP) and 1 (AP) of a VM presenting `model`.
+pub fn run(report: &mut Report, model: &CpuModel, apply: Apply) {
+    for (name, event) in [("reset", Event::Reset), ("init", Event::Init)] {
+        run_cases(
+            report,
+            name,
+            Owner::VcpuReset,
+            [0u32, 1].map(|id| (format!("vCPU {id}"), id)),
+            |report, id| scenario(report, model, name, event, id, apply),
+        );
+    }
+}
+
+fn scenario(
+    report: &mut Report,
+    model: &CpuModel,
+    name: &str,
+    event: Event,
+    id: u32,
+    apply: Apply,
+) -> Result<(), String> {
+    let ident = VcpuIdentity::new(id);
+    // A poisoned vCPU, RESET once (the machine was powered on), then dirtied.
+    let mut v = Vcpu::new(VcpuCache::adopt(ModelVcpu::new_poisoned()), *model, ident);
+    v.reset().map_err(|e| e.to_string())?;
+    let reset = spec::expected_state(model, ident, Transition::Reset);
+    let prior = dirtied(&reset);
+    v.cache().write_state(&prior);
+    v.cache().flush().map_err(|e| e.to_string())?;
+    v.cache().invalidate();
+
+    apply(&mut v, event)?;
+
+    let expected = match event {
+        Event::Reset => spec::expected_state(model, ident, Transition::Reset),
+        Event::Init => spec::expected_state(model, ident, Transition::Init(&prior)),
+    };
+    // Read everything back through a fresh cache, as a VMM adopting the vCPU would.
+    let backend = v.into_cache().into_backend().map_err(|e| e.to_string())?;
+    let leftover = backend.poisoned();
+    let mut fresh = VcpuCache::adopt(backend);
+    let state = *fresh.state().map_err(|e| e.to_string())?;
+    judge_all(
+        report,
+        &Expectation {
+            scenario: name,
+            owner: Owner::VcpuReset,
+            view: View::Host,
+            vcpu: vcpu_label(id),
+            vendor: model.vendor,
+            event,
+            expected: &expected,
+            prior: (event == Event::Init).then_some(&prior),
+        },
+        |f: Field| Some(Observed::Value(f.get(&state))),
+    );
+    if !leftover.is_empty() {
+        return Err(format!("poison left in: {}", leftover.join(", ")));
+    }
+    Ok(())
+}
+
+/// The model's default CPU: Intel, with a plausible signature.
+pub fn default_model() -> CpuModel {
+    CpuModel {
+        signature: 0x000a_06a4,
+        ..CpuModel::generic(Vendor::Intel)
+    }
+}
