@@ -12,6 +12,8 @@
 //! [`init_outcome`] applies these rules to a state; [`init_vm_exit`] gives the state after the
 //! VM exit as far as the tables model it.
 
+use alloc::vec::Vec;
+
 use crate::rule::{Citation, Source, Vendor};
 use crate::state::VcpuState;
 
@@ -114,8 +116,8 @@ impl InitRule {
     }
 }
 
-impl std::fmt::Display for InitRule {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+impl core::fmt::Display for InitRule {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.write_str(self.name())
     }
 }

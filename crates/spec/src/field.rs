@@ -5,6 +5,10 @@
 //! and write it generically as a `u128`. The RESET/INIT tables, the renderers, the register cache
 //! and the conformance checks all walk [`Field::all`], so a field added here is seen everywhere.
 
+use alloc::format;
+use alloc::string::{String, ToString};
+use alloc::vec::Vec;
+
 pub use crate::msr::{FIXED_MTRR_MSRS, Msr, SGX_LE_HASH0_INDEX, VMX_CAPABILITY_MSR_NAMES};
 use crate::msr::{msr_mut, msr_ref};
 use crate::state::{
@@ -904,8 +908,8 @@ impl Field {
     }
 }
 
-impl std::fmt::Display for Field {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+impl core::fmt::Display for Field {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.write_str(&self.name())
     }
 }

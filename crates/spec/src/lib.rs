@@ -14,8 +14,20 @@
 //! - [`x87`] decodes FXSAVE images and converts the x87 tag word (abridged ↔ full).
 //!
 //! The crate has no dependencies; `serde` support is behind the `serde` feature.
+//!
+//! With `default-features = false` (without the `std` feature) the crate is `#![no_std]` and
+//! needs only `alloc`, for firmware and bare-metal hypervisors. [`row`], [`expected_value`],
+//! [`sipi`], [`init_outcome`], [`init_vm_exit`], [`Field::get`], [`Field::set`] and the FXSAVE
+//! decoding in [`x87`] do not allocate; [`Field::all`], [`table`], [`expected_state`] (it walks
+//! [`Field::all`]), [`init_rules`], [`Field::name`] (and `Field`'s `Display`),
+//! [`x87::FxsaveImage::fields`] and the renderers do, so they need a global allocator.
 
+#![cfg_attr(not(feature = "std"), no_std)]
 #![forbid(unsafe_code)]
+
+extern crate alloc;
+
+use alloc::vec::Vec;
 
 mod blocking;
 mod field;

@@ -1,5 +1,9 @@
 //! Flat views of a table for the renderers: human table, JSON and markdown.
 
+use alloc::format;
+use alloc::string::{String, ToString};
+use alloc::vec::Vec;
+
 use crate::field::Field;
 use crate::rule::{Alternative, Event, Rule, Vendor};
 

@@ -97,8 +97,8 @@ pub struct Citation {
     pub locator: &'static str,
 }
 
-impl std::fmt::Display for Citation {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+impl core::fmt::Display for Citation {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         write!(f, "{}, {}", self.source.title(), self.locator)
     }
 }

@@ -12,7 +12,10 @@
 //!   MXCSR_MASK at 28, ST0–ST7 in 16-byte slots from 32, XMM registers from 160.
 //!
 //! The data registers are stored in stack order: ST(i) is physical register (TOP + i) mod 8.
-//! Everything here is pure: no I/O, no allocation except [`FxsaveImage::fields`].
+//! Everything here is pure: no I/O, no allocation except [`FxsaveImage::fields`] and
+//! [`FxsaveImage::field_list`].
+
+use alloc::vec::Vec;
 
 use crate::field::{Field, X87};
 
@@ -84,8 +87,8 @@ pub enum FxsaveFormat {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FxsaveSizeError(pub usize);
 
-impl std::fmt::Display for FxsaveSizeError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+impl core::fmt::Display for FxsaveSizeError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         write!(
             f,
             "fxsave blob has {} bytes, expected {FXSAVE_SIZE}",
@@ -94,7 +97,7 @@ impl std::fmt::Display for FxsaveSizeError {
     }
 }
 
-impl std::error::Error for FxsaveSizeError {}
+impl core::error::Error for FxsaveSizeError {}
 
 /// A decoded FXSAVE image.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -234,6 +237,8 @@ impl FxsaveImage {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use alloc::string::ToString;
+    use alloc::vec;
 
     const ONE: u128 = (0x3fff << 64) | (1 << 63);
     const INFINITY: u128 = (0x7fff << 64) | (1 << 63);
