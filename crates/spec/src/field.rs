@@ -11,6 +11,7 @@ use alloc::vec::Vec;
 
 pub use crate::msr::{FIXED_MTRR_MSRS, Msr, SGX_LE_HASH0_INDEX, VMX_CAPABILITY_MSR_NAMES};
 use crate::msr::{msr_mut, msr_ref};
+pub use crate::parts::Seg;
 use crate::state::{
     Activity, FIXED_MTRRS, GPRS, MCE_BANKS, SGX_LE_HASH_MSRS, VARIABLE_MTRRS, VMX_CAPABILITY_MSRS,
     VcpuState,
@@ -65,39 +66,6 @@ impl Gpr {
             "rax", "rcx", "rdx", "rbx", "rsp", "rbp", "rsi", "rdi", "r8", "r9", "r10", "r11",
             "r12", "r13", "r14", "r15",
         ][self as usize]
-    }
-}
-
-/// Segment registers, in the VMX guest-state order (ES, CS, SS, DS, FS, GS, LDTR, TR).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-#[allow(missing_docs)]
-pub enum Seg {
-    Es,
-    Cs,
-    Ss,
-    Ds,
-    Fs,
-    Gs,
-    Ldtr,
-    Tr,
-}
-
-impl Seg {
-    /// All eight.
-    pub const ALL: [Seg; 8] = [
-        Seg::Es,
-        Seg::Cs,
-        Seg::Ss,
-        Seg::Ds,
-        Seg::Fs,
-        Seg::Gs,
-        Seg::Ldtr,
-        Seg::Tr,
-    ];
-
-    /// Lower-case name.
-    pub fn name(self) -> &'static str {
-        ["es", "cs", "ss", "ds", "fs", "gs", "ldtr", "tr"][self as usize]
     }
 }
 
@@ -777,7 +745,7 @@ impl Field {
             Field::Opmask(i) => s.vectors.opmask[i as usize].into(),
             Field::Xcr0 => s.xcr0.into(),
             Field::Pkru => s.pkru.into(),
-            Field::Msr(m) => msr_ref(s, m).into(),
+            Field::Msr(m) => msr_ref(&s.msrs, &s.segments, m).into(),
             Field::MtrrFixed(i) => s.msrs.mtrr_fixed[i as usize].into(),
             Field::MtrrPhysBase(i) => s.msrs.mtrr_phys_base[i as usize].into(),
             Field::MtrrPhysMask(i) => s.msrs.mtrr_phys_mask[i as usize].into(),
@@ -871,7 +839,7 @@ impl Field {
             Field::Opmask(i) => s.vectors.opmask[i as usize] = v as u64,
             Field::Xcr0 => s.xcr0 = v as u64,
             Field::Pkru => s.pkru = v as u32,
-            Field::Msr(m) => *msr_mut(s, m) = v as u64,
+            Field::Msr(m) => *msr_mut(&mut s.msrs, &mut s.segments, m) = v as u64,
             Field::MtrrFixed(i) => s.msrs.mtrr_fixed[i as usize] = v as u64,
             Field::MtrrPhysBase(i) => s.msrs.mtrr_phys_base[i as usize] = v as u64,
             Field::MtrrPhysMask(i) => s.msrs.mtrr_phys_mask[i as usize] = v as u64,

@@ -32,6 +32,7 @@ use alloc::vec::Vec;
 mod blocking;
 mod field;
 mod msr;
+mod parts;
 mod render;
 mod rule;
 mod state;

@@ -2,7 +2,7 @@
 //!
 //! `msr_table!` below is the only list of the single MSRs in the crate: each row gives the
 //! [`Msr`] variant, the architectural index, the lower-case SDM/APM name (the field is
-//! `msr.<name>`) and where the value lives in [`VcpuState`] (`stored <member>`: a `u64` member of
+//! `msr.<name>`) and where the value lives in [`crate::VcpuState`] (`stored <member>`: a `u64` member of
 //! [`Msrs`] of that name; `segment_base <Seg>`: the hidden base of that segment register). From
 //! it the macro generates the enum, [`Msr::ALL`], [`Msr::index`], [`Msr::name`], the members of
 //! [`Msrs`] and the accessors [`crate::Field`] reads and writes through.
@@ -14,10 +14,9 @@
 //! [`crate::Field`] variants and are listed in [`FIXED_MTRR_MSRS`] and
 //! [`VMX_CAPABILITY_MSR_NAMES`].
 
-use crate::field::Seg;
-use crate::state::{
-    FIXED_MTRRS, MCE_BANKS, McBank, SGX_LE_HASH_MSRS, VARIABLE_MTRRS, VMX_CAPABILITY_MSRS,
-    VcpuState,
+use crate::parts::{
+    FIXED_MTRRS, MCE_BANKS, McBank, SGX_LE_HASH_MSRS, Seg, Segment, VARIABLE_MTRRS,
+    VMX_CAPABILITY_MSRS,
 };
 
 /// Generates [`Msr`], its lookups, the single-MSR members of [`Msrs`] and the state accessors
@@ -55,22 +54,26 @@ macro_rules! msr_table {
 
         msr_table!(@struct [] $($kind $slot ($($doc)*);)*);
 
-        pub(crate) fn msr_ref(s: &VcpuState, m: Msr) -> u64 {
+        pub(crate) fn msr_ref(msrs: &Msrs, segments: &[Segment; 8], m: Msr) -> u64 {
             match m {
-                $(Msr::$variant => *msr_table!(@slot s, $kind $slot,),)*
+                $(Msr::$variant => *msr_table!(@slot msrs, segments, $kind $slot,),)*
             }
         }
 
-        pub(crate) fn msr_mut(s: &mut VcpuState, m: Msr) -> &mut u64 {
+        pub(crate) fn msr_mut<'a>(
+            msrs: &'a mut Msrs,
+            segments: &'a mut [Segment; 8],
+            m: Msr,
+        ) -> &'a mut u64 {
             match m {
-                $(Msr::$variant => msr_table!(@slot s, $kind $slot, mut),)*
+                $(Msr::$variant => msr_table!(@slot msrs, segments, $kind $slot, mut),)*
             }
         }
     };
 
-    (@slot $s:ident, stored $member:ident, $($mu:tt)?) => { &$($mu)? $s.msrs.$member };
-    (@slot $s:ident, segment_base $seg:ident, $($mu:tt)?) => {
-        &$($mu)? $s.segments[Seg::$seg as usize].base
+    (@slot $m:ident, $g:ident, stored $member:ident, $($mu:tt)?) => { &$($mu)? $m.$member };
+    (@slot $m:ident, $g:ident, segment_base $seg:ident, $($mu:tt)?) => {
+        &$($mu)? $g[Seg::$seg as usize].base
     };
 
     // The struct collects the `stored` rows, in table order, then the MSR arrays.
@@ -79,7 +82,7 @@ macro_rules! msr_table {
         ///
         /// IA32_FS_BASE and IA32_GS_BASE are not stored here: they are the hidden bases of FS
         /// and GS (Intel SDM Vol. 3A, §3.4.4), and [`crate::Field`] maps them onto
-        /// [`VcpuState::segments`]. The single members are generated from the MSR table (see
+        /// [`crate::VcpuState::segments`]. The single members are generated from the MSR table (see
         /// [`Msr`]); each is the MSR of the same name.
         #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
         #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
@@ -228,11 +231,12 @@ mod tests {
 
     #[test]
     fn fs_and_gs_base_are_the_segment_bases() {
-        let mut s = VcpuState::default();
-        *msr_mut(&mut s, Msr::FsBase) = 0x1234;
-        *msr_mut(&mut s, Msr::GsBase) = 0x5678;
-        assert_eq!(s.segments[Seg::Fs as usize].base, 0x1234);
-        assert_eq!(s.segments[Seg::Gs as usize].base, 0x5678);
-        assert_eq!(msr_ref(&s, Msr::FsBase), 0x1234);
+        let mut msrs = Msrs::default();
+        let mut segments = [Segment::default(); 8];
+        *msr_mut(&mut msrs, &mut segments, Msr::FsBase) = 0x1234;
+        *msr_mut(&mut msrs, &mut segments, Msr::GsBase) = 0x5678;
+        assert_eq!(segments[Seg::Fs as usize].base, 0x1234);
+        assert_eq!(segments[Seg::Gs as usize].base, 0x5678);
+        assert_eq!(msr_ref(&msrs, &segments, Msr::FsBase), 0x1234);
     }
 }

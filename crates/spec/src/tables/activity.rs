@@ -1,7 +1,7 @@
 //! Activity state, pending events and nested-virtualization state.
 
-use super::gprs::unreachable_row;
-use super::{RowExt, mk};
+use super::common::unreachable_row;
+use super::common::{RowExt, mk};
 use crate::field::{EventFlag, Field, NestedReg};
 use crate::rule::{Citation, Derivation, Event, Row, Rule, Source, Vendor};
 
@@ -122,9 +122,9 @@ fn nested_row(f: Field, r: NestedReg, v: Vendor, e: Event) -> Row {
             apm("§15.17 (INIT is held pending while GIF = 0)"),
         )
         .note("INIT is recognised only with GIF = 1 (INIT rule svm-gif), so an INIT that takes effect finds GIF = 1 and leaves it set."),
-        (NestedReg::Gif, Vendor::Intel, Event::Reset) => mk(f, none, super::SDM_TABLE)
+        (NestedReg::Gif, Vendor::Intel, Event::Reset) => mk(f, none, super::common::SDM_TABLE)
             .note("Intel has no GIF; vcpu-reset holds 1 (interrupts not globally blocked) so that the field means the same on both vendors."),
-        (NestedReg::Gif, Vendor::Intel, Event::Init) => mk(f, Rule::Preserved, super::SDM_TABLE)
+        (NestedReg::Gif, Vendor::Intel, Event::Init) => mk(f, Rule::Preserved, super::common::SDM_TABLE)
             .note("Intel has no GIF; INIT keeps vcpu-reset's value."),
         // INIT intercept.
         (NestedReg::InterceptInit, Vendor::Intel, Event::Reset) => mk(f, none, sdm3c(LEAVES_VMX))

@@ -1,7 +1,7 @@
 //! Control registers, EFER and the PAE PDPTRs.
 
-use super::gprs::unreachable_row;
-use super::{RowExt, mk, table_citation};
+use super::common::unreachable_row;
+use super::common::{RowExt, mk, table_citation};
 use crate::field::Field;
 use crate::rule::{Citation, Derivation, Event, Row, Rule, Source, Vendor};
 

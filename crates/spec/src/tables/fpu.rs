@@ -4,8 +4,8 @@
 //! 0040H (single precision, all exceptions unmasked), not 037FH, and every register is tagged
 //! "zero" (FTW 5555H), not "empty" (FFFFH). INIT leaves all of this state alone.
 
-use super::gprs::unreachable_row;
-use super::{RowExt, mk, table_citation};
+use super::common::unreachable_row;
+use super::common::{RowExt, mk, table_citation};
 use crate::field::{Field, X87};
 use crate::rule::{Citation, Event, Row, Rule, Source, Vendor};
 

@@ -1,6 +1,6 @@
 //! General-purpose registers, RIP and RFLAGS.
 
-use super::{RowExt, mk, table_citation};
+use super::common::{RowExt, mk, table_citation, unreachable_row};
 use crate::field::{Field, Gpr};
 use crate::rule::{Citation, Derivation, Event, Row, Rule, Source, Vendor};
 
@@ -45,16 +45,4 @@ pub(crate) fn row(f: Field, v: Vendor, _e: Event) -> Row {
         ),
         _ => unreachable_row(f, v),
     }
-}
-
-/// A field routed to the wrong class file: a programming error caught by the table tests.
-pub(crate) fn unreachable_row(f: Field, v: Vendor) -> Row {
-    mk(
-        f,
-        Rule::Undefined {
-            vmm: 0,
-            reason: "field routed to the wrong class table (bug)",
-        },
-        table_citation(v),
-    )
 }

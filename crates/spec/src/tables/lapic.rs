@@ -4,8 +4,8 @@
 //! power-up or hardware reset, except that the APIC ID and arbitration ID registers are not
 //! affected". IA32_APIC_BASE is an MSR and lives in the MSR table.
 
-use super::gprs::unreachable_row;
-use super::{RowExt, mk};
+use super::common::unreachable_row;
+use super::common::{RowExt, mk};
 use crate::field::{Field, LapicReg};
 use crate::rule::{Citation, Derivation, Event, Row, Rule, Source, Vendor};
 

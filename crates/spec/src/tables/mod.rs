@@ -9,6 +9,7 @@
 //! local APIC chapter 10 (one chapter lower throughout); 2025 editions number it Table 12-1.
 
 mod activity;
+mod common;
 mod control;
 mod debug;
 mod fpu;
@@ -18,55 +19,7 @@ mod msrs;
 mod segments;
 
 use crate::field::{Class, Field};
-use crate::rule::{Alternative, Citation, Event, Row, Rule, Source, Vendor};
-
-/// Intel SDM Vol. 3A, the power-up/RESET/INIT table.
-pub(crate) const SDM_TABLE: Citation = Citation {
-    source: Source::SdmVol3A,
-    locator: "§10.1.1, Table 10-1 (Table 9-1 before 2023)",
-};
-
-/// AMD APM Vol. 2, the RESET/INIT table.
-pub(crate) const APM_TABLE: Citation = Citation {
-    source: Source::ApmVol2,
-    locator: "§14.1.3, Table 14-1 \"Initial Processor State\"",
-};
-
-/// The vendor's RESET/INIT table.
-pub(crate) fn table_citation(v: Vendor) -> Citation {
-    match v {
-        Vendor::Intel => SDM_TABLE,
-        Vendor::Amd => APM_TABLE,
-    }
-}
-
-/// A row with no note and no alternatives.
-pub(crate) fn mk(field: Field, rule: Rule, citation: Citation) -> Row {
-    Row {
-        field,
-        rule,
-        citation,
-        note: None,
-        also: &[],
-    }
-}
-
-/// Builder helpers on [`Row`].
-pub(crate) trait RowExt {
-    fn note(self, note: &'static str) -> Row;
-    fn also(self, also: &'static [Alternative]) -> Row;
-}
-
-impl RowExt for Row {
-    fn note(mut self, note: &'static str) -> Row {
-        self.note = Some(note);
-        self
-    }
-    fn also(mut self, also: &'static [Alternative]) -> Row {
-        self.also = also;
-        self
-    }
-}
+use crate::rule::{Event, Row, Vendor};
 
 /// The row for `field` in the `vendor`'s table for `event`.
 pub fn row_for(field: Field, vendor: Vendor, event: Event) -> Row {

@@ -4,8 +4,8 @@
 //! RESET and "unchanged" after INIT; the APM says INIT modifies no MSR. Where the documents
 //! leave a RESET value open, the row is `undefined` with the value vcpu-reset writes and why.
 
-use super::gprs::unreachable_row;
-use super::{RowExt, SDM_TABLE, mk, table_citation};
+use super::common::unreachable_row;
+use super::common::{RowExt, SDM_TABLE, mk, table_citation};
 use crate::field::{Field, McReg, Msr};
 use crate::rule::{Alternative, Citation, Derivation, Event, Row, Rule, Source, Vendor};
 

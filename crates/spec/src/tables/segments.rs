@@ -5,8 +5,8 @@
 //! granular (G 0), not long (L 0), AVL 0; only the type and S bits differ between the
 //! registers and between the vendors.
 
-use super::gprs::unreachable_row;
-use super::{RowExt, mk, table_citation};
+use super::common::unreachable_row;
+use super::common::{RowExt, mk, table_citation};
 use crate::field::{Dt, Field, Seg, SegPart};
 use crate::rule::{Alternative, Citation, Event, Row, Rule, Source, Vendor};
 
