@@ -1,4 +1,6 @@
-//! No import cycle among the library's source files.
+//! No import cycle among the source files of any crate of the workspace (the library, the
+//! spec and the selftest tool), and the crates stay in their layers: the spec names no other
+//! crate, the library names nothing of the tool.
 //!
 //! The graph: an edge from file A to file B where A names an item B defines (`crate::…`,
 //! `super::…`, `self::…`, or a path through a child module of A), followed through
@@ -200,15 +202,17 @@ fn reexports(text: &str) -> Reexports {
     (spans, names)
 }
 
-#[test]
-fn no_import_cycle_among_the_library_files() {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+type Edges = BTreeMap<Module, BTreeSet<Module>>;
+
+/// The files of the crate whose sources are in `src` (its binary's `main.rs` left out), and
+/// the import edges between them.
+fn import_graph(src: &Path) -> (BTreeMap<Module, PathBuf>, Edges) {
     let mut files = Vec::new();
-    rust_files(&src, &mut files);
+    rust_files(src, &mut files);
     let modules: BTreeMap<Module, PathBuf> = files
         .into_iter()
         .filter(|p| p.file_name().is_some_and(|n| n != "main.rs"))
-        .map(|p| (module_of(&src, &p), p))
+        .map(|p| (module_of(src, &p), p))
         .collect();
     let texts: BTreeMap<Module, String> = modules
         .iter()
@@ -316,6 +320,11 @@ fn no_import_cycle_among_the_library_files() {
             eprintln!("{} -> {}", a.join("/"), bs.join(" "));
         }
     }
+    (modules, edges)
+}
+
+/// Every import cycle (strongly connected component of more than one file) of the graph.
+fn cycles(modules: &BTreeMap<Module, PathBuf>, edges: &Edges) -> Vec<String> {
     // Strongly connected components (Kosaraju).
     let nodes: Vec<Module> = modules.keys().cloned().collect();
     let mut order = Vec::new();
@@ -335,10 +344,10 @@ fn no_import_cycle_among_the_library_files() {
         order.push(n.clone());
     }
     for n in &nodes {
-        visit(n, &edges, &mut seen, &mut order);
+        visit(n, edges, &mut seen, &mut order);
     }
     let mut reverse: BTreeMap<Module, BTreeSet<Module>> = BTreeMap::new();
-    for (a, bs) in &edges {
+    for (a, bs) in edges {
         for b in bs {
             reverse.entry(b.clone()).or_default().insert(a.clone());
         }
@@ -358,6 +367,14 @@ fn no_import_cycle_among_the_library_files() {
             );
         }
     }
+    cycles
+}
+
+#[test]
+fn no_import_cycle_among_the_library_files() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let (modules, edges) = import_graph(&src);
+    let cycles = cycles(&modules, &edges);
     assert!(
         cycles.is_empty(),
         "import cycles among src/ files: {cycles:#?}"
@@ -375,5 +392,77 @@ fn no_import_cycle_among_the_library_files() {
         for t in edges.get(m).into_iter().flatten() {
             assert_eq!(t[0], "layout", "{} uses {}", m.join("/"), t.join("/"));
         }
+    }
+}
+
+/// The sources of a sibling crate of the workspace, or `None` (having said so) in a packaged
+/// copy of this crate, which has no siblings.
+fn sibling(name: &str) -> Option<PathBuf> {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join(name)
+        .join("src");
+    if !src.is_dir() {
+        eprintln!("skipped: no crates/{name} beside this crate (a packaged copy)");
+        return None;
+    }
+    Some(src)
+}
+
+#[test]
+fn no_import_cycle_among_the_files_of_the_spec_and_the_selftest_tool() {
+    for name in ["spec", "selftest"] {
+        let Some(src) = sibling(name) else { continue };
+        let (modules, edges) = import_graph(&src);
+        assert!(modules.len() > 5, "{name}: the scan sees the crate");
+        assert!(!edges.is_empty(), "{name}: the scan sees imports");
+        let cycles = cycles(&modules, &edges);
+        assert!(
+            cycles.is_empty(),
+            "import cycles among crates/{name}/src files: {cycles:#?}"
+        );
+    }
+}
+
+/// Every `.rs` file under `src` whose code (comments aside) names one of `crates`.
+fn naming(src: &Path, crates: &[&str]) -> Vec<String> {
+    let mut files = Vec::new();
+    rust_files(src, &mut files);
+    let mut found = Vec::new();
+    for f in files {
+        let text = strip_comments(&std::fs::read_to_string(&f).expect("source file"));
+        for c in crates {
+            let at = text.match_indices(c).any(|(i, _)| {
+                let before = text.as_bytes().get(i.wrapping_sub(1)).copied();
+                let after = text.as_bytes().get(i + c.len()).copied();
+                !before.is_some_and(is_word) && !after.is_some_and(is_word)
+            });
+            if at {
+                found.push(format!("{} names {c}", f.display()));
+            }
+        }
+    }
+    found
+}
+
+#[test]
+fn the_crates_stay_in_their_layers() {
+    let lib = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let tool = [
+        "vcpu_reset_selftest",
+        "clap",
+        "serde_json",
+        "serde",
+        "iced_x86",
+        "vm_memory",
+    ];
+    let found = naming(&lib, &tool);
+    assert!(
+        found.is_empty(),
+        "the library uses the tool's crates: {found:#?}"
+    );
+    if let Some(spec) = sibling("spec") {
+        let found = naming(&spec, &["vcpu_reset", "vcpu_reset_selftest", "kvm_ioctls"]);
+        assert!(found.is_empty(), "the spec uses other crates: {found:#?}");
     }
 }
