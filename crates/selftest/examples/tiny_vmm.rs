@@ -35,7 +35,7 @@ use kvm_bindings::{
 use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
 use vcpu_reset::backend::kvm::{KvmHost, KvmVcpu};
 use vcpu_reset::spec::CpuModel;
-use vcpu_reset_selftest::check::log::LogOptions;
+use vcpu_reset_selftest::check::probe_log::LogOptions;
 use vcpu_reset_selftest::check::{Report, Verdict};
 use vcpu_reset_selftest::probe::{self, ProbeOptions, RebootVia};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
@@ -227,7 +227,7 @@ pub fn judge(outcome: &Outcome) -> Report {
         vendor: Some(outcome.model.vendor),
         signature: Some(outcome.model.signature),
     };
-    vcpu_reset_selftest::check::log::judge_log(&outcome.log, &opts)
+    vcpu_reset_selftest::check::probe_log::judge_log(&outcome.log, &opts)
 }
 
 /// The judged fields that are not exact (anything but pass, spec-allows and host-limit; the

@@ -2,10 +2,10 @@
 //!
 //! Targets (each takes arbitrary bytes and must never panic, hang or allocate without bound):
 //! - [`Target::ProbeLog`]: the probe-log parser and the judge (`check --from-log`'s whole path:
-//!   [`crate::check::log::judge_log`], then every report format).
+//!   [`crate::check::probe_log::judge_log`], then every report format).
 //! - [`Target::Firmware`]: the firmware loader ([`crate::runner::Firmware::from_bytes`], and
 //!   now and then [`crate::runner::Firmware::load`] through a real file and the bounded read).
-//! - [`Target::StateJson`]: a vCPU state as JSON ([`crate::input::parse_state_json`]), then the
+//! - [`Target::StateJson`]: a vCPU state as JSON ([`crate::files::parse_state_json`]), then the
 //!   spec's INIT from that state for both vendors and a serialise/parse round trip, which must
 //!   give the same state back.
 //!
@@ -99,11 +99,11 @@ pub fn probe_log(
 ) -> (Outcome, usize, bool) {
     // Without a known signature the judge takes the vendor and signature from the log's own
     // CPUID records, so both paths are exercised.
-    let opts = crate::check::log::LogOptions {
+    let opts = crate::check::probe_log::LogOptions {
         vendor: signature_known.then_some(vendor),
         signature: signature_known.then_some(CpuModel::generic(vendor).signature),
     };
-    let report = crate::check::log::judge_log(input, &opts);
+    let report = crate::check::probe_log::judge_log(input, &opts);
     let s = report.summary();
     let longest = report
         .scenarios
@@ -174,7 +174,7 @@ pub fn firmware(input: &[u8], file: Option<&Path>) -> Outcome {
 
 /// Run the state-JSON target on `input`.
 pub fn state_json(input: &[u8]) -> Outcome {
-    match crate::input::parse_state_json(input) {
+    match crate::files::parse_state_json(input) {
         Ok(state) => {
             for vendor in [Vendor::Intel, Vendor::Amd] {
                 let model = CpuModel::generic(vendor);
@@ -184,7 +184,7 @@ pub fn state_json(input: &[u8]) -> Outcome {
                     spec::expected_state(&model, VcpuIdentity::new(1), Transition::Init(&after));
             }
             let again = serde_json::to_vec(&state).expect("a parsed state serialises");
-            let back = crate::input::parse_state_json(&again).expect("a serialised state parses");
+            let back = crate::files::parse_state_json(&again).expect("a serialised state parses");
             assert_eq!(back, state, "the JSON round trip keeps the state");
             1
         }
@@ -615,7 +615,7 @@ pub fn seeds(target: Target, dir: Option<&Path>) -> Vec<Vec<u8>> {
         let mut paths: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
         paths.sort();
         for p in paths {
-            if let Ok(b) = crate::input::read_bounded(&p, 16 << 20, "fuzz seed") {
+            if let Ok(b) = crate::files::read_bounded(&p, 16 << 20, "fuzz seed") {
                 out.push(b);
             }
         }

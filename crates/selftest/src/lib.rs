@@ -13,15 +13,15 @@
 //! - [`runner`]: a small VM that boots a flat firmware and reboots it in place.
 //! - [`bench`](mod@bench): exit-path and reboot benchmarks on KVM, paths side by side.
 //! - [`fuzz`](mod@fuzz): fuzz targets and a stable-Rust mutation fuzzer.
-//! - [`input`]: bounded reads of input files (firmware, logs, state JSON).
+//! - [`files`]: bounded reads of input files (firmware, logs, state JSON).
 //! - [`host`]: opening KVM as the tool does (`VCPU_RESET_KVM_DEVICE`), and for tests.
 //! - [`sys`]: the few OS calls outside the KVM backend, behind safe functions.
 
 pub mod bench;
 pub mod check;
+pub mod files;
 pub mod fuzz;
 pub mod host;
-pub mod input;
 pub mod probe;
 pub mod runner;
 pub mod sys;

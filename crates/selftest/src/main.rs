@@ -173,10 +173,10 @@ enum BenchCommand {
         #[arg(long, value_parser = ["qemu"])]
         peer: Option<String>,
         /// With --peer: reboots per measured run pair.
-        #[arg(long, default_value_t = vcpu_reset_selftest::bench::peer::PeerOptions::default().reboots)]
+        #[arg(long, default_value_t = vcpu_reset_selftest::bench::peer::PeerBenchOptions::default().reboots)]
         reboots: u32,
         /// With --peer: repetitions.
-        #[arg(long, default_value_t = vcpu_reset_selftest::bench::peer::PeerOptions::default().reps)]
+        #[arg(long, default_value_t = vcpu_reset_selftest::bench::peer::PeerBenchOptions::default().reps)]
         reps: u32,
     },
     /// Soak a 2-vCPU VM: RESET+run cycles, then guest-driven warm reboots; fds, threads and
@@ -206,11 +206,11 @@ enum RebootArg {
     Kbc,
 }
 
-/// At most [`vcpu_reset_selftest::input::QUOTE_MAX`] bytes of a bad value, for messages.
+/// At most [`vcpu_reset_selftest::files::QUOTE_MAX`] bytes of a bad value, for messages.
 fn shown(s: &str) -> String {
     format!(
         "{:?}",
-        vcpu_reset_selftest::input::quote(s.as_bytes(), vcpu_reset_selftest::input::QUOTE_MAX)
+        vcpu_reset_selftest::files::quote(s.as_bytes(), vcpu_reset_selftest::files::QUOTE_MAX)
     )
 }
 
@@ -267,13 +267,13 @@ fn open_output(
     flag: &str,
     firmware: &std::path::Path,
 ) -> Result<vcpu_reset_selftest::runner::Sink, String> {
-    let shown = vcpu_reset_selftest::input::shown_path(path);
+    let shown = vcpu_reset_selftest::files::shown_path(path);
     if same_file(path, firmware) {
         return Err(format!(
             "{flag} {shown} is the firmware file — writing there would destroy the image; choose another file"
         ));
     }
-    let f = vcpu_reset_selftest::input::create_output(path, flag)?;
+    let f = vcpu_reset_selftest::files::create_output(path, flag)?;
     Ok(vcpu_reset_selftest::runner::Sink::File(
         std::sync::Arc::new(std::sync::Mutex::new(f)),
     ))
@@ -420,7 +420,7 @@ fn probe_image(output: &std::path::Path, reboot: Option<RebootArg>) -> ExitCode 
             return ExitCode::from(2);
         }
     };
-    match vcpu_reset_selftest::input::write_output(output, "the probe image", &image) {
+    match vcpu_reset_selftest::files::write_output(output, "the probe image", &image) {
         Ok(()) => {
             eprintln!(
                 "vcpu-reset probe-image: wrote {} ({} bytes); e.g. qemu-system-x86_64 -bios {} -display none -debugcon file:probe.log -global isa-debugcon.iobase=0xe9 -device isa-debug-exit,iobase=0xf4,iosize=0x04, then vcpu-reset check --from-log probe.log",
@@ -465,7 +465,7 @@ fn bench(which: BenchCommand) -> ExitCode {
             ..
         } => {
             drop(host);
-            let options = vcpu_reset_selftest::bench::peer::PeerOptions {
+            let options = vcpu_reset_selftest::bench::peer::PeerBenchOptions {
                 vcpus: vcpus.map_or_else(|| reboot::DEFAULT_VCPUS.to_vec(), |n| vec![n]),
                 reboots,
                 reps,
@@ -526,7 +526,7 @@ fn print(text: &str) -> ExitCode {
 }
 
 /// Parse the command line; clap's own messages echo a bad value whole, so cut every argument
-/// longer than [`vcpu_reset_selftest::input::QUOTE_MAX`] bytes down in them.
+/// longer than [`vcpu_reset_selftest::files::QUOTE_MAX`] bytes down in them.
 fn parse_cli() -> Result<Cli, ExitCode> {
     match Cli::try_parse() {
         Ok(cli) => Ok(cli),
@@ -540,12 +540,12 @@ fn parse_cli() -> Result<Cli, ExitCode> {
                     Some((flag, v)) if flag.starts_with("--") => v,
                     _ => arg.as_ref(),
                 };
-                if value.len() > vcpu_reset_selftest::input::QUOTE_MAX {
+                if value.len() > vcpu_reset_selftest::files::QUOTE_MAX {
                     text = text.replace(
                         value,
-                        &vcpu_reset_selftest::input::quote(
+                        &vcpu_reset_selftest::files::quote(
                             value.as_bytes(),
-                            vcpu_reset_selftest::input::QUOTE_MAX,
+                            vcpu_reset_selftest::files::QUOTE_MAX,
                         ),
                     );
                 }
@@ -633,14 +633,14 @@ fn main() -> ExitCode {
             };
             let report = match from_log {
                 None => check::run(&check::CheckOptions { backend }),
-                Some(path) => match vcpu_reset_selftest::input::read_bounded(
+                Some(path) => match vcpu_reset_selftest::files::read_bounded(
                     &path,
-                    vcpu_reset_selftest::input::MAX_LOG,
+                    vcpu_reset_selftest::files::MAX_LOG,
                     "probe log",
                 ) {
-                    Ok(log) => check::log::judge_log(
+                    Ok(log) => check::probe_log::judge_log(
                         &log,
-                        &check::log::LogOptions {
+                        &check::probe_log::LogOptions {
                             vendor: v.map(vendor),
                             signature,
                         },
@@ -657,7 +657,7 @@ fn main() -> ExitCode {
                 return ExitCode::from(2);
             }
             if let Some(path) = &html
-                && let Err(e) = vcpu_reset_selftest::input::write_output(
+                && let Err(e) = vcpu_reset_selftest::files::write_output(
                     path,
                     "the HTML report",
                     check::html::render(&report).as_bytes(),

@@ -23,13 +23,13 @@ fn failures(r: &Report) -> Vec<(String, String, String)> {
 
 /// After a correct INIT, put CR3 back to what it was: "forgets CR3 on INIT".
 fn init_forgets_cr3(v: &mut Vcpu<ModelVcpu>, e: Event) -> Result<(), String> {
-    let before = v.cache().get(Field::Cr3).map_err(|x| x.to_string())?;
+    let before = v.cache_mut().get(Field::Cr3).map_err(|x| x.to_string())?;
     model::engine(v, e)?;
     if e == Event::Init {
-        v.cache()
+        v.cache_mut()
             .set(Field::Cr3, before)
             .map_err(|x| x.to_string())?;
-        v.cache().flush().map_err(|x| x.to_string())?;
+        v.cache_mut().flush().map_err(|x| x.to_string())?;
     }
     Ok(())
 }
@@ -38,11 +38,11 @@ fn init_forgets_cr3(v: &mut Vcpu<ModelVcpu>, e: Event) -> Result<(), String> {
 fn init_sets_cd_nw(v: &mut Vcpu<ModelVcpu>, e: Event) -> Result<(), String> {
     model::engine(v, e)?;
     if e == Event::Init {
-        let cr0 = v.cache().get(Field::Cr0).map_err(|x| x.to_string())?;
-        v.cache()
+        let cr0 = v.cache_mut().get(Field::Cr0).map_err(|x| x.to_string())?;
+        v.cache_mut()
             .set(Field::Cr0, cr0 | 0x6000_0000)
             .map_err(|x| x.to_string())?;
-        v.cache().flush().map_err(|x| x.to_string())?;
+        v.cache_mut().flush().map_err(|x| x.to_string())?;
     }
     Ok(())
 }

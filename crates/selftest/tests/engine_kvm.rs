@@ -134,7 +134,7 @@ fn name(v: &Vcpu<KvmVcpu>) -> &'static str {
 /// Run until the first exit that is not an interruption.
 fn run(v: &mut Vcpu<KvmVcpu>) -> Exit {
     for _ in 0..100 {
-        match v.cache().run().expect("KVM_RUN") {
+        match v.cache_mut().run().expect("KVM_RUN") {
             Exit::Interrupted => continue,
             exit => return exit,
         }
@@ -198,8 +198,8 @@ fn dirty_state(model: &CpuModel, ident: VcpuIdentity) -> VcpuState {
 fn dirty_and_run(v: Vcpu<KvmVcpu>, model: &CpuModel) -> (VcpuState, Vcpu<KvmVcpu>) {
     let mut v = v;
     let mut state = dirty_state(model, v.identity());
-    v.cache().write_state(&state);
-    v.cache().flush().expect("store the dirtied state");
+    v.cache_mut().write_state(&state);
+    v.cache_mut().flush().expect("store the dirtied state");
     let exit = run(&mut v);
     assert!(
         out_to(DIRTY_PORT, &exit).is_some(),
@@ -212,7 +212,7 @@ fn dirty_and_run(v: Vcpu<KvmVcpu>, model: &CpuModel) -> (VcpuState, Vcpu<KvmVcpu
     state.lapic.ppr = state.lapic.tpr;
     state.msrs.tsc = got.msrs.tsc;
     assert_state(&v, "dirtied and run", &state, &got);
-    v.cache().invalidate();
+    v.cache_mut().invalidate();
     (state, v)
 }
 
@@ -220,15 +220,15 @@ fn dirty_and_run(v: Vcpu<KvmVcpu>, model: &CpuModel) -> (VcpuState, Vcpu<KvmVcpu
 /// invalidated, as a fresh cache over the same backend would be); the engine goes on with it.
 fn read_back(v: Vcpu<KvmVcpu>) -> (VcpuState, Vcpu<KvmVcpu>) {
     let mut v = v;
-    v.cache().flush().expect("flush before reading back");
-    v.cache().invalidate();
-    let state = *v.cache().state().expect("read every class");
+    v.cache_mut().flush().expect("flush before reading back");
+    v.cache_mut().invalidate();
+    let state = *v.cache_mut().state().expect("read every class");
     (state, v)
 }
 
 /// Why KVM does not hold `f` on this host, if its capabilities explain it.
 fn why_not_held(v: &Vcpu<KvmVcpu>, host: &KvmHost, f: Field) -> Option<&'static str> {
-    let kv = v.cache_ref().backend();
+    let kv = v.cache().backend();
     let caps = host.caps();
     let lvt_entries = kv.apic_version().map(|ver| ((ver >> 16) & 0xff) + 1);
     let xsave = kv.xsave_components();
@@ -271,7 +271,7 @@ fn why_not_held(v: &Vcpu<KvmVcpu>, host: &KvmHost, f: Field) -> Option<&'static 
 fn not_held(v: &Vcpu<KvmVcpu>, host: &KvmHost) -> Vec<Field> {
     let fields: Vec<Field> = Field::all()
         .into_iter()
-        .filter(|f| !v.cache_ref().holds(*f))
+        .filter(|f| !v.cache().holds(*f))
         .collect();
     for f in &fields {
         assert!(
@@ -300,7 +300,7 @@ fn counted(want: u128, got: u128) -> bool {
 fn differences(v: &Vcpu<KvmVcpu>, want: &VcpuState, got: &VcpuState) -> Vec<String> {
     Field::all()
         .into_iter()
-        .filter(|f| v.cache_ref().holds(*f))
+        .filter(|f| v.cache().holds(*f))
         .filter(|f| {
             let (w, g) = (f.get(want), f.get(got));
             if *f == Field::Msr(Msr::Tsc) {
@@ -581,7 +581,7 @@ fn the_tsc_restarts_at_reset_where_the_host_lets_it_and_is_a_host_limit_where_no
         power_on_and_run(&mut v);
         let (_, v) = dirty_and_run(v, &model);
         // Every write so far was followed by a run, so nothing has shown yet whether it took.
-        assert!(v.cache_ref().holds(tsc));
+        assert!(v.cache().holds(tsc));
         vcpus.push(v);
     }
     m.vcpus = vcpus;
@@ -592,9 +592,9 @@ fn the_tsc_restarts_at_reset_where_the_host_lets_it_and_is_a_host_limit_where_no
     for v in &mut m.vcpus {
         let devs = assert_verified(v, &host, "RESET");
         let d = devs.iter().find(|d| d.field == tsc);
-        if v.cache_ref().holds(tsc) {
+        if v.cache().holds(tsc) {
             assert!(d.is_none(), "{}: the TSC restarted: {d:?}", name(v));
-            let value = v.cache().get(tsc).expect("read the TSC");
+            let value = v.cache_mut().get(tsc).expect("read the TSC");
             assert!(counted(0, value), "{}: TSC {value:#x}", name(v));
             read.push(value);
         } else {
@@ -616,15 +616,15 @@ fn the_tsc_restarts_at_reset_where_the_host_lets_it_and_is_a_host_limit_where_no
     }
     // INIT keeps the counter running: no write of the TSC, so it is not set back.
     for v in &mut m.vcpus {
-        let before = if v.cache_ref().holds(tsc) {
-            Some(v.cache().get(tsc).expect("read the TSC"))
+        let before = if v.cache().holds(tsc) {
+            Some(v.cache_mut().get(tsc).expect("read the TSC"))
         } else {
             None
         };
         v.init().expect("INIT");
-        v.cache().invalidate();
+        v.cache_mut().invalidate();
         if let Some(before) = before {
-            let after = v.cache().get(tsc).expect("read the TSC");
+            let after = v.cache_mut().get(tsc).expect("read the TSC");
             assert!(
                 counted(before, after),
                 "{}: {before:#x} -> {after:#x}",
@@ -655,9 +655,9 @@ fn nested_state_is_reset_where_the_host_has_it_and_a_host_limit_where_not() {
         } else {
             assert_eq!(nested.len(), 1);
             assert_eq!(nested[0].kind, DeviationKind::NotHeld, "a host limit");
-            assert!(!v.cache_ref().supported().contains(StateClass::Nested));
+            assert!(!v.cache().supported().contains(StateClass::Nested));
             let (_, v) = read_back(v);
-            assert!(!v.cache_ref().holds(Field::Nested));
+            assert!(!v.cache().holds(Field::Nested));
             assert_eq!(
                 why_not_held(&v, &host, Field::Nested),
                 Some("no KVM_CAP_NESTED_STATE")
@@ -757,7 +757,7 @@ fn an_ap_waiting_for_sipi_is_reset_in_at_most_four_ioctls_with_kvms_init() {
     let (_, mut ap) = dirty_and_run(ap, &model);
     ap.init().expect("INIT");
     // A cache that knows nothing of the waiting AP, as after a run.
-    ap.cache().invalidate();
+    ap.cache_mut().invalidate();
     let lazy = ap.host_init_lazy();
     let out = ap.reset().expect("RESET");
     eprintln!(

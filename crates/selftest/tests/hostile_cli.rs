@@ -128,7 +128,7 @@ fn endless_and_giant_inputs_are_refused_at_once() {
     let big = d.path("big.log");
     std::fs::File::create(&big)
         .unwrap()
-        .set_len(vcpu_reset_selftest::input::MAX_LOG + 1)
+        .set_len(vcpu_reset_selftest::files::MAX_LOG + 1)
         .unwrap();
     let o = bin()
         .args(["check", "--from-log"])
@@ -225,7 +225,7 @@ fn bad_values_are_quoted_short() {
     let d = Dir::new("quote-json");
     let p = d.path("state.json");
     std::fs::write(&p, format!("{{\"gprs\": \"{}\"}}", "q".repeat(10 << 20))).unwrap();
-    let e = vcpu_reset_selftest::input::load_state_json(&p)
+    let e = vcpu_reset_selftest::files::load_state_json(&p)
         .unwrap_err()
         .to_string();
     assert!(e.len() < 400, "{} bytes", e.len());

@@ -25,10 +25,10 @@ fn failures(r: &Report) -> Vec<(String, String, String)> {
 /// A correct RESET, after which the current-VMCS pointer is put back: "keeps the current VMCS
 /// pointer across RESET".
 fn reset_keeps_current_vmcs(v: &mut Vcpu<ModelVcpu>, e: Event) -> Result<(), String> {
-    let kept = v.cache_ref().backend().nested().current_vmcs_pointer();
+    let kept = v.cache().backend().nested().current_vmcs_pointer();
     model::engine(v, e)?;
     if e == Event::Reset {
-        v.cache()
+        v.cache_mut()
             .backend_mut()
             .nested_mut()
             .force_current_vmcs_pointer(kept);
@@ -41,10 +41,10 @@ fn init_ignores_blocking(v: &mut Vcpu<ModelVcpu>, e: Event) -> Result<(), String
     if e == Event::Reset {
         return model::engine(v, e);
     }
-    let prior = *v.cache().state().map_err(|x| x.to_string())?;
+    let prior = *v.cache_mut().state().map_err(|x| x.to_string())?;
     let target = spec::expected_state(v.model(), v.identity(), Transition::Init(&prior));
-    v.cache().write_state(&target);
-    v.cache().flush().map_err(|x| x.to_string())
+    v.cache_mut().write_state(&target);
+    v.cache_mut().flush().map_err(|x| x.to_string())
 }
 
 #[test]

@@ -277,7 +277,7 @@ use std::time::Duration;
 use harness::{End, Guest};
 use vcpu_reset::spec::{Field, LapicReg, Msr, X87};
 use vcpu_reset_selftest::probe::{
-    self, Exit, Fault, Observed, Origin, ProbeOptions, ProbeRun, Value, record,
+    self, Fault, Origin, ProbeEnd, ProbeOptions, ProbeRun, Seen, Value, record,
 };
 
 const EXIT_PORT: u16 = 0xf4;
@@ -286,7 +286,7 @@ const ABSENT_MSR: u32 = 0xdead;
 fn options(tag: &str) -> ProbeOptions {
     let mut o = ProbeOptions::reset_vector(tag);
     o.out_ports = vec![0xe9, 0x3f8];
-    o.exit = Exit::Out {
+    o.exit = ProbeEnd::Out {
         port: EXIT_PORT,
         value: 0x31,
     };
@@ -428,7 +428,7 @@ fn probe_records_map_onto_spec_fields() {
     let rom = probe::firmware_image(&opts).expect("probe assembles");
     let mut g = Guest::new(&kvm, &rom, true);
     let f = run_to_exit(&mut g, &opts).fields().expect("fields");
-    let v = |value: u128, mask: u128| Observed::Value { value, mask };
+    let v = |value: u128, mask: u128| Seen::Value { value, mask };
     assert_eq!(f[&Field::Cr0], v(0x6000_0010, 0xffff_ffff));
     assert_eq!(f[&Field::Efer], v(0, u128::from(u64::MAX)));
     assert_eq!(
@@ -450,10 +450,7 @@ fn probe_records_map_onto_spec_fields() {
     for i in probe::default_msrs() {
         let field = record::field_for_msr(i).expect("spec MSR");
         assert!(
-            matches!(
-                f.get(&field),
-                Some(Observed::Value { .. } | Observed::Fault(_))
-            ),
+            matches!(f.get(&field), Some(Seen::Value { .. } | Seen::Fault(_))),
             "{field}: {:?}",
             f.get(&field)
         );
@@ -475,11 +472,11 @@ fn probe_catches_ud_from_fxsave_without_cpuid() {
     assert_eq!(r.get("fxsave"), Some(&Value::Fault(Fault::Ud)));
     assert_eq!(num(&r, "lapic.svr"), 0xff);
     let f = r.fields().expect("fields");
-    assert_eq!(f[&Field::Mxcsr], Observed::Fault(Fault::Ud));
+    assert_eq!(f[&Field::Mxcsr], Seen::Fault(Fault::Ud));
     // FNSTCW still gave FCW.
     assert_eq!(
         f[&Field::X87(X87::Fcw)],
-        Observed::Value {
+        Seen::Value {
             value: 0x037f,
             mask: 0xffff
         }

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::process::Command;
 
 use vcpu_reset_selftest::check::Verdict;
-use vcpu_reset_selftest::check::log::{LogOptions, judge_log};
+use vcpu_reset_selftest::check::probe_log::{LogOptions, judge_log};
 use vcpu_reset_selftest::probe::{self, LogFormat};
 
 fn log(name: &str) -> Vec<u8> {

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use vcpu_reset_selftest::probe::{self, Exit, ProbeOptions, ProbeRun};
+use vcpu_reset_selftest::probe::{self, ProbeEnd, ProbeOptions, ProbeRun};
 
 const QEMU: &str = "qemu-system-x86_64";
 const EXIT_VALUE: u8 = 0x10;
@@ -86,7 +86,7 @@ fn parse_one(log: &[u8]) -> ProbeRun {
 fn options(tag: &str) -> ProbeOptions {
     let mut o = ProbeOptions::reset_vector(tag);
     o.out_ports = vec![0xe9, 0x3f8];
-    o.exit = Exit::Out {
+    o.exit = ProbeEnd::Out {
         port: 0xf4,
         value: EXIT_VALUE,
     };

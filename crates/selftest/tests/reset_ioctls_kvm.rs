@@ -100,7 +100,7 @@ fn out_exit(exit: &Exit) -> bool {
 /// path.
 fn reset_within_budget(v: &mut Vcpu<impl Backend>, who: &str, untouched: bool) -> Option<Path> {
     let path = path_of(v);
-    v.cache().invalidate();
+    v.cache_mut().invalidate();
     let out = v.reset().expect("RESET");
     let Some(inexact) = v.host_init_inexact() else {
         eprintln!(
@@ -152,12 +152,12 @@ fn a_reset_takes_at_most_four_vcpu_ioctls_after_the_guest_ran_and_two_where_it_d
     // vCPU 0, the BSP, runs from the reset vector into the loop; vCPU 2 is started at the
     // loop (SIPI vector 1: CS 0x0100, IP 0, linear CODE) and runs it; vCPU 1 waits for SIPI
     // and never enters the guest.
-    let exit = vcpus[0].cache().run().expect("BSP runs");
+    let exit = vcpus[0].cache_mut().run().expect("BSP runs");
     assert!(out_exit(&exit), "BSP: {exit:?}");
     assert!(vcpus[2].sipi((CODE >> 12) as u8).expect("SIPI"));
-    let exit = vcpus[2].cache().run().expect("AP runs");
+    let exit = vcpus[2].cache_mut().run().expect("AP runs");
     assert!(out_exit(&exit), "AP: {exit:?}");
-    let counted = vcpus[1].cache().backend_mut().touch_count().is_some();
+    let counted = vcpus[1].cache_mut().backend_mut().touch_count().is_some();
     reset_within_budget(&mut vcpus[0], "BSP that ran", false);
     reset_within_budget(&mut vcpus[1], "AP waiting for SIPI", counted);
     reset_within_budget(&mut vcpus[2], "AP that ran", false);
@@ -171,18 +171,18 @@ fn a_reset_takes_at_most_four_vcpu_ioctls_after_the_guest_ran_and_two_where_it_d
     // A store by the host since the RESET (the x87 control word, through the cache) rules the
     // short path out, though the guest did not run: the RESET stores x87/SSE state again.
     vcpus[1]
-        .cache()
+        .cache_mut()
         .set(Field::X87(X87::Fcw), 0x37f)
         .expect("FCW");
-    vcpus[1].cache().flush().expect("flush");
+    vcpus[1].cache_mut().flush().expect("flush");
     reset_within_budget(&mut vcpus[1], "AP after a host store", false);
     assert_eq!(
-        vcpus[1].cache().get(Field::X87(X87::Fcw)).expect("FCW"),
+        vcpus[1].cache_mut().get(Field::X87(X87::Fcw)).expect("FCW"),
         0x40
     );
 
     // A vCPU that ran in between takes the full path again.
-    let exit = vcpus[0].cache().run().expect("BSP runs");
+    let exit = vcpus[0].cache_mut().run().expect("BSP runs");
     assert!(out_exit(&exit), "BSP: {exit:?}");
     if let Some(path) = reset_within_budget(&mut vcpus[0], "BSP that ran again", false) {
         eprintln!(
@@ -220,12 +220,12 @@ fn the_init_is_taken_inside_the_reset_where_it_clobbers_a_class_wrong() {
             "{who}: the engine saw CS off after the INIT: {off:?}"
         );
         assert_eq!(path_of(v), Path::Eager, "{who}");
-        let counted = v.cache().backend_mut().touch_count().is_some();
+        let counted = v.cache_mut().backend_mut().touch_count().is_some();
         let path = reset_within_budget(v, &format!("{who} not run since its RESET"), counted);
         assert_eq!(path, Some(Path::Eager), "{who}");
         // A store by the host (as by a guest that ran): the full eager RESET.
-        v.cache().set(Field::X87(X87::Fcw), 0x37f).expect("FCW");
-        v.cache().flush().expect("flush");
+        v.cache_mut().set(Field::X87(X87::Fcw), 0x37f).expect("FCW");
+        v.cache_mut().flush().expect("flush");
         let path = reset_within_budget(v, &format!("{who} after a host store"), false);
         assert_eq!(path, Some(Path::Eager), "{who}");
     }
@@ -382,9 +382,9 @@ fn where_kvms_init_leaves_a_class_wrong_the_engine_finds_it_once_and_stores_it_i
     // Again, with the cache invalidated as after an exit: the engine now stores the debug
     // registers itself, one ioctl more (the wrapper's own KVM_GET/SET_DEBUGREGS that spoil DR0
     // are counted too). Neither vCPU ran or was stored since its RESET.
-    let untouched = plain.cache().backend_mut().touch_count().is_some();
-    plain.cache().invalidate();
-    broken.cache().invalidate();
+    let untouched = plain.cache_mut().backend_mut().touch_count().is_some();
+    plain.cache_mut().invalidate();
+    broken.cache_mut().invalidate();
     let p = plain.reset().expect("RESET").calls;
     let b = broken.reset().expect("RESET").calls;
     eprintln!("plain ({plain_path:?} path) {p:?}, with the wrong DR0 {b:?}");
@@ -393,7 +393,7 @@ fn where_kvms_init_leaves_a_class_wrong_the_engine_finds_it_once_and_stores_it_i
     assert_eq!((b.loads, b.stores), (loads + 1, stores + 1));
     let devs = broken.verify().expect("verify");
     assert!(mismatches(&devs).is_empty(), "{:?}", mismatches(&devs));
-    let dr0 = broken.cache().get(Field::Dr(0)).expect("DR0");
+    let dr0 = broken.cache_mut().get(Field::Dr(0)).expect("DR0");
     assert_eq!(
         dr0, 0,
         "DR0 is at its RESET value, not the stale {STALE_DR0:#x}"
@@ -414,12 +414,12 @@ fn leaving_kvms_init_to_the_next_run_takes_three_ioctls_and_is_exact_where_the_c
     }
     // The AP waits for SIPI throughout and never enters the guest: where the host counts
     // entries, its RESET keeps x87/SSE state, XCR0 and MSRs and takes KVM_SET_MSRS alone.
-    let counted = vcpus[1].cache().backend_mut().touch_count().is_some();
+    let counted = vcpus[1].cache_mut().backend_mut().touch_count().is_some();
     for round in 0..2 {
-        let exit = vcpus[0].cache().run().expect("BSP runs");
+        let exit = vcpus[0].cache_mut().run().expect("BSP runs");
         assert!(out_exit(&exit), "BSP after RESET {round}: {exit:?}");
         for (v, who) in vcpus.iter_mut().zip(["BSP", "AP"]) {
-            v.cache().invalidate();
+            v.cache_mut().invalidate();
             let out = v.reset().expect("RESET");
             eprintln!(
                 "{who}: RESET with the INIT left to the next run: {:?}",
@@ -460,16 +460,16 @@ fn kvms_init_keeps_a_changed_apic_id_and_x2apic_mode_but_the_reset_does_not() {
     }
     let want = spec::expected_state(&model, VcpuIdentity::new(1), Transition::Reset);
     // An xAPIC ID changed by the guest (INIT keeps it, SDM Vol. 3A §11.4.6) ...
-    v.cache()
+    v.cache_mut()
         .set(Field::Lapic(LapicReg::Id), 0x0700_0000)
         .expect("APIC ID");
-    v.cache().flush().expect("store");
-    v.cache().invalidate();
+    v.cache_mut().flush().expect("store");
+    v.cache_mut().invalidate();
     assert_eq!(
-        v.cache().get(Field::Lapic(LapicReg::Id)).expect("ID"),
+        v.cache_mut().get(Field::Lapic(LapicReg::Id)).expect("ID"),
         0x0700_0000
     );
-    v.cache().invalidate();
+    v.cache_mut().invalidate();
     // The guest did not run, but the host stored the local APIC: the full RESET, whose
     // IA32_APIC_BASE writes put the ID back (4 ioctls where the INIT is taken inside the RESET,
     // 3 where it is left to the next run).
@@ -485,26 +485,26 @@ fn kvms_init_keeps_a_changed_apic_id_and_x2apic_mode_but_the_reset_does_not() {
     let devs = v.verify().expect("verify");
     assert!(mismatches(&devs).is_empty(), "{:?}", mismatches(&devs));
     assert_eq!(
-        v.cache().get(Field::Lapic(LapicReg::Id)).expect("ID"),
+        v.cache_mut().get(Field::Lapic(LapicReg::Id)).expect("ID"),
         want.lapic.id.into()
     );
     // ... and x2APIC mode (INIT keeps IA32_APIC_BASE).
     let x2apic = u128::from(want.msrs.apic_base | (1 << 10));
-    v.cache()
+    v.cache_mut()
         .set(Field::Msr(Msr::ApicBase), x2apic)
         .expect("APIC base");
-    v.cache().flush().expect("store");
-    v.cache().invalidate();
+    v.cache_mut().flush().expect("store");
+    v.cache_mut().invalidate();
     assert_eq!(
-        v.cache().get(Field::Msr(Msr::ApicBase)).expect("base"),
+        v.cache_mut().get(Field::Msr(Msr::ApicBase)).expect("base"),
         x2apic
     );
-    v.cache().invalidate();
+    v.cache_mut().invalidate();
     v.reset().expect("RESET");
     let devs = v.verify().expect("verify");
     assert!(mismatches(&devs).is_empty(), "{:?}", mismatches(&devs));
     assert_eq!(
-        v.cache().get(Field::Msr(Msr::ApicBase)).expect("base"),
+        v.cache_mut().get(Field::Msr(Msr::ApicBase)).expect("base"),
         u128::from(want.msrs.apic_base)
     );
 }
@@ -513,7 +513,7 @@ fn kvms_init_keeps_a_changed_apic_id_and_x2apic_mode_but_the_reset_does_not() {
 fn a_startup_ipi_pending_at_a_short_reset_does_not_start_the_ap() {
     let Some(mut vm) = loop_vm(2) else { return };
     let vcpus = vm.vcpus();
-    if vcpus[1].cache().backend_mut().touch_count().is_none() {
+    if vcpus[1].cache_mut().backend_mut().touch_count().is_none() {
         eprintln!("skipped: the host does not count guest entries");
         return;
     }
@@ -521,14 +521,14 @@ fn a_startup_ipi_pending_at_a_short_reset_does_not_start_the_ap() {
     // stays pending in vCPU 1's local APIC: x2APIC mode through the cache (a store it counts),
     // then the x2APIC ICR (MSR 0x830: startup, vector 0x12, to x2APIC ID 1) through the fd.
     let base = vcpus[0]
-        .cache()
+        .cache_mut()
         .get(Field::Msr(Msr::ApicBase))
         .expect("APIC base");
     vcpus[0]
-        .cache()
+        .cache_mut()
         .set(Field::Msr(Msr::ApicBase), base | (1 << 10))
         .expect("x2APIC");
-    vcpus[0].cache().flush().expect("store");
+    vcpus[0].cache_mut().flush().expect("store");
     let icr = kvm_bindings::kvm_msr_entry {
         index: 0x830,
         data: (1 << 32) | 0x4612,
@@ -536,7 +536,7 @@ fn a_startup_ipi_pending_at_a_short_reset_does_not_start_the_ap() {
     };
     let msrs = kvm_bindings::Msrs::from_entries(&[icr]).expect("one MSR");
     let sent = vcpus[0]
-        .cache()
+        .cache_mut()
         .backend_mut()
         .fd()
         .set_msrs(&msrs)
@@ -545,7 +545,7 @@ fn a_startup_ipi_pending_at_a_short_reset_does_not_start_the_ap() {
 
     // vCPU 1 has not run since its RESET: the short RESET.
     let path = path_of(&vcpus[1]);
-    vcpus[1].cache().invalidate();
+    vcpus[1].cache_mut().invalidate();
     let out = vcpus[1].reset().expect("RESET");
     eprintln!(
         "AP with a SIPI pending: RESET {:?} ({path:?} path)",
@@ -567,11 +567,11 @@ fn a_startup_ipi_pending_at_a_short_reset_does_not_start_the_ap() {
     let devs = vcpus[1].verify().expect("verify");
     assert!(mismatches(&devs).is_empty(), "{:?}", mismatches(&devs));
     assert_eq!(
-        vcpus[1].cache().get(Field::Activity).expect("activity"),
+        vcpus[1].cache_mut().get(Field::Activity).expect("activity"),
         spec::Activity::WaitForSipi as u128,
         "the AP waits for SIPI"
     );
-    let cs = vcpus[1].cache().segment(spec::Seg::Cs).expect("CS");
+    let cs = vcpus[1].cache_mut().segment(spec::Seg::Cs).expect("CS");
     assert_eq!(
         (cs.selector, cs.base),
         (0xf000, 0xffff_0000),

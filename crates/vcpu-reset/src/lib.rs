@@ -36,9 +36,9 @@
 //!
 //! [`reset_vcpu`] reads the CPUID back (KVM_GET_CPUID2) and never changes it: the vendor picks
 //! Intel's or AMD's rules, CPUID.01H:EAX is what RDX holds after RESET, the XSAVE layout and
-//! the local APIC version follow. It costs 18 ioctls on this project's machines right after a
-//! guest exit, 17 otherwise (listed at [`reset_vcpu`]). `examples/tiny_vmm.rs` is a whole VMM built this way
-//! that reboots its guest in place on a triple fault and on 0xCF9.
+//! the local APIC version follow. Its cost in ioctls is listed at [`reset_vcpu`]. The
+//! repository's `crates/selftest/examples/tiny_vmm.rs` is a whole VMM built this way that
+//! reboots its guest in place on a triple fault and on 0xCF9.
 //!
 //! # Keeping the vCPU: RESET, INIT, SIPI, verify
 //!
@@ -87,7 +87,7 @@
 //!   whole VM's vCPUs in parallel.
 //! - [`cache`]: the register cache with available/dirty tracking in front of a backend.
 //! - [`backend`]: KVM and a software VMX-style model, behind one trait.
-//! - [`layout`]: the state classes and register-cache slots backends and the cache share.
+//! - [`slots`]: the state classes and register-cache slots backends and the cache share.
 //! - [`reset_vcpu`]: the one-call RESET for a VMM's own vCPU.
 //!
 //! The conformance selftest, its guest probes, the small VMM that boots them and the
@@ -98,10 +98,10 @@
 
 pub use vcpu_reset_spec as spec;
 
-mod adopt;
-pub use adopt::{ResetVcpuError, reset_vcpu, reset_vcpu_counted};
+mod vmm;
+pub use vmm::{ResetVcpuError, reset_vcpu, reset_vcpu_counted};
 
 pub mod backend;
 pub mod cache;
 pub mod engine;
-pub mod layout;
+pub mod slots;

@@ -79,8 +79,8 @@ proptest! {
         let model = model_of(vendor, sig);
         let ident = VcpuIdentity::new(id);
         let mut v = Vcpu::new(VcpuCache::with_state(ModelVcpu::new_poisoned(), &prior), model, ident);
-        v.cache().flush().unwrap();
-        v.cache().invalidate();
+        v.cache_mut().flush().unwrap();
+        v.cache_mut().invalidate();
         v.reset().unwrap();
         prop_assert!(v.verify().unwrap().is_empty());
         let got = backend_state(v.into_cache().into_backend().unwrap());

@@ -24,27 +24,27 @@ fn vcpu(model: CpuModel) -> Vcpu<ModelVcpu> {
         VcpuIdentity::new(1),
     );
     v.reset().unwrap();
-    v.cache().set(Field::Gpr(Gpr::Rax), 0x1234).unwrap();
-    v.cache().set(Field::Cr3, 0x5000).unwrap();
-    v.cache().flush().unwrap();
+    v.cache_mut().set(Field::Gpr(Gpr::Rax), 0x1234).unwrap();
+    v.cache_mut().set(Field::Cr3, 0x5000).unwrap();
+    v.cache_mut().flush().unwrap();
     v
 }
 
 /// Let the guest do `f` to its nested state in one run.
 fn guest(v: &mut Vcpu<ModelVcpu>, f: fn(&mut GuestView<'_>) -> bool) {
-    v.cache().backend_mut().set_guest(Box::new(
+    v.cache_mut().backend_mut().set_guest(Box::new(
         move |g| if f(g) { Exit::Hlt } else { Exit::Shutdown },
     ));
     assert_eq!(
-        v.cache().run().unwrap(),
+        v.cache_mut().run().unwrap(),
         Exit::Hlt,
         "guest instruction failed"
     );
-    v.cache().backend_mut().clear_guest();
+    v.cache_mut().backend_mut().clear_guest();
 }
 
 fn nested(v: &mut Vcpu<ModelVcpu>, r: NestedReg) -> u128 {
-    v.cache().get(Field::NestedReg(r)).unwrap()
+    v.cache_mut().get(Field::NestedReg(r)).unwrap()
 }
 
 #[test]
@@ -58,8 +58,8 @@ fn init_in_vmx_root_is_held_and_applied_after_vmxoff() {
     assert_eq!(out.slots_written, 0, "a held INIT writes nothing");
     assert_eq!(v.init_latched(), Some(InitRule::VmxRoot));
     assert!(v.verify().unwrap().is_empty());
-    assert_eq!(v.cache().get(Field::Gpr(Gpr::Rax)).unwrap(), 0x1234);
-    assert_eq!(v.cache().get(Field::Cr3).unwrap(), 0x5000);
+    assert_eq!(v.cache_mut().get(Field::Gpr(Gpr::Rax)).unwrap(), 0x1234);
+    assert_eq!(v.cache_mut().get(Field::Cr3).unwrap(), 0x5000);
     assert_eq!(nested(&mut v, NestedReg::VmxonPointer), 0x1000);
     // Still in VMX root: delivering does nothing and the INIT stays latched.
     assert_eq!(v.deliver_latched_init().unwrap(), None);
@@ -69,10 +69,10 @@ fn init_in_vmx_root_is_held_and_applied_after_vmxoff() {
     let out = v.deliver_latched_init().unwrap().unwrap();
     assert_eq!(out.init, Some(InitOutcome::Taken));
     assert_eq!(v.init_latched(), None);
-    assert_eq!(v.cache().get(Field::Gpr(Gpr::Rax)).unwrap(), 0);
-    assert_eq!(v.cache().get(Field::Cr3).unwrap(), 0);
+    assert_eq!(v.cache_mut().get(Field::Gpr(Gpr::Rax)).unwrap(), 0);
+    assert_eq!(v.cache_mut().get(Field::Cr3).unwrap(), 0);
     assert_eq!(
-        v.cache().get(Field::Activity).unwrap(),
+        v.cache_mut().get(Field::Activity).unwrap(),
         Activity::WaitForSipi as u128
     );
     assert_eq!(nested(&mut v, NestedReg::CurrentVmcs), u64::MAX.into());
@@ -99,10 +99,10 @@ fn init_in_vmx_non_root_is_a_vm_exit() {
     assert_eq!(nested(&mut v, NestedReg::VmxonPointer), 0x1000);
     assert_eq!(nested(&mut v, NestedReg::CurrentVmcs), 0x2000);
     // No INIT happened: registers as they were.
-    assert_eq!(v.cache().get(Field::Gpr(Gpr::Rax)).unwrap(), 0x1234);
-    assert_eq!(v.cache().get(Field::Cr3).unwrap(), 0x5000);
+    assert_eq!(v.cache_mut().get(Field::Gpr(Gpr::Rax)).unwrap(), 0x1234);
+    assert_eq!(v.cache_mut().get(Field::Cr3).unwrap(), 0x5000);
     assert!(v.verify().unwrap().is_empty());
-    let n = v.cache_ref().backend().nested();
+    let n = v.cache().backend().nested();
     assert!(!n.in_guest_mode() && n.in_operation());
     // A second INIT, now in root operation, is held.
     assert_eq!(
@@ -117,12 +117,12 @@ fn init_with_gif_clear_is_held_until_stgi() {
     guest(&mut v, |g| g.nested().clgi().is_ok());
     let out = v.init().unwrap();
     assert_eq!(out.init, Some(InitOutcome::Held(InitRule::SvmGif)));
-    assert_eq!(v.cache().get(Field::Gpr(Gpr::Rax)).unwrap(), 0x1234);
+    assert_eq!(v.cache_mut().get(Field::Gpr(Gpr::Rax)).unwrap(), 0x1234);
     assert_eq!(v.deliver_latched_init().unwrap(), None);
     guest(&mut v, |g| g.nested().stgi().is_ok());
     let out = v.deliver_latched_init().unwrap().unwrap();
     assert_eq!(out.init, Some(InitOutcome::Taken));
-    assert_eq!(v.cache().get(Field::Gpr(Gpr::Rax)).unwrap(), 0);
+    assert_eq!(v.cache_mut().get(Field::Gpr(Gpr::Rax)).unwrap(), 0);
     assert_eq!(nested(&mut v, NestedReg::Gif), 1);
     assert!(v.verify().unwrap().is_empty());
 }
@@ -137,7 +137,7 @@ fn intercepted_init_in_svm_guest_mode_is_a_vmexit() {
     assert_eq!(nested(&mut v, NestedReg::GuestMode), 0);
     assert_eq!(nested(&mut v, NestedReg::Gif), 0, "#VMEXIT clears GIF");
     assert_eq!(nested(&mut v, NestedReg::InterceptInit), 0);
-    assert_eq!(v.cache().get(Field::Gpr(Gpr::Rax)).unwrap(), 0x1234);
+    assert_eq!(v.cache_mut().get(Field::Gpr(Gpr::Rax)).unwrap(), 0x1234);
     assert!(v.verify().unwrap().is_empty());
     // GIF is now 0: the next INIT is held.
     assert_eq!(
@@ -150,15 +150,15 @@ fn intercepted_init_in_svm_guest_mode_is_a_vmexit() {
 fn unintercepted_init_in_svm_guest_mode_is_taken_and_leaves_it() {
     let mut v = vcpu(AMD);
     guest(&mut v, |g| g.nested().vmrun(false).is_ok());
-    let prior = *v.cache().state().unwrap();
+    let prior = *v.cache_mut().state().unwrap();
     let out = v.init().unwrap();
     assert_eq!(out.init, Some(InitOutcome::Taken));
     assert_eq!(nested(&mut v, NestedReg::GuestMode), 0);
     assert_eq!(nested(&mut v, NestedReg::Gif), 1);
-    assert_eq!(v.cache().get(Field::Nested).unwrap(), 0);
-    assert_eq!(v.cache().get(Field::Gpr(Gpr::Rax)).unwrap(), 0);
+    assert_eq!(v.cache_mut().get(Field::Nested).unwrap(), 0);
+    assert_eq!(v.cache_mut().get(Field::Gpr(Gpr::Rax)).unwrap(), 0);
     let want = spec::expected_state(&AMD, VcpuIdentity::new(1), Transition::Init(&prior));
-    assert_eq!(*v.cache().state().unwrap(), want);
+    assert_eq!(*v.cache_mut().state().unwrap(), want);
     assert!(v.verify().unwrap().is_empty());
 }
 
@@ -171,6 +171,6 @@ fn reset_drops_a_latched_init() {
     v.reset().unwrap();
     assert_eq!(v.init_latched(), None);
     assert_eq!(v.deliver_latched_init().unwrap(), None);
-    assert!(!v.cache_ref().backend().nested().is_present());
+    assert!(!v.cache().backend().nested().is_present());
     assert!(v.verify().unwrap().is_empty());
 }

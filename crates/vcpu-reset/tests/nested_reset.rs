@@ -30,7 +30,7 @@ fn powered_on(model: CpuModel) -> Vcpu<ModelVcpu> {
 
 /// VMXON, VMPTRLD, VMLAUNCH, VM entry and an enlightened VMCS, done by the guest.
 fn enter_vmx_non_root(v: &mut Vcpu<ModelVcpu>) {
-    v.cache().backend_mut().set_guest(Box::new(|g| {
+    v.cache_mut().backend_mut().set_guest(Box::new(|g| {
         let n = g.nested();
         let ok = n.vmxon(0x1000).is_ok()
             && n.vmptrld(0x2000).is_ok()
@@ -39,8 +39,8 @@ fn enter_vmx_non_root(v: &mut Vcpu<ModelVcpu>) {
             && n.vm_entry().is_ok();
         if ok { Exit::Hlt } else { Exit::Shutdown }
     }));
-    assert_eq!(v.cache().run().unwrap(), Exit::Hlt);
-    v.cache().backend_mut().clear_guest();
+    assert_eq!(v.cache_mut().run().unwrap(), Exit::Hlt);
+    v.cache_mut().backend_mut().clear_guest();
 }
 
 #[test]
@@ -48,13 +48,13 @@ fn reset_in_vmx_non_root_drops_the_current_vmcs_and_the_evmcs_pointer() {
     let mut v = powered_on(INTEL);
     enter_vmx_non_root(&mut v);
     {
-        let n = v.cache_ref().backend().nested();
+        let n = v.cache().backend().nested();
         assert_eq!(n.current_vmcs(), Some(0x2000));
         assert_eq!(n.evmcs_pointer(), Some(0x3000));
         assert!(n.in_guest_mode());
     }
     v.reset().unwrap();
-    let n = v.cache_ref().backend().nested();
+    let n = v.cache().backend().nested();
     assert_eq!(n.vmxon_pointer(), None);
     assert_eq!(n.current_vmcs_pointer(), INVALID_VMCS_POINTER);
     assert_eq!(n.current_vmcs_pointer(), 0xffff_ffff_ffff_ffff);
@@ -73,69 +73,79 @@ fn reset_in_vmx_non_root_drops_the_current_vmcs_and_the_evmcs_pointer() {
         (NestedReg::Gif, 1),
         (NestedReg::InterceptInit, 0),
     ] {
-        assert_eq!(v.cache().get(Field::NestedReg(r)).unwrap(), want, "{r:?}");
+        assert_eq!(
+            v.cache_mut().get(Field::NestedReg(r)).unwrap(),
+            want,
+            "{r:?}"
+        );
     }
-    assert_eq!(v.cache().get(Field::Nested).unwrap(), 0);
+    assert_eq!(v.cache_mut().get(Field::Nested).unwrap(), 0);
 }
 
 #[test]
 fn capability_msrs_are_restored_after_the_vmm_or_the_guest_changed_them() {
     let mut v = powered_on(INTEL);
     // The VMM narrows IA32_VMX_PROCBASED_CTLS2 (no allowed-1 settings) and IA32_VMX_BASIC.
-    v.cache().set(Field::VmxCap(11), 0).unwrap();
-    v.cache()
+    v.cache_mut().set(Field::VmxCap(11), 0).unwrap();
+    v.cache_mut()
         .set(Field::VmxCap(0), 0x0000_1000_11e5_7ed0)
         .unwrap();
-    v.cache().flush().unwrap();
+    v.cache_mut().flush().unwrap();
     // The guest (on the model, the processor itself) changes IA32_VMX_MISC, a hash MSR and
     // locks IA32_FEATURE_CONTROL.
-    v.cache().backend_mut().set_guest(Box::new(|g| {
+    v.cache_mut().backend_mut().set_guest(Box::new(|g| {
         let ok = g.set(Field::VmxCap(5), 0xdead).is_ok()
             && g.set(Field::SgxLeHash(2), 0x1234).is_ok()
             && g.set(Field::Msr(Msr::FeatureControl), 0x5).is_ok();
         if ok { Exit::Hlt } else { Exit::Shutdown }
     }));
-    assert_eq!(v.cache().run().unwrap(), Exit::Hlt);
-    v.cache().backend_mut().clear_guest();
-    assert_eq!(v.cache().get(Field::VmxCap(5)).unwrap(), 0xdead);
+    assert_eq!(v.cache_mut().run().unwrap(), Exit::Hlt);
+    v.cache_mut().backend_mut().clear_guest();
+    assert_eq!(v.cache_mut().get(Field::VmxCap(5)).unwrap(), 0xdead);
 
     // INIT keeps them all (SDM Table 10-1: MSRs unchanged).
     v.init().unwrap();
-    assert_eq!(v.cache().get(Field::VmxCap(11)).unwrap(), 0);
-    assert_eq!(v.cache().get(Field::VmxCap(5)).unwrap(), 0xdead);
-    assert_eq!(v.cache().get(Field::SgxLeHash(2)).unwrap(), 0x1234);
-    assert_eq!(v.cache().get(Field::Msr(Msr::FeatureControl)).unwrap(), 0x5);
+    assert_eq!(v.cache_mut().get(Field::VmxCap(11)).unwrap(), 0);
+    assert_eq!(v.cache_mut().get(Field::VmxCap(5)).unwrap(), 0xdead);
+    assert_eq!(v.cache_mut().get(Field::SgxLeHash(2)).unwrap(), 0x1234);
+    assert_eq!(
+        v.cache_mut().get(Field::Msr(Msr::FeatureControl)).unwrap(),
+        0x5
+    );
 
     // RESET restores the configured capabilities and Intel's digest, and clears the lock.
     v.reset().unwrap();
-    v.cache().invalidate();
+    v.cache_mut().invalidate();
     assert_eq!(
-        v.cache().get(Field::VmxCap(0)).unwrap(),
+        v.cache_mut().get(Field::VmxCap(0)).unwrap(),
         0x00d8_1000_11e5_7ed0
     );
     assert_eq!(
-        v.cache().get(Field::VmxCap(5)).unwrap(),
+        v.cache_mut().get(Field::VmxCap(5)).unwrap(),
         0x0000_0000_2000_0165
     );
     assert_eq!(
-        v.cache().get(Field::VmxCap(11)).unwrap(),
+        v.cache_mut().get(Field::VmxCap(11)).unwrap(),
         0x0013_7bff_0000_0000
     );
     for (i, want) in DEFAULT_VMX_CAPABILITIES.iter().enumerate() {
         assert_eq!(
-            v.cache().get(Field::VmxCap(i as u8)).unwrap(),
+            v.cache_mut().get(Field::VmxCap(i as u8)).unwrap(),
             u128::from(*want)
         );
     }
     assert_eq!(
-        v.cache().get(Field::SgxLeHash(2)).unwrap(),
+        v.cache_mut().get(Field::SgxLeHash(2)).unwrap(),
         0xc491_6d99_f2b3_735d
     );
     assert_eq!(
         u128::from(INTEL_LE_PUBKEY_HASH[2]),
         0xc491_6d99_f2b3_735d_u128
     );
-    assert_eq!(v.cache().get(Field::Msr(Msr::FeatureControl)).unwrap(), 0);
+    assert_eq!(
+        v.cache_mut().get(Field::Msr(Msr::FeatureControl)).unwrap(),
+        0
+    );
     assert!(v.verify().unwrap().is_empty());
 }
 
@@ -143,26 +153,28 @@ fn capability_msrs_are_restored_after_the_vmm_or_the_guest_changed_them() {
 fn reset_of_an_svm_vcpu_clears_svme_hsave_gif_and_guest_mode() {
     let amd = CpuModel::generic(Vendor::Amd);
     let mut v = powered_on(amd);
-    v.cache().set(Field::Efer, 0x1000).unwrap();
-    v.cache().set(Field::Msr(Msr::VmHsavePa), 0x4000).unwrap();
-    v.cache().flush().unwrap();
-    v.cache().backend_mut().set_guest(Box::new(|g| {
+    v.cache_mut().set(Field::Efer, 0x1000).unwrap();
+    v.cache_mut()
+        .set(Field::Msr(Msr::VmHsavePa), 0x4000)
+        .unwrap();
+    v.cache_mut().flush().unwrap();
+    v.cache_mut().backend_mut().set_guest(Box::new(|g| {
         if g.nested().clgi().is_ok() && g.nested().vmrun(true).is_ok() {
             Exit::Hlt
         } else {
             Exit::Shutdown
         }
     }));
-    assert_eq!(v.cache().run().unwrap(), Exit::Hlt);
-    v.cache().backend_mut().clear_guest();
+    assert_eq!(v.cache_mut().run().unwrap(), Exit::Hlt);
+    v.cache_mut().backend_mut().clear_guest();
     v.reset().unwrap();
-    v.cache().invalidate();
-    assert_eq!(v.cache().get(Field::Efer).unwrap(), 0);
-    assert_eq!(v.cache().get(Field::Msr(Msr::VmHsavePa)).unwrap(), 0);
-    let n = v.cache_ref().backend().nested();
+    v.cache_mut().invalidate();
+    assert_eq!(v.cache_mut().get(Field::Efer).unwrap(), 0);
+    assert_eq!(v.cache_mut().get(Field::Msr(Msr::VmHsavePa)).unwrap(), 0);
+    let n = v.cache().backend().nested();
     assert!(!n.in_guest_mode() && n.gif() && !n.intercepts_init());
     let want = spec::expected_state(&amd, VcpuIdentity::new(0), Transition::Reset);
-    assert_eq!(*v.cache().state().unwrap(), want);
+    assert_eq!(*v.cache_mut().state().unwrap(), want);
 }
 
 #[test]
@@ -171,7 +183,7 @@ fn verify_names_a_current_vmcs_pointer_kept_across_reset() {
     enter_vmx_non_root(&mut v);
     v.reset().unwrap();
     // A backend that forgot to drop the current VMCS.
-    v.cache()
+    v.cache_mut()
         .backend_mut()
         .nested_mut()
         .force_current_vmcs_pointer(0x2000);

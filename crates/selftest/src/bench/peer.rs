@@ -86,7 +86,7 @@ pub fn firmware(reboots: u32) -> Result<Vec<u8>, BenchError> {
 
 /// What to run.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PeerOptions {
+pub struct PeerBenchOptions {
     /// vCPU counts, one row each.
     pub vcpus: Vec<u32>,
     /// Reboots measured per run pair (the longer run has this many more).
@@ -95,9 +95,9 @@ pub struct PeerOptions {
     pub reps: u32,
 }
 
-impl Default for PeerOptions {
+impl Default for PeerBenchOptions {
     fn default() -> Self {
-        PeerOptions {
+        PeerBenchOptions {
             vcpus: super::reboot::DEFAULT_VCPUS.to_vec(),
             reboots: 200,
             reps: 3,
@@ -140,7 +140,7 @@ pub struct PeerReport {
     /// Whether QEMU's ioctls were counted with strace.
     pub strace: bool,
     /// The options.
-    pub options: PeerOptions,
+    pub options: PeerBenchOptions,
     /// One row per vCPU count.
     pub rows: Vec<PeerRow>,
 }
@@ -174,7 +174,7 @@ fn runner_run(vcpus: u32, reboots: u32) -> Result<(Duration, u64), BenchError> {
         vm.vcpus()
             .iter()
             .map(|v| {
-                let s = v.cache_ref().backend_stats();
+                let s = v.cache().backend_stats();
                 s.calls() - s.runs
             })
             .sum()
@@ -321,7 +321,7 @@ fn per_reboot(long: Duration, short: Duration, reboots: u32) -> f64 {
 /// # Errors
 /// [`BenchError::Peer`] when QEMU is not installed or does not run the firmware as expected;
 /// [`BenchError::Option`] for zero counts; otherwise as the runner.
-pub fn run(options: &PeerOptions) -> Result<PeerReport, BenchError> {
+pub fn run(options: &PeerBenchOptions) -> Result<PeerReport, BenchError> {
     if options.reboots == 0 || options.reps == 0 {
         return Err(BenchError::Option {
             option: if options.reboots == 0 {

@@ -93,7 +93,7 @@ impl RebootRig {
         let Some(bsp) = vm.vcpus().first_mut() else {
             return Ok(());
         };
-        match bsp.cache().run()? {
+        match bsp.cache_mut().run()? {
             Exit::Io {
                 dir: IoDir::Out,
                 port: PORT,
@@ -143,7 +143,7 @@ impl RebootRig {
                     vcpu: u32::try_from(i).unwrap_or(u32::MAX),
                     source,
                 })?;
-            match ap.cache().run()? {
+            match ap.cache_mut().run()? {
                 Exit::Io {
                     dir: IoDir::Out,
                     port: PORT,
@@ -163,7 +163,7 @@ impl RebootRig {
 
     fn timed_reboot(&mut self) -> Result<RebootSample, BenchError> {
         for v in self.in_place.vcpus() {
-            v.cache().invalidate();
+            v.cache_mut().invalidate();
         }
         let start = Instant::now();
         let calls = self.in_place.reboot(RebootKind::Reset)?;
@@ -191,7 +191,7 @@ impl RebootRig {
         let vcpu_ioctls = vm
             .vcpus()
             .iter()
-            .map(|v| v.cache_ref().backend_stats().calls())
+            .map(|v| v.cache().backend_stats().calls())
             .sum();
         self.recreated = Some(vm);
         Ok(RebootSample {

@@ -81,15 +81,15 @@ fn not_held_reason(vcpu: &KvmVcpu, field: Field) -> String {
 
 /// Every field of vCPU `v`, read through a fresh cache (flushed and invalidated first).
 fn host_observe(v: &mut Vcpu<KvmVcpu>) -> Result<BTreeMap<Field, Observed>, Fail> {
-    v.cache().flush().map_err(err)?;
-    v.cache().invalidate();
-    let state = *v.cache().state().map_err(err)?;
+    v.cache_mut().flush().map_err(err)?;
+    v.cache_mut().invalidate();
+    let state = *v.cache_mut().state().map_err(err)?;
     let mut out = BTreeMap::new();
     for f in Field::all() {
-        let o = if v.cache_ref().holds(f) {
+        let o = if v.cache().holds(f) {
             Observed::Value(f.get(&state))
         } else {
-            Observed::Unobservable(not_held_reason(v.cache_ref().backend(), f))
+            Observed::Unobservable(not_held_reason(v.cache().backend(), f))
         };
         out.insert(f, o);
     }
@@ -106,12 +106,12 @@ fn guest_observe(
     vcpu: &Vcpu<KvmVcpu>,
 ) -> Result<BTreeMap<Field, Observed>, Fail> {
     let held = |f: Field| {
-        if vcpu.cache_ref().holds(f) {
+        if vcpu.cache().holds(f) {
             None
         } else {
             Some(format!(
                 "vcpu-reset cannot set it here ({}), so what the guest reads is not what was written",
-                not_held_reason(vcpu.cache_ref().backend(), f)
+                not_held_reason(vcpu.cache().backend(), f)
             ))
         }
     };
@@ -193,10 +193,10 @@ fn dirty_all(vm: &mut Vm) -> Result<Vec<VcpuState>, Fail> {
     let mut priors = Vec::new();
     for (i, v) in vm.vcpus().iter_mut().enumerate() {
         let reset = spec::expected_state(&model, VcpuIdentity::new(i as u32), Transition::Reset);
-        v.cache().write_state(&dirtied(&reset));
-        v.cache().flush().map_err(err)?;
-        v.cache().invalidate();
-        priors.push(*v.cache().state().map_err(err)?);
+        v.cache_mut().write_state(&dirtied(&reset));
+        v.cache_mut().flush().map_err(err)?;
+        v.cache_mut().invalidate();
+        priors.push(*v.cache_mut().state().map_err(err)?);
     }
     Ok(priors)
 }
@@ -205,11 +205,11 @@ fn dirty_all(vm: &mut Vm) -> Result<Vec<VcpuState>, Fail> {
 /// KVM_GET_XSAVE) against the same fields read through KVM's other interfaces (KVM_GET_MSRS,
 /// KVM_GET_FPU). They must agree; a disagreement is a finding about the host.
 fn cross_check(report: &mut Report, of: &str, id: u32, v: &mut Vcpu<KvmVcpu>) -> Result<(), Fail> {
-    v.cache().flush().map_err(err)?;
-    let others = v.cache().backend_mut().other_views().map_err(err)?;
-    v.cache().invalidate();
+    v.cache_mut().flush().map_err(err)?;
+    let others = v.cache_mut().backend_mut().other_views().map_err(err)?;
+    v.cache_mut().invalidate();
     for o in others {
-        let mine = v.cache().get(o.field).map_err(err)?;
+        let mine = v.cache_mut().get(o.field).map_err(err)?;
         let (verdict, reason) = if mine == o.value {
             (super::Verdict::Pass, None)
         } else {
@@ -291,9 +291,9 @@ fn transition(
         }
         (Event::Init, true) => {
             for v in vm.vcpus() {
-                v.cache().flush().map_err(err)?;
-                v.cache().backend_mut().kvm_init().map_err(err)?;
-                v.cache().invalidate();
+                v.cache_mut().flush().map_err(err)?;
+                v.cache_mut().backend_mut().kvm_init().map_err(err)?;
+                v.cache_mut().invalidate();
             }
         }
     }
@@ -330,12 +330,12 @@ fn transition(
     let log = probe_ap(&mut vm, &buf, name, |vm| {
         let v = &mut vm.vcpus()[1];
         if kvm_own {
-            v.cache().flush().map_err(err)?;
-            v.cache()
+            v.cache_mut().flush().map_err(err)?;
+            v.cache_mut()
                 .backend_mut()
                 .kvm_sipi(AP_SIPI_VECTOR)
                 .map_err(err)?;
-            v.cache().invalidate();
+            v.cache_mut().invalidate();
             Ok(())
         } else {
             match v.sipi(AP_SIPI_VECTOR).map_err(err)? {

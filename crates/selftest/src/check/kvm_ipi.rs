@@ -211,8 +211,8 @@ pub fn run(report: &mut Report, limits: &BTreeMap<Field, String>) -> Result<(), 
     // The AP's state before anything runs (KVM's creation state), read through the cache;
     // the AP's own writes on top of it are the state KVM's INIT starts from.
     let ap = &mut vm.vcpus()[1];
-    ap.cache().invalidate();
-    let mut prior: VcpuState = *ap.cache().state().map_err(|e| e.to_string())?;
+    ap.cache_mut().invalidate();
+    let mut prior: VcpuState = *ap.cache_mut().state().map_err(|e| e.to_string())?;
     for (f, v) in ap_writes() {
         f.set(&mut prior, v);
     }
@@ -240,7 +240,7 @@ pub fn run(report: &mut Report, limits: &BTreeMap<Field, String>) -> Result<(), 
     spec::sipi(&mut expected, PROBE_VECTOR);
     let ap = &vm.vcpus()[1];
     let held = |f: Field| {
-        (!ap.cache_ref().holds(f))
+        (!ap.cache().holds(f))
             .then(|| "KVM does not hold it for this vCPU here".to_string())
             .or_else(|| limits.get(&f).cloned())
     };

@@ -51,9 +51,9 @@ fn scenario(
     v.reset().map_err(|e| e.to_string())?;
     let reset = spec::expected_state(model, ident, Transition::Reset);
     let prior = dirtied(&reset);
-    v.cache().write_state(&prior);
-    v.cache().flush().map_err(|e| e.to_string())?;
-    v.cache().invalidate();
+    v.cache_mut().write_state(&prior);
+    v.cache_mut().flush().map_err(|e| e.to_string())?;
+    v.cache_mut().invalidate();
 
     apply(&mut v, event)?;
 

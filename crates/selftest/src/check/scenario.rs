@@ -104,14 +104,14 @@ pub fn observe_run(
             continue;
         }
         let o = match seen.get(&f) {
-            Some(probe::Observed::Value { value, mask }) => {
+            Some(probe::Seen::Value { value, mask }) => {
                 Observed::Value((value & mask) | (f.get(expected) & f.mask() & !mask))
             }
-            Some(probe::Observed::Fault(fault)) => Observed::Unobservable(format!(
+            Some(probe::Seen::Fault(fault)) => Observed::Unobservable(format!(
                 "the guest's read faulted ({}): the vCPU does not implement it",
                 fault.code()
             )),
-            Some(probe::Observed::NotAvailable) => {
+            Some(probe::Seen::NotAvailable) => {
                 Observed::Unobservable("the probe could not measure it".into())
             }
             None => Observed::Unobservable("not observable by a real-mode guest probe".into()),

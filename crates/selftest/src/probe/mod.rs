@@ -11,10 +11,10 @@ pub mod program;
 pub mod record;
 
 pub use program::{
-    BOOT_COUNTER, Exit, Origin, ProbeError, ProbeImage, ProbeOptions, REBOOT_DIRTY_PAT,
+    BOOT_COUNTER, Origin, ProbeEnd, ProbeError, ProbeImage, ProbeOptions, REBOOT_DIRTY_PAT,
     REBOOT_DIRTY_SYSENTER_CS, RebootVia, assemble, assemble_image, default_msrs, firmware_image,
 };
 pub use record::{
-    Fault, FxsaveFormat, FxsaveImage, LogFormat, Observed, ProbeRun, RecordError, Value, parse,
+    Fault, FxsaveFormat, FxsaveImage, LogFormat, ProbeRun, RecordError, Seen, Value, parse,
     parse_all,
 };

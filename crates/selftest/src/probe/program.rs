@@ -132,7 +132,7 @@ impl Origin {
 
 /// How the probe ends after printing.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Exit {
+pub enum ProbeEnd {
     /// `cli; hlt` in a loop. With an in-kernel irqchip KVM does not return HLT to userspace.
     Hlt,
     /// `out port, value` (e.g. QEMU's isa-debug-exit), then `cli; hlt` in a loop.
@@ -199,7 +199,7 @@ pub struct ProbeOptions {
     /// Ports every byte is written to, in this order.
     pub out_ports: Vec<u16>,
     /// How to end.
-    pub exit: Exit,
+    pub exit: ProbeEnd,
     /// MSRs to read, besides EFER (which is always read first).
     pub msrs: Vec<u32>,
     /// Tag of the `begin` line (`[A-Za-z0-9._-]+`).
@@ -221,7 +221,7 @@ impl ProbeOptions {
             },
             scratch: 0x500,
             out_ports: vec![0xe9],
-            exit: Exit::Out {
+            exit: ProbeEnd::Out {
                 port: 0xf4,
                 value: 0,
             },
@@ -1067,7 +1067,7 @@ fn emit_reboot_and_exit(g: &mut Gen<'_>, opts: &ProbeOptions) -> Result<(), Prob
         g.a.jmp(wait)?;
         g.a.set_label(&mut second)?;
     }
-    if let Exit::Out { port, value } = opts.exit {
+    if let ProbeEnd::Out { port, value } = opts.exit {
         g.a.mov(dx, u32::from(port))?;
         g.a.mov(al, u32::from(value))?;
         g.a.out(dx, al)?;

@@ -332,7 +332,7 @@ impl ProbeRun {
     /// (which fill in only what no direct record gave, e.g. `x87.fcw` from FNSTCW wins).
     ///
     /// Records of other keys (`probe.*`, `entry.*`, MSRs without a field) are left out.
-    pub fn fields(&self) -> Result<BTreeMap<Field, Observed>, RecordError> {
+    pub fn fields(&self) -> Result<BTreeMap<Field, Seen>, RecordError> {
         let all = Field::all();
         let by_name: HashMap<String, Field> = all.iter().map(|&f| (f.name(), f)).collect();
         let by_msr: HashMap<u32, Field> = all
@@ -347,13 +347,13 @@ impl ProbeRun {
                     .and_then(|i| by_msr.get(&i).copied())
             });
             let Some(field) = field else { continue };
-            out.insert(field, Observed::from_value(field, value));
+            out.insert(field, Seen::from_value(field, value));
         }
         match self.get("fxsave") {
             Some(Value::Hex(_)) => {
                 if let Some(img) = self.fxsave() {
                     for (f, v) in img?.fields() {
-                        out.entry(f).or_insert(Observed::Value {
+                        out.entry(f).or_insert(Seen::Value {
                             value: v,
                             mask: f.mask(),
                         });
@@ -362,8 +362,7 @@ impl ProbeRun {
             }
             Some(other) => {
                 for f in FxsaveImage::field_list(FxsaveFormat::Legacy) {
-                    out.entry(f)
-                        .or_insert_with(|| Observed::from_value(f, other));
+                    out.entry(f).or_insert_with(|| Seen::from_value(f, other));
                 }
             }
             None => {}
@@ -374,7 +373,7 @@ impl ProbeRun {
 
 /// What the probe saw of one spec field.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Observed {
+pub enum Seen {
     /// A value; only the bits in `mask` were observed (e.g. the low 32 bits of RAX in real
     /// mode), the others read as 0.
     Value {
@@ -389,8 +388,8 @@ pub enum Observed {
     NotAvailable,
 }
 
-impl Observed {
-    fn from_value(field: Field, v: &Value) -> Observed {
+impl Seen {
+    fn from_value(field: Field, v: &Value) -> Seen {
         match v {
             Value::Hex(_) => match (v.number(), v.bits()) {
                 (Some(n), Some(bits)) => {
@@ -399,15 +398,15 @@ impl Observed {
                     } else {
                         (1u128 << bits) - 1
                     };
-                    Observed::Value {
+                    Seen::Value {
                         value: n & field.mask(),
                         mask: seen & field.mask(),
                     }
                 }
-                _ => Observed::NotAvailable,
+                _ => Seen::NotAvailable,
             },
-            Value::Fault(f) => Observed::Fault(f.clone()),
-            Value::NotAvailable => Observed::NotAvailable,
+            Value::Fault(f) => Seen::Fault(f.clone()),
+            Value::NotAvailable => Seen::NotAvailable,
         }
     }
 }
@@ -1211,7 +1210,7 @@ mod tests {
         let f = run.fields().expect("fields");
         assert_eq!(
             f[&Field::Gpr(vcpu_reset::spec::Gpr::Rax)],
-            Observed::Value {
+            Seen::Value {
                 value: 1,
                 mask: 0xffff_ffff
             }
@@ -1219,21 +1218,21 @@ mod tests {
         // FNSTCW wins over the FXSAVE image.
         assert_eq!(
             f[&Field::X87(vcpu_reset::spec::X87::Fcw)],
-            Observed::Value {
+            Seen::Value {
                 value: 0x40,
                 mask: 0xffff
             }
         );
         assert_eq!(
             f[&Field::Msr(vcpu_reset::spec::Msr::Pat)],
-            Observed::Value {
+            Seen::Value {
                 value: 0x0007_0406_0007_0406,
                 mask: u64::MAX.into()
             }
         );
         assert_eq!(
             f[&Field::Mxcsr],
-            Observed::Value {
+            Seen::Value {
                 value: 0x1f80,
                 mask: 0xffff_ffff
             }
@@ -1243,10 +1242,10 @@ mod tests {
         let log = format_run("u", &[("fxsave".into(), Value::Fault(Fault::Ud))]);
         let run = parse(log.as_bytes()).expect("parses").remove(0);
         let f = run.fields().expect("fields");
-        assert_eq!(f[&Field::Xmm(0)], Observed::Fault(Fault::Ud));
+        assert_eq!(f[&Field::Xmm(0)], Seen::Fault(Fault::Ud));
         assert_eq!(
             f[&Field::X87(vcpu_reset::spec::X87::Ftw)],
-            Observed::Fault(Fault::Ud)
+            Seen::Fault(Fault::Ud)
         );
     }
 

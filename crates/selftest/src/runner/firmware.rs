@@ -27,7 +27,7 @@ pub enum FirmwareError {
     /// The file could not be read, is not a regular file, or is larger than
     /// [`MAX_FIRMWARE`] (refused as soon as byte 16 MiB + 1 is read).
     #[error(transparent)]
-    Unreadable(crate::input::InputError),
+    Unreadable(crate::files::InputError),
     /// Empty image.
     #[error(
         "firmware {what}: the image is empty — a flat image needs at least one 4 KiB page ending in the reset vector"
@@ -88,7 +88,7 @@ impl Firmware {
 
     /// Read and validate the image at `path`.
     pub fn load(path: &Path) -> Result<Self, FirmwareError> {
-        use crate::input::{InputError, read_bounded, shown_path};
+        use crate::files::{InputError, read_bounded, shown_path};
         let shown = shown_path(path);
         let bytes = read_bounded(path, MAX_FIRMWARE as u64, "firmware").map_err(|e| match e {
             InputError::NotFound { .. } => FirmwareError::NotFound {

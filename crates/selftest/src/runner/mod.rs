@@ -1,10 +1,10 @@
 //! A small VM runner: RAM at 0, a flat firmware image at the top of 4 GiB, an in-kernel
 //! irqchip, a few port-I/O devices, warm reboot in place.
 
-mod crew;
 pub mod devices;
 pub mod firmware;
 pub mod memory;
+mod vcpu_threads;
 pub mod vm;
 
 pub use devices::{Platform, PortAction, RebootKind, RebootReason, SharedBuffer, Sink};

@@ -7,7 +7,7 @@
 //! kind RESET or INIT, or the end of the run) and publishes it before it stops the threads by
 //! signalling them (a no-op handler makes `KVM_RUN` return `EINTR`; repeated for a thread not
 //! yet out, since a signal that lands just before `KVM_RUN` is lost). At this rendezvous
-//! (`runner/crew.rs`) each thread, once out of `KVM_RUN`, puts its own vCPU back with the
+//! (`runner/vcpu_threads.rs`) each thread, once out of `KVM_RUN`, puts its own vCPU back with the
 //! engine and counts itself done; when the last is done the main thread puts the in-kernel
 //! PIC/IOAPIC/PIT back to the state they had when the VM was created and the firmware image
 //! back in place, then starts the next boot. RAM is kept. No VM or vCPU fd is ever recreated,
@@ -30,10 +30,10 @@ use kvm_bindings::{
 use kvm_ioctls::{Cap, VmFd};
 use vcpu_reset_spec::{CpuModel, VcpuIdentity};
 
-use super::crew::{Crew, Member, Step, Wake};
 use super::devices::{Platform, PortAction, RebootKind, RebootReason, Sink};
 use super::firmware::Firmware;
 use super::memory::{GuestMemory, MemoryError};
+use super::vcpu_threads::{Crew, Member, Step, Wake};
 use crate::sys::Kickable;
 use vcpu_reset::backend::kvm::{KvmError, KvmHost, KvmVcpu};
 use vcpu_reset::backend::{Exit, IoDir, Stats};
@@ -449,12 +449,12 @@ impl Vm {
             vcpu: vcpu as u32,
             source: EngineError::Cache(e),
         };
-        v.cache().flush().map_err(fail)?;
-        v.cache()
+        v.cache_mut().flush().map_err(fail)?;
+        v.cache_mut()
             .backend_mut()
             .inject_triple_fault()
             .map_err(|e| fail(e.into()))?;
-        v.cache().invalidate();
+        v.cache_mut().invalidate();
         Ok(())
     }
 
@@ -716,7 +716,7 @@ fn vcpu_loop(
         if stop.load(Ordering::SeqCst) {
             return None;
         }
-        let exit = match v.cache().run() {
+        let exit = match v.cache_mut().run() {
             Ok(e) => e,
             Err(e) => return Some(BootEnd::Failed(id, e.to_string())),
         };
@@ -753,12 +753,13 @@ fn vcpu_loop(
                     Ok(mut p) => p.io_in(port, size),
                     Err(_) => [0xff; 4],
                 };
-                v.cache().set_io_in(&data[..usize::from(size.min(4))]);
+                v.cache_mut().set_io_in(&data[..usize::from(size.min(4))]);
             }
             // Writes to the read-only firmware are dropped, reads of unmapped space float.
             Exit::Mmio { write, len, .. } => {
                 if !write {
-                    v.cache().set_io_in(&[0xff; 8][..usize::from(len.min(8))]);
+                    v.cache_mut()
+                        .set_io_in(&[0xff; 8][..usize::from(len.min(8))]);
                 }
             }
             Exit::Interrupted => {}
@@ -771,9 +772,9 @@ fn vcpu_loop(
                 ));
             }
             Exit::InternalError { reason } => {
-                let rip = v.cache().rip().unwrap_or(0);
+                let rip = v.cache_mut().rip().unwrap_or(0);
                 let cs = v
-                    .cache()
+                    .cache_mut()
                     .segment(vcpu_reset_spec::Seg::Cs)
                     .map(|s| s.selector)
                     .unwrap_or(0);
@@ -785,9 +786,9 @@ fn vcpu_loop(
             // Single IN/OUT arrive as Exit::Io; KVM_EXIT_IO here is string I/O (INS/OUTS with
             // a count > 1, e.g. `rep insb`), which no device of this runner implements.
             Exit::Other(n) if n == kvm_bindings::KVM_EXIT_IO => {
-                let rip = v.cache().rip().unwrap_or(0);
+                let rip = v.cache_mut().rip().unwrap_or(0);
                 let cs = v
-                    .cache()
+                    .cache_mut()
                     .segment(vcpu_reset_spec::Seg::Cs)
                     .map(|s| s.selector)
                     .unwrap_or(0);

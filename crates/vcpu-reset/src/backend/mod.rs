@@ -13,8 +13,8 @@ pub(crate) mod recorder;
 
 use vcpu_reset_spec::VcpuState;
 
-/// The classes, re-exported from [`crate::layout`] where they are defined.
-pub use crate::layout::{ClassSet, StateClass};
+/// The classes, re-exported from [`crate::slots`] where they are defined.
+pub use crate::slots::{ClassSet, StateClass};
 
 /// Direction of a port I/O exit.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -118,6 +118,7 @@ impl Stats {
 
 /// Errors from a backend.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum BackendError {
     /// A KVM ioctl failed.
     #[error("{op} failed: {errno} — {hint}")]
@@ -206,7 +207,7 @@ pub trait Backend {
         false
     }
 
-    /// Load only the cache slots in `slots` (a mask of [`crate::layout::Reg`] bits, all of
+    /// Load only the cache slots in `slots` (a mask of [`crate::slots::Reg`] bits, all of
     /// `class`) into `state`, where that costs no call (e.g. a class the last exit delivered).
     /// Returns `false`, having changed nothing, where it cannot; the caller then loads the whole
     /// class with [`Backend::load`]. The default never can.

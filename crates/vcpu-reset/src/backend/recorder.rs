@@ -60,7 +60,7 @@ impl Recorder {
 }
 
 fn copy_class(class: StateClass, from: &VcpuState, to: &mut VcpuState) {
-    for f in crate::layout::fields_of(class) {
+    for f in crate::slots::fields_of(class) {
         f.set(to, f.get(from));
     }
 }

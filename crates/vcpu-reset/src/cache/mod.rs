@@ -19,16 +19,17 @@
 //! ([`VcpuCache::adopt`]) starts with nothing available. In debug builds, reading a slot that
 //! was neither loaded nor written panics with the register's name.
 
-/// The slots, re-exported from [`crate::layout`] where they are defined.
-pub use crate::layout::{NR_REGS, Reg, fields_of};
+/// The slots, re-exported from [`crate::slots`] where they are defined.
+pub use crate::slots::{NR_REGS, Reg, fields_of};
 
 use vcpu_reset_spec::{Field, Gpr, Seg, Segment, VcpuState};
 
 use crate::backend::{Backend, BackendError, Exit, Stats};
-use crate::layout::{ClassSet, StateClass};
+use crate::slots::{ClassSet, StateClass};
 
 /// Errors from the cache.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum CacheError {
     /// The backend failed.
     #[error(transparent)]

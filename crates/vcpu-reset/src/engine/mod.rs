@@ -63,10 +63,11 @@ use vcpu_reset_spec::{self as spec, CpuModel, Field, Transition, VcpuIdentity, V
 
 use crate::backend::{Backend, Stats};
 use crate::cache::{CacheError, VcpuCache};
-use crate::layout::ClassSet;
+use crate::slots::ClassSet;
 
 /// Errors from the engine.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum EngineError {
     /// Reading or writing vCPU state failed.
     #[error(transparent)]
@@ -132,14 +133,14 @@ impl<B: Backend> Vcpu<B> {
         }
     }
 
-    /// The cache.
-    pub fn cache(&mut self) -> &mut VcpuCache<B> {
-        &mut self.cache
+    /// The cache, read-only.
+    pub fn cache(&self) -> &VcpuCache<B> {
+        &self.cache
     }
 
-    /// The cache, read-only.
-    pub fn cache_ref(&self) -> &VcpuCache<B> {
-        &self.cache
+    /// The cache.
+    pub fn cache_mut(&mut self) -> &mut VcpuCache<B> {
+        &mut self.cache
     }
 
     /// The CPU model.

@@ -20,7 +20,7 @@ fn vcpu(id: u32) -> Vcpu<Recorder> {
 fn reset_writes_the_spec_state_without_loading_anything() {
     let mut v = vcpu(0);
     let out = v.reset().unwrap();
-    let b = v.cache_ref().backend();
+    let b = v.cache().backend();
     assert_eq!(b.loads.iter().sum::<u32>(), 0);
     assert_eq!(b.stores, [1; 10]);
     assert_eq!(out.calls.stores, 10);
@@ -35,10 +35,10 @@ fn reset_writes_the_spec_state_without_loading_anything() {
 #[test]
 fn where_signals_queue_reset_and_init_read_the_activity_state_first() {
     let mut v = vcpu(1);
-    v.cache().backend_mut().queues_signals = true;
-    v.cache().run().unwrap();
+    v.cache_mut().backend_mut().queues_signals = true;
+    v.cache_mut().run().unwrap();
     let out = v.reset().unwrap();
-    let b = v.cache_ref().backend();
+    let b = v.cache().backend();
     let mp = StateClass::MpState as usize;
     assert_eq!(b.loads.iter().sum::<u32>(), 1, "only the activity state");
     assert_eq!(b.loads[mp], 1);
@@ -46,19 +46,19 @@ fn where_signals_queue_reset_and_init_read_the_activity_state_first() {
     assert_eq!(b.state.activity, Activity::WaitForSipi);
     // The BSP stays active: its MP state is read but not written.
     let mut bsp = vcpu(0);
-    bsp.cache().backend_mut().queues_signals = true;
-    bsp.cache().run().unwrap();
+    bsp.cache_mut().backend_mut().queues_signals = true;
+    bsp.cache_mut().run().unwrap();
     let out = bsp.reset().unwrap();
     assert_eq!((out.calls.loads, out.calls.stores), (1, 9));
-    assert_eq!(bsp.cache_ref().backend().stores[mp], 0);
+    assert_eq!(bsp.cache().backend().stores[mp], 0);
     // Nothing ran since: the cache holds the activity, so nothing is read again.
     let out = bsp.reset().unwrap();
     assert_eq!(out.calls.calls(), 0);
     // INIT reads it first too (and then everything else).
-    bsp.cache().run().unwrap();
-    let before = bsp.cache_ref().backend().loads;
+    bsp.cache_mut().run().unwrap();
+    let before = bsp.cache().backend().loads;
     bsp.init().unwrap();
-    let after = bsp.cache_ref().backend().loads;
+    let after = bsp.cache().backend().loads;
     assert_eq!(after[mp] - before[mp], 1);
 }
 
@@ -76,15 +76,15 @@ fn init_keeps_cd_nw_and_zeroes_cr3() {
     let mut v = vcpu(1);
     v.reset().unwrap();
     {
-        let b = v.cache().backend_mut();
+        let b = v.cache_mut().backend_mut();
         b.state.cr0 = 0x8000_0011; // PG|ET|PE, CD/NW clear
         b.state.cr3 = 0x1000;
         b.state.fpu.fcw = 0x037f;
         b.state.msrs.pat = 0x0606_0606_0606_0606;
     }
-    v.cache().invalidate();
+    v.cache_mut().invalidate();
     v.init().unwrap();
-    let b = v.cache_ref().backend();
+    let b = v.cache().backend();
     assert_eq!(b.state.cr0, 0x10);
     assert_eq!(b.state.cr3, 0);
     assert_eq!(b.state.fpu.fcw, 0x037f, "x87 state is kept");
@@ -98,7 +98,7 @@ fn sipi_starts_a_waiting_ap_and_is_ignored_otherwise() {
     let mut ap = vcpu(1);
     ap.reset().unwrap();
     assert!(ap.sipi(0x9a).unwrap());
-    let s = ap.cache_ref().backend().state;
+    let s = ap.cache().backend().state;
     assert_eq!(s.segments[Seg::Cs as usize].selector, 0x9a00);
     assert_eq!(s.segments[Seg::Cs as usize].base, 0x9a000);
     assert_eq!(s.rip, 0);
@@ -111,7 +111,7 @@ fn sipi_starts_a_waiting_ap_and_is_ignored_otherwise() {
 fn verify_reports_a_field_changed_behind_the_engines_back() {
     let mut v = vcpu(0);
     v.reset().unwrap();
-    v.cache().backend_mut().state.dr7 = 0x401;
+    v.cache_mut().backend_mut().state.dr7 = 0x401;
     let d = v.verify().unwrap();
     assert_eq!(d.len(), 1);
     assert_eq!(d[0].field, Field::Dr7);
@@ -123,7 +123,7 @@ fn verify_reports_a_field_changed_behind_the_engines_back() {
 fn verify_accepts_the_specs_alternatives() {
     let mut v = vcpu(0);
     v.reset().unwrap();
-    v.cache().backend_mut().state.segments[Seg::Cs as usize].attributes = 0x93;
+    v.cache_mut().backend_mut().state.segments[Seg::Cs as usize].attributes = 0x93;
     let d = v.verify().unwrap();
     assert_eq!(d.len(), 1);
     assert_eq!(d[0].kind, DeviationKind::Allowed);
@@ -133,13 +133,13 @@ fn verify_accepts_the_specs_alternatives() {
 fn verify_before_reset_is_an_error() {
     let mut v = vcpu(0);
     assert!(matches!(v.verify(), Err(EngineError::NothingToVerify)));
-    assert_eq!(v.cache_ref().loads_since_run(StateClass::Regs), 0);
+    assert_eq!(v.cache().loads_since_run(StateClass::Regs), 0);
 }
 
 /// A vCPU over a recorder that offers a host INIT and counts touches.
 fn vcpu_with_host_init() -> Vcpu<Recorder> {
     let mut v = vcpu(1);
-    let b = v.cache().backend_mut();
+    let b = v.cache_mut().backend_mut();
     b.host_init = true;
     b.touches = Some(0);
     v
@@ -155,53 +155,50 @@ fn a_reset_keeps_what_init_keeps_only_where_nothing_touched_the_vcpu_since_the_l
     let mut v = vcpu_with_host_init();
     v.reset().unwrap();
     assert_eq!(
-        v.cache_ref().backend().kept,
+        v.cache().backend().kept,
         vec![ClassSet::EMPTY],
         "no RESET before"
     );
-    let fpu = v.cache_ref().backend().stores[StateClass::Fpu as usize];
+    let fpu = v.cache().backend().stores[StateClass::Fpu as usize];
 
     // Nothing ran, nothing stored: x87/SSE, XCR0 and the MSRs are kept, none stored again.
-    v.cache().invalidate();
+    v.cache_mut().invalidate();
     v.reset().unwrap();
-    assert_eq!(v.cache_ref().backend().kept.last(), Some(&KEPT));
-    assert_eq!(
-        v.cache_ref().backend().stores[StateClass::Fpu as usize],
-        fpu
-    );
+    assert_eq!(v.cache().backend().kept.last(), Some(&KEPT));
+    assert_eq!(v.cache().backend().stores[StateClass::Fpu as usize], fpu);
     assert!(mismatches(&mut v).is_empty());
 
     // A run in between: everything is stored again.
-    v.cache().run().unwrap();
-    v.cache().invalidate();
+    v.cache_mut().run().unwrap();
+    v.cache_mut().invalidate();
     v.reset().unwrap();
-    assert_eq!(v.cache_ref().backend().kept.last(), Some(&ClassSet::EMPTY));
+    assert_eq!(v.cache().backend().kept.last(), Some(&ClassSet::EMPTY));
     assert_eq!(
-        v.cache_ref().backend().stores[StateClass::Fpu as usize],
+        v.cache().backend().stores[StateClass::Fpu as usize],
         fpu + 1
     );
 
     // A store of x87 state in between, without a run: likewise.
-    v.cache()
+    v.cache_mut()
         .set(Field::X87(vcpu_reset_spec::X87::Fcw), 0x37f)
         .unwrap();
-    v.cache().flush().unwrap();
-    v.cache().invalidate();
+    v.cache_mut().flush().unwrap();
+    v.cache_mut().invalidate();
     v.reset().unwrap();
-    assert_eq!(v.cache_ref().backend().kept.last(), Some(&ClassSet::EMPTY));
-    assert_eq!(v.cache_ref().backend().state.fpu.fcw, 0x40);
+    assert_eq!(v.cache().backend().kept.last(), Some(&ClassSet::EMPTY));
+    assert_eq!(v.cache().backend().state.fpu.fcw, 0x40);
     assert!(mismatches(&mut v).is_empty());
 }
 
 #[test]
 fn without_a_touch_count_nothing_is_kept_and_an_init_between_keeps_the_kept() {
     let mut v = vcpu_with_host_init();
-    v.cache().backend_mut().touches = None;
+    v.cache_mut().backend_mut().touches = None;
     v.reset().unwrap();
-    v.cache().invalidate();
+    v.cache_mut().invalidate();
     v.reset().unwrap();
     assert_eq!(
-        v.cache_ref().backend().kept,
+        v.cache().backend().kept,
         vec![ClassSet::EMPTY, ClassSet::EMPTY]
     );
 
@@ -210,9 +207,9 @@ fn without_a_touch_count_nothing_is_kept_and_an_init_between_keeps_the_kept() {
     let mut v = vcpu_with_host_init();
     v.reset().unwrap();
     v.init().unwrap();
-    v.cache().invalidate();
+    v.cache_mut().invalidate();
     v.reset().unwrap();
-    assert_eq!(v.cache_ref().backend().kept.last(), Some(&KEPT));
+    assert_eq!(v.cache().backend().kept.last(), Some(&KEPT));
     assert!(mismatches(&mut v).is_empty());
 }
 

@@ -85,16 +85,16 @@ fn kvm_scenario(
     v.reset().map_err(err)?;
     let mut prior = None;
     if event == Event::Init {
-        prior = Some(*v.cache().state().map_err(err)?);
+        prior = Some(*v.cache_mut().state().map_err(err)?);
         v.init().map_err(err)?;
     }
     let expected = *v.expected().ok_or("no state was established")?;
-    v.cache().invalidate();
+    v.cache_mut().invalidate();
     let nested_state = host.caps().nested_state;
     let mut observed = Vec::with_capacity(NESTED_FIELDS.len());
     for f in NESTED_FIELDS {
-        let o = if v.cache().holds(f) {
-            Observed::Value(v.cache().get(f).map_err(err)?)
+        let o = if v.cache_mut().holds(f) {
+            Observed::Value(v.cache_mut().get(f).map_err(err)?)
         } else {
             Observed::Unobservable(not_held_reason(f, nested_state))
         };

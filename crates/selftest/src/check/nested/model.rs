@@ -91,13 +91,13 @@ fn prepare(
             prior.msrs.vm_hsave_pa = HSAVE_AREA;
         }
     }
-    v.cache().write_state(&prior);
-    v.cache().flush().map_err(err)?;
+    v.cache_mut().write_state(&prior);
+    v.cache_mut().flush().map_err(err)?;
     setup
-        .enter(v.cache().backend_mut().nested_mut())
+        .enter(v.cache_mut().backend_mut().nested_mut())
         .map_err(err)?;
-    v.cache().invalidate();
-    let state = *v.cache().state().map_err(err)?;
+    v.cache_mut().invalidate();
+    let state = *v.cache_mut().state().map_err(err)?;
     Ok((v, state))
 }
 
@@ -184,7 +184,7 @@ fn expected_outcome(setup: Setup) -> InitOutcome {
 /// Run the guest once, doing what ends the block: VMXOFF or STGI.
 fn end_block(v: &mut Vcpu<ModelVcpu>, setup: Setup) -> Result<(), String> {
     let svm = matches!(setup, Setup::SvmGifClear);
-    v.cache().backend_mut().set_guest(Box::new(move |g| {
+    v.cache_mut().backend_mut().set_guest(Box::new(move |g| {
         let r = if svm {
             g.nested().stgi()
         } else {
@@ -197,8 +197,8 @@ fn end_block(v: &mut Vcpu<ModelVcpu>, setup: Setup) -> Result<(), String> {
             },
         }
     }));
-    let exit = v.cache().run().map_err(err)?;
-    v.cache().backend_mut().clear_guest();
+    let exit = v.cache_mut().run().map_err(err)?;
+    v.cache_mut().backend_mut().clear_guest();
     if exit != Exit::Hlt {
         return Err(format!("the guest could not end the block: {exit:?}"));
     }
@@ -233,15 +233,15 @@ fn init_case(
                 ));
             }
             // Held: nothing changed.
-            v.cache().invalidate();
-            let held = *v.cache().state().map_err(err)?;
+            v.cache_mut().invalidate();
+            let held = *v.cache_mut().state().map_err(err)?;
             let held_label = format!("{label}-held");
             j.label = &held_label;
             judge_state(report, &j, &held);
             // The guest ends the block; the latched INIT is then taken.
             end_block(&mut v, setup)?;
-            v.cache().invalidate();
-            let before = *v.cache().state().map_err(err)?;
+            v.cache_mut().invalidate();
+            let before = *v.cache_mut().state().map_err(err)?;
             let out = v.deliver_latched_init().map_err(err)?;
             if out.and_then(|o| o.init) != Some(InitOutcome::Taken) {
                 return Err(format!(

@@ -225,7 +225,7 @@ pub fn describe(peer: &Peer) -> String {
 pub fn judge(report: &mut Report, peer: &Peer, log: &[u8], with_power_on: bool) {
     let mut one = Report::default();
     // The log names the vendor and signature the peer presents (its CPUID records).
-    super::log::judge(&mut one, log, &super::log::LogOptions::default());
+    super::probe_log::judge(&mut one, log, &super::probe_log::LogOptions::default());
     let keep = |scenario: &str| with_power_on || scenario != "power-on";
     for mut r in one.results {
         if keep(&r.scenario) {

@@ -5,6 +5,7 @@ use vmm_sys_util::errno;
 /// Why KVM, a VM or a vCPU could not be set up. Errors of state transfers and runs are
 /// [`crate::backend::BackendError`]s.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum KvmError {
     /// `/dev/kvm` does not exist.
     #[error("no {path} — load the kvm module or run on a host with virtualization enabled")]
@@ -83,6 +84,7 @@ pub enum KvmError {
 
 /// Why [`KvmVcpu::adopt`](super::KvmVcpu::adopt) refused a vCPU.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum AdoptRefusal {
     /// The id given is not the one the vCPU was created with (KVM names each vCPU fd
     /// `kvm-vcpu:<id>`).

@@ -42,10 +42,10 @@
 
 mod adopt;
 mod debugregs;
-mod entries;
 mod error;
 mod events;
 mod fpu;
+mod guest_entries;
 mod host;
 mod init;
 mod ioctl_error;

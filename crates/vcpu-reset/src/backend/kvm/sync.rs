@@ -35,7 +35,7 @@ use super::codec::sregs::sregs_slots_to_state;
 use super::ioctl_error::ioctl_error;
 use super::vcpu::SYNC_CLASSES;
 use crate::backend::{BackendError, ClassSet, StateClass};
-use crate::layout::Reg;
+use crate::slots::Reg;
 
 fn sync_reg(class: StateClass) -> Option<(SyncReg, u64)> {
     match class {

@@ -9,7 +9,7 @@ use vcpu_reset_spec::{
 
 use super::KvmError;
 use super::codec::xsave::XsaveLayout;
-use super::entries::EntryCount;
+use super::guest_entries::EntryCount;
 use super::host::{KvmCaps, KvmHost};
 use super::msr_set::MsrSet;
 use super::tsc::TscState;
@@ -214,7 +214,7 @@ pub struct KvmVcpu {
     /// The `kvm_valid_regs` the VMM had set when the vCPU was adopted (0 for a vCPU created
     /// here), which [`KvmVcpu::into_fd`] puts back.
     pub(super) vmm_valid_regs: u64,
-    /// The vCPU's count of guest entries (`entries.rs`); not opened for an adopted vCPU.
+    /// The vCPU's count of guest entries (`guest_entries.rs`); not opened for an adopted vCPU.
     pub(super) entries: Option<EntryCount>,
     /// The last count read, with `stats.runs` then: only KVM_RUN moves it.
     entries_seen: Option<(u64, u64)>,

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use vcpu_reset_spec::{Field, Msr, Seg, SegPart};
 
 use super::storage::{Home, Location, home};
-use crate::layout::{Reg, StateClass};
+use crate::slots::{Reg, StateClass};
 
 /// The classes a home can belong to. VMCS fields hold state of several classes.
 fn classes_of(h: Home, field: Field) -> &'static [StateClass] {

@@ -73,7 +73,7 @@ use storage::{Storage, Via};
 
 use super::{Backend, BackendError, ClassSet, Exit, StateClass, Stats};
 
-pub use crate::layout::fields_of;
+pub use crate::slots::fields_of;
 
 /// Whether `value`, read from `field`, is the poison pattern: [`POISON_BYTE`] repeated over
 /// the bits of the field the model holds (its width, or less where its VMCS field is narrower,

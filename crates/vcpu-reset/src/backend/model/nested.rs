@@ -41,6 +41,7 @@ pub enum LaunchState {
 
 /// A failed VMX instruction.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum NestedError {
     /// The instruction was executed outside VMX operation (#UD; SDM Vol. 3C Chapter 31).
     #[error("{instruction} outside VMX operation raises #UD: execute VMXON first")]

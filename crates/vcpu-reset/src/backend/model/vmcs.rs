@@ -252,6 +252,7 @@ pub fn field_name(encoding: u32) -> Option<&'static str> {
 
 /// Errors from VMREAD and VMWRITE on the guest-state area.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum VmcsError {
     /// The encoding names no component this area holds (VM-instruction error 12).
     #[error(

@@ -1,5 +1,5 @@
 //! `kvm_debugregs` ↔ [`VcpuState`]: DR0–DR3, DR6, DR7
-//! ([`StateClass::Debug`](crate::layout::StateClass::Debug); SDM Vol. 3B §18.2, APM Vol. 2
+//! ([`StateClass::Debug`](crate::slots::StateClass::Debug); SDM Vol. 3B §18.2, APM Vol. 2
 //! §13.1.1).
 
 use kvm_bindings::kvm_debugregs;

@@ -1,5 +1,5 @@
 //! `kvm_vcpu_events` ↔ [`VcpuState`]: pending and in-flight events and event blocking
-//! ([`StateClass::Events`](crate::layout::StateClass::Events)).
+//! ([`StateClass::Events`](crate::slots::StateClass::Events)).
 //!
 //! The spec keeps flags only (NMI pending and blocked by NMI, SDM Vol. 3A §6.7.1; interrupt
 //! shadow, §6.8.3; SMM, Vol. 3C §32; APM Vol. 2 §8.2, §10). [`events_from_state`] therefore

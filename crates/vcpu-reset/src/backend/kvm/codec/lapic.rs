@@ -1,5 +1,5 @@
 //! `kvm_lapic_state` ↔ [`VcpuState`]: the local APIC register page
-//! ([`StateClass::Lapic`](crate::layout::StateClass::Lapic)).
+//! ([`StateClass::Lapic`](crate::slots::StateClass::Lapic)).
 //!
 //! KVM_GET/SET_LAPIC move the 1 KiB xAPIC register page: each register is the 32-bit word at
 //! its xAPIC MMIO offset (SDM Vol. 3A §11.4.1 Table 11-1, APM Vol. 2 §16.3.2 Table 16-2;

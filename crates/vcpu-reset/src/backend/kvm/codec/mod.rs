@@ -1,7 +1,7 @@
 //! Pure conversions between KVM's state structures and a [`VcpuState`](vcpu_reset_spec::VcpuState):
 //! no file descriptor, no ioctl, no `/dev/kvm`.
 //!
-//! Each module is one [`StateClass`](crate::layout::StateClass) and the KVM structure its
+//! Each module is one [`StateClass`](crate::slots::StateClass) and the KVM structure its
 //! KVM_GET/SET ioctl moves (KVM's `Documentation/virt/kvm/api.rst`, section 4):
 //!
 //! | module | class | KVM structure |

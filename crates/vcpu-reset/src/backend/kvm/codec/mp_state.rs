@@ -1,5 +1,5 @@
 //! `kvm_mp_state` ↔ [`Activity`]: the activity state
-//! ([`StateClass::MpState`](crate::layout::StateClass::MpState)).
+//! ([`StateClass::MpState`](crate::slots::StateClass::MpState)).
 //!
 //! RUNNABLE is [`Activity::Active`], HALTED [`Activity::Hlt`], INIT_RECEIVED and UNINITIALIZED
 //! (an AP not started yet) [`Activity::WaitForSipi`] (SDM Vol. 3A §9.4.1 / APM Vol. 2 §15.27.8:

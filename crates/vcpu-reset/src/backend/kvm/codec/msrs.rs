@@ -1,5 +1,5 @@
 //! KVM_GET/SET_MSRS lists ↔ [`VcpuState`]: the MSRs of
-//! [`StateClass::Msrs`](crate::layout::StateClass::Msrs).
+//! [`StateClass::Msrs`](crate::slots::StateClass::Msrs).
 //!
 //! Every MSR [`Field`] with an index (SDM Vol. 4 Table 2-2; APM Vol. 2 Appendix A) travels in a
 //! `kvm_msr_entry` list, except IA32_EFER and the FS/GS bases, which `kvm_sregs` carries.

@@ -1,5 +1,5 @@
 //! `kvm_nested_state` ↔ [`VcpuState`]: the nested-virtualization state
-//! ([`StateClass::Nested`](crate::layout::StateClass::Nested)), read from its header.
+//! ([`StateClass::Nested`](crate::slots::StateClass::Nested)), read from its header.
 //!
 //! `nested.state` says whether the vCPU has nested state: it is in VMX operation (after VMXON,
 //! SDM Vol. 3C §24.7) or in SVM guest mode (after VMRUN, APM Vol. 2 §15.5). The parts are the

@@ -7,7 +7,7 @@
 use kvm_bindings::kvm_regs;
 use vcpu_reset_spec::{Gpr, VcpuState};
 
-use crate::layout::{Reg, StateClass};
+use crate::slots::{Reg, StateClass};
 
 /// Copy `kvm_regs` into the state.
 pub fn regs_to_state(r: &kvm_regs, state: &mut VcpuState) {

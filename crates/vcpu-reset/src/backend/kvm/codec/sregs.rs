@@ -11,7 +11,7 @@
 use kvm_bindings::{KVM_SREGS2_FLAGS_PDPTRS_VALID, kvm_dtable, kvm_segment, kvm_sregs, kvm_sregs2};
 use vcpu_reset_spec::{DescriptorTable, Seg, Segment, VcpuState};
 
-use crate::layout::{Reg, StateClass};
+use crate::slots::{Reg, StateClass};
 
 const CR0_PG: u64 = 1 << 31;
 const CR0_PE: u64 = 1;

@@ -1,4 +1,4 @@
-//! `kvm_xcrs` ↔ [`VcpuState`]: XCR0 ([`StateClass::Xcrs`](crate::layout::StateClass::Xcrs);
+//! `kvm_xcrs` ↔ [`VcpuState`]: XCR0 ([`StateClass::Xcrs`](crate::slots::StateClass::Xcrs);
 //! SDM Vol. 1 §13.3, APM Vol. 2 §11.5.2).
 
 use kvm_bindings::{kvm_xcr, kvm_xcrs};

@@ -1,5 +1,5 @@
 //! The XSAVE image of KVM_GET/SET_XSAVE(2) ↔ [`VcpuState`]: x87, MXCSR, XMM/YMM/ZMM, opmask
-//! and PKRU ([`StateClass::Fpu`](crate::layout::StateClass::Fpu)).
+//! and PKRU ([`StateClass::Fpu`](crate::slots::StateClass::Fpu)).
 //!
 //! The image is in the standard (non-compacted) format (SDM Vol. 1 §13.4, APM Vol. 2 §11.5.3):
 //! the 512-byte legacy FXSAVE region in its 64-bit layout (SDM Vol. 1 §10.5.1 Table 10-2; FIP

@@ -14,6 +14,7 @@ use crate::engine::{EngineError, Vcpu};
 /// Why [`reset_vcpu`] failed. Each variant carries the VMM's vCPU fd back where it still
 /// exists: [`ResetVcpuError::into_fd`].
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ResetVcpuError {
     /// The vCPU could not be adopted ([`KvmError::Adopt`] says why and holds the fd).
     #[error(transparent)]
@@ -37,9 +38,9 @@ pub enum ResetVcpuError {
         id: u64,
         /// What failed.
         source: EngineError,
-        /// The vCPU fd, in whatever state KVM accepted (always there: a store KVM refused
-        /// does not cost the VMM its vCPU; `Option` for compatibility).
-        fd: Option<ReturnedFd>,
+        /// The vCPU fd, in whatever state KVM accepted: a store KVM refused does not cost
+        /// the VMM its vCPU.
+        fd: ReturnedFd,
     },
 }
 
@@ -49,7 +50,7 @@ impl ResetVcpuError {
         match self {
             ResetVcpuError::Adopt(e) => e.into_fd(),
             ResetVcpuError::UnknownVendor { fd, .. } => Some(fd.0),
-            ResetVcpuError::Reset { fd, .. } => fd.map(|fd| fd.0),
+            ResetVcpuError::Reset { fd, .. } => Some(fd.0),
         }
     }
 }
@@ -129,6 +130,6 @@ pub fn reset_vcpu_counted(
     Err(ResetVcpuError::Reset {
         id,
         source,
-        fd: Some(ReturnedFd(kv.into_fd())),
+        fd: ReturnedFd(kv.into_fd()),
     })
 }
