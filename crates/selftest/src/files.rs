@@ -257,15 +257,17 @@ mod tests {
     use super::*;
     use std::path::PathBuf;
 
-    fn tmp(name: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("vcpu-reset-input-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        dir.join(name)
+    /// A path named `name` in a private temp dir of its own, removed when the returned
+    /// [`crate::tempdir::TempDir`] is dropped at the end of the test.
+    fn tmp(name: &str) -> (crate::tempdir::TempDir, PathBuf) {
+        let dir = crate::tempdir::TempDir::new("input-test").expect("temp dir");
+        let path = dir.path().join(name);
+        (dir, path)
     }
 
     #[test]
     fn reads_a_small_file_whole() {
-        let p = tmp("small");
+        let (_dir, p) = tmp("small");
         std::fs::write(&p, b"hello").unwrap();
         assert_eq!(read_bounded(&p, 5, "t").unwrap(), b"hello");
         let e = read_bounded(&p, 4, "t").unwrap_err();
@@ -278,7 +280,7 @@ mod tests {
         assert!(e.to_string().contains("character device"), "{e}");
         let e = read_bounded(&std::env::temp_dir(), 100, "firmware").unwrap_err();
         assert!(e.to_string().contains("directory"), "{e}");
-        let fifo = tmp("fifo");
+        let (_dir, fifo) = tmp("fifo");
         let _ = std::fs::remove_file(&fifo);
         let made = std::process::Command::new("mkfifo")
             .arg(&fifo)
@@ -287,7 +289,7 @@ mod tests {
         assert!(made.success());
         let e = read_bounded(&fifo, 100, "log").unwrap_err();
         assert!(e.to_string().contains("FIFO"), "{e}");
-        let sparse = tmp("sparse");
+        let (_dir, sparse) = tmp("sparse");
         std::fs::File::create(&sparse)
             .unwrap()
             .set_len(1 << 30)
@@ -303,7 +305,7 @@ mod tests {
         let big = format!("{{\"gprs\": \"{}\"}}", "z".repeat(10 << 20));
         let e = parse_state_json(big.as_bytes()).unwrap_err().to_string();
         assert!(e.len() < 400, "{} bytes", e.len());
-        let p = tmp("state.json");
+        let (_dir, p) = tmp("state.json");
         let state = vcpu_reset::spec::VcpuState::default();
         std::fs::write(&p, serde_json::to_vec(&state).unwrap()).unwrap();
         assert_eq!(load_state_json(&p).unwrap(), state);

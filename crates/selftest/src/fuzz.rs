@@ -698,7 +698,12 @@ pub fn fuzz(options: &FuzzOptions) -> FuzzReport {
     const MAX_CORPUS: usize = 4096;
     let start = Instant::now();
     let mut rng = Rng::new(options.seed);
-    let scratch = std::env::temp_dir().join(format!("vcpu-reset-fuzz-{}.bin", std::process::id()));
+    // The firmware target's file round trip writes here: a private temp dir, removed at the end.
+    let scratch_dir = crate::tempdir::TempDir::new("fuzz").ok();
+    let scratch = scratch_dir.as_ref().map_or_else(
+        || std::path::PathBuf::from("/nonexistent/vcpu-reset-fuzz.bin"),
+        |d| d.path().join("firmware.bin"),
+    );
     let mut report = FuzzReport::default();
     let mut states: Vec<TargetState> = options
         .targets
@@ -782,7 +787,7 @@ pub fn fuzz(options: &FuzzOptions) -> FuzzReport {
             );
         }
     }
-    let _ = std::fs::remove_file(&scratch);
+    drop(scratch_dir);
     report.elapsed = start.elapsed();
     report.targets = states
         .into_iter()

@@ -16,6 +16,7 @@
 //! - [`files`]: bounded reads of input files (firmware, logs, state JSON).
 //! - [`host`]: opening KVM as the tool does (`VCPU_RESET_KVM_DEVICE`), and for tests.
 //! - [`sys`]: the few OS calls outside the KVM backend, behind safe functions.
+//! - [`tempdir`]: private temporary directories for every temporary file.
 
 pub mod bench;
 pub mod check;
@@ -25,3 +26,4 @@ pub mod host;
 pub mod probe;
 pub mod runner;
 pub mod sys;
+pub mod tempdir;

@@ -92,3 +92,111 @@ pub fn set_blocking(file: &std::fs::File) -> std::io::Result<()> {
     }
     Ok(())
 }
+
+/// The signal that asked this process to stop while an [`InterruptGuard`] was installed, or 0.
+static INTERRUPTED: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+
+/// The signals a user or a supervisor stops a run with.
+const STOP_SIGNALS: [c_int; 3] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP];
+
+extern "C" fn note_interrupt(signal: c_int) {
+    // Async-signal-safe: one atomic store.
+    INTERRUPTED.store(signal, std::sync::atomic::Ordering::SeqCst);
+}
+
+/// While alive, SIGINT, SIGTERM and SIGHUP do not end the process at once: they are noted for
+/// [`interrupted`], so the code that owns child processes and temporary files (a peer VMM and
+/// its temp dir) can kill and remove them first, then end the process with [`die_of`]. Dropping
+/// the guard puts the previous handlers back.
+pub struct InterruptGuard {
+    previous: Vec<(c_int, libc::sigaction)>,
+}
+
+impl InterruptGuard {
+    /// Installs the handlers.
+    pub fn install() -> InterruptGuard {
+        let mut previous = Vec::with_capacity(STOP_SIGNALS.len());
+        for signal in STOP_SIGNALS {
+            // SAFETY: an all-zero sigaction is a valid value (no flags, empty mask, no
+            // handler); the handler set below only stores to an atomic, which is
+            // async-signal-safe.
+            let mut action: libc::sigaction = unsafe { std::mem::zeroed() };
+            action.sa_sigaction = note_interrupt as extern "C" fn(c_int) as libc::sighandler_t;
+            action.sa_flags = libc::SA_RESTART;
+            // SAFETY: as above.
+            let mut old: libc::sigaction = unsafe { std::mem::zeroed() };
+            // SAFETY: sigaction reads `action` and writes `old`, both live locals of the right
+            // type; `signal` is a valid, catchable signal number.
+            let ret = unsafe { libc::sigaction(signal, &action, &mut old) };
+            if ret == 0 {
+                previous.push((signal, old));
+            }
+        }
+        InterruptGuard { previous }
+    }
+}
+
+impl Drop for InterruptGuard {
+    fn drop(&mut self) {
+        for (signal, old) in self.previous.drain(..).rev() {
+            // SAFETY: puts back the action sigaction returned for `signal` in `install`.
+            unsafe {
+                libc::sigaction(signal, &old, std::ptr::null_mut());
+            }
+        }
+    }
+}
+
+/// The signal noted while an [`InterruptGuard`] was installed, if any.
+pub fn interrupted() -> Option<c_int> {
+    match INTERRUPTED.load(std::sync::atomic::Ordering::SeqCst) {
+        0 => None,
+        s => Some(s),
+    }
+}
+
+/// Ends the process as `signal` would have (its default action), after the caller cleaned
+/// up; exit status 128 + `signal` if the default action does not end it.
+pub fn die_of(signal: c_int) -> ! {
+    // SAFETY: signal(2) with SIG_DFL and raise(3) take plain integers and touch no memory of
+    // ours.
+    unsafe {
+        libc::signal(signal, libc::SIG_DFL);
+        libc::raise(signal);
+    }
+    std::process::exit(128 + signal)
+}
+
+/// Waits up to `limit` for the child `pid` to exit (without reaping it), returning early when a
+/// signal arrives. Where the kernel offers pidfds (Linux 5.3), a poll(2) on one returns the
+/// moment the child exits, so a caller that times the child adds no polling delay; elsewhere
+/// this sleeps `limit`.
+pub fn wait_for_exit(pid: u32, limit: Duration) {
+    let millis = c_int::try_from(limit.as_millis()).unwrap_or(c_int::MAX);
+    let Ok(pid) = libc::pid_t::try_from(pid) else {
+        std::thread::sleep(limit);
+        return;
+    };
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1; no memory
+    // of ours is touched.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    let Ok(fd) = c_int::try_from(fd) else {
+        std::thread::sleep(limit);
+        return;
+    };
+    if fd < 0 {
+        std::thread::sleep(limit);
+        return;
+    }
+    let mut pfd = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: poll reads and writes the one `pollfd` `&mut pfd` points to; `fd` is the pidfd
+    // opened above, closed right after and never used again.
+    unsafe {
+        libc::poll(&mut pfd, 1, millis);
+        libc::close(fd);
+    }
+}

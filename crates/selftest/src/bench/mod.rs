@@ -44,6 +44,10 @@ pub enum BenchError {
     /// A state transfer or run through the register cache failed.
     #[error(transparent)]
     Cache(#[from] CacheError),
+    /// SIGINT, SIGTERM or SIGHUP arrived while a peer ran: its process group was killed and
+    /// its temp dir removed.
+    #[error("interrupted by signal {0}; the peer's process group was killed")]
+    Interrupted(i32),
     /// A raw vCPU or VM ioctl of the bench's own handlers failed.
     #[error("{op} failed: {errno} — {hint}")]
     Ioctl {

@@ -16,6 +16,7 @@
 //! counters over the longer run (creation excluded); QEMU's are counted with `strace -f` (when strace is installed) on the file
 //! descriptors KVM_CREATE_VCPU returned, by the same difference of two runs.
 
+use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -25,6 +26,7 @@ use iced_x86::code_asm::*;
 use super::BenchError;
 use super::stats::{Summary, table};
 use crate::runner::{Firmware, Sink, Vm, VmConfig};
+use crate::tempdir::TempDir;
 
 /// The target: the runner's warm reboot at least this many times faster than QEMU's at
 /// [`TARGET_VCPUS`] vCPUs.
@@ -194,16 +196,6 @@ fn runner_run(vcpus: u32, reboots: u32) -> Result<(Duration, u64), BenchError> {
     Ok((elapsed, ioctls(&mut vm) - before))
 }
 
-/// The firmware for `reboots` in a temporary file.
-fn firmware_file(reboots: u32) -> Result<PathBuf, BenchError> {
-    let path = std::env::temp_dir().join(format!(
-        "vcpu-reset-peer-{}-{reboots}.bin",
-        std::process::id()
-    ));
-    std::fs::write(&path, firmware(reboots)?).map_err(io("write the peer firmware"))?;
-    Ok(path)
-}
-
 fn qemu_command(qemu: &Path, fw: &Path, vcpus: u32) -> Command {
     let mut c = Command::new(qemu);
     c.args([
@@ -225,18 +217,20 @@ fn qemu_command(qemu: &Path, fw: &Path, vcpus: u32) -> Command {
     c
 }
 
-/// One QEMU run of `reboots` reboots: wall time, and with `strace`, the vCPU ioctls.
+/// One QEMU run of `reboots` reboots: wall time, and with `strace`, the vCPU ioctls. The
+/// firmware and the strace log are in a private temp dir, removed when the run ends, also when
+/// SIGINT, SIGTERM or SIGHUP interrupts it (QEMU's process group is killed first).
 fn qemu_run(
     qemu: &Path,
     strace: Option<&Path>,
     vcpus: u32,
     reboots: u32,
 ) -> Result<(Duration, Option<u64>), BenchError> {
-    let fw = firmware_file(reboots)?;
-    let trace = std::env::temp_dir().join(format!(
-        "vcpu-reset-peer-{}-{reboots}.strace",
-        std::process::id()
-    ));
+    let dir = TempDir::new("peer").map_err(io("create a temporary directory"))?;
+    let fw = dir
+        .write("firmware.bin", &firmware(reboots)?)
+        .map_err(io("write the peer firmware"))?;
+    let trace = dir.path().join("qemu.strace");
     let mut cmd = match strace {
         Some(strace) => {
             let inner = qemu_command(qemu, &fw, vcpus);
@@ -249,33 +243,60 @@ fn qemu_run(
         }
         None => qemu_command(qemu, &fw, vcpus),
     };
-    let start = Instant::now();
-    let out = cmd
-        .stdin(Stdio::null())
+    let stderr = dir
+        .create("stderr.txt")
+        .map_err(io("create QEMU's stderr file"))?;
+    cmd.stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .output()
-        .map_err(io("run QEMU"))?;
+        .stderr(stderr)
+        .process_group(0);
+    let start = Instant::now();
+    let status = match wait_interruptible(cmd) {
+        // QEMU's group is killed: remove the temp dir, then end as the signal asks.
+        Err(BenchError::Interrupted(signal)) => {
+            drop(dir);
+            crate::sys::die_of(signal)
+        }
+        other => other?,
+    };
     let elapsed = start.elapsed();
-    let _ = std::fs::remove_file(&fw);
     // isa-debug-exit makes QEMU exit with (value << 1) | 1.
-    if out.status.code() != Some(1) {
-        let _ = std::fs::remove_file(&trace);
+    if status.code() != Some(1) {
+        let stderr = crate::files::read_bounded(&dir.path().join("stderr.txt"), 1 << 20, "stderr")
+            .unwrap_or_default();
         return Err(BenchError::Peer(format!(
             "QEMU exited with {:?}, not 1 (the firmware's exit through port 0xF4): {}",
-            out.status.code(),
-            String::from_utf8_lossy(&out.stderr).trim()
+            status.code(),
+            crate::files::quote(String::from_utf8_lossy(&stderr).trim().as_bytes(), 400)
         )));
     }
     let ioctls = match strace {
         Some(_) => {
             let text = std::fs::read_to_string(&trace).map_err(io("read the strace log"))?;
-            let _ = std::fs::remove_file(&trace);
             Some(count_vcpu_ioctls(&text))
         }
         None => None,
     };
     Ok((elapsed, ioctls))
+}
+
+/// Runs `cmd` (spawned in a process group of its own) to its end. On SIGINT, SIGTERM or SIGHUP
+/// the group is killed and the signal returned as [`BenchError::Interrupted`].
+fn wait_interruptible(mut cmd: Command) -> Result<std::process::ExitStatus, BenchError> {
+    let _signals = crate::sys::InterruptGuard::install();
+    let mut child = cmd.spawn().map_err(io("run QEMU"))?;
+    loop {
+        if let Some(signal) = crate::sys::interrupted() {
+            crate::sys::kill_process_group(child.id());
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(BenchError::Interrupted(signal));
+        }
+        if let Some(status) = child.try_wait().map_err(io("wait for QEMU"))? {
+            return Ok(status);
+        }
+        crate::sys::wait_for_exit(child.id(), Duration::from_millis(100));
+    }
 }
 
 /// vCPU ioctls other than KVM_RUN in an `strace -f -e trace=ioctl` log: ioctls on the file

@@ -13,6 +13,28 @@ fn quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))
 }
 
+/// `template` with every placeholder of `values` replaced, in one pass from left to right: a
+/// value is never searched for placeholders again (a temp dir named `{log}x` stays a path).
+fn substitute(template: &str, values: &[(&str, &str)]) -> String {
+    let mut out = String::with_capacity(template.len());
+    let mut rest = template;
+    'scan: while !rest.is_empty() {
+        for (key, value) in values {
+            if let Some(after) = rest.strip_prefix(key) {
+                out.push_str(value);
+                rest = after;
+                continue 'scan;
+            }
+        }
+        let mut chars = rest.chars();
+        if let Some(c) = chars.next() {
+            out.push(c);
+        }
+        rest = chars.as_str();
+    }
+    out
+}
+
 /// The `sh -c` command for `template`, which must name `{image}` and `{log}`.
 pub fn launch(template: &str, dir: &Path, image: &Path) -> Result<Launch, PeerError> {
     for key in ["{image}", "{log}"] {
@@ -26,9 +48,13 @@ pub fn launch(template: &str, dir: &Path, image: &Path) -> Result<Launch, PeerEr
         }
     }
     let log = dir.join("vmm.log");
-    let line = template
-        .replace("{image}", &quote(&image.display().to_string()))
-        .replace("{log}", &quote(&log.display().to_string()));
+    let line = substitute(
+        template,
+        &[
+            ("{image}", &quote(&image.display().to_string())),
+            ("{log}", &quote(&log.display().to_string())),
+        ],
+    );
     let mut command = Command::new("sh");
     command.arg("-c").arg(&line).current_dir(dir);
     Ok(Launch {
@@ -36,4 +62,24 @@ pub fn launch(template: &str, dir: &Path, image: &Path) -> Result<Launch, PeerEr
         log,
         describe: format!("sh -c {}", quote(template)),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn placeholders_inside_a_substituted_path_stay_as_they_are() {
+        let line = substitute(
+            "vmm {image} --log {log} {image}",
+            &[
+                ("{image}", "'/t/{log}x;touch F;y/p.rom'"),
+                ("{log}", "'/t/v.log'"),
+            ],
+        );
+        assert_eq!(
+            line,
+            "vmm '/t/{log}x;touch F;y/p.rom' --log '/t/v.log' '/t/{log}x;touch F;y/p.rom'"
+        );
+    }
 }

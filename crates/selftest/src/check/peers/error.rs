@@ -62,6 +62,27 @@ pub enum PeerError {
         /// Runs expected.
         expected: usize,
     },
+    /// The peer's log grew past what a probe log can be (e.g. a sparse file): the run was
+    /// killed at once.
+    #[error(
+        "{peer}: its log holds {bytes} bytes, more than the {limit} a probe log may (killed) — check that the VMM writes only port 0xE9 output to the log"
+    )]
+    LogTooLarge {
+        /// Peer name.
+        peer: String,
+        /// The log's size.
+        bytes: u64,
+        /// The limit.
+        limit: u64,
+    },
+    /// SIGINT, SIGTERM or SIGHUP arrived while the peer ran: its process group was killed.
+    #[error("{peer}: interrupted by signal {signal}; the VMM's process group was killed")]
+    Interrupted {
+        /// Peer name.
+        peer: String,
+        /// The signal.
+        signal: i32,
+    },
     /// The peer exited before the probe printed everything.
     #[error("{peer}: exited ({status}) with {runs} of {expected} probe runs in its log: {output}")]
     Exited {

@@ -161,11 +161,16 @@ pub fn check_installed(peers: &[Peer]) -> Result<(), PeerError> {
 
 /// Boots the probe image for `via` on `peer` and returns its log.
 pub fn capture(peer: &Peer, via: RebootVia, opts: &PeerOptions) -> Result<Vec<u8>, PeerError> {
-    let dir = process::TempDir::new(peer.name())?;
-    let image_path = dir.path().join("probe.rom");
+    let dir = crate::tempdir::TempDir::new(peer.name()).map_err(|e| PeerError::Io {
+        what: format!(
+            "create a temporary directory in {}",
+            std::env::temp_dir().display()
+        ),
+        source: e,
+    })?;
     let image = probe_image(Some(via))?;
-    std::fs::write(&image_path, &image).map_err(|e| PeerError::Io {
-        what: format!("write {}", image_path.display()),
+    let image_path = dir.write("probe.rom", &image).map_err(|e| PeerError::Io {
+        what: format!("write the probe image in {}", dir.path().display()),
         source: e,
     })?;
     let launch = prepare(peer, dir.path(), &image_path, image.len())?;
@@ -178,7 +183,16 @@ pub fn capture(peer: &Peer, via: RebootVia, opts: &PeerOptions) -> Result<Vec<u8
         expected,
         opts.timeout,
     )?;
-    let log = std::fs::read(&launch.log).unwrap_or_default();
+    let log = match crate::files::read_bounded(&launch.log, process::MAX_PEER_LOG, "peer log") {
+        Ok(log) => log,
+        Err(_) if !launch.log.exists() => Vec::new(),
+        Err(e) => {
+            return Err(PeerError::Io {
+                what: format!("{}: read its log", peer.name()),
+                source: std::io::Error::other(e.to_string()),
+            });
+        }
+    };
     let runs = process::ended_runs(&log);
     if runs < expected {
         if let Peer::Bochs = peer {
@@ -263,6 +277,8 @@ pub fn run(report: &mut Report, peers: &[Peer], opts: &PeerOptions) -> Result<()
                     have_power_on = true;
                 }
                 Err(e) if e.is_missing() => return Err(e),
+                // The peer's group is killed and its temp dir removed: end as the signal asks.
+                Err(PeerError::Interrupted { signal, .. }) => crate::sys::die_of(signal),
                 Err(e) => report.scenarios.push(ScenarioInfo {
                     name: format!("{}:reboot-{}", peer.name(), via.name()),
                     owner: Owner::Host,

@@ -1,6 +1,12 @@
 //! Running a peer VMM as a bounded child process: its own process group, stdin closed,
 //! stdout and stderr to files, polled until it exits, the probe log is complete, or the time
 //! limit passes — then the whole group is killed with SIGKILL (Bochs ignores SIGTERM).
+//!
+//! Bounded in memory and time whatever the peer does: each poll reads only what the log grew
+//! by since the last (a log larger than [`MAX_PEER_LOG`], a sparse file included, ends the run
+//! at once), and of its stdout and stderr only the last [`OUTPUT_TAIL`] bytes are kept for
+//! messages. SIGINT, SIGTERM and SIGHUP while a peer runs kill its group and end the run with
+//! [`PeerError::Interrupted`], so the caller removes its temp dir before the process ends.
 
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
@@ -20,7 +26,8 @@ const GRACE: Duration = Duration::from_millis(300);
 pub struct Finished {
     /// The exit status, `None` when the child was killed after its log was complete.
     pub status: Option<ExitStatus>,
-    /// Everything the child wrote to stdout and stderr (for error messages).
+    /// The end of what the child wrote to stdout and of what it wrote to stderr
+    /// ([`OUTPUT_TAIL`] bytes of each), for error messages.
     pub output: String,
 }
 
@@ -63,8 +70,93 @@ pub fn ended_runs(log: &[u8]) -> usize {
         .count()
 }
 
-fn ended_runs_in(path: &Path) -> usize {
-    std::fs::read(path).map(|b| ended_runs(&b)).unwrap_or(0)
+/// The most a peer's log may hold: the limit `check --from-log` reads (a probe run is about
+/// 8 KiB).
+pub const MAX_PEER_LOG: u64 = crate::files::MAX_LOG;
+
+/// How much of a peer's stdout and of its stderr is kept for messages: the end of each.
+pub const OUTPUT_TAIL: u64 = 16 << 10;
+
+/// The probe runs a growing log holds, read a piece at a time: each [`LogWatch::poll`] reads
+/// only the bytes added since the last and keeps of an unfinished line just what
+/// [`ended_runs`] needs to classify it.
+#[derive(Debug, Default)]
+pub struct LogWatch {
+    offset: u64,
+    /// The start of the line the last read ended in (at most [`LINE_HEAD`] bytes).
+    head: Vec<u8>,
+    runs: usize,
+}
+
+/// Bytes of a line enough to tell an end record (`#VR<digits> end`).
+const LINE_HEAD: usize = 32;
+
+impl LogWatch {
+    /// Reads what `path` grew by; returns the probe runs it holds so far.
+    ///
+    /// # Errors
+    /// [`PeerError::LogTooLarge`] when the file is larger than [`MAX_PEER_LOG`].
+    pub fn poll(&mut self, peer: &str, path: &Path) -> Result<usize, PeerError> {
+        use std::io::{Read as _, Seek as _, SeekFrom};
+        let Ok(mut file) = std::fs::File::open(path) else {
+            return Ok(self.runs); // not created yet
+        };
+        let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+        if len > MAX_PEER_LOG {
+            return Err(PeerError::LogTooLarge {
+                peer: peer.to_string(),
+                bytes: len,
+                limit: MAX_PEER_LOG,
+            });
+        }
+        if len <= self.offset || file.seek(SeekFrom::Start(self.offset)).is_err() {
+            return Ok(self.runs);
+        }
+        let mut buf = vec![0; 64 << 10];
+        let mut left = len - self.offset;
+        while left > 0 {
+            let want = usize::try_from(left.min(buf.len() as u64)).unwrap_or(buf.len());
+            let n = match file.read(&mut buf[..want]) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            self.feed(&buf[..n]);
+            self.offset += n as u64;
+            left -= n as u64;
+        }
+        Ok(self.runs)
+    }
+
+    fn feed(&mut self, bytes: &[u8]) {
+        let mut rest = bytes;
+        while let Some(i) = rest.iter().position(|&b| b == b'\n') {
+            self.take(&rest[..i]);
+            self.runs += ended_runs(&self.head);
+            self.head.clear();
+            rest = &rest[i + 1..];
+        }
+        self.take(rest);
+    }
+
+    fn take(&mut self, part: &[u8]) {
+        let room = LINE_HEAD.saturating_sub(self.head.len());
+        self.head.extend_from_slice(&part[..part.len().min(room)]);
+    }
+}
+
+/// The last `max` bytes of the file at `path` (lossy UTF-8), or "" if it cannot be read.
+fn read_tail(path: &Path, max: u64) -> String {
+    use std::io::{Read as _, Seek as _, SeekFrom};
+    let Ok(mut file) = std::fs::File::open(path) else {
+        return String::new();
+    };
+    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+    if file.seek(SeekFrom::Start(len.saturating_sub(max))).is_err() {
+        return String::new();
+    }
+    let mut bytes = Vec::new();
+    let _ = file.take(max).read_to_end(&mut bytes);
+    String::from_utf8_lossy(&bytes).into_owned()
 }
 
 /// Runs `cmd` with stdout/stderr in `dir`, until it exits, `log` holds `runs` probe runs, or
@@ -95,9 +187,18 @@ pub fn run_bounded(
         source: e,
     })?;
     let mut group = Group { child, done: false };
+    let _signals = crate::sys::InterruptGuard::install();
+    let mut watch = LogWatch::default();
     let start = Instant::now();
     let mut complete_at: Option<Instant> = None;
     let status = loop {
+        if let Some(signal) = crate::sys::interrupted() {
+            group.kill();
+            return Err(PeerError::Interrupted {
+                peer: peer.to_string(),
+                signal,
+            });
+        }
         if let Some(s) = group
             .child
             .try_wait()
@@ -106,6 +207,7 @@ pub fn run_bounded(
             group.done = true;
             break Some(s);
         }
+        let runs_now = watch.poll(peer, log)?;
         let now = Instant::now();
         match complete_at {
             Some(t) if now.duration_since(t) >= GRACE => {
@@ -113,7 +215,7 @@ pub fn run_bounded(
                 break None;
             }
             Some(_) => {}
-            None if ended_runs_in(log) >= runs => complete_at = Some(now),
+            None if runs_now >= runs => complete_at = Some(now),
             None => {}
         }
         if now.duration_since(start) >= timeout {
@@ -121,17 +223,15 @@ pub fn run_bounded(
             return Err(PeerError::Timeout {
                 peer: peer.to_string(),
                 seconds: timeout.as_secs_f64(),
-                runs: ended_runs_in(log),
+                runs: runs_now,
                 expected: runs,
             });
         }
         std::thread::sleep(POLL);
     };
-    let read =
-        |p: &Path| String::from_utf8_lossy(&std::fs::read(p).unwrap_or_default()).into_owned();
     Ok(Finished {
         status,
-        output: read(&out_path) + &read(&err_path),
+        output: read_tail(&out_path, OUTPUT_TAIL) + &read_tail(&err_path, OUTPUT_TAIL),
     })
 }
 
@@ -144,43 +244,6 @@ pub fn which(program: &str) -> Option<PathBuf> {
         .find(|p| {
             std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
         })
-}
-
-/// A fresh private directory under the system temp dir, removed on drop.
-pub struct TempDir(PathBuf);
-
-impl TempDir {
-    /// Creates `vcpu-reset-<label>-<pid>-<n>`.
-    pub fn new(label: &str) -> Result<TempDir, PeerError> {
-        use std::sync::atomic::{AtomicU32, Ordering};
-        static N: AtomicU32 = AtomicU32::new(0);
-        let base = std::env::temp_dir();
-        loop {
-            let n = N.fetch_add(1, Ordering::Relaxed);
-            let p = base.join(format!("vcpu-reset-{label}-{}-{n}", std::process::id()));
-            match std::fs::create_dir(&p) {
-                Ok(()) => return Ok(TempDir(p)),
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
-                Err(e) => {
-                    return Err(PeerError::Io {
-                        what: format!("create {}", p.display()),
-                        source: e,
-                    });
-                }
-            }
-        }
-    }
-
-    /// The directory.
-    pub fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 /// The last `n` lines of `text`, for error messages.
@@ -197,6 +260,22 @@ mod tests {
     fn ended_runs_counts_end_lines_of_any_format_version() {
         let log = b"noise\n#VR1 begin a\n#VR1 end 0001 00ff\r\nBochs #VR1 end\n#VR2 end 0003 0102\n#VRx end\n#VR end\n";
         assert_eq!(ended_runs(log), 2);
+    }
+
+    #[test]
+    fn a_log_read_in_pieces_counts_the_runs_of_the_whole() {
+        let log =
+            b"noise\n#VR2 end 0001 00ff\r\nBochs #VR2 end\n#VR2 begin x\n#VR2 end 0003 0102\n";
+        for cut in 1..log.len() {
+            let mut w = LogWatch::default();
+            for piece in log.chunks(cut) {
+                w.feed(piece);
+            }
+            assert_eq!(w.runs, 2, "pieces of {cut}");
+        }
+        let mut w = LogWatch::default();
+        w.feed(&[b'A'; 100_000]);
+        assert!(w.head.len() <= LINE_HEAD, "a long line is not kept whole");
     }
 
     #[test]
