@@ -222,3 +222,102 @@ fn a_temp_dir_named_like_a_placeholder_with_shell_syntax_stays_a_path() {
         );
     }
 }
+
+fn bench(args: &[&str]) -> Output {
+    Command::new(BIN)
+        .arg("bench")
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run vcpu-reset bench")
+}
+
+#[test]
+fn reboot_counts_past_what_the_firmware_counts_are_refused_with_exit_2() {
+    for (reboots, shown) in [("4294967295", "4294967295"), ("65530", "65530")] {
+        let out = bench(&["reboot", "--peer", "qemu", "--reboots", reboots]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{reboots}: {stderr}");
+        assert!(stderr.contains("--reboots"), "{stderr}");
+        assert!(stderr.contains(shown), "{stderr}");
+        assert!(stderr.contains("at most 65529"), "{stderr}");
+        assert!(
+            !String::from_utf8_lossy(&out.stdout).contains('-'),
+            "no negative time"
+        );
+    }
+}
+
+#[test]
+fn vcpu_counts_the_host_cannot_create_are_refused_with_exit_2() {
+    let Some(_host) = vcpu_reset_selftest::host::kvm_for_tests() else {
+        return;
+    };
+    for args in [
+        &["reboot", "--vcpus", "4294967295"][..],
+        &["reboot", "--vcpus", "0"][..],
+        &["reboot", "--peer", "qemu", "--vcpus", "0"][..],
+        &["reboot", "--peer", "qemu", "--vcpus", "4294967295"][..],
+    ] {
+        let out = bench(args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains("--vcpus"), "{args:?}: {stderr}");
+    }
+}
+
+/// A recorded QEMU log of the given name, from `tests/data/probe-logs/`.
+fn recorded(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data/probe-logs")
+        .join(name)
+}
+
+#[test]
+fn a_peer_that_prints_the_same_log_for_every_mechanism_is_judged_once() {
+    let base = TempDir::new("same-log-test").expect("temp dir");
+    let cmd = format!(
+        "cat '{}' > {{log}}; : {{image}}",
+        recorded("qemu-kvm-cf9-hard.log").display()
+    );
+    let out = run(check_in(
+        base.path(),
+        &["--vmm-cmd", &cmd, "--format", "json"],
+    ));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON report");
+    let not_run: Vec<String> = v["scenarios"]
+        .as_array()
+        .expect("scenarios")
+        .iter()
+        .filter(|s| !s["error"].is_null())
+        .map(|s| format!("{} {}", s["name"], s["error"]))
+        .collect();
+    for m in ["cf9-soft", "port92", "kbc"] {
+        assert!(
+            not_run.iter().any(
+                |s| s.contains(&format!("reboot-{m}")) && s.contains(&format!("not probe-{m}"))
+            ),
+            "{m}: {not_run:#?}\n{stderr}"
+        );
+    }
+    assert_eq!(not_run.len(), 3, "{not_run:#?}");
+}
+
+#[test]
+fn a_peer_that_prints_only_power_on_runs_is_not_judged() {
+    let base = TempDir::new("power-on-test").expect("temp dir");
+    let log = recorded("qemu-kvm-power-on.log");
+    let cmd = format!("cat '{0}' '{0}' > {{log}}; : {{image}}", log.display());
+    let out = run(check_in(base.path(), &["--vmm-cmd", &cmd]));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("no run of this VMM could be judged"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("tagged probe, not probe-cf9-hard"),
+        "{stderr}"
+    );
+}

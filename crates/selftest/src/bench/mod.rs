@@ -116,3 +116,25 @@ pub fn host_cpus() -> usize {
 pub fn host_line() -> String {
     format!("host: {} CPUs, Linux {}", host_cpus(), kernel_release())
 }
+
+/// Refuses a vCPU count the runner cannot create: 0, or more than `max` (the host's
+/// KVM_CAP_MAX_VCPUS), as a [`BenchError::Option`] (exit status 2) before anything runs.
+///
+/// # Errors
+/// [`BenchError::Option`] naming `--vcpus`.
+pub fn check_vcpus(vcpus: &[u32], max: u64) -> Result<(), BenchError> {
+    for &n in vcpus {
+        if n == 0 || u64::from(n) > max {
+            return Err(BenchError::Option {
+                option: "--vcpus",
+                value: u64::from(n),
+                why: if n == 0 {
+                    "at least 1 vCPU"
+                } else {
+                    "at most the host's KVM_CAP_MAX_VCPUS"
+                },
+            });
+        }
+    }
+    Ok(())
+}

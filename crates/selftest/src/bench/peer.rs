@@ -354,13 +354,24 @@ pub fn run(options: &PeerBenchOptions) -> Result<PeerReport, BenchError> {
             why: "at least 1",
         });
     }
+    // The longer run of each pair reboots BASE_REBOOTS more times, and the firmware counts
+    // boots in 16 bits.
+    let long = BASE_REBOOTS
+        .checked_add(options.reboots)
+        .filter(|&l| l < 0xffff)
+        .ok_or(BenchError::Option {
+            option: "--reboots",
+            value: u64::from(options.reboots),
+            why: "at most 65529 (the firmware counts its boots in 16 bits)",
+        })?;
+    super::check_vcpus(&options.vcpus, crate::host::open()?.caps().max_vcpus as u64)?;
     let qemu = find_program("qemu-system-x86_64").ok_or_else(|| {
         BenchError::Peer(
             "qemu-system-x86_64 is not on PATH — install QEMU (Debian: qemu-system-x86)".into(),
         )
     })?;
     let strace = find_program("strace");
-    let (short, long) = (BASE_REBOOTS, BASE_REBOOTS + options.reboots);
+    let short = BASE_REBOOTS;
     let mut rows = Vec::new();
     for &vcpus in &options.vcpus {
         let mut runner = Vec::new();
@@ -422,7 +433,7 @@ impl PeerReport {
              {} repetitions, median [min–max]; vCPU ioctls leave out KVM_RUN{}\n\n",
             super::host_line(),
             self.qemu.display(),
-            BASE_REBOOTS + self.options.reboots,
+            BASE_REBOOTS.saturating_add(self.options.reboots),
             BASE_REBOOTS,
             self.options.reboots,
             self.options.reps,

@@ -415,15 +415,9 @@ pub fn run(options: &RebootOptions) -> Result<RebootReport, BenchError> {
             why: "at least 1 round",
         });
     }
+    super::check_vcpus(&options.vcpus, crate::host::open()?.caps().max_vcpus as u64)?;
     let mut rows = Vec::new();
     for &vcpus in &options.vcpus {
-        if vcpus == 0 {
-            return Err(BenchError::Option {
-                option: "--vcpus",
-                value: 0,
-                why: "at least 1 vCPU",
-            });
-        }
         let mut rig = RebootRig::new(crate::host::open()?, vcpus)?;
         // One of each, untimed, so both paths start warm.
         rig.in_place()?;

@@ -75,6 +75,18 @@ pub enum PeerError {
         /// The limit.
         limit: u64,
     },
+    /// The log's runs are not those of the image the peer was given.
+    #[error(
+        "{peer}: its log holds a run tagged {found}, not {expected} — the VMM did not boot the probe image it was given (check that the command uses {{image}} and writes a fresh {{log}})"
+    )]
+    WrongImage {
+        /// Peer name.
+        peer: String,
+        /// The tag of the image it was given.
+        expected: String,
+        /// The first other tag in the log (quoted).
+        found: String,
+    },
     /// SIGINT, SIGTERM or SIGHUP arrived while the peer ran: its process group was killed.
     #[error("{peer}: interrupted by signal {signal}; the VMM's process group was killed")]
     Interrupted {

@@ -194,6 +194,9 @@ pub fn capture(peer: &Peer, via: RebootVia, opts: &PeerOptions) -> Result<Vec<u8
         }
     };
     let runs = process::ended_runs(&log);
+    if runs >= expected {
+        check_run_tags(peer, via, &log)?;
+    }
     if runs < expected {
         if let Peer::Bochs = peer {
             bochs::missing_display(&finished.output)?;
@@ -209,6 +212,34 @@ pub fn capture(peer: &Peer, via: RebootVia, opts: &PeerOptions) -> Result<Vec<u8
         });
     }
     Ok(log)
+}
+
+/// The tags of the runs in `log` (`#VR<version> begin <tag>` lines), in order.
+fn run_tags(log: &[u8]) -> Vec<String> {
+    log.split(|&b| b == b'\n')
+        .filter_map(|line| {
+            let rest = line.strip_prefix(b"#VR")?;
+            let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+            let tag = rest.get(digits..)?.strip_prefix(b" begin ")?;
+            (digits > 0).then(|| String::from_utf8_lossy(tag).trim_end().to_string())
+        })
+        .collect()
+}
+
+/// Every run of a peer's log must carry the tag of the image it was given for `via`
+/// (`probe-<mechanism>`): a VMM that printed another image's log (or the same log for every
+/// mechanism) is refused rather than judged as the mechanism asked for.
+fn check_run_tags(peer: &Peer, via: RebootVia, log: &[u8]) -> Result<(), PeerError> {
+    let want = format!("probe-{}", via.name());
+    let tags = run_tags(log);
+    match tags.iter().find(|t| **t != want) {
+        None => Ok(()),
+        Some(other) => Err(PeerError::WrongImage {
+            peer: peer.name().to_string(),
+            expected: want,
+            found: crate::files::quote(other.as_bytes(), 40),
+        }),
+    }
 }
 
 fn prepare(peer: &Peer, dir: &Path, image: &Path, size: usize) -> Result<Launch, PeerError> {
@@ -329,6 +360,18 @@ mod tests {
             .expect("an error");
         assert!(e.is_missing(), "{e}");
         assert!(e.to_string().contains("2 MiB"), "{e}");
+    }
+
+    #[test]
+    fn a_log_of_another_image_is_refused() {
+        let log =
+            b"noise\n#VR2 begin probe-cf9-hard\r\n#VR2 end 0001 00ff\n#VR2 begin probe-cf9-hard\n";
+        assert_eq!(run_tags(log), ["probe-cf9-hard", "probe-cf9-hard"]);
+        assert!(check_run_tags(&Peer::QemuTcg, RebootVia::Cf9Hard, log).is_ok());
+        let e = check_run_tags(&Peer::QemuTcg, RebootVia::Kbc, log).expect_err("wrong image");
+        assert!(e.to_string().contains("probe-kbc"), "{e}");
+        let power_on = b"#VR2 begin probe\n#VR2 end 0001 00ff\n#VR2 begin probe\n";
+        assert!(check_run_tags(&Peer::QemuTcg, RebootVia::Kbc, power_on).is_err());
     }
 
     #[test]
