@@ -165,6 +165,20 @@ msr_table! {
     McgStatus = 0x17a, "ia32_mcg_status", stored mcg_status;
     /// AMD's VM_HSAVE_PA (C001_0117H): where VMRUN saves host state (AMD APM Vol. 2, §15.30.4).
     VmHsavePa = 0xc001_0117, "vm_hsave_pa", stored vm_hsave_pa;
+    /// MSR_MISC_FEATURES_ENABLES (140H): bit 0 enables CPUID faulting (Intel SDM Vol. 4,
+    /// Table 2-2; KVM offers it to Intel and AMD vCPUs alike).
+    MiscFeaturesEnables = 0x140, "msr_misc_features_enables", stored misc_features_enables;
+    /// MSR_KVM_SYSTEM_TIME_NEW (4B564D01H): the kvmclock area (Linux
+    /// Documentation/virt/kvm/x86/msr.rst; KVM_FEATURE_CLOCKSOURCE2). The older
+    /// MSR_KVM_SYSTEM_TIME (12H) is another name for the same register in KVM.
+    KvmSystemTime = 0x4b56_4d01, "msr_kvm_system_time_new", stored kvm_system_time;
+    /// MSR_KVM_ASYNC_PF_EN (4B564D02H): asynchronous page faults (msr.rst; KVM_FEATURE_ASYNC_PF).
+    KvmAsyncPfEn = 0x4b56_4d02, "msr_kvm_async_pf_en", stored kvm_async_pf_en;
+    /// MSR_KVM_PV_EOI_EN (4B564D04H): paravirtual end of interrupt (msr.rst; KVM_FEATURE_PV_EOI).
+    KvmPvEoiEn = 0x4b56_4d04, "msr_kvm_pv_eoi_en", stored kvm_pv_eoi_en;
+    /// MSR_KVM_POLL_CONTROL (4B564D05H): bit 0 lets the host poll before it halts the vCPU
+    /// (msr.rst; KVM_FEATURE_POLL_CONTROL).
+    KvmPollControl = 0x4b56_4d05, "msr_kvm_poll_control", stored kvm_poll_control;
 }
 
 /// Fixed-range MTRR names and indices (Intel SDM Vol. 3A, §12.11.2.2, Table 12-9).

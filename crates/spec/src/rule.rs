@@ -71,6 +71,10 @@ pub enum Source {
     SdmVol4,
     /// AMD64 Architecture Programmer's Manual Vol. 2 (System Programming).
     ApmVol2,
+    /// Linux KVM: its paravirtual interface (Documentation/virt/kvm/x86/msr.rst, cpuid.rst)
+    /// and what its vCPU creation and `kvm_vcpu_reset()` do (arch/x86/kvm/x86.c), for state
+    /// no processor manual defines.
+    LinuxKvm,
 }
 
 impl Source {
@@ -84,6 +88,7 @@ impl Source {
             Source::SdmVol3D => "Intel SDM Vol. 3D (325462-079US, March 2023)",
             Source::SdmVol4 => "Intel SDM Vol. 4 (325462-079US, March 2023)",
             Source::ApmVol2 => "AMD64 APM Vol. 2 (24593, Rev. 3.42, March 2024)",
+            Source::LinuxKvm => "Linux KVM (Linux 6.12)",
         }
     }
 }

@@ -29,6 +29,11 @@ use vcpu_reset_spec::{
 fn preserved_by_init(name: &str, vendor: Vendor) -> bool {
     let opmask = matches!(name, "k0" | "k1" | "k2" | "k3" | "k4" | "k5" | "k6" | "k7");
     let debug = matches!(name, "dr0" | "dr1" | "dr2" | "dr3" | "dr6" | "dr7");
+    // KVM's paravirtual areas, which KVM turns off on INIT too.
+    let kvm_pv_area = matches!(
+        name,
+        "msr.msr_kvm_system_time_new" | "msr.msr_kvm_async_pf_en" | "msr.msr_kvm_pv_eoi_en"
+    );
     name.starts_with("x87.")
         || name == "mxcsr"
         || name.starts_with("xmm")
@@ -37,7 +42,10 @@ fn preserved_by_init(name: &str, vendor: Vendor) -> bool {
         || opmask
         || name == "xcr0"
         || name == "pkru"
-        || (name.starts_with("msr.") && name != "msr.ia32_fs_base" && name != "msr.ia32_gs_base")
+        || (name.starts_with("msr.")
+            && name != "msr.ia32_fs_base"
+            && name != "msr.ia32_gs_base"
+            && !kvm_pv_area)
         || name == "lapic.id"
         || name == "lapic.version"
         || (vendor == Vendor::Amd && debug)

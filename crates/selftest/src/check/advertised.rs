@@ -26,6 +26,21 @@ const ECX81_SVM: u32 = 1 << 2;
 const ECX7_SGX_LC: u32 = 1 << 30;
 /// CPUID.(EAX=0DH,ECX=1):EAX\[3\], XSAVES and IA32_XSS (SDM Vol. 2A, CPUID leaf 0DH).
 const EAX_D1_XSAVES: u32 = 1 << 3;
+/// CPUID.01H:ECX\[31\]: a hypervisor is present and its leaves start at 40000000H.
+const ECX1_HYPERVISOR: u32 = 1 << 31;
+/// KVM's signature in CPUID.40000000H:EBX, ECX, EDX (Linux Documentation/virt/kvm/x86/cpuid.rst).
+const KVM_SIGNATURE: &[u8; 12] = b"KVMKVMKVM\0\0\0";
+/// KVM's paravirtual feature bits in CPUID.40000001H:EAX (cpuid.rst).
+pub mod kvm_feature {
+    /// MSR_KVM_SYSTEM_TIME_NEW (4B564D01H).
+    pub const CLOCKSOURCE2: u32 = 1 << 3;
+    /// MSR_KVM_ASYNC_PF_EN.
+    pub const ASYNC_PF: u32 = 1 << 4;
+    /// MSR_KVM_PV_EOI_EN.
+    pub const PV_EOI: u32 = 1 << 6;
+    /// MSR_KVM_POLL_CONTROL.
+    pub const POLL_CONTROL: u32 = 1 << 12;
+}
 /// IA32_MTRRCAP.FIX, bit 8: fixed-range MTRRs exist (SDM Vol. 3A, §12.11.2.1).
 const MTRRCAP_FIX: u64 = 1 << 8;
 
@@ -57,6 +72,9 @@ pub struct Advertised {
     pub ecx81: Option<u32>,
     /// The local APIC version register as the probe read it.
     pub apic_version: Option<u32>,
+    /// CPUID.40000001H:EAX, KVM's paravirtual features, where CPUID.01H:ECX\[31\] says a
+    /// hypervisor is present and 40000000H gives KVM's signature; `None` otherwise.
+    pub kvm_features: Option<u32>,
 }
 
 impl Advertised {
@@ -112,7 +130,29 @@ impl Advertised {
             apic_version: run
                 .number(&Field::Lapic(LapicReg::Version).name())
                 .and_then(|v| u32::try_from(v).ok()),
+            kvm_features: Self::kvm_features(run),
         }
+    }
+
+    fn kvm_features(run: &ProbeRun) -> Option<u32> {
+        if run.cpuid(1, 0, 2)? & ECX1_HYPERVISOR == 0 {
+            return None;
+        }
+        let mut signature = [0u8; 12];
+        for (i, reg) in [1, 2, 3].into_iter().enumerate() {
+            signature[i * 4..i * 4 + 4]
+                .copy_from_slice(&run.cpuid(0x4000_0000, 0, reg)?.to_le_bytes());
+        }
+        (&signature == KVM_SIGNATURE)
+            .then(|| run.cpuid(0x4000_0001, 0, 0))
+            .flatten()
+    }
+
+    /// Whether the VMM advertises KVM's paravirtual feature `bit` ([`kvm_feature`]): only
+    /// under KVM's signature, so a log without it (another hypervisor, bare metal, an older
+    /// probe) says no.
+    pub fn kvm_pv(&self, bit: u32) -> bool {
+        self.kvm_features.is_some_and(|f| f & bit != 0)
     }
 
     fn bit(reg: Option<u32>, mask: u32) -> Option<bool> {
@@ -252,6 +292,22 @@ pub fn not_applicable(adv: &Advertised, mtrr_cap: Option<u64>, field: Field) -> 
                 mtrr_cap.unwrap_or(0) & 0xff
             ))
         }
+        Field::Msr(m @ (Msr::KvmSystemTime
+        | Msr::KvmAsyncPfEn
+        | Msr::KvmPvEoiEn
+        | Msr::KvmPollControl)) => {
+            let (bit, name) = match m {
+                Msr::KvmSystemTime => (kvm_feature::CLOCKSOURCE2, "KVM_FEATURE_CLOCKSOURCE2 (bit 3)"),
+                Msr::KvmAsyncPfEn => (kvm_feature::ASYNC_PF, "KVM_FEATURE_ASYNC_PF (bit 4)"),
+                Msr::KvmPvEoiEn => (kvm_feature::PV_EOI, "KVM_FEATURE_PV_EOI (bit 6)"),
+                _ => (kvm_feature::POLL_CONTROL, "KVM_FEATURE_POLL_CONTROL (bit 12)"),
+            };
+            (!adv.kvm_pv(bit)).then(|| {
+                format!(
+                    "the VMM does not advertise KVM's paravirtual {name} (CPUID.40000000H signature KVMKVMKVM, 40000001H:EAX): the vCPU has no such MSR"
+                )
+            })
+        }
         Field::Xcr0 if adv.xsave() == Some(false) => absent("XSAVE", "CPUID.01H:ECX[26]"),
         Field::Msr(Msr::Xss) if adv.xsaves() == Some(false) => {
             absent("XSAVES", "CPUID.(EAX=0DH,ECX=1):EAX[3]")
@@ -311,6 +367,32 @@ mod tests {
             ("cpuid.80000001.0.ecx", "00000005"),
             ("lapic.version", "00050014"),
         ])
+    }
+
+    #[test]
+    fn kvms_paravirtual_msrs_apply_only_under_its_signature_and_feature_bits() {
+        let poll = Field::Msr(Msr::KvmPollControl);
+        let clock = Field::Msr(Msr::KvmSystemTime);
+        // qemu64 under TCG: the hypervisor bit is set (ECX 80002001H) but no KVM leaves.
+        let tcg = Advertised::from_run(&qemu64());
+        assert_eq!(tcg.kvm_features, None);
+        assert!(not_applicable(&tcg, None, poll).is_some_and(|w| w.contains("KVMKVMKVM")));
+        // Under KVM: "KVMKVMKVM\0\0\0" in EBX, ECX, EDX, clocksource2 but no poll control.
+        let mut kvm = vec![
+            ("cpuid.40000000.0.ebx", "4b4d564b"),
+            ("cpuid.40000000.0.ecx", "564b4d56"),
+            ("cpuid.40000000.0.edx", "0000004d"),
+            ("cpuid.40000001.0.eax", "00000008"),
+        ];
+        kvm.extend([("cpuid.0.0.eax", "0000000d"), ("cpuid.1.0.ecx", "80002001")]);
+        let a = Advertised::from_run(&run(&kvm));
+        assert_eq!(a.kvm_features, Some(0x8));
+        assert_eq!(not_applicable(&a, None, clock), None);
+        assert!(not_applicable(&a, None, poll).is_some());
+        // The same leaves without the hypervisor bit are not a hypervisor's.
+        kvm.retain(|(k, _)| *k != "cpuid.1.0.ecx");
+        kvm.push(("cpuid.1.0.ecx", "00002001"));
+        assert_eq!(Advertised::from_run(&run(&kvm)).kvm_features, None);
     }
 
     #[test]

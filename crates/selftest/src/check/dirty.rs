@@ -42,6 +42,14 @@ pub fn changes() -> Vec<(Field, u128)> {
         (Field::Msr(Msr::KernelGsBase), 0xffff_8000_0030_0000),
         (Field::Msr(Msr::TscAux), 0x42),
         (Field::Msr(Msr::MtrrDefType), 0xc06),
+        // A previous boot's CPUID faulting and halt-polling opt-out (INIT keeps both, RESET
+        // must undo both), and KVM's paravirtual areas at a guest address but not enabled (bit
+        // 0 clear, so KVM writes nothing there; INIT and RESET must both clear them).
+        (Field::Msr(Msr::MiscFeaturesEnables), 0x1),
+        (Field::Msr(Msr::KvmPollControl), 0x0),
+        (Field::Msr(Msr::KvmSystemTime), 0x9040),
+        (Field::Msr(Msr::KvmAsyncPfEn), 0x9080),
+        (Field::Msr(Msr::KvmPvEoiEn), 0x90c0),
         (Field::MtrrPhysBase(0), 0x0000_0006),
         (Field::MtrrPhysMask(0), 0x0000_000f_f800_0800),
         (Field::MtrrFixed(0), 0x0606_0606_0606_0606),

@@ -387,9 +387,11 @@ const CPUID_SLOT: u16 = 18;
 /// advertises: vendor and highest leaf (0), signature and features (1), power management (6),
 /// structured extended features (7.0), architectural performance monitoring (0AH), XSAVE
 /// components (0DH.0, 0DH.1), highest extended leaf (80000000H), extended features (80000001H)
-/// and address sizes (80000008H) (Intel SDM Vol. 2A, CPUID; AMD APM Vol. 3, Appendix E).
-/// A leaf above the highest one CPUID reports returns other data; the judge ignores it.
-pub const CPUID_LEAVES: [(u32, u32); 10] = [
+/// and address sizes (80000008H) (Intel SDM Vol. 2A, CPUID; AMD APM Vol. 3, Appendix E), and
+/// the hypervisor's signature (40000000H) and, under KVM's, its paravirtual features
+/// (40000001H) (Linux Documentation/virt/kvm/x86/cpuid.rst). A leaf above the highest one
+/// CPUID reports returns other data; the judge ignores it.
+pub const CPUID_LEAVES: [(u32, u32); 12] = [
     (0, 0),
     (1, 0),
     (6, 0),
@@ -400,6 +402,8 @@ pub const CPUID_LEAVES: [(u32, u32); 10] = [
     (0x8000_0000, 0),
     (0x8000_0001, 0),
     (0x8000_0008, 0),
+    (0x4000_0000, 0),
+    (0x4000_0001, 0),
 ];
 const STACK_SIZE: u32 = 512;
 const BLOB: u16 = 0x8000;

@@ -24,6 +24,11 @@ const SGX_HASH_NOTE: &str = "Exist only where SGX launch control is offered (CPU
     (setup_default_sgx_lepubkeyhash) and QEMU use; the SDM names it without printing it. INIT \
     keeps the MSRs (\"all other MSRs\" unchanged; QEMU keeps them).";
 
+const KVM_PV_NOTE: &str = "KVM's paravirtual MSR (it exists only where the VMM's CPUID says \
+    KVM: 40000000H gives \"KVMKVMKVM\" and 40000001H:EAX the feature). Bit 0 enables it at the \
+    guest-physical address in the other bits; left enabled across a reboot, KVM would go on \
+    writing into the new boot's memory. KVM clears it on RESET and on INIT.";
+
 const OTHER_MSR: &str = "undefined after RESET (\"all other MSRs\"); 0 leaves the feature off, \
     as KVM's RESET does";
 
@@ -144,6 +149,24 @@ fn reset_row(f: Field, v: Vendor) -> Option<Row> {
             )
             .note("Holds the physical address where VMRUN saves host state; software must set it before VMRUN. INIT modifies no MSR (Table 14-1), so INIT keeps it (QEMU keeps it; Bochs clears it on INIT)."),
             Msr::VmHsavePa => mk(f, undefined(0, "AMD-only MSR (SVM); Intel has no such MSR"), table),
+            Msr::MiscFeaturesEnables => mk(
+                f,
+                undefined(0, "\"all other MSRs\" are undefined after RESET; 0 turns CPUID faulting off, as KVM's RESET does (kvm_vcpu_reset: msr_misc_features_enables = 0 unless INIT)"),
+                Citation { source: Source::SdmVol4, locator: "Table 2-2, MSR_MISC_FEATURES_ENABLES (140H), bit 0 \"CPUID GP# faulting enable\"" },
+            )
+            .note("A previous boot's CPUID faulting must not survive a RESET: the next OS would take #GP on every CPUID at CPL > 0. INIT keeps it, as every MSR. Intel's MSR; KVM offers it to AMD vCPUs too."),
+            Msr::KvmSystemTime | Msr::KvmAsyncPfEn | Msr::KvmPvEoiEn => mk(
+                f,
+                Rule::Value(0),
+                Citation { source: Source::LinuxKvm, locator: "arch/x86/kvm/x86.c, kvm_vcpu_reset() (kvmclock_reset, apf.msr_en_val = 0; kvm_lapic_reset: pv_eoi.msr_val = 0) on RESET and INIT; Documentation/virt/kvm/x86/msr.rst" },
+            )
+            .note(KVM_PV_NOTE),
+            Msr::KvmPollControl => mk(
+                f,
+                Rule::Value(1),
+                Citation { source: Source::LinuxKvm, locator: "arch/x86/kvm/x86.c, kvm_arch_vcpu_postcreate() (\"poll control enabled by default\": msr_kvm_poll_control = 1); Documentation/virt/kvm/x86/msr.rst" },
+            )
+            .note("KVM sets 1 only when it creates the vCPU, and neither its RESET nor its INIT touch it again: a guest's 0 would survive a reboot unless the VMM writes 1 (QEMU's kvm_arch_reset_vcpu does). INIT keeps it. Exists only where the VMM's CPUID says KVM (40000000H: \"KVMKVMKVM\") with KVM_FEATURE_POLL_CONTROL (40000001H:EAX[12])."),
             Msr::SysenterCs
             | Msr::SysenterEsp
             | Msr::SysenterEip
@@ -197,6 +220,10 @@ pub(crate) fn row(f: Field, v: Vendor, e: Event) -> Row {
         Event::Init => match f {
             // FS/GS bases are the segment bases, which INIT sets to 0.
             Field::Msr(Msr::FsBase) | Field::Msr(Msr::GsBase) => reset,
+            // KVM turns its paravirtual areas off on INIT as on RESET.
+            Field::Msr(
+                Msr::KvmSystemTime | Msr::KvmAsyncPfEn | Msr::KvmPvEoiEn,
+            ) => reset,
             Field::Msr(Msr::SpecCtrl) => mk(f, Rule::Preserved, table_citation(v)).note(
                 "MSRs are unchanged by INIT. KVM zeroes IA32_SPEC_CTRL on INIT: a deviation.",
             ),
