@@ -7,6 +7,8 @@ use kvm_bindings::{
 use kvm_ioctls::VcpuExit;
 
 use super::KvmVcpu;
+use super::calls::counted;
+use super::ioctls::Ioctl;
 use super::vcpu::Answer;
 use crate::backend::{BackendError, Exit, IoDir};
 
@@ -67,8 +69,7 @@ impl KvmVcpu {
         // the exit handler), 144 bytes instead of the whole sync area.
         let pending = self.fd.get_kvm_run().kvm_dirty_regs;
         let saved = (pending != 0).then(|| Saved::of(self.fd.sync_regs_mut(), pending));
-        self.stats.runs += 1;
-        let seen = match self.fd.run() {
+        let seen = match counted(&mut self.stats.runs, Ioctl::Run, || self.fd.run()) {
             Ok(exit) => Ok(match exit {
                 VcpuExit::IoOut(port, data) => {
                     let mut out = [0u8; 4];
@@ -128,23 +129,19 @@ impl KvmVcpu {
                 }
                 Ok(exit)
             }
-            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+            Err(e) if e.errno.errno() == libc::EINTR || e.errno.errno() == libc::EAGAIN => {
                 self.after_run(true);
                 Ok(Exit::Interrupted)
             }
             Err(e) => {
                 let dropped = self.drop_pending();
                 self.after_run(false);
-                let hint = if dropped.0 != 0 {
-                    "KVM rejected REGS/SREGS/EVENTS stored through sync regs at entry; those stores were dropped — store valid state again"
+                let ioctl = if dropped.0 != 0 {
+                    Ioctl::RunDeferredStores
                 } else {
-                    "the vCPU cannot run: check that guest memory covers CS:RIP and that the stored state is consistent"
+                    Ioctl::Run
                 };
-                Err(BackendError::Ioctl {
-                    op: "KVM_RUN",
-                    errno: e,
-                    hint,
-                })
+                Err(ioctl.failed(e.errno).into())
             }
         }
     }
