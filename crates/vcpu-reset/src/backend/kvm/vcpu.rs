@@ -13,8 +13,7 @@ use super::codec::xsave::XsaveLayout;
 use super::guest_entries::{EntryCount, stats_file};
 use super::host::{KvmCaps, KvmHost};
 use super::ioctls::{Ioctl, IoctlError};
-use super::msr_set::MsrSet;
-use super::tsc::TscState;
+use super::msrs::{MsrSet, TscState};
 use crate::backend::{Backend, BackendError, ClassSet, Exit, HostInit, StateClass, Stats};
 
 /// The classes sync regs carry.
