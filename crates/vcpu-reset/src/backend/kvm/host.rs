@@ -80,7 +80,7 @@ pub struct KvmCaps {
 }
 
 /// Whether the Linux release `release` (e.g. "6.18.44-fc") is `major.minor` or later.
-pub(super) fn release_at_least(release: &str, major: u32, minor: u32) -> bool {
+fn release_at_least(release: &str, major: u32, minor: u32) -> bool {
     let mut parts = release
         .split(|c: char| !c.is_ascii_digit())
         .map(|p| p.parse::<u32>().ok());

@@ -78,7 +78,7 @@ const APIC_BASE_BSP: u64 = 1 << 8;
 const ICR_INIT_ASSERT: u64 = 0x4500;
 
 /// Classes KVM's INIT, with the MSRs stored before it, leaves at the RESET state.
-pub(super) const ESTABLISHED: ClassSet = ClassSet::EMPTY
+const ESTABLISHED: ClassSet = ClassSet::EMPTY
     .with(StateClass::Lapic)
     .with(StateClass::Debug)
     .with(StateClass::MpState);
@@ -87,7 +87,7 @@ pub(super) const ESTABLISHED: ClassSet = ClassSet::EMPTY
 const MSRS: ClassSet = ClassSet::EMPTY.with(StateClass::Msrs);
 
 /// Classes KVM's INIT overwrites with its own values, which the caller stores again.
-pub(super) const CLOBBERED: ClassSet = ClassSet::EMPTY
+const CLOBBERED: ClassSet = ClassSet::EMPTY
     .with(StateClass::Regs)
     .with(StateClass::Sregs)
     .with(StateClass::Events);
@@ -95,7 +95,7 @@ pub(super) const CLOBBERED: ClassSet = ClassSet::EMPTY
 /// The MSR writes that raise KVM's INIT of vCPU `id` (see the module documentation). Where
 /// leaving x2APIC mode straight for xAPIC mode does not reset the xAPIC ID (`direct_exit`
 /// false: Linux before 6.3), the local APIC is disabled in between, which does.
-pub(super) fn init_preamble(id: u64, apic_base: u64, direct_exit: bool) -> Vec<kvm_msr_entry> {
+fn init_preamble(id: u64, apic_base: u64, direct_exit: bool) -> Vec<kvm_msr_entry> {
     let base = apic_base & !0xfff;
     let entry = |index, data| kvm_msr_entry {
         index,

@@ -50,7 +50,7 @@ impl KvmVcpu {
     }
 
     /// The vCPU's IA32_APIC_BASE, from what is known or with one KVM_GET_MSRS.
-    pub(super) fn current_apic_base(&mut self) -> Result<u64, BackendError> {
+    fn current_apic_base(&mut self) -> Result<u64, BackendError> {
         if let Some(apic_base) = self.shadow.apic_base {
             return Ok(apic_base);
         }

@@ -48,27 +48,27 @@ impl Default for KvmVcpuOptions {
 
 /// What the vCPU's CPUID says about the CPU it models.
 #[derive(Clone, Copy, Debug)]
-pub(super) struct Identity {
-    pub(super) vendor_id: [u8; 12],
-    pub(super) signature: u32,
-    pub(super) gp_counters: u8,
+struct Identity {
+    vendor_id: [u8; 12],
+    signature: u32,
+    gp_counters: u8,
     /// The vCPU is the bootstrap processor.
-    pub(super) bsp: bool,
+    bsp: bool,
     /// CPUID.01H:ECX\[21\] (x2APIC) as the vCPU got it.
-    pub(super) x2apic: bool,
+    x2apic: bool,
 }
 
 /// What a constructor learns from a vCPU whose CPUID is set, before the vCPU is assembled.
 pub(super) struct Probed {
-    pub(super) id: u64,
-    pub(super) irqchip: bool,
-    pub(super) identity: Identity,
-    pub(super) xsave: XsaveLayout,
-    pub(super) apic_version: Option<u32>,
-    pub(super) may_be_uninitialized: bool,
-    pub(super) events_shadow: bool,
-    pub(super) events: Option<kvm_vcpu_events>,
-    pub(super) msrs: MsrSet,
+    id: u64,
+    irqchip: bool,
+    identity: Identity,
+    xsave: XsaveLayout,
+    apic_version: Option<u32>,
+    may_be_uninitialized: bool,
+    events_shadow: bool,
+    events: Option<kvm_vcpu_events>,
+    msrs: MsrSet,
 }
 
 impl Probed {
