@@ -6,8 +6,9 @@
 //!   maps onto one KVM structure: [`codec`] converts it to and from a `VcpuState` (pure, public,
 //!   tested without `/dev/kvm`), and the class's file makes the ioctls: `regs.rs`
 //!   (`kvm_regs`), `sregs.rs` (`kvm_sregs2`/`kvm_sregs`), `debugregs.rs`, `fpu.rs` (the XSAVE
-//!   image), `xcrs.rs`, `msrs.rs` (also the MSRs the vCPU holds, the chunked KVM_GET/SET_MSRS
-//!   and the IA32_TSC write policy), `lapic.rs`, `mp_state.rs`, `events.rs` and `nested.rs`.
+//!   image), `xcrs.rs`, `msrs.rs` (with `msr_set.rs`, the MSRs the vCPU holds and the chunked
+//!   KVM_GET/SET_MSRS, and `tsc.rs`, the IA32_TSC write policy), `lapic.rs`, `mp_state.rs`,
+//!   `events.rs` and `nested.rs`.
 //! - Every ioctl is an [`Ioctl`] (`ioctls.rs`), with its KVM name and what to do when it fails,
 //!   and is made through a counted helper (`calls.rs`: load, store or other), which counts it
 //!   and turns its errno into an [`IoctlError`].
@@ -53,12 +54,14 @@ mod init;
 mod ioctls;
 mod lapic;
 mod mp_state;
+mod msr_set;
 mod msrs;
 mod nested;
 mod regs;
 mod run;
 mod sregs;
 mod sync;
+mod tsc;
 mod vcpu;
 mod xcrs;
 

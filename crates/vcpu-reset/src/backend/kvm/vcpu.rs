@@ -13,7 +13,8 @@ use super::codec::xsave::XsaveLayout;
 use super::guest_entries::{EntryCount, stats_file};
 use super::host::{KvmCaps, KvmHost};
 use super::ioctls::{Ioctl, IoctlError};
-use super::msrs::{MsrSet, TscState};
+use super::msr_set::MsrSet;
+use super::tsc::TscState;
 use crate::backend::{Backend, BackendError, ClassSet, Exit, HostInit, StateClass, Stats};
 
 /// The classes sync regs carry.
