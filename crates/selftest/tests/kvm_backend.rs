@@ -6,7 +6,7 @@
 
 use kvm_bindings::kvm_userspace_memory_region;
 use kvm_ioctls::VmFd;
-use vcpu_reset::backend::kvm::{KvmHost, KvmVcpu, KvmVcpuOptions};
+use vcpu_reset::backend::kvm::{Ioctl, IoctlError, KvmHost, KvmVcpu, KvmVcpuOptions};
 use vcpu_reset::backend::{Backend, BackendError, ClassSet, Exit, IoDir, StateClass, Stats};
 use vcpu_reset::spec::{Activity, Field, Gpr, Msr, Seg, Segment, VcpuState};
 use vcpu_reset_selftest::host::kvm_for_tests;
@@ -447,10 +447,10 @@ fn xcrs_round_trip() {
     };
     assert!(matches!(
         v.store(StateClass::Xcrs, &bad),
-        Err(BackendError::Ioctl {
-            op: "KVM_SET_XCRS",
+        Err(BackendError::Ioctl(IoctlError {
+            ioctl: Ioctl::SetXcrs,
             ..
-        })
+        }))
     ));
 }
 

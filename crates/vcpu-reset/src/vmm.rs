@@ -31,8 +31,10 @@ pub enum ResetVcpuError {
         /// The vCPU fd, unchanged.
         fd: ReturnedFd,
     },
-    /// Writing the RESET state failed.
-    #[error("RESET of vCPU {id} failed: {source}")]
+    /// Writing the RESET state failed. The message names the vCPU; what failed, and what to
+    /// do about it, is the [`source`](std::error::Error::source), printed by whatever prints
+    /// the error's chain.
+    #[error("RESET of vCPU {id} failed")]
     Reset {
         /// The vCPU id.
         id: u64,

@@ -120,23 +120,16 @@ impl Stats {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum BackendError {
-    /// A KVM ioctl failed.
-    #[error("{op} failed: {errno} — {hint}")]
-    Ioctl {
-        /// The ioctl.
-        op: &'static str,
-        /// The error the kernel returned.
-        errno: vmm_sys_util::errno::Error,
-        /// What to do about it.
-        hint: &'static str,
-    },
+    /// A KVM ioctl failed: which one ([`kvm::Ioctl`]), the kernel's error, and what to do.
+    #[error(transparent)]
+    Ioctl(#[from] kvm::IoctlError),
     /// KVM_GET/SET_MSRS stopped at an MSR the host refused.
     #[error(
-        "{op} processed {done} of {total} MSRs and refused MSR {index:#x} — the host's KVM does not support that MSR or rejects the value written to it (e.g. a reserved MTRR type)"
+        "{ioctl} processed {done} of {total} MSRs and refused MSR {index:#x} — the host's KVM does not support that MSR or rejects the value written to it (e.g. a reserved MTRR type)"
     )]
     MsrRefused {
-        /// KVM_GET_MSRS or KVM_SET_MSRS.
-        op: &'static str,
+        /// [`kvm::Ioctl::GetMsrs`] or [`kvm::Ioctl::SetMsrs`].
+        ioctl: kvm::Ioctl,
         /// How many were processed.
         done: usize,
         /// How many were asked for.

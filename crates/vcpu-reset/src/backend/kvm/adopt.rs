@@ -19,8 +19,9 @@ use kvm_ioctls::{VcpuFd, VmFd};
 use libc::c_ulong;
 use vcpu_reset_spec::LapicReg;
 
+use super::calls::{counted, other, raw_result, store};
 use super::error::{AdoptRefusal, ReturnedFd};
-use super::ioctls::KVM_SET_BOOT_CPU_ID;
+use super::ioctls::{Ioctl, KVM_SET_BOOT_CPU_ID};
 use super::vcpu::Probed;
 use super::{KvmError, KvmHost, KvmVcpu, KvmVcpuOptions};
 use crate::backend::{BackendError, StateClass, Stats};
@@ -181,29 +182,30 @@ fn examine(
         return Err(AdoptRefusal::IdMismatch { given: id, actual });
     }
 
-    stats.other += 1;
-    if vm.check_extension_raw(c_ulong::from(KVM_CAP_SET_BOOT_CPU_ID)) > 0 {
-        stats.other += 1;
-        let (request, id) = (KVM_SET_BOOT_CPU_ID(), c_ulong::MAX);
-        // SAFETY: KVM_SET_BOOT_CPU_ID takes its argument by value and touches no memory of
-        // ours; `vm` is a live VM fd. The id c_ulong::MAX is above every KVM_MAX_VCPU_IDS, so
-        // KVM changes nothing: it answers EBUSY when the VM has vCPUs, else EINVAL.
-        let ret = unsafe { vmm_sys_util::ioctl::ioctl_with_val(vm, request, id) };
-        if ret != 0 && vmm_sys_util::errno::Error::last().errno() == libc::EINVAL {
+    let boot_cpu_id = other(stats, Ioctl::CheckExtension, || {
+        Ok(vm.check_extension_raw(c_ulong::from(KVM_CAP_SET_BOOT_CPU_ID)) > 0)
+    })?;
+    if boot_cpu_id {
+        let answer = other(stats, Ioctl::SetBootCpuId, || {
+            let (request, id) = (KVM_SET_BOOT_CPU_ID(), c_ulong::MAX);
+            // SAFETY: KVM_SET_BOOT_CPU_ID takes its argument by value and touches no memory of
+            // ours; `vm` is a live VM fd. The id c_ulong::MAX is above every KVM_MAX_VCPU_IDS,
+            // so KVM changes nothing: it answers EBUSY when the VM has vCPUs, else EINVAL.
+            raw_result(unsafe { vmm_sys_util::ioctl::ioctl_with_val(vm, request, id) })
+        });
+        if answer.is_err_and(|e| e.errno.errno() == libc::EINVAL) {
             return Err(AdoptRefusal::OtherVm {
                 why: "the VM has no vCPU at all",
             });
         }
     }
 
-    stats.other += 1;
     let mut chip = kvm_irqchip {
         chip_id: KVM_IRQCHIP_PIC_MASTER,
         ..Default::default()
     };
-    let vm_irqchip = vm.get_irqchip(&mut chip).is_ok();
-    stats.other += 1;
-    let lapic = fd.get_lapic().ok();
+    let vm_irqchip = other(stats, Ioctl::GetIrqchip, || vm.get_irqchip(&mut chip)).is_ok();
+    let lapic = other(stats, Ioctl::GetLapic, || fd.get_lapic()).ok();
     if vm_irqchip && lapic.is_none() {
         return Err(AdoptRefusal::OtherVm {
             why: "the VM has an in-kernel irqchip, so each of its vCPUs has a local APIC, but this vCPU has none",
@@ -223,28 +225,14 @@ fn examine(
     complete_vmm_exit(fd, stats)?;
     let vmm_valid_regs = fd.get_kvm_run().kvm_valid_regs & u64::from(KVM_SYNC_X86_VALID_FIELDS);
 
-    stats.other += 1;
-    let cpuid: CpuId =
+    let cpuid: CpuId = other(stats, Ioctl::GetCpuid2, || {
         fd.get_cpuid2(KVM_MAX_CPUID_ENTRIES)
-            .map_err(|errno| AdoptRefusal::Ioctl {
-                op: "KVM_GET_CPUID2",
-                errno,
-                hint: "the vCPU does not report its CPUID",
-            })?;
+    })?;
     if cpuid.as_slice().is_empty() {
         return Err(AdoptRefusal::NoCpuid);
     }
 
-    let probed = Probed::read(fd, host, id, &cpuid, irqchip, lapic).map_err(|e| match e {
-        KvmError::Ioctl { op, errno, hint } => AdoptRefusal::Ioctl { op, errno, hint },
-        // Probed::read makes ioctls and fails only with their errors.
-        _ => AdoptRefusal::Ioctl {
-            op: "vCPU probe",
-            errno: vmm_sys_util::errno::Error::new(libc::EIO),
-            hint: "the vCPU did not answer the probe",
-        },
-    })?;
-    stats.other += probed.calls;
+    let probed = Probed::read(fd, host, id, &cpuid, irqchip, lapic, stats)?;
     Ok((probed, vmm_valid_regs))
 }
 
@@ -255,28 +243,19 @@ fn apply_vmm_pending(fd: &mut VcpuFd, stats: &mut Stats) -> Result<(), AdoptRefu
     if dirty == 0 {
         return Ok(());
     }
-    let refuse = |op: &'static str| {
-        move |errno| AdoptRefusal::Ioctl {
-            op,
-            errno,
-            hint: "KVM rejected a store the VMM left pending in kvm_run (kvm_dirty_regs); correct it, or clear kvm_dirty_regs, before adopting",
-        }
-    };
     if dirty & u64::from(KVM_SYNC_X86_REGS) != 0 {
         let regs = fd.sync_regs_mut().regs;
-        stats.stores += 1;
-        fd.set_regs(&regs).map_err(refuse("KVM_SET_REGS"))?;
+        store(stats, Ioctl::SetRegs, || fd.set_regs(&regs)).map_err(AdoptRefusal::PendingStore)?;
     }
     if dirty & u64::from(KVM_SYNC_X86_SREGS) != 0 {
         let sregs = fd.sync_regs_mut().sregs;
-        stats.stores += 1;
-        fd.set_sregs(&sregs).map_err(refuse("KVM_SET_SREGS"))?;
+        store(stats, Ioctl::SetSregs, || fd.set_sregs(&sregs))
+            .map_err(AdoptRefusal::PendingStore)?;
     }
     if dirty & u64::from(KVM_SYNC_X86_EVENTS) != 0 {
         let events = fd.sync_regs_mut().events;
-        stats.stores += 1;
-        fd.set_vcpu_events(&events)
-            .map_err(refuse("KVM_SET_VCPU_EVENTS"))?;
+        store(stats, Ioctl::SetVcpuEvents, || fd.set_vcpu_events(&events))
+            .map_err(AdoptRefusal::PendingStore)?;
     }
     fd.get_kvm_run().kvm_dirty_regs = 0;
     Ok(())
@@ -306,18 +285,15 @@ fn complete_vmm_exit(fd: &mut VcpuFd, stats: &mut Stats) -> Result<(), AdoptRefu
     let run = fd.get_kvm_run();
     let immediate_exit = run.immediate_exit;
     run.immediate_exit = 1;
-    stats.runs += 1;
-    let result = fd.run().map(|_| ()).err();
+    let result = counted(&mut stats.runs, Ioctl::RunImmediateExit, || {
+        fd.run().map(|_| ())
+    });
     let run = fd.get_kvm_run();
     run.immediate_exit = immediate_exit;
     // KVM_RUN does not store what the guest never saw: the exit is completed.
     run.exit_reason = kvm_bindings::KVM_EXIT_INTR;
     match result {
-        Some(errno) if errno.errno() != libc::EINTR => Err(AdoptRefusal::Ioctl {
-            op: "KVM_RUN (immediate_exit)",
-            errno,
-            hint: "KVM could not complete the vCPU's last exit; answer it (e.g. the data of an IN or MMIO read) before adopting",
-        }),
+        Err(e) if e.errno.errno() != libc::EINTR => Err(e.into()),
         _ => Ok(()),
     }
 }

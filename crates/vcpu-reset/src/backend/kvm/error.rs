@@ -2,6 +2,8 @@
 
 use vmm_sys_util::errno;
 
+use super::ioctls::IoctlError;
+
 /// Why KVM, a VM or a vCPU could not be set up. Errors of state transfers and runs are
 /// [`crate::backend::BackendError`]s.
 #[derive(Debug, thiserror::Error)]
@@ -71,15 +73,8 @@ pub enum KvmError {
         fd: ReturnedFd,
     },
     /// An ioctl on `/dev/kvm`, a VM or a new vCPU failed.
-    #[error("{op} failed: {errno} — {hint}")]
-    Ioctl {
-        /// The ioctl.
-        op: &'static str,
-        /// The error the kernel returned.
-        errno: errno::Error,
-        /// What to do about it.
-        hint: &'static str,
-    },
+    #[error(transparent)]
+    Ioctl(#[from] IoctlError),
 }
 
 /// Why [`KvmVcpu::adopt`](super::KvmVcpu::adopt) refused a vCPU.
@@ -110,16 +105,15 @@ pub enum AdoptRefusal {
         "the vCPU has no CPUID (KVM_GET_CPUID2 returned no entries) — set it with KVM_SET_CPUID2 (VcpuFd::set_cpuid2) before adopting; vcpu-reset takes the CPU model from it and never changes it"
     )]
     NoCpuid,
+    /// A store the VMM left pending in `kvm_run` (`kvm_dirty_regs`), which adoption applies
+    /// first, was rejected.
+    #[error(
+        "applying the store the VMM left pending in kvm_run (kvm_dirty_regs): {0}; correct that store, or clear kvm_dirty_regs, before adopting"
+    )]
+    PendingStore(IoctlError),
     /// An ioctl adoption makes failed.
-    #[error("{op} failed: {errno} — {hint}")]
-    Ioctl {
-        /// The ioctl.
-        op: &'static str,
-        /// The error the kernel returned.
-        errno: errno::Error,
-        /// What to do about it.
-        hint: &'static str,
-    },
+    #[error(transparent)]
+    Ioctl(#[from] IoctlError),
 }
 
 /// A vCPU fd carried back in an error, so that the caller does not lose its vCPU.
@@ -148,9 +142,5 @@ impl KvmError {
             KvmError::Adopt { refusal, .. } => Some(refusal),
             _ => None,
         }
-    }
-
-    pub(super) fn ioctl(op: &'static str, errno: errno::Error, hint: &'static str) -> Self {
-        KvmError::Ioctl { op, errno, hint }
     }
 }

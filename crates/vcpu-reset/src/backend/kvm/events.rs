@@ -14,8 +14,9 @@ use kvm_bindings::{KVM_VCPUEVENT_VALID_TRIPLE_FAULT, kvm_vcpu_events};
 use vcpu_reset_spec::VcpuState;
 
 use super::KvmVcpu;
+use super::calls::{load, store};
 use super::codec::events::{EventParts, events_from_state, events_to_state, needs_base};
-use super::ioctl_error::ioctl_error;
+use super::ioctls::Ioctl;
 use crate::backend::{BackendError, StateClass};
 
 impl KvmVcpu {
@@ -27,11 +28,9 @@ impl KvmVcpu {
     }
 
     fn get_events(&mut self) -> Result<kvm_vcpu_events, BackendError> {
-        self.stats.loads += 1;
-        let e = self
-            .fd
-            .get_vcpu_events()
-            .map_err(|e| ioctl_error("KVM_GET_VCPU_EVENTS", e))?;
+        let e = load(&mut self.stats, Ioctl::GetVcpuEvents, || {
+            self.fd.get_vcpu_events()
+        })?;
         self.shadow.events = Some(e);
         if self.sync {
             self.fd.sync_regs_mut().events = e;
@@ -69,10 +68,9 @@ impl KvmVcpu {
             self.defer(StateClass::Events);
             return Ok(());
         }
-        self.stats.stores += 1;
-        self.fd
-            .set_vcpu_events(&e)
-            .map_err(|e| ioctl_error("KVM_SET_VCPU_EVENTS", e))?;
+        store(&mut self.stats, Ioctl::SetVcpuEvents, || {
+            self.fd.set_vcpu_events(&e)
+        })?;
         self.stored_by_ioctl(StateClass::Events);
         Ok(())
     }
@@ -84,10 +82,9 @@ impl KvmVcpu {
         let mut e = self.get_events()?;
         e.flags = KVM_VCPUEVENT_VALID_TRIPLE_FAULT;
         e.triple_fault.pending = 1;
-        self.stats.stores += 1;
-        self.fd
-            .set_vcpu_events(&e)
-            .map_err(|e| ioctl_error("KVM_SET_VCPU_EVENTS (triple fault)", e))?;
+        store(&mut self.stats, Ioctl::SetVcpuEvents, || {
+            self.fd.set_vcpu_events(&e)
+        })?;
         // A deferred EVENTS store still flagged in `kvm_dirty_regs` would be applied by the next
         // KVM_RUN from the `kvm_run` copy, which KVM_GET_VCPU_EVENTS just filled with
         // `triple_fault.pending = 0` and the flag that makes it count: keep it pending there too.

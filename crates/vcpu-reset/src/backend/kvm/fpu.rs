@@ -7,10 +7,11 @@ use kvm_bindings::{Xsave, kvm_xsave};
 use vcpu_reset_spec::VcpuState;
 
 use super::KvmVcpu;
+use super::calls::{load, store};
 use super::codec::xsave::{
     KVM_XSAVE_SIZE, bytes_to_words, words_to_bytes, xsave_from_state, xsave_to_state,
 };
-use super::ioctl_error::ioctl_error;
+use super::ioctls::Ioctl;
 use crate::backend::BackendError;
 
 impl KvmVcpu {
@@ -21,22 +22,21 @@ impl KvmVcpu {
 
     fn get_xsave_image(&mut self) -> Result<Vec<u8>, BackendError> {
         let mut bytes = Vec::with_capacity(self.xsave.size());
-        self.stats.loads += 1;
         if self.xsave.size() <= KVM_XSAVE_SIZE {
-            let x = self
-                .fd
-                .get_xsave()
-                .map_err(|e| ioctl_error("KVM_GET_XSAVE", e))?;
+            let x = load(&mut self.stats, Ioctl::GetXsave, || self.fd.get_xsave())?;
             words_to_bytes(&x.region, &mut bytes);
         } else {
             let mut x = Xsave::new(self.xsave2_entries()).map_err(|e| BackendError::Invalid {
                 what: "XSAVE2 buffer",
                 why: e.to_string(),
             })?;
-            // SAFETY: `x` holds `struct kvm_xsave` plus enough entries for the KVM_CAP_XSAVE2
-            // size the host reported when it was opened, which is what KVM_GET_XSAVE2 writes;
-            // this process enables no further XSTATE features with arch_prctl() afterwards.
-            unsafe { self.fd.get_xsave2(&mut x) }.map_err(|e| ioctl_error("KVM_GET_XSAVE2", e))?;
+            load(&mut self.stats, Ioctl::GetXsave2, || {
+                // SAFETY: `x` holds `struct kvm_xsave` plus enough entries for the
+                // KVM_CAP_XSAVE2 size the host reported when it was opened, which is what
+                // KVM_GET_XSAVE2 writes; this process enables no further XSTATE features with
+                // arch_prctl() afterwards.
+                unsafe { self.fd.get_xsave2(&mut x) }
+            })?;
             words_to_bytes(&x.as_fam_struct_ref().xsave.region, &mut bytes);
             words_to_bytes(x.as_slice(), &mut bytes);
         }
@@ -45,13 +45,15 @@ impl KvmVcpu {
     }
 
     fn set_xsave_image(&mut self, bytes: &[u8]) -> Result<(), BackendError> {
-        self.stats.stores += 1;
         if self.xsave.size() <= KVM_XSAVE_SIZE {
             let mut x = kvm_xsave::default();
             bytes_to_words(bytes, &mut x.region);
-            // SAFETY: KVM_CAP_XSAVE2 reported at most 4096 bytes, so KVM_SET_XSAVE reads no more
-            // than the `struct kvm_xsave` that `x` is (the condition kvm-ioctls documents).
-            unsafe { self.fd.set_xsave(&x) }.map_err(|e| ioctl_error("KVM_SET_XSAVE", e))
+            store(&mut self.stats, Ioctl::SetXsave, || {
+                // SAFETY: KVM_CAP_XSAVE2 reported at most 4096 bytes, so KVM_SET_XSAVE reads no
+                // more than the `struct kvm_xsave` that `x` is (the condition kvm-ioctls
+                // documents).
+                unsafe { self.fd.set_xsave(&x) }
+            })?;
         } else {
             let mut x = Xsave::new(self.xsave2_entries()).map_err(|e| BackendError::Invalid {
                 what: "XSAVE2 buffer",
@@ -62,10 +64,13 @@ impl KvmVcpu {
             // the length field is not touched.
             bytes_to_words(head, unsafe { &mut x.as_mut_fam_struct().xsave.region });
             bytes_to_words(tail, x.as_mut_slice());
-            // SAFETY: `x` holds `struct kvm_xsave` plus enough entries for the KVM_CAP_XSAVE2
-            // size, which is what KVM_SET_XSAVE reads.
-            unsafe { self.fd.set_xsave2(&x) }.map_err(|e| ioctl_error("KVM_SET_XSAVE", e))
+            store(&mut self.stats, Ioctl::SetXsave, || {
+                // SAFETY: `x` holds `struct kvm_xsave` plus enough entries for the
+                // KVM_CAP_XSAVE2 size, which is what KVM_SET_XSAVE reads.
+                unsafe { self.fd.set_xsave2(&x) }
+            })?;
         }
+        Ok(())
     }
 
     pub(super) fn load_fpu(&mut self, state: &mut VcpuState) -> Result<(), BackendError> {

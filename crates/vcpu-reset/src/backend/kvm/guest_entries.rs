@@ -15,6 +15,7 @@ use std::os::fd::{FromRawFd, OwnedFd};
 use std::os::unix::fs::FileExt;
 
 use kvm_ioctls::VcpuFd;
+use vmm_sys_util::errno;
 
 use super::ioctls::KVM_GET_STATS_FD;
 
@@ -37,19 +38,24 @@ pub(super) struct EntryCount {
     at: u64,
 }
 
+/// The statistics file of the vCPU behind `fd` (one ioctl, KVM_GET_STATS_FD); the errno where
+/// the host has no binary statistics.
+pub(super) fn stats_file(fd: &VcpuFd) -> Result<File, errno::Error> {
+    // SAFETY: KVM_GET_STATS_FD takes no argument and touches no memory of this process; on
+    // the vCPU fd `fd` owns it returns a new file descriptor or -1.
+    let raw = unsafe { vmm_sys_util::ioctl::ioctl(fd, KVM_GET_STATS_FD()) };
+    if raw < 0 {
+        return Err(errno::Error::last());
+    }
+    // SAFETY: `raw` is a file descriptor KVM_GET_STATS_FD just opened for this process;
+    // nothing else owns it, so `OwnedFd` may close it.
+    Ok(File::from(unsafe { OwnedFd::from_raw_fd(raw) }))
+}
+
 impl EntryCount {
-    /// Open the statistics of the vCPU behind `fd` (one ioctl, KVM_GET_STATS_FD) and find its
-    /// `exits` count. `None` where the host has no binary statistics or no such count.
-    pub(super) fn open(fd: &VcpuFd) -> Option<EntryCount> {
-        // SAFETY: KVM_GET_STATS_FD takes no argument and touches no memory of this process;
-        // on the vCPU fd `fd` owns it returns a new file descriptor or -1.
-        let raw = unsafe { vmm_sys_util::ioctl::ioctl(fd, KVM_GET_STATS_FD()) };
-        if raw < 0 {
-            return None;
-        }
-        // SAFETY: `raw` is a file descriptor KVM_GET_STATS_FD just opened for this process;
-        // nothing else owns it, so `OwnedFd` may close it.
-        let file = File::from(unsafe { OwnedFd::from_raw_fd(raw) });
+    /// The `exits` count in `file`, a vCPU's statistics ([`stats_file`]). `None` where it has
+    /// no such count.
+    pub(super) fn in_file(file: File) -> Option<EntryCount> {
         let at = find(&file)?;
         let count = EntryCount { file, at };
         count.read().map(|_| count)
@@ -184,7 +190,8 @@ mod tests {
             println!("skipped: no /dev/kvm (KVM_CREATE_VCPU failed)");
             return;
         };
-        let count = EntryCount::open(&vcpu).expect("KVM_CAP_BINARY_STATS_FD: the exits statistic");
+        let file = stats_file(&vcpu).expect("KVM_CAP_BINARY_STATS_FD: the statistics file");
+        let count = EntryCount::in_file(file).expect("the exits statistic");
         assert_eq!(
             count.read(),
             Some(0),

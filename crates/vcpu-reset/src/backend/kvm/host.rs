@@ -15,7 +15,7 @@ use vcpu_reset_spec::{FIXED_MTRR_MSRS, MCE_BANKS, VARIABLE_MTRRS};
 use vmm_sys_util::errno;
 
 use super::KvmError;
-use super::ioctls::KVM_X86_GET_MCE_CAP_SUPPORTED;
+use super::ioctls::{Ioctl, KVM_X86_GET_MCE_CAP_SUPPORTED};
 
 /// The KVM API version this crate drives (KVM_GET_API_VERSION).
 pub const KVM_API_VERSION: i32 = 12;
@@ -80,7 +80,7 @@ pub struct KvmCaps {
 }
 
 /// Whether the Linux release `release` (e.g. "6.18.44-fc") is `major.minor` or later.
-pub(super) fn release_at_least(release: &str, major: u32, minor: u32) -> bool {
+fn release_at_least(release: &str, major: u32, minor: u32) -> bool {
     let mut parts = release
         .split(|c: char| !c.is_ascii_digit())
         .map(|p| p.parse::<u32>().ok());
@@ -226,22 +226,10 @@ impl KvmHost {
         let caps = probe_caps(&kvm);
         let cpuid = kvm
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
-            .map_err(|e| {
-                KvmError::ioctl(
-                    "KVM_GET_SUPPORTED_CPUID",
-                    e,
-                    "the host's KVM cannot report its CPUID; check dmesg for KVM errors",
-                )
-            })?;
+            .map_err(|e| Ioctl::GetSupportedCpuid.failed(e))?;
         let msr_index_list = kvm
             .get_msr_index_list()
-            .map_err(|e| {
-                KvmError::ioctl(
-                    "KVM_GET_MSR_INDEX_LIST",
-                    e,
-                    "the host's KVM cannot list its MSRs; check dmesg for KVM errors",
-                )
-            })?
+            .map_err(|e| Ioctl::GetMsrIndexList.failed(e))?
             .as_slice()
             .to_vec();
         let msrs = supported_msrs(&msr_index_list, &cpuid, caps.mce_banks);
@@ -292,47 +280,25 @@ impl KvmHost {
     /// # Errors
     /// [`KvmError::Ioctl`] naming the ioctl that failed.
     pub fn create_vm(&self, irqchip: bool) -> Result<VmFd, KvmError> {
-        let vm = self.kvm.create_vm().map_err(|e| {
-            KvmError::ioctl(
-                "KVM_CREATE_VM",
-                e,
-                "the host cannot create another VM; check memory limits and dmesg",
-            )
-        })?;
+        let vm = self
+            .kvm
+            .create_vm()
+            .map_err(|e| Ioctl::CreateVm.failed(e))?;
         if self.caps.set_identity_map_addr {
             vm.set_identity_map_address(IDENTITY_MAP_ADDRESS)
-                .map_err(|e| {
-                    KvmError::ioctl(
-                        "KVM_SET_IDENTITY_MAP_ADDR",
-                        e,
-                        "KVM refused the identity-map address; it must be set before any vCPU exists",
-                    )
-                })?;
+                .map_err(|e| Ioctl::SetIdentityMapAddr.failed(e))?;
         }
         if self.caps.set_tss_addr {
-            vm.set_tss_address(TSS_ADDRESS).map_err(|e| {
-                KvmError::ioctl(
-                    "KVM_SET_TSS_ADDR",
-                    e,
-                    "KVM refused the real-mode TSS address",
-                )
-            })?;
+            vm.set_tss_address(TSS_ADDRESS)
+                .map_err(|e| Ioctl::SetTssAddr.failed(e))?;
         }
         if irqchip {
             if !self.caps.irqchip {
-                return Err(KvmError::ioctl(
-                    "KVM_CREATE_IRQCHIP",
-                    errno::Error::new(libc::ENOTSUP),
-                    "the host's KVM has no in-kernel irqchip (KVM_CAP_IRQCHIP); create the VM without one",
-                ));
+                let unsupported = errno::Error::new(libc::ENOTSUP);
+                return Err(Ioctl::CreateIrqchip.failed(unsupported).into());
             }
-            vm.create_irq_chip().map_err(|e| {
-                KvmError::ioctl(
-                    "KVM_CREATE_IRQCHIP",
-                    e,
-                    "create the irqchip before any vCPU, and only once per VM",
-                )
-            })?;
+            vm.create_irq_chip()
+                .map_err(|e| Ioctl::CreateIrqchip.failed(e))?;
         }
         Ok(vm)
     }

@@ -63,8 +63,9 @@ use kvm_bindings::{
 use vcpu_reset_spec::VcpuState;
 
 use super::KvmVcpu;
+use super::calls::{load, store};
 use super::codec::events::events_from_state;
-use super::ioctl_error::ioctl_error;
+use super::ioctls::Ioctl;
 use super::vcpu::Shadow;
 use crate::backend::{BackendError, ClassSet, HostInit, StateClass};
 
@@ -77,7 +78,7 @@ const APIC_BASE_BSP: u64 = 1 << 8;
 const ICR_INIT_ASSERT: u64 = 0x4500;
 
 /// Classes KVM's INIT, with the MSRs stored before it, leaves at the RESET state.
-pub(super) const ESTABLISHED: ClassSet = ClassSet::EMPTY
+const ESTABLISHED: ClassSet = ClassSet::EMPTY
     .with(StateClass::Lapic)
     .with(StateClass::Debug)
     .with(StateClass::MpState);
@@ -86,7 +87,7 @@ pub(super) const ESTABLISHED: ClassSet = ClassSet::EMPTY
 const MSRS: ClassSet = ClassSet::EMPTY.with(StateClass::Msrs);
 
 /// Classes KVM's INIT overwrites with its own values, which the caller stores again.
-pub(super) const CLOBBERED: ClassSet = ClassSet::EMPTY
+const CLOBBERED: ClassSet = ClassSet::EMPTY
     .with(StateClass::Regs)
     .with(StateClass::Sregs)
     .with(StateClass::Events);
@@ -94,7 +95,7 @@ pub(super) const CLOBBERED: ClassSet = ClassSet::EMPTY
 /// The MSR writes that raise KVM's INIT of vCPU `id` (see the module documentation). Where
 /// leaving x2APIC mode straight for xAPIC mode does not reset the xAPIC ID (`direct_exit`
 /// false: Linux before 6.3), the local APIC is disabled in between, which does.
-pub(super) fn init_preamble(id: u64, apic_base: u64, direct_exit: bool) -> Vec<kvm_msr_entry> {
+fn init_preamble(id: u64, apic_base: u64, direct_exit: bool) -> Vec<kvm_msr_entry> {
     let base = apic_base & !0xfff;
     let entry = |index, data| kvm_msr_entry {
         index,
@@ -168,11 +169,9 @@ impl KvmVcpu {
                 // The host refused a write that raises the INIT. Have KVM act on what its local
                 // APIC holds (an INIT raised here if the ICR write went through, or an INIT or
                 // SIPI from before) and the caller store every class after it.
-                self.stats.loads += 1;
-                let mp = self
-                    .fd
-                    .get_mp_state()
-                    .map_err(|e| ioctl_error("KVM_GET_MP_STATE", e))?;
+                let mp = load(&mut self.stats, Ioctl::GetMpState, || {
+                    self.fd.get_mp_state()
+                })?;
                 self.may_be_uninitialized = mp.mp_state == kvm_bindings::KVM_MP_STATE_UNINITIALIZED;
                 self.shadow = Shadow::default();
                 self.mirror = ClassSet::EMPTY;
@@ -218,10 +217,9 @@ impl KvmVcpu {
         let mut e = events_from_state(target, &kvm_vcpu_events::default(), self.event_parts())?;
         e.flags |= KVM_VCPUEVENT_VALID_SMM;
         e.smi.latched_init = 1;
-        self.stats.stores += 1;
-        self.fd
-            .set_vcpu_events(&e)
-            .map_err(|err| ioctl_error("KVM_SET_VCPU_EVENTS", err))?;
+        store(&mut self.stats, Ioctl::SetVcpuEvents, || {
+            self.fd.set_vcpu_events(&e)
+        })?;
         self.forget_after_init();
         self.take_init(target)
     }
@@ -239,11 +237,9 @@ impl KvmVcpu {
 
     /// Have KVM act on the INIT raised with KVM_GET_MP_STATE, and say what it established.
     fn take_init(&mut self, target: &VcpuState) -> Result<HostInit, BackendError> {
-        self.stats.loads += 1;
-        let mp = self
-            .fd
-            .get_mp_state()
-            .map_err(|e| ioctl_error("KVM_GET_MP_STATE", e))?;
+        let mp = load(&mut self.stats, Ioctl::GetMpState, || {
+            self.fd.get_mp_state()
+        })?;
         self.may_be_uninitialized = false;
         let want = if target.msrs.apic_base & APIC_BASE_BSP != 0 {
             KVM_MP_STATE_RUNNABLE
@@ -279,10 +275,9 @@ impl KvmVcpu {
         if self.pending(StateClass::Events) {
             self.fd.sync_regs_mut().events.smi.latched_init = 0;
         }
-        self.stats.loads += 1;
-        self.fd
-            .get_mp_state()
-            .map_err(|e| ioctl_error("KVM_GET_MP_STATE", e))?;
+        load(&mut self.stats, Ioctl::GetMpState, || {
+            self.fd.get_mp_state()
+        })?;
         Ok(())
     }
 }

@@ -13,7 +13,8 @@ use kvm_bindings::{
 };
 
 use super::KvmVcpu;
-use super::ioctl_error::ioctl_error;
+use super::calls::{load, store};
+use super::ioctls::Ioctl;
 use crate::backend::{BackendError, ClassSet, StateClass};
 
 impl KvmVcpu {
@@ -38,19 +39,16 @@ impl KvmVcpu {
     /// KVM_GET_VCPU_EVENTS, let `change` set the flags and fields to write, KVM_SET_VCPU_EVENTS.
     fn update_events(
         &mut self,
-        what: &'static str,
         change: impl FnOnce(&mut kvm_bindings::kvm_vcpu_events),
     ) -> Result<(), BackendError> {
-        self.stats.loads += 1;
-        let mut e = self
-            .fd
-            .get_vcpu_events()
-            .map_err(|e| ioctl_error("KVM_GET_VCPU_EVENTS", e))?;
+        let mut e = load(&mut self.stats, Ioctl::GetVcpuEvents, || {
+            self.fd.get_vcpu_events()
+        })?;
         change(&mut e);
-        self.stats.stores += 1;
-        self.fd
-            .set_vcpu_events(&e)
-            .map_err(|e| ioctl_error(what, e))
+        store(&mut self.stats, Ioctl::SetVcpuEvents, || {
+            self.fd.set_vcpu_events(&e)
+        })?;
+        Ok(())
     }
 
     /// Have KVM perform INIT on this vCPU now, as an INIT IPI to its in-kernel local APIC
@@ -60,15 +58,14 @@ impl KvmVcpu {
     pub fn kvm_init(&mut self) -> Result<(), BackendError> {
         self.need_irqchip()?;
         self.flush_all()?;
-        self.update_events("KVM_SET_VCPU_EVENTS (latched INIT)", |e| {
+        self.update_events(|e| {
             e.flags = KVM_VCPUEVENT_VALID_SMM;
             e.smi.latched_init = 1;
         })?;
         // KVM accepts pending INIT/SIPI when the MP state is read.
-        self.stats.loads += 1;
-        self.fd
-            .get_mp_state()
-            .map_err(|e| ioctl_error("KVM_GET_MP_STATE", e))?;
+        load(&mut self.stats, Ioctl::GetMpState, || {
+            self.fd.get_mp_state()
+        })?;
         self.forget_mirror();
         Ok(())
     }
@@ -78,16 +75,15 @@ impl KvmVcpu {
     pub fn kvm_sipi(&mut self, vector: u8) -> Result<(), BackendError> {
         self.need_irqchip()?;
         self.flush_all()?;
-        self.update_events("KVM_SET_VCPU_EVENTS (SIPI vector)", |e| {
+        self.update_events(|e| {
             e.flags = KVM_VCPUEVENT_VALID_SIPI_VECTOR;
             e.sipi_vector = u32::from(vector);
         })?;
-        self.stats.stores += 1;
-        self.fd
-            .set_mp_state(kvm_mp_state {
+        store(&mut self.stats, Ioctl::SetMpState, || {
+            self.fd.set_mp_state(kvm_mp_state {
                 mp_state: KVM_MP_STATE_SIPI_RECEIVED,
             })
-            .map_err(|e| ioctl_error("KVM_SET_MP_STATE (SIPI)", e))?;
+        })?;
         self.forget_mirror();
         Ok(())
     }

@@ -12,29 +12,25 @@
 use vcpu_reset_spec::{LapicReg, VcpuState};
 
 use super::KvmVcpu;
+use super::calls::{load, store};
 use super::codec::lapic::{lapic_from_state, lapic_to_state, read_reg};
-use super::ioctl_error::ioctl_error;
+use super::ioctls::Ioctl;
 use crate::backend::{BackendError, StateClass};
 
 impl KvmVcpu {
     pub(super) fn load_lapic(&mut self, state: &mut VcpuState) -> Result<(), BackendError> {
         // A deferred kvm_sregs would set CR8, i.e. the TPR, at the next entry.
         self.flush_sregs()?;
-        self.stats.loads += 1;
-        let page = self
-            .fd
-            .get_lapic()
-            .map_err(|e| ioctl_error("KVM_GET_LAPIC", e))?;
+        let page = load(&mut self.stats, Ioctl::GetLapic, || self.fd.get_lapic())?;
         lapic_to_state(&page, state, self.lapic_cmci);
         Ok(())
     }
 
     pub(super) fn store_lapic(&mut self, state: &VcpuState) -> Result<(), BackendError> {
         let page = lapic_from_state(state, self.lapic_cmci);
-        self.stats.stores += 1;
-        self.fd
-            .set_lapic(&page)
-            .map_err(|e| ioctl_error("KVM_SET_LAPIC", e))?;
+        store(&mut self.stats, Ioctl::SetLapic, || {
+            self.fd.set_lapic(&page)
+        })?;
         if self.mirrored(StateClass::Sregs) {
             let tpr = read_reg(&page, LapicReg::Tpr.offset());
             self.fd.sync_regs_mut().sregs.cr8 = u64::from((tpr >> 4) & 0xf);

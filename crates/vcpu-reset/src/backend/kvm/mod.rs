@@ -8,8 +8,10 @@
 //!   (`kvm_regs`), `sregs.rs` (`kvm_sregs2`/`kvm_sregs`), `debugregs.rs`, `fpu.rs` (the XSAVE
 //!   image), `xcrs.rs`, `msrs.rs` (with `msr_set.rs`, the MSRs the vCPU holds and the chunked
 //!   KVM_GET/SET_MSRS, and `tsc.rs`, the IA32_TSC write policy), `lapic.rs`, `mp_state.rs`,
-//!   `events.rs` and `nested.rs`. `ioctl_error.rs` turns a failed ioctl into a
-//!   [`BackendError`](crate::backend::BackendError) with a hint.
+//!   `events.rs` and `nested.rs`.
+//! - Every ioctl is an [`Ioctl`] (`ioctls.rs`), with its KVM name and what to do when it fails,
+//!   and is made through a counted helper (`calls.rs`: load, store or other), which counts it
+//!   and turns its errno into an [`IoctlError`].
 //! - With sync regs (`sync.rs`), REGS, SREGS and EVENTS come with every exit and stores of them
 //!   are deferred to the next KVM_RUN, without ioctls. `run.rs` runs the vCPU and maps exits.
 //! - [`KvmVcpu::adopt`] takes over a vCPU a VMM created (its CPUID read back, never changed);
@@ -41,6 +43,7 @@
 //! [`Backend::run`]: crate::backend::Backend::run
 
 mod adopt;
+mod calls;
 mod debugregs;
 mod error;
 mod events;
@@ -48,7 +51,6 @@ mod fpu;
 mod guest_entries;
 mod host;
 mod init;
-mod ioctl_error;
 mod ioctls;
 mod lapic;
 mod mp_state;
@@ -76,6 +78,7 @@ pub use error::{AdoptRefusal, KvmError, ReturnedFd};
 pub use host::{
     DEFAULT_DEVICE, IDENTITY_MAP_ADDRESS, KVM_API_VERSION, KvmCaps, KvmHost, TSS_ADDRESS,
 };
+pub use ioctls::{Ioctl, IoctlError};
 #[cfg(feature = "selftest")]
 pub use second_views::OtherView;
 pub use vcpu::{KvmVcpu, KvmVcpuOptions};

@@ -19,20 +19,19 @@ use kvm_bindings::{KVM_MP_STATE_RUNNABLE, KVM_MP_STATE_UNINITIALIZED, kvm_mp_sta
 use vcpu_reset_spec::VcpuState;
 
 use super::KvmVcpu;
+use super::calls::{load, store};
 use super::codec::mp_state::{activity_of, mp_state_of};
 use super::codec::sregs::forces_bsp_runnable;
-use super::ioctl_error::ioctl_error;
+use super::ioctls::Ioctl;
 use crate::backend::{BackendError, StateClass};
 
 impl KvmVcpu {
     pub(super) fn load_mp_state(&mut self, state: &mut VcpuState) -> Result<(), BackendError> {
         // A deferred kvm_vcpu_events decides whether an INIT is latched, which KVM acts on now.
         self.flush_events()?;
-        self.stats.loads += 1;
-        let mp = self
-            .fd
-            .get_mp_state()
-            .map_err(|e| ioctl_error("KVM_GET_MP_STATE", e))?;
+        let mp = load(&mut self.stats, Ioctl::GetMpState, || {
+            self.fd.get_mp_state()
+        })?;
         self.may_be_uninitialized = mp.mp_state == KVM_MP_STATE_UNINITIALIZED;
         state.activity = activity_of(mp.mp_state).ok_or_else(|| BackendError::Invalid {
             what: "MP state",
@@ -57,10 +56,9 @@ impl KvmVcpu {
         {
             self.flush_sregs()?;
         }
-        self.stats.stores += 1;
-        self.fd
-            .set_mp_state(kvm_mp_state { mp_state })
-            .map_err(|e| ioctl_error("KVM_SET_MP_STATE", e))?;
+        store(&mut self.stats, Ioctl::SetMpState, || {
+            self.fd.set_mp_state(kvm_mp_state { mp_state })
+        })?;
         self.may_be_uninitialized = false;
         Ok(())
     }

@@ -6,9 +6,9 @@ use kvm_bindings::kvm_msr_entry;
 use kvm_ioctls::VcpuFd;
 use vcpu_reset_spec::{Field, SGX_LE_HASH0_INDEX, VMX_CAPABILITY_MSRS};
 
-use super::KvmError;
+use super::calls::counted;
 use super::codec::msrs::{MSRS_PER_CALL, msr_entries, msr_fields, msr_list};
-use super::ioctl_error::ioctl_error;
+use super::ioctls::{Ioctl, IoctlError};
 use crate::backend::BackendError;
 
 /// IA32_APIC_BASE (SDM Vol. 4 Table 2-2, APM Vol. 2 §16.3.1).
@@ -26,25 +26,18 @@ pub(super) struct MsrSet {
     vmx_capabilities: [Option<u64>; VMX_CAPABILITY_MSRS],
 }
 
-/// KVM_GET_MSRS of `list`, in chunks of [`MSRS_PER_CALL`], into `list`. Returns how many were
-/// read (fewer than asked when KVM refused one; later chunks are then not asked) and the
-/// number of ioctls made.
+/// KVM_GET_MSRS of `list`, in chunks of [`MSRS_PER_CALL`], into `list`, each ioctl counted in
+/// `calls`. Returns how many were read (fewer than asked when KVM refused one; later chunks
+/// are then not asked).
 pub(super) fn get_msr_chunks(
     fd: &VcpuFd,
     list: &mut [kvm_msr_entry],
-) -> (u64, Result<usize, BackendError>) {
-    let mut calls = 0;
+    calls: &mut u64,
+) -> Result<usize, BackendError> {
     let mut done = 0;
     for chunk in list.chunks_mut(MSRS_PER_CALL) {
-        let mut msrs = match msr_list(chunk) {
-            Ok(m) => m,
-            Err(e) => return (calls, Err(e)),
-        };
-        calls += 1;
-        let n = match fd.get_msrs(&mut msrs) {
-            Ok(n) => n,
-            Err(e) => return (calls, Err(ioctl_error("KVM_GET_MSRS", e))),
-        };
+        let mut msrs = msr_list(chunk)?;
+        let n = counted(calls, Ioctl::GetMsrs, || fd.get_msrs(&mut msrs))?;
         let n = n.min(chunk.len());
         chunk[..n].copy_from_slice(&msrs.as_slice()[..n]);
         done += n;
@@ -52,65 +45,48 @@ pub(super) fn get_msr_chunks(
             break;
         }
     }
-    (calls, Ok(done))
+    Ok(done)
 }
 
-/// KVM_SET_MSRS of `list`, in chunks of [`MSRS_PER_CALL`], in order. Returns how many were
-/// written (fewer when KVM refused one; later chunks are then not written) and the number of
-/// ioctls made.
+/// KVM_SET_MSRS of `list`, in chunks of [`MSRS_PER_CALL`], in order, each ioctl counted in
+/// `calls`. Returns how many were written (fewer when KVM refused one; later chunks are then
+/// not written).
 pub(super) fn set_msr_chunks(
     fd: &VcpuFd,
     list: &[kvm_msr_entry],
-) -> (u64, Result<usize, BackendError>) {
-    let mut calls = 0;
+    calls: &mut u64,
+) -> Result<usize, BackendError> {
     let mut done = 0;
     for chunk in list.chunks(MSRS_PER_CALL) {
-        let msrs = match msr_list(chunk) {
-            Ok(m) => m,
-            Err(e) => return (calls, Err(e)),
-        };
-        calls += 1;
-        let n = match fd.set_msrs(&msrs) {
-            Ok(n) => n.min(chunk.len()),
-            Err(e) => return (calls, Err(ioctl_error("KVM_SET_MSRS", e))),
-        };
+        let msrs = msr_list(chunk)?;
+        let n = counted(calls, Ioctl::SetMsrs, || fd.set_msrs(&msrs))?.min(chunk.len());
         done += n;
         if n < chunk.len() {
             break;
         }
     }
-    (calls, Ok(done))
+    Ok(done)
 }
 
 impl MsrSet {
-    /// Find which of the host's MSRs the vCPU answers. Returns the set and the number of
-    /// KVM_GET_MSRS calls made.
-    pub(super) fn probe(fd: &VcpuFd, supported: &[u32]) -> Result<(MsrSet, u64), KvmError> {
+    /// Find which of the host's MSRs the vCPU answers, each KVM_GET_MSRS counted in `calls`.
+    pub(super) fn probe(
+        fd: &VcpuFd,
+        supported: &[u32],
+        calls: &mut u64,
+    ) -> Result<MsrSet, IoctlError> {
         let candidates: Vec<(Field, u32)> = msr_fields()
             .filter(|(_, index)| supported.binary_search(index).is_ok())
             .collect();
         let mut set = MsrSet::default();
-        let mut calls = 0;
         let mut rest = &candidates[..];
         while !rest.is_empty() {
             let mut list = msr_entries(rest.iter(), |_| 0);
-            let (n, done) = get_msr_chunks(fd, &mut list);
-            calls += n;
-            let done = done.map_err(|e| match e {
-                BackendError::Ioctl { errno, .. } => KvmError::ioctl(
-                    "KVM_GET_MSRS",
-                    errno,
-                    "the new vCPU does not answer MSR reads",
-                ),
-                other => KvmError::ioctl(
-                    "KVM_GET_MSRS",
-                    vmm_sys_util::errno::Error::new(libc::E2BIG),
-                    if matches!(other, BackendError::Invalid { .. }) {
-                        "the MSR list does not fit one call"
-                    } else {
-                        "the new vCPU does not answer MSR reads"
-                    },
-                ),
+            let done = get_msr_chunks(fd, &mut list, calls).map_err(|e| match e {
+                BackendError::Ioctl(e) => e,
+                // Only a list longer than KVM takes in one call is refused before the ioctl,
+                // which chunks never are; KVM would answer such a list with E2BIG.
+                _ => Ioctl::GetMsrs.failed(vmm_sys_util::errno::Error::new(libc::E2BIG)),
             })?;
             for (entry, field) in list[..done].iter().zip(rest) {
                 if entry.index == MSR_IA32_MTRRCAP {
@@ -128,7 +104,7 @@ impl MsrSet {
             }
             rest = rest.get(done + 1..).unwrap_or(&[]);
         }
-        Ok((set, calls))
+        Ok(set)
     }
 
     /// Whether the MSR is held.

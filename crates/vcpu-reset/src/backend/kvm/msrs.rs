@@ -37,6 +37,7 @@ use vcpu_reset_spec::{Field, Msr, VcpuState};
 
 use super::KvmVcpu;
 use super::codec::msrs::{msr_entries, msr_value};
+use super::ioctls::Ioctl;
 use super::msr_set::{MSR_IA32_MTRRCAP, get_msr_chunks, set_msr_chunks};
 use super::tsc::tsc_to_write;
 use crate::backend::{BackendError, StateClass};
@@ -57,13 +58,11 @@ impl KvmVcpu {
 impl KvmVcpu {
     pub(super) fn load_msrs(&mut self, state: &mut VcpuState) -> Result<(), BackendError> {
         let mut list = msr_entries(self.msrs.held.iter(), |_| 0);
-        let (calls, done) = get_msr_chunks(&self.fd, &mut list);
-        self.stats.loads += calls;
-        let done = done?;
+        let done = get_msr_chunks(&self.fd, &mut list, &mut self.stats.loads)?;
         let total = self.msrs.held.len();
         if done < total {
             return Err(BackendError::MsrRefused {
-                op: "KVM_GET_MSRS",
+                ioctl: Ioctl::GetMsrs,
                 done,
                 total,
                 index: self.msrs.held[done].1,
@@ -114,9 +113,7 @@ impl KvmVcpu {
             Field::Msr(Msr::Tsc) => tsc_to_write(tsc),
             _ => msr_value(state, f),
         }));
-        let (calls, done) = set_msr_chunks(&self.fd, &list);
-        self.stats.stores += calls;
-        let done = done?;
+        let done = set_msr_chunks(&self.fd, &list, &mut self.stats.stores)?;
         let written = &list[..done];
         if write_tsc && written.iter().any(|e| e.index == MSR_IA32_TSC) {
             self.tsc.stored(tsc);
@@ -131,7 +128,7 @@ impl KvmVcpu {
         }
         if done < list.len() {
             return Err(BackendError::MsrRefused {
-                op: "KVM_SET_MSRS",
+                ioctl: Ioctl::SetMsrs,
                 done,
                 total: list.len(),
                 index: list[done].index,
@@ -172,12 +169,14 @@ mod tests {
             };
             300
         ];
-        let (calls, done) = set_msr_chunks(&vcpu.fd, &list);
+        let mut calls = 0;
+        let done = set_msr_chunks(&vcpu.fd, &list, &mut calls);
         assert_eq!((calls, done.expect("KVM_SET_MSRS")), (2, 300));
         for e in &mut list {
             e.data = 0;
         }
-        let (calls, done) = get_msr_chunks(&vcpu.fd, &mut list);
+        let mut calls = 0;
+        let done = get_msr_chunks(&vcpu.fd, &mut list, &mut calls);
         assert_eq!((calls, done.expect("KVM_GET_MSRS")), (2, 300));
         assert!(list.iter().all(|e| e.data == pat));
     }

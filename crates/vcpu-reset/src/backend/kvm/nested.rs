@@ -17,17 +17,17 @@ use kvm_bindings::nested::KvmNestedStateBuffer;
 use vcpu_reset_spec::VcpuState;
 
 use super::KvmVcpu;
+use super::calls::{load, store};
 use super::codec::nested::{absent_nested_state, nested_present, nested_to_state};
-use super::ioctl_error::ioctl_error;
+use super::ioctls::Ioctl;
 use crate::backend::BackendError;
 
 impl KvmVcpu {
     fn get_nested(&mut self) -> Result<KvmNestedStateBuffer, BackendError> {
         let mut buf = KvmNestedStateBuffer::empty();
-        self.stats.loads += 1;
-        self.fd
-            .nested_state(&mut buf)
-            .map_err(|e| ioctl_error("KVM_GET_NESTED_STATE", e))?;
+        load(&mut self.stats, Ioctl::GetNestedState, || {
+            self.fd.nested_state(&mut buf)
+        })?;
         Ok(buf)
     }
 
@@ -51,9 +51,9 @@ impl KvmVcpu {
             });
         }
         let buf = absent_nested_state(self.vendor());
-        self.stats.stores += 1;
-        self.fd
-            .set_nested_state(&buf)
-            .map_err(|e| ioctl_error("KVM_SET_NESTED_STATE", e))
+        store(&mut self.stats, Ioctl::SetNestedState, || {
+            self.fd.set_nested_state(&buf)
+        })?;
+        Ok(())
     }
 }

@@ -3,8 +3,9 @@
 use vcpu_reset_spec::VcpuState;
 
 use super::KvmVcpu;
+use super::calls::{load, store};
 use super::codec::regs::{regs_from_state, regs_to_state};
-use super::ioctl_error::ioctl_error;
+use super::ioctls::Ioctl;
 use crate::backend::{BackendError, StateClass};
 
 impl KvmVcpu {
@@ -14,11 +15,7 @@ impl KvmVcpu {
             self.stats.sync_loads += 1;
             return Ok(());
         }
-        self.stats.loads += 1;
-        let regs = self
-            .fd
-            .get_regs()
-            .map_err(|e| ioctl_error("KVM_GET_REGS", e))?;
+        let regs = load(&mut self.stats, Ioctl::GetRegs, || self.fd.get_regs())?;
         regs_to_state(&regs, state);
         if self.sync {
             self.fd.sync_regs_mut().regs = regs;
@@ -34,10 +31,7 @@ impl KvmVcpu {
             self.defer(StateClass::Regs);
             return Ok(());
         }
-        self.stats.stores += 1;
-        self.fd
-            .set_regs(&regs)
-            .map_err(|e| ioctl_error("KVM_SET_REGS", e))?;
+        store(&mut self.stats, Ioctl::SetRegs, || self.fd.set_regs(&regs))?;
         self.stored_by_ioctl(StateClass::Regs);
         Ok(())
     }

@@ -10,7 +10,8 @@ use kvm_bindings::{Msrs, kvm_msr_entry};
 use vcpu_reset_spec::{Field, Msr, X87};
 
 use super::KvmVcpu;
-use super::ioctl_error::ioctl_error;
+use super::calls::load;
+use super::ioctls::Ioctl;
 use crate::backend::BackendError;
 
 /// One value read through the other interface.
@@ -42,11 +43,9 @@ impl KvmVcpu {
             what: "MSR list",
             why: format!("{e:?}"),
         })?;
-        self.stats.loads += 1;
-        let n = self
-            .fd
-            .get_msrs(&mut msrs)
-            .map_err(|e| ioctl_error("KVM_GET_MSRS", e))?;
+        let n = load(&mut self.stats, Ioctl::GetMsrs, || {
+            self.fd.get_msrs(&mut msrs)
+        })?;
         for (e, seg) in msrs
             .as_slice()
             .iter()
@@ -59,11 +58,7 @@ impl KvmVcpu {
                 via: "KVM_GET_MSRS",
             });
         }
-        self.stats.loads += 1;
-        let fpu = self
-            .fd
-            .get_fpu()
-            .map_err(|e| ioctl_error("KVM_GET_FPU", e))?;
+        let fpu = load(&mut self.stats, Ioctl::GetFpu, || self.fd.get_fpu())?;
         let xmm0 = u128::from_le_bytes(fpu.xmm[0]);
         for (field, value) in [
             (Field::Mxcsr, u128::from(fpu.mxcsr)),

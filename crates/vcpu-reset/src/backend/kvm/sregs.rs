@@ -13,11 +13,11 @@ use kvm_bindings::{kvm_msr_entry, kvm_sregs2};
 use vcpu_reset_spec::VcpuState;
 
 use super::KvmVcpu;
+use super::calls::{load, raw_result, store};
 use super::codec::sregs::{
     from_legacy, is_pae_paging, sregs_from_state, sregs_to_state, to_legacy,
 };
-use super::ioctl_error::ioctl_error;
-use super::ioctls::{KVM_GET_SREGS2, KVM_SET_SREGS2};
+use super::ioctls::{Ioctl, KVM_GET_SREGS2, KVM_SET_SREGS2};
 use crate::backend::{BackendError, StateClass};
 
 /// IA32_APIC_BASE (SDM Vol. 4 Table 2-2, APM Vol. 2 §16.3.1).
@@ -26,37 +26,31 @@ const MSR_IA32_APIC_BASE: u32 = 0x1b;
 impl KvmVcpu {
     fn get_sregs2(&mut self) -> Result<kvm_sregs2, BackendError> {
         let mut s = kvm_sregs2::default();
-        self.stats.loads += 1;
-        // SAFETY: KVM_GET_SREGS2 writes exactly one `kvm_sregs2` (its size is in the request
-        // number) through `&mut s`, on the fd `self.fd` owns; the return value is checked.
-        let ret =
-            unsafe { vmm_sys_util::ioctl::ioctl_with_mut_ref(&self.fd, KVM_GET_SREGS2(), &mut s) };
-        if ret != 0 {
-            return Err(ioctl_error(
-                "KVM_GET_SREGS2",
-                vmm_sys_util::errno::Error::last(),
-            ));
-        }
+        load(&mut self.stats, Ioctl::GetSregs2, || {
+            // SAFETY: KVM_GET_SREGS2 writes exactly one `kvm_sregs2` (its size is in the
+            // request number) through `&mut s`, on the fd `self.fd` owns; the return value is
+            // checked.
+            let ret = unsafe {
+                vmm_sys_util::ioctl::ioctl_with_mut_ref(&self.fd, KVM_GET_SREGS2(), &mut s)
+            };
+            raw_result(ret)
+        })?;
         Ok(s)
     }
 
     fn set_sregs2(&mut self, s: &kvm_sregs2) -> Result<(), BackendError> {
-        self.stats.stores += 1;
-        // SAFETY: KVM_SET_SREGS2 on the vCPU fd `self.fd` owns reads exactly one
-        // `struct kvm_sregs2` through the pointer, which `s` provides; the return value is
-        // checked.
-        let ret = unsafe { vmm_sys_util::ioctl::ioctl_with_ref(&self.fd, KVM_SET_SREGS2(), s) };
-        if ret != 0 {
-            return Err(ioctl_error(
-                "KVM_SET_SREGS2",
-                vmm_sys_util::errno::Error::last(),
-            ));
-        }
+        store(&mut self.stats, Ioctl::SetSregs2, || {
+            // SAFETY: KVM_SET_SREGS2 on the vCPU fd `self.fd` owns reads exactly one
+            // `struct kvm_sregs2` through the pointer, which `s` provides; the return value is
+            // checked.
+            let ret = unsafe { vmm_sys_util::ioctl::ioctl_with_ref(&self.fd, KVM_SET_SREGS2(), s) };
+            raw_result(ret)
+        })?;
         Ok(())
     }
 
     /// The vCPU's IA32_APIC_BASE, from what is known or with one KVM_GET_MSRS.
-    pub(super) fn current_apic_base(&mut self) -> Result<u64, BackendError> {
+    fn current_apic_base(&mut self) -> Result<u64, BackendError> {
         if let Some(apic_base) = self.shadow.apic_base {
             return Ok(apic_base);
         }
@@ -71,14 +65,12 @@ impl KvmVcpu {
             what: "MSR list",
             why: e.to_string(),
         })?;
-        self.stats.loads += 1;
-        let done = self
-            .fd
-            .get_msrs(&mut msrs)
-            .map_err(|e| ioctl_error("KVM_GET_MSRS", e))?;
+        let done = load(&mut self.stats, Ioctl::GetMsrs, || {
+            self.fd.get_msrs(&mut msrs)
+        })?;
         if done != 1 {
             return Err(BackendError::MsrRefused {
-                op: "KVM_GET_MSRS",
+                ioctl: Ioctl::GetMsrs,
                 done,
                 total: 1,
                 index: MSR_IA32_APIC_BASE,
@@ -109,13 +101,9 @@ impl KvmVcpu {
         let s = if sregs2 {
             self.get_sregs2()?
         } else {
-            self.stats.loads += 1;
-            from_legacy(
-                &self
-                    .fd
-                    .get_sregs()
-                    .map_err(|e| ioctl_error("KVM_GET_SREGS", e))?,
-            )
+            from_legacy(&load(&mut self.stats, Ioctl::GetSregs, || {
+                self.fd.get_sregs()
+            })?)
         };
         sregs_to_state(&s, state, sregs2);
         self.shadow.apic_base = Some(s.apic_base);
@@ -142,10 +130,10 @@ impl KvmVcpu {
             if sregs2 {
                 self.set_sregs2(&s)?;
             } else {
-                self.stats.stores += 1;
-                self.fd
-                    .set_sregs(&to_legacy(&s))
-                    .map_err(|e| ioctl_error("KVM_SET_SREGS", e))?;
+                let legacy = to_legacy(&s);
+                store(&mut self.stats, Ioctl::SetSregs, || {
+                    self.fd.set_sregs(&legacy)
+                })?;
             }
             self.stored_by_ioctl(StateClass::Sregs);
         }

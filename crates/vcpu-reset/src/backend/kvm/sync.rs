@@ -30,9 +30,10 @@ use kvm_ioctls::SyncReg;
 use vcpu_reset_spec::VcpuState;
 
 use super::KvmVcpu;
+use super::calls::store;
 use super::codec::regs::{regs_slots_from_state, regs_slots_to_state};
 use super::codec::sregs::sregs_slots_to_state;
-use super::ioctl_error::ioctl_error;
+use super::ioctls::Ioctl;
 use super::vcpu::SYNC_CLASSES;
 use crate::backend::{BackendError, ClassSet, StateClass};
 use crate::slots::Reg;
@@ -107,10 +108,9 @@ impl KvmVcpu {
             return Ok(());
         }
         let sregs = self.fd.sync_regs_mut().sregs;
-        self.stats.stores += 1;
-        self.fd
-            .set_sregs(&sregs)
-            .map_err(|e| ioctl_error("KVM_SET_SREGS", e))?;
+        store(&mut self.stats, Ioctl::SetSregs, || {
+            self.fd.set_sregs(&sregs)
+        })?;
         self.stored_by_ioctl(StateClass::Sregs);
         Ok(())
     }
@@ -119,10 +119,7 @@ impl KvmVcpu {
     pub(super) fn flush_all(&mut self) -> Result<(), BackendError> {
         if self.pending(StateClass::Regs) {
             let regs = self.fd.sync_regs_mut().regs;
-            self.stats.stores += 1;
-            self.fd
-                .set_regs(&regs)
-                .map_err(|e| ioctl_error("KVM_SET_REGS", e))?;
+            store(&mut self.stats, Ioctl::SetRegs, || self.fd.set_regs(&regs))?;
             self.stored_by_ioctl(StateClass::Regs);
         }
         self.flush_sregs()?;
@@ -135,10 +132,9 @@ impl KvmVcpu {
             return Ok(());
         }
         let events = self.fd.sync_regs_mut().events;
-        self.stats.stores += 1;
-        self.fd
-            .set_vcpu_events(&events)
-            .map_err(|e| ioctl_error("KVM_SET_VCPU_EVENTS", e))?;
+        store(&mut self.stats, Ioctl::SetVcpuEvents, || {
+            self.fd.set_vcpu_events(&events)
+        })?;
         self.stored_by_ioctl(StateClass::Events);
         Ok(())
     }

@@ -8,9 +8,11 @@ use vcpu_reset_spec::{
 };
 
 use super::KvmError;
+use super::calls::other;
 use super::codec::xsave::XsaveLayout;
-use super::guest_entries::EntryCount;
+use super::guest_entries::{EntryCount, stats_file};
 use super::host::{KvmCaps, KvmHost};
+use super::ioctls::{Ioctl, IoctlError};
 use super::msr_set::MsrSet;
 use super::tsc::TscState;
 use crate::backend::{Backend, BackendError, ClassSet, Exit, HostInit, StateClass, Stats};
@@ -47,36 +49,34 @@ impl Default for KvmVcpuOptions {
 
 /// What the vCPU's CPUID says about the CPU it models.
 #[derive(Clone, Copy, Debug)]
-pub(super) struct Identity {
-    pub(super) vendor_id: [u8; 12],
-    pub(super) signature: u32,
-    pub(super) gp_counters: u8,
+struct Identity {
+    vendor_id: [u8; 12],
+    signature: u32,
+    gp_counters: u8,
     /// The vCPU is the bootstrap processor.
-    pub(super) bsp: bool,
+    bsp: bool,
     /// CPUID.01H:ECX\[21\] (x2APIC) as the vCPU got it.
-    pub(super) x2apic: bool,
+    x2apic: bool,
 }
 
 /// What a constructor learns from a vCPU whose CPUID is set, before the vCPU is assembled.
 pub(super) struct Probed {
-    pub(super) id: u64,
-    pub(super) irqchip: bool,
-    pub(super) identity: Identity,
-    pub(super) xsave: XsaveLayout,
-    pub(super) apic_version: Option<u32>,
-    pub(super) may_be_uninitialized: bool,
-    pub(super) events_shadow: bool,
-    pub(super) events: Option<kvm_vcpu_events>,
-    pub(super) msrs: MsrSet,
-    /// The ioctls the probe made.
-    pub(super) calls: u64,
+    id: u64,
+    irqchip: bool,
+    identity: Identity,
+    xsave: XsaveLayout,
+    apic_version: Option<u32>,
+    may_be_uninitialized: bool,
+    events_shadow: bool,
+    events: Option<kvm_vcpu_events>,
+    msrs: MsrSet,
 }
 
 impl Probed {
     /// Read what the RESET/INIT tables and the state classes need from vCPU `id`, whose CPUID
     /// is `cpuid` (what KVM_GET_CPUID2 reports, or what was just set). `lapic` is a
     /// KVM_GET_LAPIC made after the CPUID was set, if the caller has one. Costs, counted in
-    /// `calls`: with an irqchip KVM_GET_LAPIC (unless given) and KVM_GET_MP_STATE,
+    /// `stats` as `other`: with an irqchip KVM_GET_LAPIC (unless given) and KVM_GET_MP_STATE,
     /// KVM_GET_VCPU_EVENTS where the host has it, and the MSR probe (one KVM_GET_MSRS plus one
     /// per MSR the vCPU refuses).
     pub(super) fn read(
@@ -86,9 +86,9 @@ impl Probed {
         cpuid: &CpuId,
         irqchip: bool,
         lapic: Option<kvm_lapic_state>,
-    ) -> Result<Probed, KvmError> {
+        stats: &mut Stats,
+    ) -> Result<Probed, IoctlError> {
         let caps = host.caps();
-        let mut calls = 0;
         let xsave = XsaveLayout::from_cpuid(cpuid, caps.xsave2_size);
 
         let mut apic_version = None;
@@ -97,46 +97,26 @@ impl Probed {
             // The version register depends on the CPUID (e.g. directed EOI).
             let lapic = match lapic {
                 Some(lapic) => lapic,
-                None => {
-                    calls += 1;
-                    fd.get_lapic().map_err(|e| {
-                        KvmError::ioctl("KVM_GET_LAPIC", e, "the vCPU's local APIC does not answer")
-                    })?
-                }
+                None => other(stats, Ioctl::GetLapic, || fd.get_lapic())?,
             };
             apic_version = Some(super::codec::lapic::read_reg(
                 &lapic,
                 LapicReg::Version.offset(),
             ));
 
-            calls += 1;
-            let mp = fd.get_mp_state().map_err(|e| {
-                KvmError::ioctl(
-                    "KVM_GET_MP_STATE",
-                    e,
-                    "the vCPU does not report its MP state",
-                )
-            })?;
+            let mp = other(stats, Ioctl::GetMpState, || fd.get_mp_state())?;
             may_be_uninitialized = mp.mp_state == kvm_bindings::KVM_MP_STATE_UNINITIALIZED;
         }
 
         let mut events_shadow = caps.intr_shadow;
         let mut events = None;
         if caps.vcpu_events {
-            calls += 1;
-            let e = fd.get_vcpu_events().map_err(|e| {
-                KvmError::ioctl(
-                    "KVM_GET_VCPU_EVENTS",
-                    e,
-                    "the vCPU does not report its events",
-                )
-            })?;
+            let e = other(stats, Ioctl::GetVcpuEvents, || fd.get_vcpu_events())?;
             events_shadow |= e.flags & kvm_bindings::KVM_VCPUEVENT_VALID_SHADOW != 0;
             events = Some(e);
         }
 
-        let (msrs, probes) = MsrSet::probe(fd, host.supported_msrs())?;
-        calls += probes;
+        let msrs = MsrSet::probe(fd, host.supported_msrs(), &mut stats.other)?;
 
         let mut identity = identity(cpuid);
         // KVM sets IA32_APIC_BASE.BSP on the vCPU KVM_SET_BOOT_CPU_ID named (vCPU 0 unless
@@ -156,7 +136,6 @@ impl Probed {
             events_shadow,
             events,
             msrs,
-            calls,
         })
     }
 }
@@ -284,33 +263,19 @@ impl KvmVcpu {
         options: KvmVcpuOptions,
     ) -> Result<KvmVcpu, KvmError> {
         let mut stats = Stats::default();
-        stats.other += 1;
-        let fd = vm.create_vcpu(id).map_err(|e| {
-            KvmError::ioctl(
-                "KVM_CREATE_VCPU",
-                e,
-                "vCPU ids must be unique and below KVM_CAP_MAX_VCPU_ID; create the irqchip before the vCPUs",
-            )
-        })?;
+        let fd = other(&mut stats, Ioctl::CreateVcpu, || vm.create_vcpu(id))?;
 
         // Only a VM with an in-kernel irqchip has a local APIC to read.
-        stats.other += 1;
-        let irqchip = fd.get_lapic().is_ok();
+        let irqchip = other(&mut stats, Ioctl::GetLapic, || fd.get_lapic()).is_ok();
 
         let apic_id = u32::try_from(id).unwrap_or(u32::MAX);
         let cpuid = vcpu_cpuid(host.supported_cpuid(), apic_id, irqchip);
-        stats.other += 1;
-        fd.set_cpuid2(&cpuid).map_err(|e| {
-            KvmError::ioctl(
-                "KVM_SET_CPUID2",
-                e,
-                "KVM refused the host-supported CPUID; the host's KVM is inconsistent",
-            )
-        })?;
-        let probed = Probed::read(&fd, host, id, &cpuid, irqchip, None)?;
-        stats.other += probed.calls;
-        stats.other += 1;
-        let entries = EntryCount::open(&fd);
+        other(&mut stats, Ioctl::SetCpuid2, || fd.set_cpuid2(&cpuid))?;
+        let probed = Probed::read(&fd, host, id, &cpuid, irqchip, None, &mut stats)?;
+        // A host without binary statistics only lacks the count.
+        let entries = other(&mut stats, Ioctl::GetStatsFd, || stats_file(&fd))
+            .ok()
+            .and_then(EntryCount::in_file);
         let mut vcpu = KvmVcpu::assemble(fd, vm, host, options, probed, stats, 0);
         vcpu.entries = entries;
         Ok(vcpu)
