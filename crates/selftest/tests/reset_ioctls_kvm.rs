@@ -12,7 +12,7 @@
 
 use vcpu_reset::backend::kvm::KvmVcpu;
 use vcpu_reset::backend::{
-    Backend, BackendError, ClassSet, Exit, HostInit, IoDir, StateClass, Stats,
+    Backend, BackendError, ClassSet, Exit, HostInit, IoDir, RegSet, StateClass, Stats,
 };
 use vcpu_reset::cache::VcpuCache;
 use vcpu_reset::engine::{Deviation, DeviationKind, Vcpu};
@@ -302,12 +302,12 @@ impl<B: Backend> Backend for InitOff<B> {
     fn queues_signals(&self) -> bool {
         self.inner.queues_signals()
     }
-    fn load_slots(&mut self, class: StateClass, slots: u64, state: &mut VcpuState) -> bool {
+    fn load_slots(&mut self, class: StateClass, slots: RegSet, state: &mut VcpuState) -> bool {
         // A spoiled load goes through `load`.
         !(class == StateClass::Sregs && self.spoil_sregs.is_some())
             && self.inner.load_slots(class, slots, state)
     }
-    fn store_slots(&mut self, class: StateClass, slots: u64, state: &VcpuState) -> bool {
+    fn store_slots(&mut self, class: StateClass, slots: RegSet, state: &VcpuState) -> bool {
         self.inner.store_slots(class, slots, state)
     }
     fn host_init(

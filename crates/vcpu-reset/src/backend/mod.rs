@@ -14,7 +14,7 @@ pub(crate) mod recorder;
 use vcpu_reset_spec::VcpuState;
 
 /// The classes, re-exported from [`crate::slots`] where they are defined.
-pub use crate::slots::{ClassSet, StateClass};
+pub use crate::slots::{ClassSet, RegSet, StateClass};
 
 /// Direction of a port I/O exit.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -200,11 +200,10 @@ pub trait Backend {
         false
     }
 
-    /// Load only the cache slots in `slots` (a mask of [`crate::slots::Reg`] bits, all of
-    /// `class`) into `state`, where that costs no call (e.g. a class the last exit delivered).
+    /// Load only the cache slots in `slots` (all of `class`) into `state`, where that costs no call (e.g. a class the last exit delivered).
     /// Returns `false`, having changed nothing, where it cannot; the caller then loads the whole
     /// class with [`Backend::load`]. The default never can.
-    fn load_slots(&mut self, class: StateClass, slots: u64, state: &mut VcpuState) -> bool {
+    fn load_slots(&mut self, class: StateClass, slots: RegSet, state: &mut VcpuState) -> bool {
         let _ = (class, slots, state);
         false
     }
@@ -213,7 +212,7 @@ pub trait Backend {
     /// fields as the vCPU holds them, where that costs no call and needs nothing else of the
     /// class. Returns `false`, having changed nothing, where it cannot; the caller then stores
     /// the whole class with [`Backend::store`]. The default never can.
-    fn store_slots(&mut self, class: StateClass, slots: u64, state: &VcpuState) -> bool {
+    fn store_slots(&mut self, class: StateClass, slots: RegSet, state: &VcpuState) -> bool {
         let _ = (class, slots, state);
         false
     }

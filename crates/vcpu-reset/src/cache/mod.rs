@@ -25,6 +25,7 @@ pub use crate::slots::{NR_REGS, Reg, fields_of};
 use vcpu_reset_spec::{Field, Gpr, Seg, Segment, VcpuState};
 
 use crate::backend::{Backend, BackendError, Exit, Stats};
+use crate::slots::RegSet;
 use crate::slots::{ClassSet, StateClass};
 
 /// Errors from the cache.
@@ -160,7 +161,7 @@ impl<B: Backend> VcpuCache<B> {
     /// Take the fields of `classes` in `state` as what the backend holds (available, not
     /// dirty): the backend put them there itself (e.g. the host's own INIT).
     pub fn assume(&mut self, classes: ClassSet, state: &VcpuState) {
-        let classes = ClassSet(classes.0 & self.supported.0);
+        let classes = classes.intersection(self.supported);
         for class in classes.iter() {
             for f in fields_of(class) {
                 f.set(&mut self.state, f.get(state));
@@ -282,7 +283,7 @@ impl<B: Backend> VcpuCache<B> {
         if self.avail & reg.bit() == 0 {
             if self
                 .backend
-                .load_slots(reg.class(), reg.bit(), &mut self.state)
+                .load_slots(reg.class(), RegSet::of(reg), &mut self.state)
             {
                 self.avail |= reg.bit();
                 self.stats.slot_loads += 1;
@@ -409,7 +410,10 @@ impl<B: Backend> VcpuCache<B> {
             if dirty == 0 {
                 continue;
             }
-            if self.backend.store_slots(class, dirty, &self.state) {
+            if self
+                .backend
+                .store_slots(class, RegSet::from_bits(dirty), &self.state)
+            {
                 self.stats.slot_stores += 1;
             } else {
                 // The backend writes the whole class: fill in what the cache does not know yet.

@@ -4,6 +4,7 @@
 use super::*;
 use crate::backend::StateClass;
 use crate::backend::recorder::Recorder;
+use crate::slots::RegSet;
 use vcpu_reset_spec::{Field, Gpr, Msr, NestedReg, Seg, SegPart, Segment};
 
 #[test]
@@ -196,9 +197,9 @@ impl Slotted {
         }
     }
 
-    fn copy_slots(slots: u64, from: &VcpuState, to: &mut VcpuState) {
+    fn copy_slots(slots: RegSet, from: &VcpuState, to: &mut VcpuState) {
         for f in fields_of(StateClass::Regs) {
-            if slots & Reg::of(*f).bit() != 0 {
+            if slots.contains(Reg::of(*f)) {
                 f.set(to, f.get(from));
             }
         }
@@ -228,7 +229,7 @@ impl Backend for Slotted {
     fn supported(&self) -> ClassSet {
         self.inner.supported()
     }
-    fn load_slots(&mut self, class: StateClass, slots: u64, state: &mut VcpuState) -> bool {
+    fn load_slots(&mut self, class: StateClass, slots: RegSet, state: &mut VcpuState) -> bool {
         if class != StateClass::Regs || !self.ran {
             return false;
         }
@@ -236,7 +237,7 @@ impl Backend for Slotted {
         self.slot_loads += 1;
         true
     }
-    fn store_slots(&mut self, class: StateClass, slots: u64, state: &VcpuState) -> bool {
+    fn store_slots(&mut self, class: StateClass, slots: RegSet, state: &VcpuState) -> bool {
         if class != StateClass::Regs || !self.ran {
             return false;
         }

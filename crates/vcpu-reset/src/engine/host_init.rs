@@ -80,7 +80,7 @@ impl<B: Backend> Vcpu<B> {
         !self.host_init.unavailable
             && (self.host_init.force_lazy
                 || self.host_init.clobbered_off == Some(ClassSet::EMPTY)
-                    && self.host_init.inexact.0 & SET_BY_INIT.0 == 0)
+                    && self.host_init.inexact.intersection(SET_BY_INIT).is_empty())
     }
 
     /// Leave the host's INIT to the next run even where it leaves classes it clobbers wrong
@@ -120,19 +120,18 @@ impl<B: Backend> Vcpu<B> {
             self.host_init.unavailable = true;
             return Ok(None);
         };
-        self.cache.forget(ClassSet(
-            done.stored.0 | done.established.0 | done.clobbered.0,
-        ));
+        self.cache
+            .forget(done.stored.union(done.established).union(done.clobbered));
         if done.stored == ClassSet::EMPTY && done.established == ClassSet::EMPTY {
             // The host could not raise its INIT after all: store everything, and from now on
             // do not ask.
             self.host_init.unavailable = true;
         }
-        let unchecked = ClassSet(done.established.0 & !self.host_init.checked.0);
+        let unchecked = done.established.difference(self.host_init.checked);
         if unchecked != ClassSet::EMPTY {
             let wrong = self.classes_off(unchecked, target)?;
-            self.host_init.checked = ClassSet(self.host_init.checked.0 | unchecked.0);
-            self.host_init.inexact = ClassSet(self.host_init.inexact.0 | wrong.0);
+            self.host_init.checked = self.host_init.checked.union(unchecked);
+            self.host_init.inexact = self.host_init.inexact.union(wrong);
         }
         if self.host_init.clobbered_off.is_none()
             && done.clobbered != ClassSet::EMPTY
@@ -140,11 +139,11 @@ impl<B: Backend> Vcpu<B> {
         {
             self.host_init.clobbered_off = Some(self.classes_off(done.clobbered, target)?);
         }
-        let trusted = ClassSet(
-            (done.established.0 & !self.host_init.inexact.0)
-                | done.stored.0
-                | (kept.0 & !done.clobbered.0),
-        );
+        let trusted = done
+            .established
+            .difference(self.host_init.inexact)
+            .union(done.stored)
+            .union(kept.difference(done.clobbered));
         self.cache.assume(trusted, target);
         let slots_written = self.cache.write_state(target);
         self.cache.flush()?;

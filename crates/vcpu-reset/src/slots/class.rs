@@ -77,7 +77,7 @@ impl std::fmt::Display for StateClass {
 
 /// A set of [`StateClass`]es.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub struct ClassSet(pub u16);
+pub struct ClassSet(u16);
 
 impl ClassSet {
     /// No class.
@@ -96,9 +96,38 @@ impl ClassSet {
         ClassSet(self.0 | c.bit())
     }
 
+    /// This set without `c`.
+    #[must_use]
+    pub const fn without(self, c: StateClass) -> ClassSet {
+        ClassSet(self.0 & !c.bit())
+    }
+
     /// Whether `c` is in the set.
     pub const fn contains(self, c: StateClass) -> bool {
         self.0 & c.bit() != 0
+    }
+
+    /// The classes in either set.
+    #[must_use]
+    pub const fn union(self, other: ClassSet) -> ClassSet {
+        ClassSet(self.0 | other.0)
+    }
+
+    /// The classes in both sets.
+    #[must_use]
+    pub const fn intersection(self, other: ClassSet) -> ClassSet {
+        ClassSet(self.0 & other.0)
+    }
+
+    /// The classes in this set and not in `other`.
+    #[must_use]
+    pub const fn difference(self, other: ClassSet) -> ClassSet {
+        ClassSet(self.0 & !other.0)
+    }
+
+    /// Whether the set holds no class.
+    pub const fn is_empty(self) -> bool {
+        self.0 == 0
     }
 
     /// The classes in the set, in [`StateClass::ALL`] order.

@@ -14,4 +14,4 @@ mod class;
 mod reg;
 
 pub use class::{ClassSet, StateClass};
-pub use reg::{NR_REGS, Reg, fields_of};
+pub use reg::{NR_REGS, Reg, RegSet, fields_of};

@@ -166,6 +166,65 @@ const MASKS: [u64; StateClass::ALL.len()] = {
     out
 };
 
+/// A set of cache slots ([`Reg`]s): what a backend's single-slot load or store
+/// ([`Backend::load_slots`](crate::backend::Backend::load_slots)) is asked for.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct RegSet(u64);
+
+impl RegSet {
+    /// No slot.
+    pub const EMPTY: RegSet = RegSet(0);
+
+    /// The one slot `reg`.
+    pub const fn of(reg: Reg) -> RegSet {
+        RegSet(reg.bit())
+    }
+
+    /// Every slot of `class`.
+    pub const fn class(class: StateClass) -> RegSet {
+        RegSet(Reg::class_mask(class))
+    }
+
+    /// The set whose slot bits ([`Reg::bit`]) are `bits`, as the cache tracks them.
+    pub(crate) const fn from_bits(bits: u64) -> RegSet {
+        RegSet(bits)
+    }
+
+    /// This set plus `reg`.
+    #[must_use]
+    pub const fn with(self, reg: Reg) -> RegSet {
+        RegSet(self.0 | reg.bit())
+    }
+
+    /// Whether `reg` is in the set.
+    pub const fn contains(self, reg: Reg) -> bool {
+        self.0 & reg.bit() != 0
+    }
+
+    /// The slots in both sets.
+    #[must_use]
+    pub const fn intersection(self, other: RegSet) -> RegSet {
+        RegSet(self.0 & other.0)
+    }
+
+    /// Whether the set holds no slot.
+    pub const fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+
+    /// The slots' bit indices ([`Reg::index`]), lowest first: one step per slot in the set.
+    pub fn indices(self) -> impl Iterator<Item = u32> {
+        let mut mask = self.0;
+        std::iter::from_fn(move || {
+            (mask != 0).then(|| {
+                let i = mask.trailing_zeros();
+                mask &= mask - 1;
+                i
+            })
+        })
+    }
+}
+
 impl Reg {
     /// The slot's bit index (0..[`NR_REGS`]).
     pub const fn index(self) -> u32 {

@@ -193,7 +193,7 @@ impl KvmVcpu {
             self.fd.sync_regs_mut().events.smi.latched_init = 1;
             self.init_pending = true;
             return Ok(Some(HostInit {
-                stored: ClassSet(MSRS.0 | CLOBBERED.0),
+                stored: MSRS.union(CLOBBERED),
                 established: ESTABLISHED,
                 clobbered: ClassSet::EMPTY,
             }));
@@ -253,7 +253,7 @@ impl KvmVcpu {
             return Ok(HostInit {
                 stored: MSRS,
                 established: ClassSet::EMPTY,
-                clobbered: ClassSet(CLOBBERED.0 | ESTABLISHED.0),
+                clobbered: CLOBBERED.union(ESTABLISHED),
             });
         }
         Ok(HostInit {

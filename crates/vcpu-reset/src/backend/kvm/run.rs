@@ -164,7 +164,7 @@ impl KvmVcpu {
         }
         let dropped = self.drop_pending();
         self.after_run(false);
-        let ioctl = if dropped.0 != 0 {
+        let ioctl = if !dropped.is_empty() {
             Ioctl::RunDeferredStores
         } else {
             Ioctl::Run

@@ -37,6 +37,7 @@ use super::ioctls::Ioctl;
 use super::vcpu::SYNC_CLASSES;
 use crate::backend::{BackendError, ClassSet, StateClass};
 use crate::slots::Reg;
+use crate::slots::RegSet;
 
 fn sync_reg(class: StateClass) -> Option<(SyncReg, u64)> {
     match class {
@@ -91,7 +92,7 @@ impl KvmVcpu {
             && self.sync
         {
             self.fd.clear_sync_dirty_reg(reg);
-            self.mirror = ClassSet(self.mirror.0 & !class.bit());
+            self.mirror = self.mirror.without(class);
         }
     }
 
@@ -158,7 +159,7 @@ impl KvmVcpu {
     pub(super) fn load_mirrored_slots(
         &mut self,
         class: StateClass,
-        slots: u64,
+        slots: RegSet,
         state: &mut VcpuState,
     ) -> bool {
         if !self.free_classes().contains(class) {
@@ -167,7 +168,7 @@ impl KvmVcpu {
         let mirror = self.fd.sync_regs_mut();
         match class {
             StateClass::Regs => regs_slots_to_state(&mirror.regs, slots, state),
-            StateClass::Sregs if slots & Reg::Pdptrs.bit() == 0 => {
+            StateClass::Sregs if !slots.contains(Reg::Pdptrs) => {
                 sregs_slots_to_state(&mirror.sregs, slots, state);
             }
             _ => return false,
@@ -183,7 +184,7 @@ impl KvmVcpu {
     pub(super) fn store_mirrored_slots(
         &mut self,
         class: StateClass,
-        slots: u64,
+        slots: RegSet,
         state: &VcpuState,
     ) -> bool {
         if class != StateClass::Regs || !self.can_defer() || !self.mirrored(class) {
@@ -200,9 +201,9 @@ impl KvmVcpu {
         if !self.sync {
             return ClassSet::EMPTY;
         }
-        let mut free = ClassSet(self.mirror.0 & SYNC_CLASSES.0);
+        let mut free = self.mirror.intersection(SYNC_CLASSES);
         if free.contains(StateClass::Sregs) && self.caps.sregs2 && self.shadow.pdptrs.is_none() {
-            free = ClassSet(free.0 & !StateClass::Sregs.bit());
+            free = free.without(StateClass::Sregs);
         }
         free
     }

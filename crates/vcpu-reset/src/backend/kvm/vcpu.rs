@@ -16,6 +16,7 @@ use super::ioctls::{Ioctl, IoctlError};
 use super::msr_set::MsrSet;
 use super::tsc::TscState;
 use crate::backend::{Backend, BackendError, ClassSet, Exit, HostInit, StateClass, Stats};
+use crate::slots::RegSet;
 
 /// The classes sync regs carry.
 pub(super) const SYNC_CLASSES: ClassSet = ClassSet::EMPTY
@@ -626,11 +627,11 @@ impl Backend for KvmVcpu {
         self.irqchip && !self.may_be_uninitialized
     }
 
-    fn load_slots(&mut self, class: StateClass, slots: u64, state: &mut VcpuState) -> bool {
+    fn load_slots(&mut self, class: StateClass, slots: RegSet, state: &mut VcpuState) -> bool {
         self.load_mirrored_slots(class, slots, state)
     }
 
-    fn store_slots(&mut self, class: StateClass, slots: u64, state: &VcpuState) -> bool {
+    fn store_slots(&mut self, class: StateClass, slots: RegSet, state: &VcpuState) -> bool {
         self.store_mirrored_slots(class, slots, state)
     }
 

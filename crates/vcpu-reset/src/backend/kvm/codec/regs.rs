@@ -7,7 +7,7 @@
 use kvm_bindings::kvm_regs;
 use vcpu_reset_spec::{Gpr, VcpuState};
 
-use crate::slots::{Reg, StateClass};
+use crate::slots::{Reg, RegSet, StateClass};
 
 /// Copy `kvm_regs` into the state.
 pub fn regs_to_state(r: &kvm_regs, state: &mut VcpuState) {
@@ -49,22 +49,13 @@ impl RegsSlot {
     }
 }
 
-/// The bits set in `mask`, lowest first: one step per slot asked for, not per slot of the class.
-#[inline]
-fn bits(mut mask: u64) -> impl Iterator<Item = u32> {
-    std::iter::from_fn(move || {
-        (mask != 0).then(|| {
-            let i = mask.trailing_zeros();
-            mask &= mask - 1;
-            i
-        })
-    })
-}
-
 /// Copy the cache slots in `slots` (GPRs, RIP, RFLAGS; other bits are ignored) from `kvm_regs`.
 #[inline]
-pub fn regs_slots_to_state(r: &kvm_regs, slots: u64, state: &mut VcpuState) {
-    for index in bits(slots & Reg::class_mask(StateClass::Regs)) {
+pub fn regs_slots_to_state(r: &kvm_regs, slots: RegSet, state: &mut VcpuState) {
+    for index in slots
+        .intersection(RegSet::class(StateClass::Regs))
+        .indices()
+    {
         match RegsSlot::at(index) {
             Some(RegsSlot::Gpr(gpr)) => state.gprs[gpr as usize] = *gpr_slot_ref(r, gpr),
             Some(RegsSlot::Rip) => state.rip = r.rip,
@@ -77,8 +68,11 @@ pub fn regs_slots_to_state(r: &kvm_regs, slots: u64, state: &mut VcpuState) {
 /// Write the cache slots in `slots` (GPRs, RIP, RFLAGS; other bits are ignored) into `kvm_regs`,
 /// leaving its other fields alone.
 #[inline]
-pub fn regs_slots_from_state(state: &VcpuState, slots: u64, r: &mut kvm_regs) {
-    for index in bits(slots & Reg::class_mask(StateClass::Regs)) {
+pub fn regs_slots_from_state(state: &VcpuState, slots: RegSet, r: &mut kvm_regs) {
+    for index in slots
+        .intersection(RegSet::class(StateClass::Regs))
+        .indices()
+    {
         match RegsSlot::at(index) {
             Some(RegsSlot::Gpr(gpr)) => *gpr_slot(r, gpr) = state.gprs[gpr as usize],
             Some(RegsSlot::Rip) => r.rip = state.rip,
@@ -166,7 +160,10 @@ mod tests {
         assert!(matches!(RegsSlot::at(16), Some(RegsSlot::Rip)));
         assert!(matches!(RegsSlot::at(17), Some(RegsSlot::Rflags)));
         assert!(RegsSlot::at(18).is_none());
-        assert_eq!(bits(0b1010_0001).collect::<Vec<_>>(), vec![0, 5, 7]);
+        let set = RegSet::of(Reg::Gpr(Gpr::Rax))
+            .with(Reg::Gpr(Gpr::Rbp))
+            .with(Reg::Gpr(Gpr::Rdi));
+        assert_eq!(set.indices().collect::<Vec<_>>(), vec![0, 5, 7]);
     }
 
     #[test]
@@ -178,7 +175,9 @@ mod tests {
         state.rip = 0xfff0;
         state.rflags = 0x202;
         let full = regs_from_state(&state);
-        let slots = Reg::Gpr(Gpr::Rbx).bit() | Reg::Rip.bit() | Reg::Gpr(Gpr::R15).bit();
+        let slots = RegSet::of(Reg::Gpr(Gpr::Rbx))
+            .with(Reg::Rip)
+            .with(Reg::Gpr(Gpr::R15));
 
         let mut partial = VcpuState::default();
         regs_slots_to_state(&full, slots, &mut partial);
@@ -202,7 +201,7 @@ mod tests {
             (1, 0x1003, 0xfff0, 4, 0x100f)
         );
         // Every slot at once is the whole-class copy.
-        let all = Reg::class_mask(StateClass::Regs);
+        let all = RegSet::class(StateClass::Regs);
         let mut everything = VcpuState::default();
         regs_slots_to_state(&full, all, &mut everything);
         assert_eq!(everything, state);

@@ -11,7 +11,7 @@
 use kvm_bindings::{KVM_SREGS2_FLAGS_PDPTRS_VALID, kvm_dtable, kvm_segment, kvm_sregs, kvm_sregs2};
 use vcpu_reset_spec::{DescriptorTable, Seg, Segment, VcpuState};
 
-use crate::slots::{Reg, StateClass};
+use crate::slots::{Reg, RegSet, StateClass};
 
 const CR0_PG: u64 = 1 << 31;
 const CR0_PE: u64 = 1;
@@ -115,11 +115,11 @@ fn legacy_segment(s: &kvm_sregs, seg: Seg) -> &kvm_segment {
 /// `kvm_sregs`, as [`sregs_to_state`] would. The PDPTRs are not in `kvm_sregs`: their bit, and
 /// bits of other classes, are ignored. One step per slot asked for.
 #[inline]
-pub fn sregs_slots_to_state(s: &kvm_sregs, slots: u64, state: &mut VcpuState) {
-    let mut mask = slots & Reg::class_mask(StateClass::Sregs);
-    while mask != 0 {
-        let index = mask.trailing_zeros();
-        mask &= mask - 1;
+pub fn sregs_slots_to_state(s: &kvm_sregs, slots: RegSet, state: &mut VcpuState) {
+    for index in slots
+        .intersection(RegSet::class(StateClass::Sregs))
+        .indices()
+    {
         match index.checked_sub(Reg::Seg(Seg::Es).index()) {
             Some(i) if (i as usize) < Seg::ALL.len() => {
                 let seg = Seg::ALL[i as usize];
@@ -308,14 +308,14 @@ mod tests {
         sregs_to_state(&from_legacy(&s), &mut whole, false);
 
         let mut only_cs = VcpuState::default();
-        sregs_slots_to_state(&s, Reg::Seg(Seg::Cs).bit(), &mut only_cs);
+        sregs_slots_to_state(&s, RegSet::of(Reg::Seg(Seg::Cs)), &mut only_cs);
         let mut want = VcpuState::default();
         want.segments[Seg::Cs as usize] = whole.segments[Seg::Cs as usize];
         assert_eq!(only_cs, want);
         assert_eq!(only_cs.segments[Seg::Cs as usize].selector, 8);
 
         let mut all = VcpuState::default();
-        sregs_slots_to_state(&s, Reg::class_mask(StateClass::Sregs), &mut all);
+        sregs_slots_to_state(&s, RegSet::class(StateClass::Sregs), &mut all);
         assert_eq!(all, whole);
     }
 
