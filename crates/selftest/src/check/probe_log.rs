@@ -93,13 +93,19 @@ pub fn judge(report: &mut Report, log: &[u8], opts: &LogOptions) {
     if let Some(via) = via
         && runs.len() < 2
     {
-        let why = format!(
-            "the probe image reboots through {} but the log holds no second run: the VMM did not reboot, or the log was cut",
-            via.name()
-        );
-        report.incomplete.push(why.clone());
-        not_run(report, &format!("reboot-{}", via.name()), why);
+        no_second_run(report, via);
     }
+}
+
+/// Notes that the log of an image that reboots through `via` holds only the first run: the
+/// reboot scenario is not run.
+fn no_second_run(report: &mut Report, via: RebootVia) {
+    let why = format!(
+        "the probe image reboots through {} but the log holds no second run: the VMM did not reboot, or the log was cut",
+        via.name()
+    );
+    report.incomplete.push(why.clone());
+    not_run(report, &format!("reboot-{}", via.name()), why);
 }
 
 /// The log's probe runs, with a warning in `report.host` for format 1; `None` (the scenario
