@@ -6,7 +6,7 @@
 
 use std::fmt::Write as _;
 
-use super::matrix::{Cell, Matrix};
+use super::matrix::{Cell, Column, Matrix, Row};
 use super::report::Report;
 use super::verdict::Verdict;
 
@@ -88,10 +88,14 @@ fn title(column: &str, field: &str, cell: &Cell) -> String {
     t
 }
 
+/// The legend above the matrix: each verdict's colour and symbol.
+const LEGEND: &str = "<p class=\"legend\"><span class=\"v-pass\">. pass</span><span class=\"v-spec-allows\">~ spec-allows</span>\
+     <span class=\"v-host-limit\">- host-limit (not observable)</span><span class=\"v-not-applicable\">/ not applicable (the VMM does not offer the feature)</span><span class=\"v-finding\">F finding (the VMM deviates)</span>\
+     <span class=\"v-fail\">X fail (vcpu-reset deviates)</span> Hover a cell for expected, actual and the citation.</p>\n";
+
 /// The page.
 pub fn render(report: &Report) -> String {
     let m = Matrix::new(report);
-    let s = report.summary();
     let mut o = String::with_capacity(64 << 10);
     let _ = write!(
         o,
@@ -100,6 +104,20 @@ pub fn render(report: &Report) -> String {
          <title>vcpu-reset check: RESET/INIT conformance matrix</title><style>{STYLE}</style></head><body>\n\
          <h1>vcpu-reset check: RESET/INIT conformance matrix</h1>\n"
     );
+    facts(&mut o, report);
+    o.push_str(LEGEND);
+    let first = vmm_starts(&m);
+    matrix_head(&mut o, &m, &first);
+    matrix_body(&mut o, &m, &first);
+    findings(&mut o, report);
+    not_run(&mut o, report);
+    o.push_str("</body></html>\n");
+    o
+}
+
+/// The table of host facts, ending with the verdict counts.
+fn facts(o: &mut String, report: &Report) {
+    let s = report.summary();
     o.push_str("<table class=\"facts\">");
     for (k, v) in &report.host {
         let _ = write!(o, "<tr><th>{}</th><td>{}</td></tr>", escape(k), escape(v));
@@ -115,17 +133,26 @@ pub fn render(report: &Report) -> String {
         s.fail,
         s.scenarios_not_run
     );
-    o.push_str(
-        "<p class=\"legend\"><span class=\"v-pass\">. pass</span><span class=\"v-spec-allows\">~ spec-allows</span>\
-         <span class=\"v-host-limit\">- host-limit (not observable)</span><span class=\"v-not-applicable\">/ not applicable (the VMM does not offer the feature)</span><span class=\"v-finding\">F finding (the VMM deviates)</span>\
-         <span class=\"v-fail\">X fail (vcpu-reset deviates)</span> Hover a cell for expected, actual and the citation.</p>\n",
-    );
-    // Header: one row of VMMs, one of their columns.
-    let vmms = m.vmms();
+}
+
+/// Per column, whether it is a VMM's first (drawn with a thicker left edge).
+fn vmm_starts(m: &Matrix) -> Vec<bool> {
+    let mut first = vec![false; m.columns.len()];
+    let mut i = 0;
+    for (_, n) in &m.vmms() {
+        first[i] = true;
+        i += n;
+    }
+    first
+}
+
+/// The matrix's opening and its header: a row of VMMs, a row of their columns, a row of
+/// finding and failure counts per column.
+fn matrix_head(o: &mut String, m: &Matrix, first: &[bool]) {
     o.push_str(
         "<table class=\"matrix\" id=\"matrix\"><thead><tr class=\"vmm\"><th class=\"field\"></th>",
     );
-    for (vmm, n) in &vmms {
+    for (vmm, n) in &m.vmms() {
         let _ = write!(
             o,
             "<th class=\"vmm-head\" colspan=\"{n}\">{}</th>",
@@ -133,46 +160,53 @@ pub fn render(report: &Report) -> String {
         );
     }
     o.push_str("</tr><tr class=\"col\"><th class=\"field\">field</th>");
-    let mut first = vec![false; m.columns.len()];
-    let mut i = 0;
-    for (_, n) in &vmms {
-        first[i] = true;
-        i += n;
-    }
     for (c, col) in m.columns.iter().enumerate() {
-        let cs = &col.summary;
-        let _ = write!(
-            o,
-            "<th class=\"col{}\" title=\"{}: {} pass, {} not applicable, {} spec-allows, {} host-limit, {} finding, {} fail\">{}/{}/{}</th>",
-            if first[c] { " vmm-head" } else { "" },
-            escape(&col.id),
-            cs.pass,
-            cs.not_applicable,
-            cs.spec_allows,
-            cs.host_limit,
-            cs.finding,
-            cs.fail,
-            escape(&col.scenario),
-            escape(&col.view),
-            escape(&col.vcpu)
-        );
+        column_head(o, col, first[c]);
     }
-    // One row of finding/failure counts per column, for a first look.
     o.push_str("</tr><tr class=\"count\"><th class=\"field\">findings + failures</th>");
     for (c, col) in m.columns.iter().enumerate() {
-        let n = col.summary.finding + col.summary.fail;
-        let class = match (col.summary.fail, col.summary.finding) {
-            (0, 0) => "v-pass",
-            (0, _) => "v-finding",
-            _ => "v-fail",
-        };
-        let _ = write!(
-            o,
-            "<th class=\"num {class}{}\">{n}</th>",
-            if first[c] { " vmm-head" } else { "" }
-        );
+        column_count(o, col, first[c]);
     }
     o.push_str("</tr></thead><tbody>\n");
+}
+
+/// A column's header cell: `scenario/view/vcpu`, its verdict counts in the tooltip.
+fn column_head(o: &mut String, col: &Column, first: bool) {
+    let cs = &col.summary;
+    let _ = write!(
+        o,
+        "<th class=\"col{}\" title=\"{}: {} pass, {} not applicable, {} spec-allows, {} host-limit, {} finding, {} fail\">{}/{}/{}</th>",
+        if first { " vmm-head" } else { "" },
+        escape(&col.id),
+        cs.pass,
+        cs.not_applicable,
+        cs.spec_allows,
+        cs.host_limit,
+        cs.finding,
+        cs.fail,
+        escape(&col.scenario),
+        escape(&col.view),
+        escape(&col.vcpu)
+    );
+}
+
+/// A column's number of findings and failures, coloured by the worse of them.
+fn column_count(o: &mut String, col: &Column, first: bool) {
+    let n = col.summary.finding + col.summary.fail;
+    let class = match (col.summary.fail, col.summary.finding) {
+        (0, 0) => "v-pass",
+        (0, _) => "v-finding",
+        _ => "v-fail",
+    };
+    let _ = write!(
+        o,
+        "<th class=\"num {class}{}\">{n}</th>",
+        if first { " vmm-head" } else { "" }
+    );
+}
+
+/// The matrix's rows, a class heading before each class's first field, and its end.
+fn matrix_body(o: &mut String, m: &Matrix, first: &[bool]) {
     let mut class = "";
     for row in &m.rows {
         if row.class != class {
@@ -184,40 +218,48 @@ pub fn render(report: &Report) -> String {
                 escape(class)
             );
         }
-        let citation = row
-            .cells
-            .iter()
-            .flatten()
-            .map(|c| c.citation.as_str())
-            .next()
-            .unwrap_or("");
-        let _ = write!(
-            o,
-            "<tr><th class=\"field\" title=\"{}\">{}</th>",
-            escape(citation),
-            escape(&row.field)
-        );
-        for (c, cell) in row.cells.iter().enumerate() {
-            let edge = if first[c] { " first" } else { "" };
-            match cell {
-                None => {
-                    let _ = write!(o, "<td class=\"cell none{edge}\"></td>");
-                }
-                Some(cell) => {
-                    let _ = write!(
-                        o,
-                        "<td class=\"cell {}{edge}\" title=\"{}\">{}</td>",
-                        class_of(cell.verdict),
-                        escape(&title(&m.columns[c].id, &row.field, cell)),
-                        symbol(cell.verdict)
-                    );
-                }
-            }
-        }
-        o.push_str("</tr>\n");
+        field_row(o, m, row, first);
     }
     o.push_str("</tbody></table>\n");
-    // Details: every finding and failure in full.
+}
+
+/// One field's row: its name (the citation in the tooltip) and a cell per column.
+fn field_row(o: &mut String, m: &Matrix, row: &Row, first: &[bool]) {
+    let citation = row
+        .cells
+        .iter()
+        .flatten()
+        .map(|c| c.citation.as_str())
+        .next()
+        .unwrap_or("");
+    let _ = write!(
+        o,
+        "<tr><th class=\"field\" title=\"{}\">{}</th>",
+        escape(citation),
+        escape(&row.field)
+    );
+    for (c, cell) in row.cells.iter().enumerate() {
+        let edge = if first[c] { " first" } else { "" };
+        match cell {
+            None => {
+                let _ = write!(o, "<td class=\"cell none{edge}\"></td>");
+            }
+            Some(cell) => {
+                let _ = write!(
+                    o,
+                    "<td class=\"cell {}{edge}\" title=\"{}\">{}</td>",
+                    class_of(cell.verdict),
+                    escape(&title(&m.columns[c].id, &row.field, cell)),
+                    symbol(cell.verdict)
+                );
+            }
+        }
+    }
+    o.push_str("</tr>\n");
+}
+
+/// Every finding and failure in full.
+fn findings(o: &mut String, report: &Report) {
     let notable: Vec<_> = report
         .results
         .iter()
@@ -243,25 +285,28 @@ pub fn render(report: &Report) -> String {
         );
     }
     o.push_str("</tbody></table>\n");
+}
+
+/// The scenarios that could not run, with why; nothing when all ran.
+fn not_run(o: &mut String, report: &Report) {
     let not_run: Vec<_> = report
         .scenarios
         .iter()
         .filter(|s| s.error.is_some())
         .collect();
-    if !not_run.is_empty() {
-        o.push_str("<h2>Not run</h2><ul class=\"notrun\">");
-        for sc in not_run {
-            let _ = write!(
-                o,
-                "<li><b>{}</b>: {}</li>",
-                escape(&sc.name),
-                escape(sc.error.as_deref().unwrap_or(""))
-            );
-        }
-        o.push_str("</ul>\n");
+    if not_run.is_empty() {
+        return;
     }
-    o.push_str("</body></html>\n");
-    o
+    o.push_str("<h2>Not run</h2><ul class=\"notrun\">");
+    for sc in not_run {
+        let _ = write!(
+            o,
+            "<li><b>{}</b>: {}</li>",
+            escape(&sc.name),
+            escape(sc.error.as_deref().unwrap_or(""))
+        );
+    }
+    o.push_str("</ul>\n");
 }
 
 #[cfg(test)]

@@ -60,6 +60,57 @@ pub fn judge_log(log: &[u8], opts: &LogOptions) -> Report {
 /// `report.host["warning"]`.
 pub fn judge(report: &mut Report, log: &[u8], opts: &LogOptions) {
     report.host.insert("backend".into(), "probe log".into());
+    let Some(runs) = parse_runs(report, log) else {
+        return;
+    };
+    let first = &runs[0];
+    let adv = Advertised::from_run(first);
+    let (model, signature_known) = cpu_model(report, &adv, first, opts);
+    let via = RebootVia::ALL
+        .into_iter()
+        .find(|v| first.tag.ends_with(v.name()));
+    let judged = if via.is_some() { 2 } else { 1 };
+    note_ignored(report, &runs, judged);
+    let context = LogContext {
+        reset: spec::expected_state(&model, VcpuIdentity::new(0), Transition::Reset),
+        mtrr_cap: first
+            .number(&Field::Msr(Msr::MtrrCap).name())
+            .and_then(|v| u64::try_from(v).ok()),
+        model,
+        adv,
+        signature_known,
+    };
+    let mut first_seen: Option<BTreeMap<Field, Observed>> = None;
+    for (index, run) in runs.iter().enumerate().take(judged) {
+        let Some(scenario) = context.scenario(index, via, first_seen.as_ref()) else {
+            break;
+        };
+        let seen = judge_run(report, &context, index, run, scenario);
+        if index == 0 {
+            first_seen = seen;
+        }
+    }
+    if let Some(via) = via
+        && runs.len() < 2
+    {
+        no_second_run(report, via);
+    }
+}
+
+/// Notes that the log of an image that reboots through `via` holds only the first run: the
+/// reboot scenario is not run.
+fn no_second_run(report: &mut Report, via: RebootVia) {
+    let why = format!(
+        "the probe image reboots through {} but the log holds no second run: the VMM did not reboot, or the log was cut",
+        via.name()
+    );
+    report.incomplete.push(why.clone());
+    not_run(report, &format!("reboot-{}", via.name()), why);
+}
+
+/// The log's probe runs, with a warning in `report.host` for format 1; `None` (the scenario
+/// `log` not run, saying why) when the log is damaged or holds no run.
+fn parse_runs(report: &mut Report, log: &[u8]) -> Option<Vec<ProbeRun>> {
     let runs = match probe::parse(log) {
         Ok(r) if !r.is_empty() => r,
         Ok(_) => {
@@ -68,7 +119,7 @@ pub fn judge(report: &mut Report, log: &[u8], opts: &LogOptions) {
                 "log",
                 "the log holds no probe run (no \"#VR2 begin\" or \"#VR1 begin\" line)".into(),
             );
-            return;
+            return None;
         }
         Err(e) => {
             not_run(
@@ -76,7 +127,7 @@ pub fn judge(report: &mut Report, log: &[u8], opts: &LogOptions) {
                 "log",
                 format!("the log's probe output is damaged: {e}"),
             );
-            return;
+            return None;
         }
     };
     if runs.iter().any(|r| r.format == LogFormat::V1) {
@@ -85,133 +136,188 @@ pub fn judge(report: &mut Report, log: &[u8], opts: &LogOptions) {
             "format 1 log: its checksum is a 16-bit byte sum, which misses swapped digits, reordered lines and cancelling changes; rebuild the probe image with this version (format 2, CRC-32)".into(),
         );
     }
-    let first = &runs[0];
-    let adv = Advertised::from_run(first);
-    let (model, signature_known) = cpu_model(report, &adv, first, opts);
-    let mtrr_cap = first
-        .number(&Field::Msr(Msr::MtrrCap).name())
-        .and_then(|v| u64::try_from(v).ok());
-    let via = RebootVia::ALL
-        .into_iter()
-        .find(|v| first.tag.ends_with(v.name()));
-    let judged = if via.is_some() { 2 } else { 1 };
-    if runs.len() > judged {
-        let mut tags: Vec<String> = runs[judged..]
-            .iter()
-            .take(4)
-            .map(|r| probe::record::quote(r.tag.as_bytes()))
-            .collect();
-        if runs.len() > judged + 4 {
-            tags.push("...".into());
+    Some(runs)
+}
+
+/// Notes in `report.host["ignored"]` the runs after the first `judged`, with up to four of
+/// their tags.
+fn note_ignored(report: &mut Report, runs: &[ProbeRun], judged: usize) {
+    if runs.len() <= judged {
+        return;
+    }
+    let mut tags: Vec<String> = runs[judged..]
+        .iter()
+        .take(4)
+        .map(|r| probe::record::quote(r.tag.as_bytes()))
+        .collect();
+    if runs.len() > judged + 4 {
+        tags.push("...".into());
+    }
+    report.host.insert(
+        "ignored".into(),
+        format!(
+            "{} run(s) after the {} ignored (tags: {}): {}",
+            runs.len() - judged,
+            if judged == 1 { "first" } else { "second" },
+            tags.join(", "),
+            if judged == 1 {
+                "the first run's tag names no reboot mechanism"
+            } else {
+                "a probe image reboots once"
+            }
+        ),
+    );
+}
+
+/// What every run of one log is judged with: the vCPU as the log presents it.
+struct LogContext {
+    model: CpuModel,
+    adv: Advertised,
+    /// IA32_MTRRCAP as the first run read it.
+    mtrr_cap: Option<u64>,
+    /// Whether the processor signature is known, so that RDX can be judged.
+    signature_known: bool,
+    /// The spec's RESET state of the model.
+    reset: VcpuState,
+}
+
+/// The scenario one run is judged as.
+struct RunScenario {
+    name: String,
+    event: Event,
+    expected: VcpuState,
+    /// For INIT: the state before it.
+    prior: Option<VcpuState>,
+}
+
+impl LogContext {
+    /// The scenario of run `index`: the first is the power-on (RESET); the second the reboot
+    /// through `via`, RESET for a hard reset, INIT from the state the first run observed
+    /// (`first_seen`) otherwise. `None` for a later run without a reboot mechanism.
+    fn scenario(
+        &self,
+        index: usize,
+        via: Option<RebootVia>,
+        first_seen: Option<&BTreeMap<Field, Observed>>,
+    ) -> Option<RunScenario> {
+        let reset = |name| RunScenario {
+            name,
+            event: Event::Reset,
+            expected: self.reset,
+            prior: None,
+        };
+        if index == 0 {
+            return Some(reset("power-on".to_string()));
         }
-        report.host.insert(
-            "ignored".into(),
-            format!(
-                "{} run(s) after the {} ignored (tags: {}): {}",
-                runs.len() - judged,
-                if judged == 1 { "first" } else { "second" },
-                tags.join(", "),
-                if judged == 1 {
-                    "the first run's tag names no reboot mechanism"
-                } else {
-                    "a probe image reboots once"
-                }
-            ),
-        );
+        let via = via?;
+        let name = format!("reboot-{}", via.name());
+        if via == RebootVia::Cf9Hard {
+            return Some(reset(name));
+        }
+        let prior = before_probe_reboot(&observed_state(&self.reset, first_seen));
+        let init =
+            spec::expected_state(&self.model, VcpuIdentity::new(0), Transition::Init(&prior));
+        Some(RunScenario {
+            name,
+            event: Event::Init,
+            expected: init,
+            prior: Some(prior),
+        })
     }
 
-    let ident = VcpuIdentity::new(0);
-    let reset = spec::expected_state(&model, ident, Transition::Reset);
-    let not_known = |f: Field| {
-        (!signature_known && f == Field::Gpr(Gpr::Rdx)).then(|| {
-            "the processor signature is not known: the log has no CPUID leaf 1; pass --signature"
-                .to_string()
-        })
-    };
-    let mut first_seen: Option<BTreeMap<Field, Observed>> = None;
-    for (index, run) in runs.iter().enumerate().take(judged) {
-        let (name, event, expected, prior) = if index == 0 {
-            ("power-on".to_string(), Event::Reset, reset, None)
-        } else {
-            let Some(via) = via else { break };
-            let name = format!("reboot-{}", via.name());
-            match via {
-                RebootVia::Cf9Hard => (name, Event::Reset, reset, None),
-                _ => {
-                    let prior = before_probe_reboot(&observed_state(&reset, first_seen.as_ref()));
-                    let init = spec::expected_state(&model, ident, Transition::Init(&prior));
-                    (name, Event::Init, init, Some(prior))
-                }
-            }
+    /// What `run` shows of each field, a field the VMM does not advertise not applicable;
+    /// `Err` when its records do not decode.
+    fn observe(
+        &self,
+        run: &ProbeRun,
+        expected: &VcpuState,
+    ) -> Result<BTreeMap<Field, Observed>, String> {
+        let not_known = |f: Field| {
+            (!self.signature_known && f == Field::Gpr(Gpr::Rdx)).then(|| {
+                "the processor signature is not known: the log has no CPUID leaf 1; pass --signature"
+                    .to_string()
+            })
         };
-        if run.records.is_empty() {
-            let why = format!(
-                "run {} ({:?}) has no records",
-                index + 1,
-                probe::record::quote(run.tag.as_bytes())
-            );
-            report.incomplete.push(why.clone());
-            not_run(report, &name, why);
-            continue;
+        let mut obs = observe_run(run, expected, not_known)?;
+        for (f, o) in obs.iter_mut() {
+            if let Some(why) = advertised::not_applicable(&self.adv, self.mtrr_cap, *f) {
+                *o = Observed::NotApplicable(why);
+            }
         }
-        let judged_before = report.results.len();
-        let result = observe_run(run, &expected, not_known).map(|mut obs| {
-            for (f, o) in obs.iter_mut() {
-                if let Some(why) = advertised::not_applicable(&adv, mtrr_cap, *f) {
-                    *o = Observed::NotApplicable(why);
-                }
-            }
-            judge_all(
-                report,
-                &Expectation {
-                    scenario: &name,
-                    owner: Owner::Host,
-                    view: View::Guest,
-                    vcpu: "bsp".into(),
-                    vendor: model.vendor,
-                    event,
-                    expected: &expected,
-                    prior: prior.as_ref(),
-                },
-                |f| {
-                    Some(
-                        obs.get(&f)
-                            .cloned()
-                            .unwrap_or(Observed::Unobservable(String::new())),
-                    )
-                },
-            );
-            if index == 0 {
-                first_seen = Some(obs);
-            }
-        });
-        if result.is_ok()
-            && report.results[judged_before..]
-                .iter()
-                .all(|r| matches!(r.verdict, Verdict::HostLimit | Verdict::NotApplicable))
+        Ok(obs)
+    }
+
+    /// Adds a verdict on every field to `report`, a field `obs` lacks unobservable.
+    fn judge_observed(
+        &self,
+        report: &mut Report,
+        scenario: &RunScenario,
+        obs: &BTreeMap<Field, Observed>,
+    ) {
+        judge_all(
+            report,
+            &Expectation {
+                scenario: &scenario.name,
+                owner: Owner::Host,
+                view: View::Guest,
+                vcpu: "bsp".into(),
+                vendor: self.model.vendor,
+                event: scenario.event,
+                expected: &scenario.expected,
+                prior: scenario.prior.as_ref(),
+            },
+            |f| {
+                Some(
+                    obs.get(&f)
+                        .cloned()
+                        .unwrap_or(Observed::Unobservable(String::new())),
+                )
+            },
+        );
+    }
+}
+
+/// Judges run `index` as `scenario`, adding the scenario, its verdicts and any gap to
+/// `report`; what the run showed, when its records could be judged.
+fn judge_run(
+    report: &mut Report,
+    context: &LogContext,
+    index: usize,
+    run: &ProbeRun,
+    scenario: RunScenario,
+) -> Option<BTreeMap<Field, Observed>> {
+    let quoted_tag = || probe::record::quote(run.tag.as_bytes());
+    if run.records.is_empty() {
+        let why = format!("run {} ({:?}) has no records", index + 1, quoted_tag());
+        report.incomplete.push(why.clone());
+        not_run(report, &scenario.name, why);
+        return None;
+    }
+    let judged_before = report.results.len();
+    let result = context.observe(run, &scenario.expected);
+    if let Ok(obs) = &result {
+        context.judge_observed(report, &scenario, obs);
+        if report.results[judged_before..]
+            .iter()
+            .all(|r| matches!(r.verdict, Verdict::HostLimit | Verdict::NotApplicable))
         {
             report.incomplete.push(format!(
                 "run {} ({:?}) records no field of the spec that could be judged",
                 index + 1,
-                probe::record::quote(run.tag.as_bytes())
+                quoted_tag()
             ));
         }
-        report.scenarios.push(ScenarioInfo {
-            name,
-            owner: Owner::Host,
-            error: result.err(),
-        });
     }
-    if let Some(via) = via
-        && runs.len() < 2
-    {
-        let why = format!(
-            "the probe image reboots through {} but the log holds no second run: the VMM did not reboot, or the log was cut",
-            via.name()
-        );
-        report.incomplete.push(why.clone());
-        not_run(report, &format!("reboot-{}", via.name()), why);
-    }
+    let (seen, error) = match result {
+        Ok(obs) => (Some(obs), None),
+        Err(e) => (None, Some(e)),
+    };
+    report.scenarios.push(ScenarioInfo {
+        name: scenario.name,
+        owner: Owner::Host,
+        error,
+    });
+    seen
 }
 
 fn not_run(report: &mut Report, name: &str, error: String) {

@@ -582,6 +582,23 @@ struct Open {
 }
 
 impl Open {
+    /// The run that `begin` opens, tagged `tag`.
+    fn new(begin: &MarkedLine<'_>, tag: &str) -> Open {
+        let mut o = Open {
+            tag: tag.to_string(),
+            line: begin.line,
+            format: begin.format,
+            records: Vec::new(),
+            keys: HashSet::new(),
+            count: 0,
+            sum: 0,
+            crc: 0xffff_ffff,
+            error: None,
+        };
+        o.add_line(begin.rec);
+        o
+    }
+
     fn close_truncated(self) -> RecordError {
         self.error.unwrap_or_else(|| RecordError::MissingEnd {
             tag: quote(self.tag.as_bytes()),
@@ -596,6 +613,101 @@ impl Open {
             .wrapping_add(checksum(rec))
             .wrapping_add(u16::from(b'\n'));
         self.crc = crc32_update(crc32_update(self.crc, rec), b"\n");
+    }
+
+    /// Counts a line of the run after `begin` and adds it to the checksums.
+    fn count_line(&mut self, rec: &[u8]) {
+        self.count = self.count.wrapping_add(1);
+        self.add_line(rec);
+    }
+
+    /// Adds the record `parts` (`<key> <value>`) of `l`; `Err`: what is wrong with it.
+    fn add_record(&mut self, l: &MarkedLine<'_>, parts: &[&str]) -> Result<(), RecordError> {
+        let [key, value] = parts else {
+            return Err(l.malformed("expected `<key> <value>`"));
+        };
+        if !valid_key(key) || *key == "begin" || *key == "end" {
+            return Err(l.malformed("bad key"));
+        }
+        let Some(v) = parse_value(value) else {
+            return Err(l.malformed("bad value"));
+        };
+        if !self.keys.insert((*key).to_string()) {
+            return Err(RecordError::DuplicateKey {
+                tag: quote(self.tag.as_bytes()),
+                key: quote(key.as_bytes()),
+                line: l.line,
+            });
+        }
+        self.records.push(((*key).to_string(), v));
+        Ok(())
+    }
+
+    /// The run, closed by the `end` line `l` that declares `count` records and checksum `sum`:
+    /// verified, or the first error that breaks it.
+    fn close(self, l: &MarkedLine<'_>, count: &str, sum: &str) -> Result<ProbeRun, RecordError> {
+        let (Some(count), Some(sum)) = (parse_hex_u32(count), parse_hex_u32(sum)) else {
+            return Err(self.error.unwrap_or(l.malformed("bad end line")));
+        };
+        if let Some(e) = self.error {
+            return Err(e);
+        }
+        let actual = match self.format {
+            LogFormat::V1 => u32::from(self.sum),
+            LogFormat::V2 => !self.crc,
+        };
+        if count != self.count {
+            Err(RecordError::CountMismatch {
+                tag: quote(self.tag.as_bytes()),
+                line: l.line,
+                declared: count,
+                actual: self.count,
+            })
+        } else if sum != actual {
+            Err(RecordError::ChecksumMismatch {
+                tag: quote(self.tag.as_bytes()),
+                line: l.line,
+                format: self.format,
+                declared: sum,
+                actual,
+            })
+        } else {
+            Ok(ProbeRun {
+                tag: self.tag,
+                records: self.records,
+                format: self.format,
+            })
+        }
+    }
+}
+
+/// A line of the log that carries a marker.
+struct MarkedLine<'a> {
+    /// 1-based line number.
+    line: usize,
+    /// The marker's version.
+    format: LogFormat,
+    /// The line from the marker on, without `\r\n`.
+    rec: &'a [u8],
+}
+
+impl<'a> MarkedLine<'a> {
+    /// This line as malformed, for `reason`.
+    fn malformed(&self, reason: &'static str) -> RecordError {
+        RecordError::Malformed {
+            line: self.line,
+            reason,
+            text: quote(self.rec),
+        }
+    }
+
+    /// The fields after the marker, split at single spaces, and how many there are: none
+    /// when there are more than three or they are not UTF-8.
+    fn parts(&self) -> ([&'a str; 3], usize) {
+        std::str::from_utf8(&self.rec[MARKER.len()..])
+            .ok()
+            .and_then(split3)
+            .unwrap_or(([""; 3], 0))
     }
 }
 
@@ -629,6 +741,102 @@ fn split3(body: &str) -> Option<([&str; 3], usize)> {
     Some((out, n))
 }
 
+/// Every complete line of `log` that carries a marker, in order. The last piece has no
+/// newline: a line cut off mid-way is not a record.
+fn marked_lines(log: &[u8]) -> impl Iterator<Item = MarkedLine<'_>> {
+    let mut pieces = log.split(|&b| b == b'\n');
+    // The piece after the last newline is dropped.
+    pieces.next_back();
+    pieces.enumerate().filter_map(|(i, raw)| {
+        let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
+        let (pos, format) = find_marker(raw)?;
+        Some(MarkedLine {
+            line: i + 1,
+            format,
+            rec: &raw[pos..],
+        })
+    })
+}
+
+/// The runs of a log as they are parsed, line by line.
+#[derive(Default)]
+struct RunParser {
+    /// The runs closed so far, each verified or with its error, and errors outside runs.
+    out: Vec<Result<ProbeRun, RecordError>>,
+    /// The run begun and not yet ended.
+    open: Option<Open>,
+}
+
+impl RunParser {
+    /// One marked line: a line of another version than its run's breaks the run, else it is
+    /// a `begin`, an `end` or a record.
+    fn line(&mut self, l: &MarkedLine<'_>) {
+        if let Some(o) = self.open.as_mut()
+            && o.format != l.format
+        {
+            // Counted and summed like any line of the run, so that the error is this one.
+            o.count_line(l.rec);
+            if o.error.is_none() {
+                o.error = Some(l.malformed("marker version differs from its run's begin line"));
+            }
+            return;
+        }
+        let (parts, n) = l.parts();
+        match &parts[..n] {
+            ["begin", tag] => self.begin(l, tag),
+            ["end", count, sum] => self.end(l, count, sum),
+            parts => self.record(l, parts),
+        }
+    }
+
+    /// A `begin` line: the open run, if any, is truncated; a new one opens.
+    fn begin(&mut self, l: &MarkedLine<'_>, tag: &str) {
+        if let Some(o) = self.open.take() {
+            self.out.push(Err(o.close_truncated()));
+        }
+        if valid_tag(tag) {
+            self.open = Some(Open::new(l, tag));
+        } else {
+            self.out.push(Err(l.malformed("bad tag")));
+        }
+    }
+
+    /// An `end` line: the open run closes.
+    fn end(&mut self, l: &MarkedLine<'_>, count: &str, sum: &str) {
+        let closed = match self.open.take() {
+            Some(o) => o.close(l, count, sum),
+            None => Err(RecordError::EndWithoutBegin { line: l.line }),
+        };
+        self.out.push(closed);
+    }
+
+    /// Any other line: a record of the open run, or an error outside one.
+    fn record(&mut self, l: &MarkedLine<'_>, parts: &[&str]) {
+        let Some(o) = self.open.as_mut() else {
+            self.out.push(Err(match parts {
+                [key, _] if valid_key(key) => RecordError::RecordOutsideRun {
+                    line: l.line,
+                    key: quote(key.as_bytes()),
+                },
+                _ => l.malformed("record outside a run"),
+            }));
+            return;
+        };
+        o.count_line(l.rec);
+        if o.error.is_none() {
+            o.error = o.add_record(l, parts).err();
+        }
+    }
+
+    /// Every run, a run still open at the end of the log truncated.
+    fn finish(mut self) -> Vec<Result<ProbeRun, RecordError>> {
+        if let Some(o) = self.open.take() {
+            self.out.push(Err(o.close_truncated()));
+        }
+        self.out
+    }
+}
+
 /// Parses every run in `log`, each either verified or with the first error that breaks it.
 ///
 /// Noise lines are skipped; a record outside a run or an `end` without `begin` is reported as
@@ -636,151 +844,11 @@ fn split3(body: &str) -> Option<([&str; 3], usize)> {
 /// ([`ProbeRun::format`] says which); one run's lines must all use the same version. The log is
 /// read once, in time linear in its length.
 pub fn parse_all(log: &[u8]) -> Vec<Result<ProbeRun, RecordError>> {
-    let mut out = Vec::new();
-    let mut open: Option<Open> = None;
-    let mut lines = log.split(|&b| b == b'\n').enumerate().peekable();
-    while let Some((i, raw)) = lines.next() {
-        let line_no = i + 1;
-        // The last piece has no newline: a line cut off mid-way is not a record.
-        if lines.peek().is_none() {
-            break;
-        }
-        let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
-        let Some((pos, format)) = find_marker(raw) else {
-            continue;
-        };
-        let rec = &raw[pos..];
-        let malformed = |reason| RecordError::Malformed {
-            line: line_no,
-            reason,
-            text: quote(rec),
-        };
-        let parts = std::str::from_utf8(&rec[MARKER.len()..])
-            .ok()
-            .and_then(split3);
-        let parts: &[&str] = match &parts {
-            Some((p, n)) => &p[..*n],
-            None => &[],
-        };
-        if let Some(o) = open.as_mut()
-            && o.format != format
-        {
-            // Counted and summed like any line of the run, so that the error is this one.
-            o.count = o.count.wrapping_add(1);
-            o.add_line(rec);
-            if o.error.is_none() {
-                o.error = Some(malformed(
-                    "marker version differs from its run's begin line",
-                ));
-            }
-            continue;
-        }
-        match parts {
-            ["begin", tag] => {
-                if let Some(o) = open.take() {
-                    out.push(Err(o.close_truncated()));
-                }
-                if !valid_tag(tag) {
-                    out.push(Err(malformed("bad tag")));
-                    continue;
-                }
-                let mut o = Open {
-                    tag: (*tag).to_string(),
-                    line: line_no,
-                    format,
-                    records: Vec::new(),
-                    keys: HashSet::new(),
-                    count: 0,
-                    sum: 0,
-                    crc: 0xffff_ffff,
-                    error: None,
-                };
-                o.add_line(rec);
-                open = Some(o);
-            }
-            ["end", count, sum] => {
-                let Some(o) = open.take() else {
-                    out.push(Err(RecordError::EndWithoutBegin { line: line_no }));
-                    continue;
-                };
-                let (Some(count), Some(sum)) = (parse_hex_u32(count), parse_hex_u32(sum)) else {
-                    out.push(Err(o.error.unwrap_or(malformed("bad end line"))));
-                    continue;
-                };
-                let actual = match o.format {
-                    LogFormat::V1 => u32::from(o.sum),
-                    LogFormat::V2 => !o.crc,
-                };
-                out.push(if let Some(e) = o.error {
-                    Err(e)
-                } else if count != o.count {
-                    Err(RecordError::CountMismatch {
-                        tag: quote(o.tag.as_bytes()),
-                        line: line_no,
-                        declared: count,
-                        actual: o.count,
-                    })
-                } else if sum != actual {
-                    Err(RecordError::ChecksumMismatch {
-                        tag: quote(o.tag.as_bytes()),
-                        line: line_no,
-                        format: o.format,
-                        declared: sum,
-                        actual,
-                    })
-                } else {
-                    Ok(ProbeRun {
-                        tag: o.tag,
-                        records: o.records,
-                        format: o.format,
-                    })
-                });
-            }
-            parts => {
-                let Some(o) = open.as_mut() else {
-                    out.push(Err(match parts {
-                        [key, _] if valid_key(key) => RecordError::RecordOutsideRun {
-                            line: line_no,
-                            key: quote(key.as_bytes()),
-                        },
-                        _ => malformed("record outside a run"),
-                    }));
-                    continue;
-                };
-                o.count = o.count.wrapping_add(1);
-                o.add_line(rec);
-                if o.error.is_some() {
-                    continue;
-                }
-                let err = match parts {
-                    [key, value] => {
-                        if !valid_key(key) || *key == "begin" || *key == "end" {
-                            Some(malformed("bad key"))
-                        } else if let Some(v) = parse_value(value) {
-                            if o.keys.insert((*key).to_string()) {
-                                o.records.push(((*key).to_string(), v));
-                                None
-                            } else {
-                                Some(RecordError::DuplicateKey {
-                                    tag: quote(o.tag.as_bytes()),
-                                    key: quote(key.as_bytes()),
-                                    line: line_no,
-                                })
-                            }
-                        } else {
-                            Some(malformed("bad value"))
-                        }
-                    }
-                    _ => Some(malformed("expected `<key> <value>`")),
-                };
-                o.error = err;
-            }
-        }
+    let mut parser = RunParser::default();
+    for l in marked_lines(log) {
+        parser.line(&l);
     }
-    if let Some(o) = open {
-        out.push(Err(o.close_truncated()));
-    }
-    out
+    parser.finish()
 }
 
 /// Parses every run in `log`; the first broken run is an error.

@@ -307,81 +307,11 @@ impl Vm {
 
     /// Build the VM on an already opened host.
     pub fn with_host(host: KvmHost, firmware: &Firmware, config: VmConfig) -> Result<Vm, RunError> {
-        if let Some(device) = super::devices::device_at(config.exit_port) {
-            return Err(RunError::ExitPort {
-                port: config.exit_port,
-                device,
-            });
-        }
-        let max = u32::try_from(host.caps().max_vcpus).unwrap_or(u32::MAX);
-        if config.vcpus == 0 || config.vcpus > max {
-            return Err(RunError::VcpuCount {
-                asked: config.vcpus,
-                max,
-            });
-        }
+        check_config(&host, &config)?;
         let memory = GuestMemory::new(config.memory_mib, firmware)?;
-        let vm = host.create_vm(true)?;
-        vm.create_pit2(kvm_pit_config {
-            flags: KVM_PIT_SPEAKER_DUMMY,
-            ..Default::default()
-        })
-        .map_err(|errno| RunError::VmIoctl {
-            op: "KVM_CREATE_PIT2",
-            errno,
-        })?;
-        memory.register(&vm, vm.check_extension(Cap::ReadonlyMem))?;
-        // Lets a triple fault be raised from the host (Vm::inject_triple_fault), for tests and
-        // for VMMs that model a shutdown cycle; harmless otherwise.
-        if vm.check_extension_raw(u64::from(KVM_CAP_X86_TRIPLE_FAULT_EVENT)) > 0 {
-            let cap = kvm_enable_cap {
-                cap: KVM_CAP_X86_TRIPLE_FAULT_EVENT,
-                args: [1, 0, 0, 0],
-                ..Default::default()
-            };
-            vm.enable_cap(&cap).map_err(|errno| RunError::VmIoctl {
-                op: "KVM_ENABLE_CAP(KVM_CAP_X86_TRIPLE_FAULT_EVENT)",
-                errno,
-            })?;
-        }
-        // A VM that shows KVM's own creation state keeps KVM's defaults (its quirks included).
-        if !config.kvm_create_state {
-            disable_lint0_quirk(&vm)?;
-        }
-        let mut pristine_chips = Vec::new();
-        for chip_id in [
-            KVM_IRQCHIP_PIC_MASTER,
-            KVM_IRQCHIP_PIC_SLAVE,
-            KVM_IRQCHIP_IOAPIC,
-        ] {
-            let mut chip = kvm_irqchip {
-                chip_id,
-                ..Default::default()
-            };
-            vm.get_irqchip(&mut chip)
-                .map_err(|errno| RunError::VmIoctl {
-                    op: "KVM_GET_IRQCHIP",
-                    errno,
-                })?;
-            pristine_chips.push(chip);
-        }
-        let pristine_pit = vm.get_pit2().map_err(|errno| RunError::VmIoctl {
-            op: "KVM_GET_PIT2",
-            errno,
-        })?;
-        let mut vcpus = Vec::new();
-        let mut model = None;
-        for id in 0..config.vcpus {
-            let kv = KvmVcpu::new(&host, &vm, u64::from(id))?;
-            let m = *model.get_or_insert_with(|| {
-                kv.cpu_model().unwrap_or(CpuModel {
-                    signature: kv.cpuid_signature(),
-                    ..CpuModel::generic(vcpu_reset_spec::Vendor::Intel)
-                })
-            });
-            vcpus.push(Vcpu::new(VcpuCache::adopt(kv), m, VcpuIdentity::new(id)));
-        }
-        let model = model.unwrap_or_else(|| CpuModel::generic(vcpu_reset_spec::Vendor::Intel));
+        let vm = create_vm(&host, &memory, config.kvm_create_state)?;
+        let (pristine_chips, pristine_pit) = pristine_devices(&vm)?;
+        let (vcpus, model) = create_vcpus(&host, &vm, config.vcpus)?;
         let platform = Mutex::new(Platform::with_serial(
             config.sink.clone(),
             config.serial.clone().unwrap_or_else(|| config.sink.clone()),
@@ -684,6 +614,117 @@ fn add_calls(total: &mut Stats, c: &Stats) {
     total.other += c.other;
 }
 
+/// Refuses an exit port that a device of the runner uses, and a vCPU count of 0 or more than
+/// the host supports.
+fn check_config(host: &KvmHost, config: &VmConfig) -> Result<(), RunError> {
+    if let Some(device) = super::devices::device_at(config.exit_port) {
+        return Err(RunError::ExitPort {
+            port: config.exit_port,
+            device,
+        });
+    }
+    let max = u32::try_from(host.caps().max_vcpus).unwrap_or(u32::MAX);
+    if config.vcpus == 0 || config.vcpus > max {
+        return Err(RunError::VcpuCount {
+            asked: config.vcpus,
+            max,
+        });
+    }
+    Ok(())
+}
+
+/// The KVM VM: in-kernel irqchip and PIT, `memory` registered, triple faults injectable, and
+/// (unless it is to show KVM's own creation state) the LINT0 quirk off.
+fn create_vm(
+    host: &KvmHost,
+    memory: &GuestMemory,
+    kvm_create_state: bool,
+) -> Result<VmFd, RunError> {
+    let vm = host.create_vm(true)?;
+    vm.create_pit2(kvm_pit_config {
+        flags: KVM_PIT_SPEAKER_DUMMY,
+        ..Default::default()
+    })
+    .map_err(|errno| RunError::VmIoctl {
+        op: "KVM_CREATE_PIT2",
+        errno,
+    })?;
+    memory.register(&vm, vm.check_extension(Cap::ReadonlyMem))?;
+    enable_triple_fault_event(&vm)?;
+    // A VM that shows KVM's own creation state keeps KVM's defaults (its quirks included).
+    if !kvm_create_state {
+        disable_lint0_quirk(&vm)?;
+    }
+    Ok(vm)
+}
+
+/// Lets a triple fault be raised from the host (Vm::inject_triple_fault), for tests and for
+/// VMMs that model a shutdown cycle, where the host has KVM_CAP_X86_TRIPLE_FAULT_EVENT;
+/// harmless otherwise.
+fn enable_triple_fault_event(vm: &VmFd) -> Result<(), RunError> {
+    if vm.check_extension_raw(u64::from(KVM_CAP_X86_TRIPLE_FAULT_EVENT)) <= 0 {
+        return Ok(());
+    }
+    let cap = kvm_enable_cap {
+        cap: KVM_CAP_X86_TRIPLE_FAULT_EVENT,
+        args: [1, 0, 0, 0],
+        ..Default::default()
+    };
+    vm.enable_cap(&cap).map_err(|errno| RunError::VmIoctl {
+        op: "KVM_ENABLE_CAP(KVM_CAP_X86_TRIPLE_FAULT_EVENT)",
+        errno,
+    })
+}
+
+/// The in-kernel PIC, IOAPIC and PIT state of the new VM: what a RESET puts back.
+fn pristine_devices(vm: &VmFd) -> Result<(Vec<kvm_irqchip>, kvm_pit_state2), RunError> {
+    let mut chips = Vec::new();
+    for chip_id in [
+        KVM_IRQCHIP_PIC_MASTER,
+        KVM_IRQCHIP_PIC_SLAVE,
+        KVM_IRQCHIP_IOAPIC,
+    ] {
+        let mut chip = kvm_irqchip {
+            chip_id,
+            ..Default::default()
+        };
+        vm.get_irqchip(&mut chip)
+            .map_err(|errno| RunError::VmIoctl {
+                op: "KVM_GET_IRQCHIP",
+                errno,
+            })?;
+        chips.push(chip);
+    }
+    let pit = vm.get_pit2().map_err(|errno| RunError::VmIoctl {
+        op: "KVM_GET_PIT2",
+        errno,
+    })?;
+    Ok((chips, pit))
+}
+
+/// `count` vCPUs, each under the engine with the CPU model the first one presents (from its
+/// CPUID; a generic Intel model with its signature where that cannot be read); that model.
+fn create_vcpus(
+    host: &KvmHost,
+    vm: &VmFd,
+    count: u32,
+) -> Result<(Vec<Vcpu<KvmVcpu>>, CpuModel), RunError> {
+    let mut vcpus = Vec::new();
+    let mut model = None;
+    for id in 0..count {
+        let kv = KvmVcpu::new(host, vm, u64::from(id))?;
+        let m = *model.get_or_insert_with(|| {
+            kv.cpu_model().unwrap_or(CpuModel {
+                signature: kv.cpuid_signature(),
+                ..CpuModel::generic(vcpu_reset_spec::Vendor::Intel)
+            })
+        });
+        vcpus.push(Vcpu::new(VcpuCache::adopt(kv), m, VcpuIdentity::new(id)));
+    }
+    let model = model.unwrap_or_else(|| CpuModel::generic(vcpu_reset_spec::Vendor::Intel));
+    Ok((vcpus, model))
+}
+
 /// Turn off KVM's LINT0_REENABLED quirk where the host lets a VM do so: KVM's own INIT and
 /// RESET then leave the BSP's LVT LINT0 masked (0x10000, Intel SDM Vol. 3A §11.4.7.1, AMD APM
 /// Vol. 2 Table 16-2) instead of 0x700, so the engine's RESET through KVM's INIT needs no
@@ -720,91 +761,107 @@ fn vcpu_loop(
             Ok(e) => e,
             Err(e) => return Some(BootEnd::Failed(id, e.to_string())),
         };
-        match exit {
-            Exit::Io {
-                dir: IoDir::Out,
-                port,
-                size,
-                data,
-            } => {
-                let action = match platform.lock() {
-                    Ok(mut p) => match p.io_out(port, &data[..usize::from(size.min(4))]) {
-                        PortAction::OutputFailed => {
-                            let what = p.take_output_error().unwrap_or_default();
-                            return Some(BootEnd::Output(what));
-                        }
-                        a => a,
-                    },
-                    Err(_) => PortAction::Continue,
-                };
-                match action {
-                    PortAction::Continue | PortAction::OutputFailed => {}
-                    PortAction::Exit(v) => return Some(BootEnd::Exit(v)),
-                    PortAction::Reboot(r) => return Some(BootEnd::Reboot(r, id)),
-                }
-            }
-            Exit::Io {
-                dir: IoDir::In,
-                port,
-                size,
-                ..
-            } => {
-                let data = match platform.lock() {
-                    Ok(mut p) => p.io_in(port, size),
-                    Err(_) => [0xff; 4],
-                };
-                v.cache_mut().set_io_in(&data[..usize::from(size.min(4))]);
-            }
-            // Writes to the read-only firmware are dropped, reads of unmapped space float.
-            Exit::Mmio { write, len, .. } => {
-                if !write {
-                    v.cache_mut()
-                        .set_io_in(&[0xff; 8][..usize::from(len.min(8))]);
-                }
-            }
-            Exit::Interrupted => {}
-            Exit::Shutdown => return Some(BootEnd::Reboot(RebootReason::TripleFault, id)),
-            Exit::SystemEvent(_) => return Some(BootEnd::Reboot(RebootReason::SystemEvent, id)),
-            Exit::Hlt => {
-                return Some(BootEnd::Failed(
-                    id,
-                    "HLT with no in-kernel local APIC to wake the vCPU".into(),
-                ));
-            }
-            Exit::InternalError { reason } => {
-                let rip = v.cache_mut().rip().unwrap_or(0);
-                let cs = v
-                    .cache_mut()
-                    .segment(vcpu_reset_spec::Seg::Cs)
-                    .map(|s| s.selector)
-                    .unwrap_or(0);
-                return Some(BootEnd::Failed(
-                    id,
-                    format!("KVM internal error at {cs:04x}:{rip:x}: {reason}"),
-                ));
-            }
-            // Single IN/OUT arrive as Exit::Io; KVM_EXIT_IO here is string I/O (INS/OUTS with
-            // a count > 1, e.g. `rep insb`), which no device of this runner implements.
-            Exit::Other(n) if n == kvm_bindings::KVM_EXIT_IO => {
-                let rip = v.cache_mut().rip().unwrap_or(0);
-                let cs = v
-                    .cache_mut()
-                    .segment(vcpu_reset_spec::Seg::Cs)
-                    .map(|s| s.selector)
-                    .unwrap_or(0);
-                return Some(BootEnd::Failed(
-                    id,
-                    format!(
-                        "string port I/O (INS/OUTS with a repeat count, e.g. `rep insb`) at {cs:04x}:{rip:x} — this runner's devices take single IN/OUT only; use IN/OUT in a loop"
-                    ),
-                ));
-            }
-            Exit::Other(n) => {
-                return Some(BootEnd::Failed(
-                    id,
-                    format!("unexpected KVM exit reason {n}"),
-                ));
-            }
+        if let Some(end) = handle_exit(id, v, platform, exit) {
+            return Some(end);
         }
     }
+}
+
+/// Handle one exit of vCPU `id`; what ends the boot, if it does.
+fn handle_exit(
+    id: u32,
+    v: &mut Vcpu<KvmVcpu>,
+    platform: &Mutex<Platform>,
+    exit: Exit,
+) -> Option<BootEnd> {
+    match exit {
+        Exit::Io {
+            dir: IoDir::Out,
+            port,
+            size,
+            data,
+        } => port_out(id, platform, port, &data[..usize::from(size.min(4))]),
+        Exit::Io {
+            dir: IoDir::In,
+            port,
+            size,
+            ..
+        } => {
+            port_in(v, platform, port, size);
+            None
+        }
+        // Writes to the read-only firmware are dropped, reads of unmapped space float.
+        Exit::Mmio { write, len, .. } => {
+            if !write {
+                v.cache_mut()
+                    .set_io_in(&[0xff; 8][..usize::from(len.min(8))]);
+            }
+            None
+        }
+        Exit::Interrupted => None,
+        Exit::Shutdown => Some(BootEnd::Reboot(RebootReason::TripleFault, id)),
+        Exit::SystemEvent(_) => Some(BootEnd::Reboot(RebootReason::SystemEvent, id)),
+        Exit::Hlt => Some(BootEnd::Failed(
+            id,
+            "HLT with no in-kernel local APIC to wake the vCPU".into(),
+        )),
+        Exit::InternalError { reason } => Some(BootEnd::Failed(
+            id,
+            format!("KVM internal error at {}: {reason}", guest_at(v)),
+        )),
+        // Single IN/OUT arrive as Exit::Io; KVM_EXIT_IO here is string I/O (INS/OUTS with
+        // a count > 1, e.g. `rep insb`), which no device of this runner implements.
+        Exit::Other(n) if n == kvm_bindings::KVM_EXIT_IO => Some(BootEnd::Failed(
+            id,
+            format!(
+                "string port I/O (INS/OUTS with a repeat count, e.g. `rep insb`) at {} — this runner's devices take single IN/OUT only; use IN/OUT in a loop",
+                guest_at(v)
+            ),
+        )),
+        Exit::Other(n) => Some(BootEnd::Failed(
+            id,
+            format!("unexpected KVM exit reason {n}"),
+        )),
+    }
+}
+
+/// An OUT of `data` to `port` by vCPU `id`: what ends the boot, if it does (the guest's exit,
+/// a reboot, output that could not be written).
+fn port_out(id: u32, platform: &Mutex<Platform>, port: u16, data: &[u8]) -> Option<BootEnd> {
+    let action = match platform.lock() {
+        Ok(mut p) => match p.io_out(port, data) {
+            PortAction::OutputFailed => {
+                let what = p.take_output_error().unwrap_or_default();
+                return Some(BootEnd::Output(what));
+            }
+            a => a,
+        },
+        Err(_) => PortAction::Continue,
+    };
+    match action {
+        PortAction::Continue | PortAction::OutputFailed => None,
+        PortAction::Exit(value) => Some(BootEnd::Exit(value)),
+        PortAction::Reboot(r) => Some(BootEnd::Reboot(r, id)),
+    }
+}
+
+/// An IN of `size` bytes from `port`: the device's answer (all ones without one) handed to
+/// the vCPU.
+fn port_in(v: &mut Vcpu<KvmVcpu>, platform: &Mutex<Platform>, port: u16, size: u8) {
+    let data = match platform.lock() {
+        Ok(mut p) => p.io_in(port, size),
+        Err(_) => [0xff; 4],
+    };
+    v.cache_mut().set_io_in(&data[..usize::from(size.min(4))]);
+}
+
+/// Where the vCPU is, as `cs:rip` in hex (0 for what cannot be read).
+fn guest_at(v: &mut Vcpu<KvmVcpu>) -> String {
+    let rip = v.cache_mut().rip().unwrap_or(0);
+    let cs = v
+        .cache_mut()
+        .segment(vcpu_reset_spec::Seg::Cs)
+        .map(|s| s.selector)
+        .unwrap_or(0);
+    format!("{cs:04x}:{rip:x}")
 }

@@ -1,0 +1,243 @@
+//! `vcpu-reset check`: the conformance selftest, or the verdicts of a probe log, with other
+//! VMMs side by side.
+
+use std::fmt::Display;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, ValueEnum};
+use vcpu_reset::spec::Vendor;
+use vcpu_reset_selftest::check::peers::{Peer, PeerOptions};
+use vcpu_reset_selftest::check::{self, Report};
+use vcpu_reset_selftest::files;
+
+use super::print;
+use super::values::{VendorArg, parse_timeout, shown};
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum BackendArg {
+    Auto,
+    Kvm,
+    Model,
+}
+
+impl From<BackendArg> for check::BackendChoice {
+    fn from(b: BackendArg) -> check::BackendChoice {
+        match b {
+            BackendArg::Auto => check::BackendChoice::Auto,
+            BackendArg::Kvm => check::BackendChoice::Kvm,
+            BackendArg::Model => check::BackendChoice::Model,
+        }
+    }
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum CheckFormat {
+    Table,
+    Json,
+    Tap,
+    Html,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum VmmArg {
+    QemuTcg,
+    QemuKvm,
+    Bochs,
+}
+
+impl From<VmmArg> for Peer {
+    fn from(v: VmmArg) -> Peer {
+        match v {
+            VmmArg::QemuTcg => Peer::QemuTcg,
+            VmmArg::QemuKvm => Peer::QemuKvm,
+            VmmArg::Bochs => Peer::Bochs,
+        }
+    }
+}
+
+#[derive(Args)]
+pub struct CheckArgs {
+    /// Backend to run on: KVM where /dev/kvm opens, the software model otherwise.
+    #[arg(long, value_enum, default_value = "auto")]
+    backend: BackendArg,
+    /// Report format.
+    #[arg(long, value_enum, default_value = "table")]
+    format: CheckFormat,
+    /// Also fail on findings (deviations of the host's own RESET/INIT).
+    #[arg(long)]
+    strict: bool,
+    /// Judge the output of a probe image (`vcpu-reset probe-image`) that ran elsewhere
+    /// (e.g. QEMU's debugcon or serial log) instead of running scenarios here.
+    #[arg(long, value_name = "FILE")]
+    from_log: Option<PathBuf>,
+    /// With --from-log: the vendor whose documents apply [default: the log's CPUID vendor,
+    /// else intel].
+    #[arg(long, value_enum)]
+    vendor: Option<VendorArg>,
+    /// With --from-log: the vCPU's CPUID.01H:EAX signature, to check EDX (hex) [default:
+    /// the log's CPUID leaf 1].
+    #[arg(long, value_parser = parse_hex_u32)]
+    signature: Option<u32>,
+    /// Also boot the probe image (every reboot mechanism) on this installed VMM and judge
+    /// it, side by side with the local backend (repeatable).
+    #[arg(long, value_enum)]
+    vmm: Vec<VmmArg>,
+    /// Also drive any VMM: a shell command with {image} (the probe image, flat firmware
+    /// ending at 4 GiB) and {log} (where port 0xE9 output must go) (repeatable).
+    #[arg(long, value_name = "CMD")]
+    vmm_cmd: Vec<String>,
+    /// Time limit per VMM run in seconds (more than 0, at most a year); the VMM is killed
+    /// when it passes.
+    #[arg(long, default_value = "60", value_parser = parse_timeout)]
+    vmm_timeout: Duration,
+    /// Also write the field x VMM/scenario matrix as a self-contained HTML page.
+    #[arg(long, value_name = "FILE")]
+    html: Option<PathBuf>,
+}
+
+fn parse_hex_u32(s: &str) -> Result<u32, String> {
+    let digits = s.trim_start_matches("0x").trim_start_matches("0X");
+    u32::from_str_radix(digits, 16).map_err(|e| format!("{} is not a hex number: {e}", shown(s)))
+}
+
+/// Print the report in the format asked for; the report's exit status, or 2 after a message
+/// when something cannot be read, run or written.
+pub fn run(args: &CheckArgs) -> ExitCode {
+    let (report, with_peers) = match report(args) {
+        Ok(r) => r,
+        Err(code) => return code,
+    };
+    let text = match text(&report, args.format, args.strict, with_peers) {
+        Ok(t) => t,
+        Err(code) => return code,
+    };
+    let printed = print(&text);
+    if printed != ExitCode::SUCCESS {
+        return printed;
+    }
+    exit_status(&report, args.strict)
+}
+
+/// The report, peers included, with the HTML page written if asked for; whether it has
+/// peers. `Err`: the exit status, the message printed.
+fn report(args: &CheckArgs) -> Result<(Report, bool), ExitCode> {
+    let (peers, peer_opts) = peers(&args.vmm, &args.vmm_cmd, args.vmm_timeout);
+    check::peers::check_installed(&peers).map_err(failed)?;
+    let backend = check::BackendChoice::from(args.backend);
+    let mut report = match &args.from_log {
+        None => check::run(&check::CheckOptions { backend }),
+        Some(path) => judge_log(path, args.vendor, args.signature)?,
+    };
+    check::peers::run(&mut report, &peers, &peer_opts).map_err(failed)?;
+    if let Some(path) = &args.html {
+        let page = check::html::render(&report);
+        files::write_output(path, "the HTML report", page.as_bytes()).map_err(failed)?;
+    }
+    Ok((report, !peers.is_empty()))
+}
+
+/// Says `e` as `check`'s error; exit status 2.
+fn failed(e: impl Display) -> ExitCode {
+    eprintln!("vcpu-reset check: {e}");
+    ExitCode::from(2)
+}
+
+/// The peers of `check --vmm`/`--vmm-cmd`, and their options.
+fn peers(vmm: &[VmmArg], vmm_cmd: &[String], timeout: Duration) -> (Vec<Peer>, PeerOptions) {
+    let mut list: Vec<Peer> = vmm.iter().map(|&v| Peer::from(v)).collect();
+    for (i, template) in vmm_cmd.iter().enumerate() {
+        list.push(Peer::Command {
+            name: if i == 0 {
+                "vmm-cmd".into()
+            } else {
+                format!("vmm-cmd-{}", i + 1)
+            },
+            template: template.clone(),
+        });
+    }
+    list.dedup();
+    let opts = PeerOptions {
+        timeout,
+        ..PeerOptions::default()
+    };
+    (list, opts)
+}
+
+/// The verdicts of the probe log at `path`; `Err` when it cannot be read.
+fn judge_log(
+    path: &Path,
+    vendor: Option<VendorArg>,
+    signature: Option<u32>,
+) -> Result<Report, ExitCode> {
+    let log = files::read_bounded(path, files::MAX_LOG, "probe log").map_err(failed)?;
+    let opts = check::probe_log::LogOptions {
+        vendor: vendor.map(Vendor::from),
+        signature,
+    };
+    Ok(check::probe_log::judge_log(&log, &opts))
+}
+
+/// The report in `format`; JSON as the matrix when there are peers. `Err` when it cannot be
+/// serialised.
+fn text(
+    report: &Report,
+    format: CheckFormat,
+    strict: bool,
+    with_peers: bool,
+) -> Result<String, ExitCode> {
+    Ok(match format {
+        CheckFormat::Table => report.to_table(),
+        CheckFormat::Tap => report.to_tap(strict),
+        CheckFormat::Html => check::html::render(report),
+        CheckFormat::Json => {
+            let json = if with_peers {
+                check::matrix::to_json(report)
+            } else {
+                report.to_json()
+            };
+            match json {
+                Ok(s) => s + "\n",
+                Err(e) => {
+                    eprintln!("vcpu-reset: serialising the report failed: {e}");
+                    return Err(ExitCode::from(2));
+                }
+            }
+        }
+    })
+}
+
+/// The report's exit status; when it is 2 (not judged), also why, on stderr, so that
+/// `--format json > file` does not hide it.
+fn exit_status(report: &Report, strict: bool) -> ExitCode {
+    let code = report.exit_code(strict);
+    if code == 2 {
+        eprintln!(
+            "vcpu-reset check: not judged (exit status 2) — {}",
+            not_judged_because(report)
+        );
+    }
+    ExitCode::from(code)
+}
+
+/// Why nothing was judged: the first four of the report's gaps and scenario errors.
+fn not_judged_because(report: &Report) -> String {
+    let why: Vec<String> = report
+        .incomplete
+        .iter()
+        .cloned()
+        .chain(
+            report
+                .scenarios
+                .iter()
+                .filter_map(|s| s.error.as_ref().map(|e| format!("{}: {e}", s.name))),
+        )
+        .take(4)
+        .collect();
+    if why.is_empty() {
+        "no field was observed".to_string()
+    } else {
+        why.join("; ")
+    }
+}
