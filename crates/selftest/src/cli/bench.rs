@@ -6,7 +6,7 @@ use clap::{Args, Subcommand};
 use vcpu_reset::backend::kvm::KvmHost;
 use vcpu_reset_selftest::bench::{BenchError, exits, peer, reboot, soak};
 
-use super::print;
+use super::output::print;
 
 #[derive(Args)]
 pub struct BenchArgs {

@@ -12,7 +12,7 @@ use vcpu_reset_selftest::check::peers::{Peer, PeerOptions};
 use vcpu_reset_selftest::check::{self, Report};
 use vcpu_reset_selftest::files;
 
-use super::print;
+use super::output::print;
 use super::values::{VendorArg, parse_timeout, shown};
 
 #[derive(Clone, Copy, ValueEnum)]

@@ -3,12 +3,12 @@
 
 mod bench;
 mod check;
+mod output;
 mod probe_image;
 mod run;
 mod spec;
 mod values;
 
-use std::io::Write;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -82,19 +82,5 @@ pub fn dispatch(cli: Cli) -> ExitCode {
         Command::ProbeImage(args) => probe_image::run(&args),
         Command::Run(args) => run::run(&args),
         Command::Bench(args) => bench::run(args),
-    }
-}
-
-/// Write `text` to stdout: success, or 2 after a message when stdout fails.
-fn print(text: &str) -> ExitCode {
-    let mut out = std::io::stdout().lock();
-    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
-        Ok(()) => ExitCode::SUCCESS,
-        // A closed pipe (e.g. `| head`) is not an error worth reporting.
-        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("vcpu-reset: writing to stdout failed: {e}");
-            ExitCode::from(2)
-        }
     }
 }

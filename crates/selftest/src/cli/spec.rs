@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use clap::{Args, ValueEnum};
 use vcpu_reset::spec::{self, Event, Vendor};
 
-use super::print;
+use super::output::print;
 use super::values::VendorArg;
 
 #[derive(Clone, Copy, ValueEnum)]
