@@ -12,7 +12,8 @@
 
 use vcpu_reset::backend::kvm::KvmVcpu;
 use vcpu_reset::backend::{
-    Backend, BackendError, ClassSet, Exit, HostInit, IoDir, RegSet, StateClass, Stats,
+    Backend, BackendError, ClassSet, Exit, HostInit, HostInitBackend, IoDir, RegSet, StateClass,
+    Stats,
 };
 use vcpu_reset::cache::VcpuCache;
 use vcpu_reset::engine::{Deviation, DeviationKind, Vcpu};
@@ -157,7 +158,7 @@ fn a_reset_takes_at_most_four_vcpu_ioctls_after_the_guest_ran_and_two_where_it_d
     assert!(vcpus[2].sipi((CODE >> 12) as u8).expect("SIPI"));
     let exit = vcpus[2].cache_mut().run().expect("AP runs");
     assert!(out_exit(&exit), "AP: {exit:?}");
-    let counted = vcpus[1].cache_mut().backend_mut().touch_count().is_some();
+    let counted = vcpus[1].cache_mut().touch_count().is_some();
     reset_within_budget(&mut vcpus[0], "BSP that ran", false);
     reset_within_budget(&mut vcpus[1], "AP waiting for SIPI", counted);
     reset_within_budget(&mut vcpus[2], "AP that ran", false);
@@ -220,7 +221,7 @@ fn the_init_is_taken_inside_the_reset_where_it_clobbers_a_class_wrong() {
             "{who}: the engine saw CS off after the INIT: {off:?}"
         );
         assert_eq!(path_of(v), Path::Eager, "{who}");
-        let counted = v.cache_mut().backend_mut().touch_count().is_some();
+        let counted = v.cache_mut().touch_count().is_some();
         let path = reset_within_budget(v, &format!("{who} not run since its RESET"), counted);
         assert_eq!(path, Some(Path::Eager), "{who}");
         // A store by the host (as by a guest that ran): the full eager RESET.
@@ -310,6 +311,12 @@ impl<B: Backend> Backend for InitOff<B> {
     fn store_slots(&mut self, class: StateClass, slots: RegSet, state: &VcpuState) -> bool {
         self.inner.store_slots(class, slots, state)
     }
+    fn stats(&self) -> Stats {
+        self.inner.stats()
+    }
+}
+
+impl<B: Backend> HostInitBackend for InitOff<B> {
     fn host_init(
         &mut self,
         target: &VcpuState,
@@ -339,9 +346,6 @@ impl<B: Backend> Backend for InitOff<B> {
     }
     fn touch_count(&mut self) -> Option<u64> {
         self.inner.touch_count()
-    }
-    fn stats(&self) -> Stats {
-        self.inner.stats()
     }
 }
 
@@ -382,7 +386,7 @@ fn where_kvms_init_leaves_a_class_wrong_the_engine_finds_it_once_and_stores_it_i
     // Again, with the cache invalidated as after an exit: the engine now stores the debug
     // registers itself, one ioctl more (the wrapper's own KVM_GET/SET_DEBUGREGS that spoil DR0
     // are counted too). Neither vCPU ran or was stored since its RESET.
-    let untouched = plain.cache_mut().backend_mut().touch_count().is_some();
+    let untouched = plain.cache_mut().touch_count().is_some();
     plain.cache_mut().invalidate();
     broken.cache_mut().invalidate();
     let p = plain.reset().expect("RESET").calls;
@@ -414,7 +418,7 @@ fn leaving_kvms_init_to_the_next_run_takes_three_ioctls_and_is_exact_where_the_c
     }
     // The AP waits for SIPI throughout and never enters the guest: where the host counts
     // entries, its RESET keeps x87/SSE state, XCR0 and MSRs and takes KVM_SET_MSRS alone.
-    let counted = vcpus[1].cache_mut().backend_mut().touch_count().is_some();
+    let counted = vcpus[1].cache_mut().touch_count().is_some();
     for round in 0..2 {
         let exit = vcpus[0].cache_mut().run().expect("BSP runs");
         assert!(out_exit(&exit), "BSP after RESET {round}: {exit:?}");
@@ -513,7 +517,7 @@ fn kvms_init_keeps_a_changed_apic_id_and_x2apic_mode_but_the_reset_does_not() {
 fn a_startup_ipi_pending_at_a_short_reset_does_not_start_the_ap() {
     let Some(mut vm) = loop_vm(2) else { return };
     let vcpus = vm.vcpus();
-    if vcpus[1].cache_mut().backend_mut().touch_count().is_none() {
+    if vcpus[1].cache_mut().touch_count().is_none() {
         eprintln!("skipped: the host does not count guest entries");
         return;
     }

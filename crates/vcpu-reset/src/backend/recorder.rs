@@ -3,7 +3,7 @@
 
 use vcpu_reset_spec::{Field, Gpr, Seg, VcpuState};
 
-use super::{Backend, BackendError, ClassSet, Exit, HostInit, StateClass, Stats};
+use super::{Backend, BackendError, ClassSet, Exit, HostInit, HostInitBackend, StateClass, Stats};
 
 /// A vCPU that is just a `VcpuState`, counting loads and stores per class.
 pub(crate) struct Recorder {
@@ -16,14 +16,14 @@ pub(crate) struct Recorder {
     pub not_held: Option<Field>,
     /// What [`Backend::queues_signals`] answers.
     pub queues_signals: bool,
-    /// Offer a host INIT ([`Backend::host_init`]): it stores the MSRs (unless kept), sets the
+    /// Offer a host INIT ([`HostInitBackend::host_init`]): it stores the MSRs (unless kept), sets the
     /// local APIC, debug registers and MP state from the target, and clobbers REGS, SREGS and
     /// EVENTS (zeroes them).
     pub host_init: bool,
-    /// The `kept` of each [`Backend::host_init`] call.
+    /// The `kept` of each [`HostInitBackend::host_init`] call.
     pub kept: Vec<ClassSet>,
     /// Guest runs plus stores of the classes a touch count covers, as
-    /// [`Backend::touch_count`] reports it; `None` for no count.
+    /// [`HostInitBackend::touch_count`] reports it; `None` for no count.
     pub touches: Option<u64>,
 }
 
@@ -103,6 +103,13 @@ impl Backend for Recorder {
     fn queues_signals(&self) -> bool {
         self.queues_signals
     }
+
+    fn stats(&self) -> Stats {
+        self.stats
+    }
+}
+
+impl HostInitBackend for Recorder {
     fn host_init(
         &mut self,
         target: &VcpuState,
@@ -137,10 +144,8 @@ impl Backend for Recorder {
                 .with(StateClass::Events),
         }))
     }
+
     fn touch_count(&mut self) -> Option<u64> {
         self.touches
-    }
-    fn stats(&self) -> Stats {
-        self.stats
     }
 }

@@ -173,6 +173,33 @@ impl<B: Backend> VcpuCache<B> {
         self.check_invariant();
     }
 
+    /// Have the backend's host perform its own INIT as the bulk of a RESET to `target`
+    /// ([`HostInitBackend::host_init`](crate::backend::HostInitBackend::host_init)). What is
+    /// dirty is dropped (the RESET writes everything again) and every class the INIT stored,
+    /// set or overwrote is forgotten, so the next read loads it. `None` where the host has no
+    /// such INIT.
+    ///
+    /// # Errors
+    /// The backend's error.
+    pub fn host_init(
+        &mut self,
+        target: &VcpuState,
+        lazy: bool,
+        kept: ClassSet,
+    ) -> Result<Option<crate::backend::HostInit>, CacheError> {
+        let done = self.backend.host_init(target, lazy, kept)?;
+        if let Some(d) = done {
+            self.forget(d.stored.union(d.established).union(d.clobbered));
+        }
+        Ok(done)
+    }
+
+    /// The backend's count of what touches the classes INIT keeps
+    /// ([`HostInitBackend::touch_count`](crate::backend::HostInitBackend::touch_count)).
+    pub fn touch_count(&mut self) -> Option<u64> {
+        self.backend.touch_count()
+    }
+
     /// The backend, for reading its counters or identity. Changing vCPU state behind the
     /// cache's back needs [`VcpuCache::invalidate`] afterwards.
     pub fn backend(&self) -> &B {

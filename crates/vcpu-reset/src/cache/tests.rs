@@ -2,8 +2,8 @@
 //! call. (The property test against the VMX-style model backend lives in `tests/`.)
 
 use super::*;
-use crate::backend::StateClass;
 use crate::backend::recorder::Recorder;
+use crate::backend::{HostInitBackend, StateClass};
 use crate::slots::RegSet;
 use vcpu_reset_spec::{Field, Gpr, Msr, NestedReg, Seg, SegPart, Segment};
 
@@ -205,6 +205,8 @@ impl Slotted {
         }
     }
 }
+
+impl HostInitBackend for Slotted {}
 
 impl Backend for Slotted {
     fn load(&mut self, class: StateClass, state: &mut VcpuState) -> Result<(), BackendError> {

@@ -1,4 +1,4 @@
-//! RESET with the host's own INIT doing the bulk ([`Backend::host_init`]).
+//! RESET with the host's own INIT doing the bulk ([`HostInitBackend::host_init`](crate::backend::HostInitBackend::host_init)).
 //!
 //! A RESET differs from an INIT only in what INIT keeps (Intel SDM Vol. 3A §10.1.1 and Table
 //! 10-1, AMD APM Vol. 2 §14.1.3 and Table 14-1): the MSRs, x87/SSE/AVX state, XCR0, CR0.CD/NW,
@@ -22,7 +22,7 @@
 //!
 //! A vCPU that has not entered the guest since its last RESET, and whose x87/SSE state, XCR0,
 //! MSRs and local APIC the host has not stored since, still holds the RESET values of the
-//! classes INIT keeps ([`Backend::touch_count`] tells): the backend is told so (`kept`) and
+//! classes INIT keeps ([`HostInitBackend::touch_count`](crate::backend::HostInitBackend::touch_count) tells): the backend is told so (`kept`) and
 //! the engine stores none of them again. On KVM that is an AP that waited for SIPI through a
 //! whole boot, the usual AP at a reboot from firmware: KVM_SET_VCPU_EVENTS (raising the INIT)
 //! and KVM_GET_MP_STATE, two ioctls.
@@ -36,7 +36,7 @@ use crate::backend::{Backend, ClassSet, StateClass};
 /// Classes only the guest's own instructions (or a store by the host) change, which INIT
 /// keeps: x87/SSE/AVX state, XCR0 and the MSRs (SDM Table 10-1, APM Table 14-1). Where the vCPU
 /// has not entered the guest since a RESET left them at their RESET values and the host has
-/// stored none of them since ([`Backend::touch_count`]), the next RESET need not store them again (the TSC aside, which counts
+/// stored none of them since ([`HostInitBackend::touch_count`](crate::backend::HostInitBackend::touch_count)), the next RESET need not store them again (the TSC aside, which counts
 /// and which the backend writes anyway). KVM's INIT, which the vCPU may have taken while it
 /// waited (an INIT IPI from another vCPU), keeps them too, and clears only MPX state, which is
 /// zero at RESET as well.
@@ -103,7 +103,7 @@ impl<B: Backend> Vcpu<B> {
         }
         let lazy = self.host_init_lazy();
         let untouched = match self.host_init.pristine.take() {
-            Some(then) => self.cache.backend_mut().touch_count() == Some(then),
+            Some(then) => self.cache.touch_count() == Some(then),
             None => false,
         };
         let kept = if untouched {
@@ -111,17 +111,10 @@ impl<B: Backend> Vcpu<B> {
         } else {
             ClassSet::EMPTY
         };
-        let Some(done) = self
-            .cache
-            .backend_mut()
-            .host_init(target, lazy, kept)
-            .map_err(crate::cache::CacheError::from)?
-        else {
+        let Some(done) = self.cache.host_init(target, lazy, kept)? else {
             self.host_init.unavailable = true;
             return Ok(None);
         };
-        self.cache
-            .forget(done.stored.union(done.established).union(done.clobbered));
         if done.stored == ClassSet::EMPTY && done.established == ClassSet::EMPTY {
             // The host could not raise its INIT after all: store everything, and from now on
             // do not ask.
@@ -148,7 +141,7 @@ impl<B: Backend> Vcpu<B> {
         let slots_written = self.cache.write_state(target);
         self.cache.flush()?;
         if done.stored.contains(StateClass::Msrs) {
-            self.host_init.pristine = self.cache.backend_mut().touch_count();
+            self.host_init.pristine = self.cache.touch_count();
         }
         Ok(Some(slots_written))
     }

@@ -8,7 +8,7 @@
 //! every field that differs from what was established. Nothing here knows which backend it
 //! drives.
 //!
-//! Where the backend's host can perform INIT itself cheaply ([`Backend::host_init`]: KVM's
+//! Where the backend's host can perform INIT itself cheaply ([`HostInitBackend::host_init`](crate::backend::HostInitBackend::host_init): KVM's
 //! in-kernel INIT), [`Vcpu::reset`] lets it do the bulk of the RESET and writes only what INIT
 //! keeps but RESET changes; each class the host's INIT sets is checked against the spec the
 //! first time and stored by the engine from then on where it is off (`host_init.rs`). The
@@ -102,7 +102,7 @@ struct HostInitUse {
     clobbered_off: Option<ClassSet>,
     /// Leave the INIT to the next run even where the clobbered classes were found off.
     force_lazy: bool,
-    /// The backend's [`Backend::touch_count`] right after the last RESET through the host's
+    /// The backend's [`HostInitBackend::touch_count`](crate::backend::HostInitBackend::touch_count) right after the last RESET through the host's
     /// INIT (`host_init.rs`).
     pristine: Option<u64>,
 }

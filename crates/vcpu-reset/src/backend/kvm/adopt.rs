@@ -101,7 +101,7 @@ impl KvmVcpu {
     /// The vCPU fd, for reading what vcpu-reset does not model. A change of vCPU state through
     /// it is unknown to a [`VcpuCache`](crate::cache::VcpuCache) in front of this vCPU: call
     /// its `invalidate()` after. Each call also moves
-    /// [`Backend::touch_count`](crate::backend::Backend::touch_count), so the next RESET
+    /// [`HostInitBackend::touch_count`](crate::backend::HostInitBackend::touch_count), so the next RESET
     /// stores everything again rather than trust state the fd may have changed.
     pub fn fd(&self) -> &VcpuFd {
         self.fd_lent

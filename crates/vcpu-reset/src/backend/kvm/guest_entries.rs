@@ -1,5 +1,5 @@
 //! How often the vCPU has entered the guest, from KVM's binary statistics
-//! ([`Backend::touch_count`](crate::backend::Backend::touch_count)).
+//! ([`HostInitBackend::touch_count`](crate::backend::HostInitBackend::touch_count)).
 //!
 //! KVM_GET_STATS_FD (Linux 5.14, KVM_CAP_BINARY_STATS_FD; `Documentation/virt/kvm/api.rst`,
 //! "KVM_GET_STATS_FD") gives a file per vCPU: a header, descriptors naming each statistic, and

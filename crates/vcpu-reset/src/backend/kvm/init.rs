@@ -1,4 +1,4 @@
-//! KVM's own INIT as the bulk of a RESET ([`Backend::host_init`](crate::backend::Backend::host_init)).
+//! KVM's own INIT as the bulk of a RESET ([`HostInitBackend::host_init`](crate::backend::HostInitBackend::host_init)).
 //!
 //! KVM's in-kernel INIT (`kvm_vcpu_reset(vcpu, true)` in `arch/x86/kvm/x86.c`, run by
 //! `kvm_apic_accept_events()`) puts the local APIC into its INIT state (ID and IA32_APIC_BASE
@@ -207,12 +207,12 @@ impl KvmVcpu {
     /// KVM_SET_VCPU_EVENTS (which also stores the RESET events), not through the x2APIC ICR,
     /// and IA32_APIC_BASE keeps its value. That spares KVM the two rebuilds of its APIC map
     /// the mode changes cost. The xAPIC ID, which INIT keeps, is the vCPU id still: only the
-    /// guest or a store of the local APIC (counted by [`Backend::touch_count`]) changes it. A
+    /// guest or a store of the local APIC (counted by [`HostInitBackend::touch_count`](crate::backend::HostInitBackend::touch_count)) changes it. A
     /// startup IPI still pending is not dropped as an INIT IPI would drop it: KVM then starts
     /// the AP right after the INIT, which the MP-state check below sees, and the caller stores
     /// the local APIC, debug registers and MP state itself.
     ///
-    /// [`Backend::touch_count`]: crate::backend::Backend::touch_count
+    /// [`HostInitBackend::touch_count`](crate::backend::HostInitBackend::touch_count): crate::backend::HostInitBackend::touch_count
     fn quiet_host_init(&mut self, target: &VcpuState) -> Result<HostInit, BackendError> {
         let mut e = events_from_state(target, &kvm_vcpu_events::default(), self.event_parts())?;
         e.flags |= KVM_VCPUEVENT_VALID_SMM;

@@ -17,7 +17,7 @@
 //! - [`KvmVcpu::adopt`] takes over a vCPU a VMM created (its CPUID read back, never changed);
 //!   [`KvmVcpu::into_fd`] hands it back with every deferred store applied (`adopt.rs`).
 //! - `init.rs` raises KVM's own INIT inside the KVM_SET_MSRS of a RESET
-//!   ([`Backend::host_init`](crate::backend::Backend::host_init)).
+//!   ([`HostInitBackend::host_init`](crate::backend::HostInitBackend::host_init)).
 //!
 //! Every ioctl a vCPU makes is counted in its [`Stats`](crate::backend::Stats), creation and
 //! capability checks included (as `other`).

@@ -15,7 +15,9 @@ use super::host::{KvmCaps, KvmHost};
 use super::ioctls::{Ioctl, IoctlError};
 use super::msr_set::MsrSet;
 use super::tsc::TscState;
-use crate::backend::{Backend, BackendError, ClassSet, Exit, HostInit, StateClass, Stats};
+use crate::backend::{
+    Backend, BackendError, ClassSet, Exit, HostInit, HostInitBackend, StateClass, Stats,
+};
 use crate::slots::RegSet;
 
 /// The classes sync regs carry.
@@ -222,7 +224,7 @@ impl std::fmt::Debug for KvmVcpu {
 
 const CPUID_1_ECX_X2APIC: u32 = 1 << 21;
 
-/// Classes whose stores [`Backend::touch_count`] counts: those only the guest's own
+/// Classes whose stores [`HostInitBackend::touch_count`] counts: those only the guest's own
 /// instructions change otherwise (x87/SSE/AVX state, XCR0, the MSRs, nested state), and the
 /// local APIC, for its ID, which INIT keeps (`init.rs`).
 const GUEST_STATE: ClassSet = ClassSet::EMPTY
@@ -253,7 +255,7 @@ impl KvmVcpu {
     /// not yet started?), KVM_GET_VCPU_EVENTS (does KVM report the interrupt shadow?), and one
     /// KVM_GET_MSRS, plus one more per MSR the host lists but the vCPU refuses, and
     /// KVM_GET_STATS_FD (the vCPU's count of guest entries, which lets a RESET skip what an AP
-    /// that never ran cannot have changed: [`Backend::touch_count`]).
+    /// that never ran cannot have changed: [`HostInitBackend::touch_count`]).
     ///
     /// # Errors
     /// [`KvmError::Ioctl`] naming the ioctl that failed.
@@ -635,6 +637,12 @@ impl Backend for KvmVcpu {
         self.store_mirrored_slots(class, slots, state)
     }
 
+    fn stats(&self) -> Stats {
+        self.stats
+    }
+}
+
+impl HostInitBackend for KvmVcpu {
     fn host_init(
         &mut self,
         target: &VcpuState,
@@ -661,9 +669,5 @@ impl Backend for KvmVcpu {
                 .wrapping_add(self.guest_state_stores)
                 .wrapping_add(lent),
         )
-    }
-
-    fn stats(&self) -> Stats {
-        self.stats
     }
 }

@@ -71,7 +71,7 @@ pub use vmcs::VmcsError;
 
 use storage::{Storage, Via};
 
-use super::{Backend, BackendError, ClassSet, Exit, StateClass, Stats};
+use super::{Backend, BackendError, ClassSet, Exit, HostInitBackend, StateClass, Stats};
 
 pub use crate::slots::fields_of;
 
@@ -257,6 +257,9 @@ impl ModelVcpu {
         self.guest = None;
     }
 }
+
+/// The model has no INIT of its own to build a RESET on.
+impl HostInitBackend for ModelVcpu {}
 
 impl Backend for ModelVcpu {
     /// Read every field of `class` (see [`fields_of`]) from the VMCS or the stores. On error
