@@ -28,7 +28,7 @@ use vcpu_reset_spec::{Gpr, Seg};
 use super::BenchError;
 use super::stats::{Summary, ratios, table};
 use crate::runner::{Firmware, GuestMemory};
-use vcpu_reset::backend::kvm::{KvmHost, KvmVcpu, KvmVcpuOptions};
+use vcpu_reset::backend::kvm::{Ioctl, IoctlError, KvmHost, KvmVcpu, KvmVcpuOptions};
 use vcpu_reset::backend::{Exit, IoDir, Stats};
 use vcpu_reset::cache::VcpuCache;
 
@@ -219,12 +219,8 @@ impl Expect {
     }
 }
 
-fn vcpu_ioctl(op: &'static str) -> impl Fn(vmm_sys_util::errno::Error) -> BenchError {
-    move |errno| BenchError::Ioctl {
-        op,
-        errno,
-        hint: "the bench vCPU stopped working; check dmesg for KVM errors",
-    }
+fn vcpu_ioctl(ioctl: Ioctl) -> impl Fn(vmm_sys_util::errno::Error) -> BenchError {
+    move |errno| BenchError::Ioctl(IoctlError::new(ioctl, errno))
 }
 
 /// (a) and (b): a `kvm-ioctls` vCPU without sync regs.
@@ -242,9 +238,9 @@ impl RawGuest {
         let vcpu = shell
             .vm
             .create_vcpu(0)
-            .map_err(vcpu_ioctl("KVM_CREATE_VCPU"))?;
+            .map_err(vcpu_ioctl(Ioctl::CreateVcpu))?;
         vcpu.set_cpuid2(host.supported_cpuid())
-            .map_err(vcpu_ioctl("KVM_SET_CPUID2"))?;
+            .map_err(vcpu_ioctl(Ioctl::SetCpuid2))?;
         Ok(RawGuest {
             vcpu,
             _shell: shell,
@@ -255,7 +251,7 @@ impl RawGuest {
 
     fn run_to_out(&mut self) -> Result<u8, BenchError> {
         self.ioctls += 1;
-        let exit = self.vcpu.run().map_err(vcpu_ioctl("KVM_RUN"))?;
+        let exit = self.vcpu.run().map_err(vcpu_ioctl(Ioctl::Run))?;
         match exit {
             VcpuExit::IoOut(port, data) => self.expect.out(port, data),
             other => {
@@ -275,8 +271,8 @@ impl RawGuest {
     fn naive(&mut self, program: &Program) -> Result<(), BenchError> {
         let byte = self.run_to_out()?;
         self.ioctls += 3;
-        let mut regs = self.vcpu.get_regs().map_err(vcpu_ioctl("KVM_GET_REGS"))?;
-        let sregs = self.vcpu.get_sregs().map_err(vcpu_ioctl("KVM_GET_SREGS"))?;
+        let mut regs = self.vcpu.get_regs().map_err(vcpu_ioctl(Ioctl::GetRegs))?;
+        let sregs = self.vcpu.get_sregs().map_err(vcpu_ioctl(Ioctl::GetSregs))?;
         self.expect.regs(
             program,
             byte,
@@ -287,7 +283,7 @@ impl RawGuest {
         regs.rax = regs.rax.wrapping_add(1);
         self.vcpu
             .set_regs(&regs)
-            .map_err(vcpu_ioctl("KVM_SET_REGS"))?;
+            .map_err(vcpu_ioctl(Ioctl::SetRegs))?;
         Ok(())
     }
 }

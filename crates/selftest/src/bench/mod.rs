@@ -23,10 +23,8 @@ pub mod reboot;
 pub mod soak;
 pub mod stats;
 
-use vmm_sys_util::errno;
-
 use crate::runner::{FirmwareError, MemoryError, RunError};
-use vcpu_reset::backend::kvm::KvmError;
+use vcpu_reset::backend::kvm::{IoctlError, KvmError};
 use vcpu_reset::cache::CacheError;
 
 /// Why a bench could not run or stopped.
@@ -49,15 +47,8 @@ pub enum BenchError {
     #[error("interrupted by signal {0}; the peer's process group was killed")]
     Interrupted(i32),
     /// A raw vCPU or VM ioctl of the bench's own handlers failed.
-    #[error("{op} failed: {errno} — {hint}")]
-    Ioctl {
-        /// The ioctl.
-        op: &'static str,
-        /// The error the kernel returned.
-        errno: errno::Error,
-        /// What to do about it.
-        hint: &'static str,
-    },
+    #[error(transparent)]
+    Ioctl(#[from] IoctlError),
     /// The bench's guest program could not be built (a bug in the bench).
     #[error("building the bench guest failed: {0} — this is a bug in vcpu-reset's bench module")]
     Guest(String),

@@ -141,7 +141,7 @@ impl RebootRig {
             ap.sipi(vector)
                 .map_err(|source| crate::runner::RunError::Engine {
                     vcpu: u32::try_from(i).unwrap_or(u32::MAX),
-                    source,
+                    error: source,
                 })?;
             match ap.cache_mut().run()? {
                 Exit::Io {

@@ -87,12 +87,12 @@ pub enum RunError {
     #[error(transparent)]
     Memory(#[from] MemoryError),
     /// The engine failed to reset a vCPU.
-    #[error("vCPU {vcpu}: {source}")]
+    #[error("vCPU {vcpu}: {error}")]
     Engine {
         /// Which vCPU.
         vcpu: u32,
         /// What failed.
-        source: EngineError,
+        error: EngineError,
     },
     /// Bad vCPU count.
     #[error("{asked} vCPUs asked for — choose 1 to {max} (the host's KVM_CAP_MAX_VCPUS)")]
@@ -377,7 +377,7 @@ impl Vm {
         })?;
         let fail = |e: vcpu_reset::cache::CacheError| RunError::Engine {
             vcpu: vcpu as u32,
-            source: EngineError::Cache(e),
+            error: EngineError::Cache(e),
         };
         v.cache_mut().flush().map_err(fail)?;
         v.cache_mut()
@@ -400,7 +400,7 @@ impl Vm {
         for (i, r) in results.into_iter().enumerate() {
             let calls = r.map_err(|source| RunError::Engine {
                 vcpu: i as u32,
-                source,
+                error: source,
             })?;
             add_calls(&mut total, &calls);
         }
@@ -553,7 +553,7 @@ fn drive(
                 Some(Err(source)) => {
                     return Err(RunError::Engine {
                         vcpu: saturate(i as u64),
-                        source,
+                        error: source,
                     });
                 }
                 None => return Err(lost(i)),

@@ -98,7 +98,7 @@ pub fn launch(dir: &Path, image: &Path, size: usize) -> Result<Launch, PeerError
     let write = |path: &Path, text: &str| {
         std::fs::write(path, text).map_err(|e| PeerError::Io {
             what: format!("write {}", path.display()),
-            source: e,
+            error: e,
         })
     };
     let vga = vga_rom()?;

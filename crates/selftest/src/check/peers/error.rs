@@ -21,32 +21,32 @@ pub enum PeerError {
     },
     /// `qemu-kvm` without a usable `/dev/kvm`.
     #[error(
-        "qemu-kvm: /dev/kvm cannot be opened ({source}) — QEMU's KVM accelerator needs it (load the kvm module, join group kvm), or use --vmm qemu-tcg"
+        "qemu-kvm: /dev/kvm cannot be opened ({error}) — QEMU's KVM accelerator needs it (load the kvm module, join group kvm), or use --vmm qemu-tcg"
     )]
     NoKvm {
         /// Why it cannot be opened.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// The probe image could not be built.
     #[error("building the probe image failed: {0}")]
-    Probe(#[from] ProbeError),
+    Probe(ProbeError),
     /// A file operation failed.
-    #[error("{what}: {source}")]
+    #[error("{what}: {error}")]
     Io {
         /// What was being done.
         what: String,
         /// The error.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// The peer could not be started.
-    #[error("{peer}: cannot run {command}: {source} — check the command and PATH")]
+    #[error("{peer}: cannot run {command}: {error} — check the command and PATH")]
     Spawn {
         /// Peer name.
         peer: String,
         /// The command line.
         command: String,
         /// The error.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// The peer did not finish in time (it was killed).
     #[error(
@@ -125,6 +125,14 @@ pub enum PeerError {
         /// What is wrong.
         why: String,
     },
+}
+
+// The message says what failed with the probe's own error in it, so the error is not also a
+// `source()`: a report that walks the chain prints it once.
+impl From<ProbeError> for PeerError {
+    fn from(e: ProbeError) -> Self {
+        PeerError::Probe(e)
+    }
 }
 
 impl PeerError {

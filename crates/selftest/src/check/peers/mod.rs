@@ -153,7 +153,7 @@ pub fn check_installed(peers: &[Peer]) -> Result<(), PeerError> {
                 .write(true)
                 .open("/dev/kvm")
         {
-            return Err(PeerError::NoKvm { source });
+            return Err(PeerError::NoKvm { error: source });
         }
     }
     Ok(())
@@ -166,12 +166,12 @@ pub fn capture(peer: &Peer, via: RebootVia, opts: &PeerOptions) -> Result<Vec<u8
             "create a temporary directory in {}",
             std::env::temp_dir().display()
         ),
-        source: e,
+        error: e,
     })?;
     let image = probe_image(Some(via))?;
     let image_path = dir.write("probe.rom", &image).map_err(|e| PeerError::Io {
         what: format!("write the probe image in {}", dir.path().display()),
-        source: e,
+        error: e,
     })?;
     let launch = prepare(peer, dir.path(), &image_path, image.len())?;
     let expected = 2;
@@ -189,7 +189,7 @@ pub fn capture(peer: &Peer, via: RebootVia, opts: &PeerOptions) -> Result<Vec<u8
         Err(e) => {
             return Err(PeerError::Io {
                 what: format!("{}: read its log", peer.name()),
-                source: std::io::Error::other(e.to_string()),
+                error: std::io::Error::other(e.to_string()),
             });
         }
     };

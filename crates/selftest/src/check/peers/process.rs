@@ -173,7 +173,7 @@ pub fn run_bounded(
     let err_path: PathBuf = dir.join("stderr.txt");
     let io = |what: &str, path: &Path, e: std::io::Error| PeerError::Io {
         what: format!("{what} {}", path.display()),
-        source: e,
+        error: e,
     };
     let stdout = std::fs::File::create(&out_path).map_err(|e| io("create", &out_path, e))?;
     let stderr = std::fs::File::create(&err_path).map_err(|e| io("create", &err_path, e))?;
@@ -184,7 +184,7 @@ pub fn run_bounded(
     let child = cmd.spawn().map_err(|e| PeerError::Spawn {
         peer: peer.to_string(),
         command: format!("{cmd:?}"),
-        source: e,
+        error: e,
     })?;
     let mut group = Group { child, done: false };
     let _signals = crate::sys::InterruptGuard::install();

@@ -274,6 +274,14 @@ pub struct IoctlError {
     pub errno: errno::Error,
 }
 
+impl IoctlError {
+    /// `ioctl` failed with `errno`: for a VMM's or a tool's own ioctls, reported the way the
+    /// backend reports its own.
+    pub fn new(ioctl: Ioctl, errno: errno::Error) -> IoctlError {
+        IoctlError { ioctl, errno }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
