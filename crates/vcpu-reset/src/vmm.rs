@@ -65,10 +65,11 @@ impl ResetVcpuError {
 ///
 /// # Cost
 ///
-/// Measured on this project's machines (AMD EPYC, nested KVM, Linux 6.18; a VM with an
-/// in-kernel irqchip; the BSP after it ran and was dirtied), by the backend's counters
-/// ([`reset_vcpu_counted`]): **18 ioctls** right after a guest exit, which is when a guest's
-/// reboot request (an OUT to 0xCF9) arrives, and **17** with no exit left to complete.
+/// For a VM with an in-kernel irqchip and a BSP that ran, as the backend's counters
+/// ([`reset_vcpu_counted`]) give it where the host refuses none of the MSRs it lists:
+/// **18 ioctls** right after a guest exit, which is when a guest's reboot request (an OUT to
+/// 0xCF9) arrives, and **17** with no exit left to complete. The README gives the figures
+/// measured per host.
 ///
 /// - Adoption, 8 (`other`): KVM_CHECK_EXTENSION and KVM_SET_BOOT_CPU_ID (does the VM have
 ///   vCPUs?), KVM_GET_IRQCHIP, KVM_GET_LAPIC, KVM_GET_CPUID2, KVM_GET_MP_STATE,

@@ -51,8 +51,8 @@ impl KvmVcpu {
     /// Adoption costs these ioctls, counted as `other`: KVM_CHECK_EXTENSION and
     /// KVM_SET_BOOT_CPU_ID (does the VM have vCPUs?), KVM_GET_IRQCHIP, KVM_GET_LAPIC,
     /// KVM_GET_CPUID2, with an irqchip KVM_GET_MP_STATE, KVM_GET_VCPU_EVENTS where the host has
-    /// it, and one KVM_GET_MSRS plus one per MSR the host lists but the vCPU refuses (8 on
-    /// this project's machines); and, where the vCPU's last exit (an MMIO read, port I/O, an
+    /// it, and one KVM_GET_MSRS plus one per MSR the host lists but the vCPU refuses (8 where
+    /// it refuses none); and, where the vCPU's last exit (an MMIO read, port I/O, an
     /// MSR or hypercall exit) is still to be completed by KVM, one KVM_RUN with
     /// `immediate_exit`, which completes it without entering the guest, counted in `runs`.
     ///

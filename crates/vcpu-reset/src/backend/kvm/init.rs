@@ -45,8 +45,8 @@
 //! three ioctls. KVM applies sync regs before it acts on the INIT, so REGS, SREGS and EVENTS
 //! (stored from the RESET state, `smi.latched_init` keeping the INIT raised) end as KVM's INIT
 //! sets them: exact only where those are the spec's RESET values (CR0.CD/NW aside, which INIT
-//! keeps), which the engine checks before it asks. On `kvm_pvm` they are not (CS attributes
-//! 0x9B on an AMD vCPU, APM Table 14-2 says 0x9A). Anything read or written before that run,
+//! keeps), which the engine checks before it asks (a host whose INIT gives an AMD vCPU CS
+//! attributes 0x9B, where APM Table 14-2 says 0x9A, does not pass). Anything read or written before that run,
 //! other than XSAVE and XCRs, first has KVM act on the INIT with KVM_GET_MP_STATE, so host-side
 //! reads see the state the vCPU will run from.
 //!
