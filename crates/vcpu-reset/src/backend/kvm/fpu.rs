@@ -1,18 +1,22 @@
+//! x87/SSE/AVX state through the XSAVE image, and XCR0, moved with their ioctls.
+//!
 //! [`StateClass::Fpu`](crate::backend::StateClass::Fpu): x87, MXCSR, XMM/YMM/ZMM, opmask and
 //! PKRU, through the XSAVE image of KVM_GET/SET_XSAVE (or XSAVE2 when the host's image is larger
 //! than 4 KiB). The image's format and its conversion to and from the state are in
 //! [`codec::xsave`](super::codec::xsave); this file makes the ioctls.
-
-use kvm_bindings::{Xsave, kvm_xsave};
-use vcpu_reset_spec::VcpuState;
+//!
+//! [`StateClass::Xcrs`](crate::backend::StateClass::Xcrs): XCR0 (`kvm_xcrs`).
 
 use super::KvmVcpu;
 use super::calls::{load, store};
+use super::codec::xcrs::{xcr0_of, xcrs_from_state};
 use super::codec::xsave::{
     KVM_XSAVE_SIZE, bytes_to_words, words_to_bytes, xsave_from_state, xsave_to_state,
 };
 use super::ioctls::Ioctl;
 use crate::backend::BackendError;
+use kvm_bindings::{Xsave, kvm_xsave};
+use vcpu_reset_spec::VcpuState;
 
 impl KvmVcpu {
     /// Number of 4-byte entries beyond `struct kvm_xsave` an XSAVE2 buffer needs.
@@ -82,5 +86,22 @@ impl KvmVcpu {
     pub(super) fn store_fpu(&mut self, state: &VcpuState) -> Result<(), BackendError> {
         let image = xsave_from_state(state, &self.xsave);
         self.set_xsave_image(&image)
+    }
+}
+
+impl KvmVcpu {
+    pub(super) fn load_xcrs(&mut self, state: &mut VcpuState) -> Result<(), BackendError> {
+        let x = load(&mut self.stats, Ioctl::GetXcrs, || self.fd.get_xcrs())?;
+        state.xcr0 = xcr0_of(&x).ok_or_else(|| BackendError::Invalid {
+            what: "kvm_xcrs",
+            why: "KVM_GET_XCRS did not report XCR0; the host's KVM is inconsistent".into(),
+        })?;
+        Ok(())
+    }
+
+    pub(super) fn store_xcrs(&mut self, state: &VcpuState) -> Result<(), BackendError> {
+        let x = xcrs_from_state(state);
+        store(&mut self.stats, Ioctl::SetXcrs, || self.fd.set_xcrs(&x))?;
+        Ok(())
     }
 }

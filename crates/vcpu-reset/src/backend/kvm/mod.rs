@@ -4,11 +4,11 @@
 //!   ([`KvmCaps`], supported CPUID, MSRs) and creates VMs ([`KvmHost::create_vm`]).
 //! - [`KvmVcpu`] is one vCPU (`vcpu.rs`). Each [`StateClass`](crate::backend::StateClass)
 //!   maps onto one KVM structure: [`codec`] converts it to and from a `VcpuState` (pure, public,
-//!   tested without `/dev/kvm`), and the class's file makes the ioctls: `regs.rs`
-//!   (`kvm_regs`), `sregs.rs` (`kvm_sregs2`/`kvm_sregs`), `debugregs.rs`, `fpu.rs` (the XSAVE
-//!   image), `xcrs.rs`, `msrs.rs` (with `msr_set.rs`, the MSRs the vCPU holds and the chunked
-//!   KVM_GET/SET_MSRS, and `tsc.rs`, the IA32_TSC write policy), `lapic.rs`, `mp_state.rs`,
-//!   `events.rs` and `nested.rs`.
+//!   tested without `/dev/kvm`), and one file per concern makes the ioctls: `registers.rs`
+//!   (`kvm_regs`, `kvm_sregs2`/`kvm_sregs`, `kvm_debugregs`), `fpu.rs` (the XSAVE image and
+//!   XCR0), `msrs.rs` (with `msr_set.rs`, the MSRs the vCPU holds and the chunked
+//!   KVM_GET/SET_MSRS, and `tsc.rs`, the IA32_TSC write policy), `apic.rs` (the local APIC, MP
+//!   state and events) and `nested.rs`.
 //! - Every ioctl is an [`Ioctl`] (`ioctls.rs`), with its KVM name and what to do when it fails,
 //!   and is made through a counted helper (`calls.rs`: load, store or other), which counts it
 //!   and turns its errno into an [`IoctlError`].
@@ -43,27 +43,22 @@
 //! [`Backend::run`]: crate::backend::Backend::run
 
 mod adopt;
+mod apic;
 mod calls;
-mod debugregs;
 mod error;
-mod events;
 mod fpu;
 mod guest_entries;
 mod host;
 mod init;
 mod ioctls;
-mod lapic;
-mod mp_state;
 mod msr_set;
 mod msrs;
 mod nested;
-mod regs;
+mod registers;
 mod run;
-mod sregs;
 mod sync;
 mod tsc;
 mod vcpu;
-mod xcrs;
 
 // Hooks for the selftest tool: KVM's own INIT and SIPI raised from the host, and the second
 // interface of state KVM reports twice.

@@ -1,3 +1,7 @@
+//! The register classes, moved with their ioctls: the general registers, RIP and RFLAGS; segments, descriptor tables, control registers, EFER and PDPTRs; the debug registers.
+//!
+//! [`StateClass::Regs`]: the general registers, RIP and RFLAGS (`kvm_regs`).
+//!
 //! [`StateClass::Sregs`]: segments, GDTR/IDTR, CR0/2/3/4/8, EFER and the PDPTRs.
 //!
 //! Moved with KVM_GET/SET_SREGS2 where the host has KVM_CAP_SREGS2 (kvm-ioctls has no wrapper;
@@ -8,17 +12,49 @@
 //! value back (known from the last load, store or exit, else read with one KVM_GET_MSRS).
 //! `kvm_sregs`' interrupt bitmap (a pending external interrupt) belongs to
 //! [`StateClass::Events`]: stores leave it empty, which queues nothing.
-
-use kvm_bindings::{kvm_msr_entry, kvm_sregs2};
-use vcpu_reset_spec::VcpuState;
+//!
+//! [`StateClass::Debug`](crate::backend::StateClass::Debug): DR0–DR3, DR6, DR7 (`kvm_debugregs`).
 
 use super::KvmVcpu;
 use super::calls::{load, raw_result, store};
+use super::codec::debugregs::{debugregs_from_state, debugregs_to_state};
+use super::codec::regs::{regs_from_state, regs_to_state};
 use super::codec::sregs::{
     from_legacy, is_pae_paging, sregs_from_state, sregs_to_state, to_legacy,
 };
 use super::ioctls::{Ioctl, KVM_GET_SREGS2, KVM_SET_SREGS2};
 use crate::backend::{BackendError, StateClass};
+use kvm_bindings::{kvm_msr_entry, kvm_sregs2};
+use vcpu_reset_spec::VcpuState;
+
+impl KvmVcpu {
+    pub(super) fn load_regs(&mut self, state: &mut VcpuState) -> Result<(), BackendError> {
+        if self.mirrored(StateClass::Regs) {
+            regs_to_state(&self.fd.sync_regs_mut().regs, state);
+            self.stats.sync_loads += 1;
+            return Ok(());
+        }
+        let regs = load(&mut self.stats, Ioctl::GetRegs, || self.fd.get_regs())?;
+        regs_to_state(&regs, state);
+        if self.sync {
+            self.fd.sync_regs_mut().regs = regs;
+            self.mirror_filled(StateClass::Regs);
+        }
+        Ok(())
+    }
+
+    pub(super) fn store_regs(&mut self, state: &VcpuState) -> Result<(), BackendError> {
+        let regs = regs_from_state(state);
+        if self.can_defer() {
+            self.fd.sync_regs_mut().regs = regs;
+            self.defer(StateClass::Regs);
+            return Ok(());
+        }
+        store(&mut self.stats, Ioctl::SetRegs, || self.fd.set_regs(&regs))?;
+        self.stored_by_ioctl(StateClass::Regs);
+        Ok(())
+    }
+}
 
 /// IA32_APIC_BASE (SDM Vol. 4 Table 2-2, APM Vol. 2 §16.3.1).
 const MSR_IA32_APIC_BASE: u32 = 0x1b;
@@ -144,6 +180,24 @@ impl KvmVcpu {
             (true, false) if pae => None,
             (true, false) => Some([0; 4]),
         };
+        Ok(())
+    }
+}
+
+impl KvmVcpu {
+    pub(super) fn load_debugregs(&mut self, state: &mut VcpuState) -> Result<(), BackendError> {
+        let d = load(&mut self.stats, Ioctl::GetDebugregs, || {
+            self.fd.get_debug_regs()
+        })?;
+        debugregs_to_state(&d, state);
+        Ok(())
+    }
+
+    pub(super) fn store_debugregs(&mut self, state: &VcpuState) -> Result<(), BackendError> {
+        let d = debugregs_from_state(state);
+        store(&mut self.stats, Ioctl::SetDebugregs, || {
+            self.fd.set_debug_regs(&d)
+        })?;
         Ok(())
     }
 }
