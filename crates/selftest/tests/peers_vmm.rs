@@ -132,7 +132,7 @@ fn assert_columns(c: &BTreeMap<(String, String), Cell>, peer: &str) {
     }
 }
 
-/// Whether the probe's logs describe the VMM (CPUID records; issue 10, points 1–2). Only then
+/// Whether the probe's logs describe the VMM (CPUID records). Only then
 /// can the judge tell which fields do not apply to a peer, and RDX be judged without
 /// `--signature`.
 fn self_describing(peer: &Peer) -> bool {
@@ -152,7 +152,7 @@ fn self_describing(peer: &Peer) -> bool {
     yes
 }
 
-/// None of the false findings of issue 10 may appear for `peer` (once logs describe the VMM).
+/// None of the known false findings (VMX capabilities, SMBASE, CMCI, MC banks, MISC_ENABLE, FMASK) may appear for `peer` (once logs describe the VMM).
 fn assert_no_false_findings(c: &BTreeMap<(String, String), Cell>, peer: &str) {
     let false_ones: Vec<String> = c
         .iter()

@@ -102,7 +102,7 @@ fn bochs_findings_are_its_edx_and_its_soft_reset_cr0() {
     );
 }
 
-/// The false findings of issue 10, each judged as what it is.
+/// Values that once read as false findings (configured MSRs, SMBASE, CMCI), each judged as what it is.
 #[test]
 fn the_false_findings_are_gone() {
     let verdict = |name: &str, opts: &LogOptions, key: &str| {
