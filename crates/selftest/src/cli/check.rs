@@ -12,7 +12,7 @@ use vcpu_reset_selftest::check::peers::{Peer, PeerOptions};
 use vcpu_reset_selftest::check::{self, Report};
 use vcpu_reset_selftest::files;
 
-use super::output::print;
+use super::output::{print, say};
 use super::values::{VendorArg, parse_timeout, shown};
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -140,7 +140,7 @@ fn report(args: &CheckArgs) -> Result<(Report, bool), ExitCode> {
 
 /// Says `e` as `check`'s error; exit status 2.
 fn failed(e: impl Display) -> ExitCode {
-    eprintln!("vcpu-reset check: {e}");
+    say("vcpu-reset check", e);
     ExitCode::from(2)
 }
 
@@ -200,7 +200,10 @@ fn text(
             match json {
                 Ok(s) => s + "\n",
                 Err(e) => {
-                    eprintln!("vcpu-reset: serialising the report failed: {e}");
+                    say(
+                        "vcpu-reset",
+                        format_args!("serialising the report failed: {e}"),
+                    );
                     return Err(ExitCode::from(2));
                 }
             }
@@ -213,9 +216,12 @@ fn text(
 fn exit_status(report: &Report, strict: bool) -> ExitCode {
     let code = report.exit_code(strict);
     if code == 2 {
-        eprintln!(
-            "vcpu-reset check: not judged (exit status 2) — {}",
-            not_judged_because(report)
+        say(
+            "vcpu-reset check",
+            format_args!(
+                "not judged (exit status 2) — {}",
+                not_judged_because(report)
+            ),
         );
     }
     ExitCode::from(code)

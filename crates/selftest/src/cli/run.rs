@@ -9,6 +9,7 @@ use clap::Args;
 use vcpu_reset_selftest::files;
 use vcpu_reset_selftest::runner::{Firmware, Sink, Vm, VmConfig};
 
+use super::output::say;
 use super::values::{parse_timeout, shown};
 
 #[derive(Args)]
@@ -66,21 +67,24 @@ pub fn run(args: &RunArgs) -> ExitCode {
     let mut vm = match vm(args) {
         Ok(vm) => vm,
         Err(e) => {
-            eprintln!("vcpu-reset run: {e}");
+            say("vcpu-reset run", e);
             return ExitCode::from(2);
         }
     };
     match vm.run() {
         Ok(out) => {
-            eprintln!(
-                "vcpu-reset run: the guest exited with value {:#x} after {}",
-                out.exit_value,
-                out.summary()
+            say(
+                "vcpu-reset run",
+                format_args!(
+                    "the guest exited with value {:#x} after {}",
+                    out.exit_value,
+                    out.summary()
+                ),
             );
             ExitCode::from((out.exit_value & 0xff) as u8)
         }
         Err(e) => {
-            eprintln!("vcpu-reset run: {e}");
+            say("vcpu-reset run", e);
             ExitCode::from(1)
         }
     }

@@ -1,0 +1,157 @@
+//! What vcpu-reset prints and writes when its input is hostile or careless (issue 20): control
+//! bytes from a peer, a log or a file name; output files that are also inputs, or that are
+//! named before the other arguments are checked; probe logs that cannot be judged; and
+//! messages that must say what to do. Each test asserts the exit status, the message, and the
+//! absence of what must not be left: a raw control byte, an overwritten input, a truncated
+//! file.
+
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+use vcpu_reset_selftest::tempdir::TempDir;
+
+const BIN: &str = env!("CARGO_BIN_EXE_vcpu-reset");
+
+/// `vcpu-reset ARGS`, stdin closed, its output collected.
+fn vcpu_reset(args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run vcpu-reset")
+}
+
+/// Like [`vcpu_reset`], with `VCPU_RESET_KVM_DEVICE` set to `device`.
+fn vcpu_reset_with_device(device: &Path, args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .env("VCPU_RESET_KVM_DEVICE", device)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run vcpu-reset")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// The first control byte in `bytes` other than a newline (C0, DEL, or a C1 character in
+/// UTF-8), with its offset.
+fn raw_control(bytes: &[u8]) -> Option<(usize, u8)> {
+    bytes.iter().enumerate().find_map(|(i, &b)| {
+        let c1 = b == 0xc2 && bytes.get(i + 1).is_some_and(|n| (0x80..0xa0).contains(n));
+        ((b < 0x20 && b != b'\n') || b == 0x7f || c1).then_some((i, b))
+    })
+}
+
+/// Asserts that neither stdout nor stderr of `out` holds a raw control byte.
+fn assert_no_raw_control(out: &Output) {
+    for (name, bytes) in [("stdout", &out.stdout), ("stderr", &out.stderr)] {
+        if let Some((at, b)) = raw_control(bytes) {
+            let from = at.saturating_sub(60);
+            panic!(
+                "raw control byte {b:#04x} at {at} of {name}: {:?}",
+                text(&bytes[from..(at + 20).min(bytes.len())])
+            );
+        }
+    }
+}
+
+/// A `--vmm-cmd` peer that prints a terminal title sequence, a bell and a bare CR followed by
+/// a fake TAP line, then fails; the template itself ends with a raw ESC sequence.
+const HOSTILE_PEER: &str =
+    "printf 'x\\033]0;PWNED\\007y\\rnot ok 999 fake\\n' >&2; exit 3; : {image} {log} #\x1b[31m";
+
+#[test]
+fn a_peers_control_bytes_are_escaped_in_the_table_and_on_stderr() {
+    let out = vcpu_reset(&["check", "--backend", "model", "--vmm-cmd", HOSTILE_PEER]);
+    let stdout = text(&out.stdout);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stdout.contains("not run: vmm-cmd:reboot-cf9-hard: vmm-cmd: exited (exit status: 3)"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("x\\u{1b}]0;PWNED\\u{7}y\\rnot ok 999 fake"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("#\\u{1b}[31m"), "the template: {stdout}");
+    assert!(
+        stderr.contains("not judged") && stderr.contains("y\\rnot ok 999"),
+        "{stderr}"
+    );
+    assert_no_raw_control(&out);
+}
+
+#[test]
+fn a_peers_control_bytes_cannot_forge_a_tap_line() {
+    let out = vcpu_reset(&[
+        "check",
+        "--backend",
+        "model",
+        "--format",
+        "tap",
+        "--vmm-cmd",
+        HOSTILE_PEER,
+    ]);
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(
+        stdout.contains("# SKIP vmm-cmd: exited (exit status: 3)"),
+        "{stdout}"
+    );
+    // A TAP reader that splits lines at CR as well as LF.
+    let forged: Vec<&str> = stdout
+        .split(['\r', '\n'])
+        .filter(|l| l.starts_with("not ok 999"))
+        .collect();
+    assert!(forged.is_empty(), "forged TAP lines: {forged:?}");
+    assert_no_raw_control(&out);
+}
+
+#[test]
+fn short_file_names_are_escaped_in_every_message() {
+    let dir = TempDir::new("escape-names").expect("temp dir");
+    let base = dir.path();
+    let named = |name: &str| base.join(name).to_str().expect("UTF-8").to_string();
+
+    let out = vcpu_reset(&["check", "--from-log", &named("log\x1b[31mred\rx")]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("log\\u{1b}[31mred\\rx: cannot read it: no such file"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_no_raw_control(&out);
+
+    let out = vcpu_reset(&["run", &named("fw\x1b]0;t\x07.bin")]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("fw\\u{1b}]0;t\\u{7}.bin"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_no_raw_control(&out);
+
+    let image = named("probe\x1b[2J\r.bin");
+    let out = vcpu_reset(&["probe-image", "-o", &image]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("wrote ")
+            && text(&out.stderr).contains("probe\\u{1b}[2J\\r.bin"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_no_raw_control(&out);
+
+    let device = base.join("kvm\x1b[5m\r");
+    let out = vcpu_reset_with_device(&device, &["run", &image]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("kvm\\u{1b}[5m\\r"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_no_raw_control(&out);
+}
