@@ -173,6 +173,36 @@ pub fn create_output(path: &Path, what: &str) -> Result<std::fs::File, String> {
     Ok(file)
 }
 
+/// Whether `a` and `b` name the same existing file: the same device and inode once symbolic
+/// links are followed, so a link or a hard link to a file is that file. A path that does not
+/// exist names no file.
+pub fn same_file(a: &Path, b: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(x), Ok(y)) => x.dev() == y.dev() && x.ino() == y.ino(),
+        _ => false,
+    }
+}
+
+/// Refuses the output file `path` of option `flag` when it is one of the `inputs` (what it is,
+/// its path) as [`same_file`] compares them: writing there would destroy the input.
+///
+/// # Errors
+/// The message naming the option, the file and the input it is.
+pub fn refuse_input_as_output(
+    flag: &str,
+    path: &Path,
+    inputs: &[(&str, &Path)],
+) -> Result<(), String> {
+    match inputs.iter().find(|(_, input)| same_file(path, input)) {
+        Some((what, _)) => Err(format!(
+            "{flag} {} is {what} — writing there would destroy it; choose another file",
+            shown_path(path)
+        )),
+        None => Ok(()),
+    }
+}
+
 /// Writes `bytes` to a new (or truncated) output file, as [`create_output`] opens it.
 ///
 /// # Errors
@@ -359,6 +389,27 @@ mod tests {
             "a\\u{1b}b",
             "short paths are escaped too"
         );
+    }
+
+    #[test]
+    fn an_output_that_is_an_input_is_refused_through_links() {
+        let (_dir, input) = tmp("input");
+        std::fs::write(&input, b"keep").unwrap();
+        let dir = input.parent().unwrap();
+        let soft = dir.join("soft");
+        std::os::unix::fs::symlink(&input, &soft).unwrap();
+        let hard = dir.join("hard");
+        std::fs::hard_link(&input, &hard).unwrap();
+        for out in [&input, &soft, &hard] {
+            let e = refuse_input_as_output("--out", out, &[("the log", &input)]).unwrap_err();
+            assert!(
+                e.contains("is the log — writing there would destroy it"),
+                "{e}"
+            );
+        }
+        let other = dir.join("other");
+        assert!(refuse_input_as_output("--out", &other, &[("the log", &input)]).is_ok());
+        assert_eq!(std::fs::read(&input).unwrap(), b"keep");
     }
 
     #[test]

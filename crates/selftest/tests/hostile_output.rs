@@ -5,7 +5,7 @@
 //! absence of what must not be left: a raw control byte, an overwritten input, a truncated
 //! file.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
 use vcpu_reset_selftest::tempdir::TempDir;
@@ -154,4 +154,89 @@ fn short_file_names_are_escaped_in_every_message() {
         text(&out.stderr)
     );
     assert_no_raw_control(&out);
+}
+
+/// A recorded QEMU log of the given name, from `tests/data/probe-logs/`.
+fn recorded(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data/probe-logs")
+        .join(name)
+}
+
+#[test]
+fn an_html_page_over_the_probe_log_is_refused() {
+    let dir = TempDir::new("html-over-log").expect("temp dir");
+    let log = dir.path().join("probe.log");
+    let original = std::fs::read(recorded("qemu-kvm-cf9-soft.log")).expect("recorded log");
+    std::fs::write(&log, &original).expect("write log");
+    let link = dir.path().join("page.html");
+    std::os::unix::fs::symlink(&log, &link).expect("symlink");
+    let hard = dir.path().join("hard.html");
+    std::fs::hard_link(&log, &hard).expect("hard link");
+    for html in [&log, &link, &hard] {
+        let out = vcpu_reset(&[
+            "check",
+            "--from-log",
+            log.to_str().expect("UTF-8"),
+            "--html",
+            html.to_str().expect("UTF-8"),
+        ]);
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{}: {stderr}", html.display());
+        assert!(
+            stderr.contains("--html") && stderr.contains("is the probe log"),
+            "{stderr}"
+        );
+        assert!(out.stdout.is_empty(), "nothing judged before the refusal");
+        assert_eq!(
+            std::fs::read(&log).expect("the log"),
+            original,
+            "the probe log is unchanged"
+        );
+    }
+}
+
+#[test]
+fn run_opens_its_output_files_only_after_every_argument_is_valid() {
+    let dir = TempDir::new("run-outputs").expect("temp dir");
+    let image = dir.path().join("probe.bin");
+    let out = vcpu_reset(&["probe-image", "-o", image.to_str().expect("UTF-8")]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let precious = dir.path().join("precious.txt");
+    for flag in ["--output", "--serial"] {
+        std::fs::write(&precious, b"precious\n").expect("write");
+        let out = vcpu_reset(&[
+            "run",
+            image.to_str().expect("UTF-8"),
+            "--vcpus",
+            "0",
+            flag,
+            precious.to_str().expect("UTF-8"),
+        ]);
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{flag}: {stderr}");
+        if vcpu_reset_selftest::host::kvm_for_tests().is_some() {
+            assert!(stderr.contains("0 vCPUs asked for"), "{stderr}");
+        }
+        assert_eq!(
+            std::fs::read(&precious).expect("the file"),
+            b"precious\n",
+            "{flag}: the file is not truncated"
+        );
+    }
+    // A file that does not exist is not created either.
+    let fresh = dir.path().join("fresh.txt");
+    let out = vcpu_reset(&[
+        "run",
+        image.to_str().expect("UTF-8"),
+        "--vcpus",
+        "0",
+        "--output",
+        fresh.to_str().expect("UTF-8"),
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(
+        !fresh.exists(),
+        "no output file made for a run that never starts"
+    );
 }

@@ -123,6 +123,9 @@ pub fn run(args: &CheckArgs) -> ExitCode {
 /// The report, peers included, with the HTML page written if asked for; whether it has
 /// peers. `Err`: the exit status, the message printed.
 fn report(args: &CheckArgs) -> Result<(Report, bool), ExitCode> {
+    if let (Some(html), Some(log)) = (&args.html, &args.from_log) {
+        files::refuse_input_as_output("--html", html, &[("the probe log", log)]).map_err(failed)?;
+    }
     let (peers, peer_opts) = peers(&args.vmm, &args.vmm_cmd, args.vmm_timeout);
     check::peers::check_installed(&peers).map_err(failed)?;
     let backend = check::BackendChoice::from(args.backend);
