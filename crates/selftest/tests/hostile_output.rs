@@ -8,6 +8,8 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
+use vcpu_reset_selftest::probe::record::format_run;
+use vcpu_reset_selftest::probe::{self, Value};
 use vcpu_reset_selftest::tempdir::TempDir;
 
 const BIN: &str = env!("CARGO_BIN_EXE_vcpu-reset");
@@ -239,4 +241,131 @@ fn run_opens_its_output_files_only_after_every_argument_is_valid() {
         !fresh.exists(),
         "no output file made for a run that never starts"
     );
+}
+
+/// The runs of the recorded log `name`: tag and records.
+fn recorded_runs(name: &str) -> Vec<(String, Vec<(String, Value)>)> {
+    let bytes = std::fs::read(recorded(name)).expect("recorded log");
+    probe::parse(&bytes)
+        .expect("the recorded log parses")
+        .into_iter()
+        .map(|r| (r.tag, r.records))
+        .collect()
+}
+
+/// A log of `runs`, each printed as the probe prints it.
+fn log_of(runs: &[(String, Vec<(String, Value)>)]) -> String {
+    runs.iter()
+        .map(|(tag, recs)| format_run(tag, recs))
+        .collect()
+}
+
+/// Sets the value of record `key` in `records` with `f`.
+fn change(records: &mut [(String, Value)], key: &str, f: impl Fn(&str) -> String) {
+    let (_, v) = records
+        .iter_mut()
+        .find(|(k, _)| k == key)
+        .expect("the record is there");
+    let Value::Hex(digits) = v else {
+        panic!("{key} is not hex")
+    };
+    *v = Value::Hex(f(digits));
+}
+
+/// `check --from-log` of `log` as JSON: the exit status, the report, and stderr.
+fn judge_json(dir: &TempDir, log: &str) -> (Option<i32>, serde_json::Value, String) {
+    let path = dir.path().join("probe.log");
+    std::fs::write(&path, log).expect("write log");
+    let out = vcpu_reset(&[
+        "check",
+        "--from-log",
+        path.to_str().expect("UTF-8 path"),
+        "--format",
+        "json",
+    ]);
+    let report = serde_json::from_slice(&out.stdout).expect("a JSON report");
+    (out.status.code(), report, text(&out.stderr))
+}
+
+/// The error of scenario `name` in a JSON report (`None`: it ran), and whether it is there.
+fn scenario_error(report: &serde_json::Value, name: &str) -> Option<Option<String>> {
+    report["scenarios"]
+        .as_array()
+        .expect("scenarios")
+        .iter()
+        .find(|s| s["name"] == name)
+        .map(|s| s["error"].as_str().map(str::to_string))
+}
+
+/// The number of verdicts of scenario `name` in a JSON report.
+fn verdicts_of(report: &serde_json::Value, name: &str) -> usize {
+    report["results"]
+        .as_array()
+        .expect("results")
+        .iter()
+        .filter(|r| r["scenario"] == name)
+        .count()
+}
+
+#[test]
+fn a_first_run_that_cannot_be_judged_leaves_the_reboot_unjudged() {
+    let dir = TempDir::new("first-run").expect("temp dir");
+    let mut runs = recorded_runs("qemu-kvm-cf9-soft.log");
+    change(&mut runs[0].1, "fxsave", |d| d[..d.len() - 2].to_string());
+    let (code, report, stderr) = judge_json(&dir, &log_of(&runs));
+    assert_eq!(code, Some(2), "{stderr}");
+    let power_on = scenario_error(&report, "power-on").expect("power-on listed");
+    assert!(
+        power_on.as_deref().is_some_and(|e| e.contains("fxsave")),
+        "{power_on:?}"
+    );
+    let reboot = scenario_error(&report, "reboot-cf9-soft").expect("reboot listed");
+    assert!(
+        reboot
+            .as_deref()
+            .is_some_and(|e| e.contains("the first run could not be judged")),
+        "{reboot:?}"
+    );
+    assert_eq!(verdicts_of(&report, "reboot-cf9-soft"), 0, "no verdict");
+    assert!(
+        stderr.contains("the first run could not be judged"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn an_fxsave_image_of_odd_length_is_an_error() {
+    let dir = TempDir::new("odd-fxsave").expect("temp dir");
+    let mut runs = recorded_runs("qemu-kvm-power-on.log");
+    change(&mut runs[0].1, "fxsave", |d| d[..d.len() - 1].to_string());
+    let (code, report, stderr) = judge_json(&dir, &log_of(&runs));
+    assert_eq!(code, Some(2), "{stderr}");
+    let error = scenario_error(&report, "power-on").expect("power-on listed");
+    assert!(
+        error
+            .as_deref()
+            .is_some_and(|e| e.contains("fxsave blob has 1023 hex digits")),
+        "{error:?}"
+    );
+    assert_eq!(verdicts_of(&report, "power-on"), 0, "no verdict");
+}
+
+#[test]
+fn an_msr_recorded_under_its_name_and_its_index_is_refused() {
+    let dir = TempDir::new("msr-twice").expect("temp dir");
+    let mut runs = recorded_runs("qemu-kvm-power-on.log");
+    runs[0]
+        .1
+        .push(("msr.0x277".into(), Value::Hex("0".repeat(16))));
+    let (code, report, stderr) = judge_json(&dir, &log_of(&runs));
+    assert_eq!(code, Some(2), "{stderr}");
+    let error = scenario_error(&report, "log").expect("the log is refused");
+    assert!(
+        error
+            .as_deref()
+            .is_some_and(|e| e.contains("key \"msr.0x277\"")
+                && e.contains("records the same MSR as \"msr.ia32_pat\"")),
+        "{error:?}"
+    );
+    assert_eq!(report["results"].as_array().map(Vec::len), Some(0));
 }
