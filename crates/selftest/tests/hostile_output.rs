@@ -369,3 +369,81 @@ fn an_msr_recorded_under_its_name_and_its_index_is_refused() {
     );
     assert_eq!(report["results"].as_array().map(Vec::len), Some(0));
 }
+
+#[test]
+fn a_signature_is_one_optional_0x_and_hex_digits() {
+    let log = recorded("qemu-kvm-power-on.log");
+    let log = log.to_str().expect("UTF-8");
+    for bad in ["0x0x0x60fb1", "+60fb1", "0x", "", "60 fb1", "0x+1"] {
+        let out = vcpu_reset(&["check", "--from-log", log, "--signature", bad]);
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{bad:?}: {stderr}");
+        assert!(stderr.contains("--signature"), "{bad:?}: {stderr}");
+        assert!(stderr.contains("hex"), "{bad:?}: {stderr}");
+        assert!(out.stdout.is_empty(), "{bad:?}: nothing judged");
+    }
+    for good in ["0x60fb1", "0X60FB1", "60fb1", "000060fb1"] {
+        let out = vcpu_reset(&["check", "--from-log", log, "--signature", good]);
+        assert_eq!(out.status.code(), Some(0), "{good}: {}", text(&out.stderr));
+        assert!(
+            text(&out.stdout).contains("signature: 0x60fb1 (--signature)"),
+            "{good}"
+        );
+    }
+}
+
+#[test]
+fn a_log_of_run_stdout_says_to_use_run_output() {
+    let dir = TempDir::new("doubled").expect("temp dir");
+    let recorded = std::fs::read(recorded("qemu-kvm-power-on.log")).expect("recorded log");
+    // What `run probe.bin > probe.log` writes: each byte on port 0xE9, then on COM1.
+    let doubled: Vec<u8> = recorded.iter().flat_map(|&b| [b, b]).collect();
+    // Probe output without a complete run: its records, but no `begin` or `end` line.
+    let headless: String = String::from_utf8_lossy(&recorded)
+        .lines()
+        .filter(|l| l.starts_with("#VR2 ") && !l.contains(" begin ") && !l.contains(" end "))
+        .take(3)
+        .map(|l| format!("{}\n", l.replace("#VR2 ", "#VR ")))
+        .collect();
+    for (name, log) in [("doubled", doubled), ("headless", headless.into_bytes())] {
+        let path = dir.path().join(name);
+        std::fs::write(&path, &log).expect("write");
+        let out = vcpu_reset(&["check", "--from-log", path.to_str().expect("UTF-8")]);
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{name}: {stderr}");
+        assert!(
+            stderr.contains("vcpu-reset run probe.bin --output probe.log"),
+            "{name}: {stderr}"
+        );
+        assert!(
+            text(&out.stdout).contains("--output probe.log"),
+            "{name}: the table says it too"
+        );
+    }
+}
+
+#[test]
+fn an_unwritable_html_path_keeps_the_report() {
+    let dir = TempDir::new("html-unwritable").expect("temp dir");
+    let page = dir.path().join("no-such-dir").join("page.html");
+    let log = recorded("qemu-kvm-cf9-soft.log");
+    let out = vcpu_reset(&[
+        "check",
+        "--from-log",
+        log.to_str().expect("UTF-8"),
+        "--html",
+        page.to_str().expect("UTF-8"),
+    ]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("cannot create the HTML report") && stderr.contains("page.html"),
+        "{stderr}"
+    );
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains("summary: ") && stdout.contains("reboot-cf9-soft/guest/bsp"),
+        "the table is printed: {stdout}"
+    );
+    assert!(!page.exists());
+}

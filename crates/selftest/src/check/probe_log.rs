@@ -134,11 +134,7 @@ fn parse_runs(report: &mut Report, log: &[u8]) -> Option<Vec<ProbeRun>> {
     let runs = match probe::parse(log) {
         Ok(r) if !r.is_empty() => r,
         Ok(_) => {
-            not_run(
-                report,
-                "log",
-                "the log holds no probe run (no \"#VR2 begin\" or \"#VR1 begin\" line)".into(),
-            );
+            not_run(report, "log", no_run_because(log));
             return None;
         }
         Err(e) => {
@@ -157,6 +153,25 @@ fn parse_runs(report: &mut Report, log: &[u8]) -> Option<Vec<ProbeRun>> {
         );
     }
     Some(runs)
+}
+
+/// Why a log in which the parser found no marker line holds no probe run: probe output with
+/// every byte doubled (port 0xE9 and COM1 both written to one stream, as `vcpu-reset run
+/// probe.bin > probe.log` does), other probe output without a run, or none at all.
+fn no_run_because(log: &[u8]) -> String {
+    let holds = |needle: &[u8]| log.windows(needle.len()).any(|w| w == needle);
+    const FIX: &str = "write the log with `vcpu-reset run probe.bin --output probe.log` (port 0xE9 alone), or have the VMM log port 0xE9 or COM1, not both to one file";
+    if holds(b"##VVRR") {
+        format!(
+            "the log holds no probe run: every byte of its probe output is doubled (\"##VVRR\"), as when port 0xE9 and COM1 both go to one stream (`vcpu-reset run probe.bin > probe.log`) — {FIX}"
+        )
+    } else if holds(b"#VR") {
+        format!(
+            "the log holds probe output (\"#VR\") but no probe run (no \"#VR2 begin\" or \"#VR1 begin\" line): it is mangled or mixed with other output — {FIX}"
+        )
+    } else {
+        "the log holds no probe run (no \"#VR2 begin\" or \"#VR1 begin\" line)".into()
+    }
 }
 
 /// Notes in `report.host["ignored"]` the runs after the first `judged`, with up to four of
