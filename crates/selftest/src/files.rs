@@ -173,6 +173,36 @@ pub fn create_output(path: &Path, what: &str) -> Result<std::fs::File, String> {
     Ok(file)
 }
 
+/// Whether `a` and `b` name the same existing file: the same device and inode once symbolic
+/// links are followed, so a link or a hard link to a file is that file. A path that does not
+/// exist names no file.
+pub fn same_file(a: &Path, b: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(x), Ok(y)) => x.dev() == y.dev() && x.ino() == y.ino(),
+        _ => false,
+    }
+}
+
+/// Refuses the output file `path` of option `flag` when it is one of the `inputs` (what it is,
+/// its path) as [`same_file`] compares them: writing there would destroy the input.
+///
+/// # Errors
+/// The message naming the option, the file and the input it is.
+pub fn refuse_input_as_output(
+    flag: &str,
+    path: &Path,
+    inputs: &[(&str, &Path)],
+) -> Result<(), String> {
+    match inputs.iter().find(|(_, input)| same_file(path, input)) {
+        Some((what, _)) => Err(format!(
+            "{flag} {} is {what} — writing there would destroy it; choose another file",
+            shown_path(path)
+        )),
+        None => Ok(()),
+    }
+}
+
 /// Writes `bytes` to a new (or truncated) output file, as [`create_output`] opens it.
 ///
 /// # Errors
@@ -185,31 +215,57 @@ pub fn write_output(path: &Path, what: &str, bytes: &[u8]) -> Result<(), String>
         .map_err(|e| format!("cannot write {what} to {}: {e}", shown_path(path)))
 }
 
-/// A path for a message: whole when short, else its first [`QUOTE_MAX`] bytes quoted.
+/// A path for a message: whole when short, else its first [`QUOTE_MAX`] bytes quoted; either
+/// way escaped as [`escape`] does.
 pub fn shown_path(path: &Path) -> String {
     let text = path.display().to_string();
     if text.len() > QUOTE_MAX {
         quote(text.as_bytes(), QUOTE_MAX)
     } else {
-        text
+        escape(&text)
     }
 }
 
-/// Quote at most `max` bytes of `bytes` for a message: lossy UTF-8, control characters
-/// escaped, and "… (N bytes)" when it was cut.
+/// Quote at most `max` bytes of `bytes` for a message: lossy UTF-8, escaped as [`escape`]
+/// does, and "… (N bytes)" when it was cut.
 pub fn quote(bytes: &[u8], max: usize) -> String {
     let cut = bytes.len() > max;
     let shown = &bytes[..bytes.len().min(max)];
-    let mut s = String::with_capacity(shown.len() + 24);
-    for c in String::from_utf8_lossy(shown).chars() {
+    let mut s = escape(&String::from_utf8_lossy(shown));
+    if cut {
+        s.push_str(&format!("… ({} bytes)", bytes.len()));
+    }
+    s
+}
+
+/// Whether [`escape`] escapes `c`: a control character (C0, DEL, C1: ESC starts terminal
+/// sequences, CR returns to the start of the line, LF starts a new one) or a bidirectional
+/// formatting character (which reorders the text shown around it).
+fn is_escaped(c: char) -> bool {
+    c.is_control()
+        || matches!(
+            c,
+            '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}'
+        )
+}
+
+/// `text` as vcpu-reset prints text that came from outside (file names, a peer's output, a
+/// log's contents, a command line): every control and bidirectional formatting character
+/// escaped as Rust writes it (`\u{1b}`, `\r`, `\n`, `\u{202e}`), everything else unchanged.
+/// The result is one line without a control character, and escaping it again changes nothing.
+pub fn escape(text: &str) -> String {
+    if !text.chars().any(is_escaped) {
+        return text.to_string();
+    }
+    let mut s = String::with_capacity(text.len() + 16);
+    for c in text.chars() {
         if c.is_control() {
             s.extend(c.escape_default());
+        } else if is_escaped(c) {
+            s.extend(c.escape_unicode());
         } else {
             s.push(c);
         }
-    }
-    if cut {
-        s.push_str(&format!("… ({} bytes)", bytes.len()));
     }
     s
 }
@@ -321,8 +377,48 @@ mod tests {
     }
 
     #[test]
+    fn escape_leaves_one_printable_line_and_is_idempotent() {
+        let raw = "x\u{1b}[2J\ry\nz\u{202e}w\\n";
+        let once = escape(raw);
+        assert_eq!(once, "x\\u{1b}[2J\\ry\\nz\\u{202e}w\\n");
+        assert!(!once.chars().any(char::is_control), "{once}");
+        assert_eq!(escape(&once), once);
+        assert_eq!(escape("plain é"), "plain é");
+        assert_eq!(
+            shown_path(Path::new("a\u{1b}b")),
+            "a\\u{1b}b",
+            "short paths are escaped too"
+        );
+    }
+
+    #[test]
+    fn an_output_that_is_an_input_is_refused_through_links() {
+        let (_dir, input) = tmp("input");
+        std::fs::write(&input, b"keep").unwrap();
+        let dir = input.parent().unwrap();
+        let soft = dir.join("soft");
+        std::os::unix::fs::symlink(&input, &soft).unwrap();
+        let hard = dir.join("hard");
+        std::fs::hard_link(&input, &hard).unwrap();
+        for out in [&input, &soft, &hard] {
+            let e = refuse_input_as_output("--out", out, &[("the log", &input)]).unwrap_err();
+            assert!(
+                e.contains("is the log — writing there would destroy it"),
+                "{e}"
+            );
+        }
+        let other = dir.join("other");
+        assert!(refuse_input_as_output("--out", &other, &[("the log", &input)]).is_ok());
+        assert_eq!(std::fs::read(&input).unwrap(), b"keep");
+    }
+
+    #[test]
     fn quote_cuts_and_escapes() {
         assert_eq!(quote(b"ab\ncd", 80), "ab\\ncd");
+        assert_eq!(
+            quote(b"a\x1b]0;t\x07\rb\xc2\x9b", 80),
+            "a\\u{1b}]0;t\\u{7}\\rb\\u{9b}"
+        );
         let long = vec![b'x'; 20 << 20];
         let q = quote(&long, QUOTE_MAX);
         assert!(q.len() < 120, "{q}");

@@ -331,7 +331,7 @@ fn output_refuses_the_firmware_and_reports_a_full_disk() {
             .unwrap();
         assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
         assert!(
-            stderr(&o).contains("is the firmware file — writing there would destroy the image"),
+            stderr(&o).contains("is the firmware file — writing there would destroy it"),
             "{}",
             stderr(&o)
         );

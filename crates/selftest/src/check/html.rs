@@ -10,17 +10,24 @@ use super::matrix::{Cell, Column, Matrix, Row};
 use super::report::Report;
 use super::verdict::Verdict;
 
-/// Escapes text for HTML content and attribute values.
+/// Escapes text for HTML content and attribute values: each line as [`crate::files::escape`]
+/// escapes text from outside (the page may be printed to a terminal with `--format html`),
+/// the line breaks kept, then the HTML special characters.
 pub fn escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
+    for (i, line) in s.split('\n').enumerate() {
+        if i > 0 {
+            out.push('\n');
+        }
+        for c in crate::files::escape(line).chars() {
+            match c {
+                '&' => out.push_str("&amp;"),
+                '<' => out.push_str("&lt;"),
+                '>' => out.push_str("&gt;"),
+                '"' => out.push_str("&quot;"),
+                '\'' => out.push_str("&#39;"),
+                c => out.push(c),
+            }
         }
     }
     out
@@ -371,5 +378,6 @@ mod tests {
     #[test]
     fn escape_covers_attribute_quotes() {
         assert_eq!(escape("a\"b'<&>"), "a&quot;b&#39;&lt;&amp;&gt;");
+        assert_eq!(escape("a\u{1b}[1m\rb\nc"), "a\\u{1b}[1m\\rb\nc");
     }
 }

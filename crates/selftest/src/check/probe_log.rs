@@ -54,7 +54,10 @@ pub fn judge_log(log: &[u8], opts: &LogOptions) -> Report {
 /// verdicts and host facts to `report`.
 ///
 /// Nothing judged ([`Report::exit_code`] 2): a damaged log, no run, a run without records, or
-/// a reboot image whose second run is missing (then `report.incomplete` says so). Runs after
+/// a reboot image whose second run is missing (then `report.incomplete` says so). A reboot run
+/// is judged against what the first run observed, so when the first run cannot be judged (a
+/// record that does not decode, no records) the reboot run is not judged either: its scenario
+/// is listed as not run, saying why. Runs after
 /// the second, or a second run whose mechanism the first run's tag does not name, are ignored
 /// with a note in `report.host["ignored"]`; a format 1 log is judged with a warning in
 /// `report.host["warning"]`.
@@ -82,6 +85,13 @@ pub fn judge(report: &mut Report, log: &[u8], opts: &LogOptions) {
     };
     let mut first_seen: Option<BTreeMap<Field, Observed>> = None;
     for (index, run) in runs.iter().enumerate().take(judged) {
+        if index > 0
+            && first_seen.is_none()
+            && let Some(via) = via
+        {
+            first_run_not_judged(report, via);
+            break;
+        }
         let Some(scenario) = context.scenario(index, via, first_seen.as_ref()) else {
             break;
         };
@@ -95,6 +105,16 @@ pub fn judge(report: &mut Report, log: &[u8], opts: &LogOptions) {
     {
         no_second_run(report, via);
     }
+}
+
+/// Notes that the reboot run through `via` is not judged because the first run could not be:
+/// there is nothing to judge it against.
+fn first_run_not_judged(report: &mut Report, via: RebootVia) {
+    not_run(
+        report,
+        &format!("reboot-{}", via.name()),
+        "not judged: the first run could not be judged, and a reboot run is judged against what the first run observed".into(),
+    );
 }
 
 /// Notes that the log of an image that reboots through `via` holds only the first run: the
@@ -114,11 +134,7 @@ fn parse_runs(report: &mut Report, log: &[u8]) -> Option<Vec<ProbeRun>> {
     let runs = match probe::parse(log) {
         Ok(r) if !r.is_empty() => r,
         Ok(_) => {
-            not_run(
-                report,
-                "log",
-                "the log holds no probe run (no \"#VR2 begin\" or \"#VR1 begin\" line)".into(),
-            );
+            not_run(report, "log", no_run_because(log));
             return None;
         }
         Err(e) => {
@@ -137,6 +153,25 @@ fn parse_runs(report: &mut Report, log: &[u8]) -> Option<Vec<ProbeRun>> {
         );
     }
     Some(runs)
+}
+
+/// Why a log in which the parser found no marker line holds no probe run: probe output with
+/// every byte doubled (port 0xE9 and COM1 both written to one stream, as `vcpu-reset run
+/// probe.bin > probe.log` does), other probe output without a run, or none at all.
+fn no_run_because(log: &[u8]) -> String {
+    let holds = |needle: &[u8]| log.windows(needle.len()).any(|w| w == needle);
+    const FIX: &str = "write the log with `vcpu-reset run probe.bin --output probe.log` (port 0xE9 alone), or have the VMM log port 0xE9 or COM1, not both to one file";
+    if holds(b"##VVRR") {
+        format!(
+            "the log holds no probe run: every byte of its probe output is doubled (\"##VVRR\"), as when port 0xE9 and COM1 both go to one stream (`vcpu-reset run probe.bin > probe.log`) — {FIX}"
+        )
+    } else if holds(b"#VR") {
+        format!(
+            "the log holds probe output (\"#VR\") but no probe run (no \"#VR2 begin\" or \"#VR1 begin\" line): it is mangled or mixed with other output — {FIX}"
+        )
+    } else {
+        "the log holds no probe run (no \"#VR2 begin\" or \"#VR1 begin\" line)".into()
+    }
 }
 
 /// Notes in `report.host["ignored"]` the runs after the first `judged`, with up to four of
@@ -645,6 +680,31 @@ mod tests {
         let r = judge_log(log.as_bytes(), &LogOptions::default());
         assert_eq!(r.exit_code(false), 2);
         assert!(r.incomplete[0].contains("no field"), "{:?}", r.incomplete);
+    }
+
+    #[test]
+    fn a_reboot_is_not_judged_when_the_first_run_is_not() {
+        let mut first = amd_cpuid();
+        first.push(("fxsave", "00"));
+        let log = format!(
+            "{}{}",
+            format_run("probe-cf9-soft", &recs(&first)),
+            format_run("probe-cf9-soft", &recs(&amd_cpuid()))
+        );
+        let r = judge_log(log.as_bytes(), &LogOptions::default());
+        assert!(r.results.is_empty(), "{:?}", r.results);
+        let errors: Vec<(&str, &str)> = r
+            .scenarios
+            .iter()
+            .map(|s| (s.name.as_str(), s.error.as_deref().unwrap_or("")))
+            .collect();
+        assert!(errors[0].1.contains("fxsave"), "{errors:?}");
+        assert_eq!(errors[1].0, "reboot-cf9-soft");
+        assert!(
+            errors[1].1.contains("the first run could not be judged"),
+            "{errors:?}"
+        );
+        assert_eq!(r.exit_code(false), 2);
     }
 
     #[test]

@@ -7,6 +7,7 @@ use std::fmt::Write as _;
 use serde::Serialize;
 
 use super::verdict::{Owner, Verdict};
+use crate::files::escape;
 
 /// Where a value was read.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
@@ -162,11 +163,13 @@ impl Report {
     }
 
     /// The readable rendering: a field × scenario table grouped by class, then every
-    /// finding and failure with expected, actual and citation, then a summary line.
+    /// finding and failure with expected, actual and citation, then a summary line. Text that
+    /// can come from outside (host facts, scenario names and errors, reasons) is escaped
+    /// ([`escape`]), so no control character reaches the terminal.
     pub fn to_table(&self) -> String {
         let mut out = String::new();
         for (k, v) in &self.host {
-            let _ = writeln!(out, "{k}: {v}");
+            let _ = writeln!(out, "{}: {}", escape(k), escape(v));
         }
         let mut columns: Vec<String> = Vec::new();
         for r in &self.results {
@@ -191,7 +194,7 @@ impl Report {
             "\nlegend: . pass  / not applicable  ~ spec-allows  - host-limit  F finding (host)  X FAIL (vcpu-reset)"
         );
         for (i, c) in columns.iter().enumerate() {
-            let _ = writeln!(out, "  [{}] {c}", i + 1);
+            let _ = writeln!(out, "  [{}] {}", i + 1, escape(c));
         }
         let mut header = format!("{:<fw$}", "field");
         for i in 0..columns.len() {
@@ -226,25 +229,24 @@ impl Report {
         if !notable.is_empty() {
             let _ = writeln!(out, "\nfindings and failures:");
             for r in notable {
-                let _ = writeln!(
-                    out,
-                    "  {:<7} {} {}: expected {}, got {} ({})",
-                    r.verdict.name(),
+                let line = format!(
+                    "{} {}: expected {}, got {} ({})",
                     r.column(),
                     r.field,
                     r.expected,
                     r.actual.as_deref().unwrap_or("-"),
                     r.citation
                 );
+                let _ = writeln!(out, "  {:<7} {}", r.verdict.name(), escape(&line));
             }
         }
         for s in &self.scenarios {
             if let Some(e) = &s.error {
-                let _ = writeln!(out, "  not run: {}: {e}", s.name);
+                let _ = writeln!(out, "  not run: {}: {}", escape(&s.name), escape(e));
             }
         }
         for why in &self.incomplete {
-            let _ = writeln!(out, "  incomplete: {why}");
+            let _ = writeln!(out, "  incomplete: {}", escape(why));
         }
         let s = self.summary();
         let _ = writeln!(
@@ -263,7 +265,8 @@ impl Report {
 
     /// TAP version 13 as kselftest prints it: one test point per verdict; host limits are
     /// `# SKIP`, findings `# XFAIL` unless `strict`, failures `not ok`; a kselftest totals
-    /// line closes it.
+    /// line closes it. Every test point is one line: text from outside is escaped
+    /// ([`escape`]), so a CR or LF in it cannot start a line of its own.
     pub fn to_tap(&self, strict: bool) -> String {
         let mut out = String::from("TAP version 13\n");
         let n = self.results.len() + self.scenarios.iter().filter(|s| s.error.is_some()).count();
@@ -274,12 +277,13 @@ impl Report {
             if let Some(e) = &s.error {
                 i += 1;
                 let own = s.owner == Owner::VcpuReset;
+                let (name, e) = (escape(&s.name), escape(e));
                 if own {
                     fail += 1;
-                    let _ = writeln!(out, "not ok {i} {} # could not run: {e}", s.name);
+                    let _ = writeln!(out, "not ok {i} {name} # could not run: {e}");
                 } else {
                     skip += 1;
-                    let _ = writeln!(out, "ok {i} {} # SKIP {e}", s.name);
+                    let _ = writeln!(out, "ok {i} {name} # SKIP {e}");
                 }
             }
         }
@@ -323,7 +327,7 @@ impl Report {
                     format!("not ok {i} {name} # {detail} ({})", r.citation)
                 }
             };
-            out.push_str(&line);
+            out.push_str(&escape(&line));
             out.push('\n');
         }
         let _ = writeln!(
@@ -338,7 +342,7 @@ impl Report {
             } else {
                 self.incomplete.join("; ")
             };
-            let _ = writeln!(out, "Bail out! {why}");
+            let _ = writeln!(out, "Bail out! {}", escape(&why));
         }
         out
     }

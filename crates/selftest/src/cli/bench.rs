@@ -6,7 +6,7 @@ use clap::{Args, Subcommand};
 use vcpu_reset::backend::kvm::KvmHost;
 use vcpu_reset_selftest::bench::{BenchError, exits, peer, reboot, soak};
 
-use super::output::print;
+use super::output::{print, say};
 
 #[derive(Args)]
 pub struct BenchArgs {
@@ -64,14 +64,14 @@ pub fn run(args: BenchArgs) -> ExitCode {
     let host = match vcpu_reset_selftest::host::open() {
         Ok(h) => h,
         Err(e) => {
-            eprintln!("vcpu-reset bench: {e}");
+            say("vcpu-reset bench", e);
             return ExitCode::from(2);
         }
     };
     match report(args.which, host) {
         Ok(text) => print(&text),
         Err(e) => {
-            eprintln!("vcpu-reset bench: {e}");
+            say("vcpu-reset bench", &e);
             match e {
                 BenchError::Option { .. } => ExitCode::from(2),
                 _ => ExitCode::from(1),

@@ -12,7 +12,7 @@ use vcpu_reset_selftest::check::peers::{Peer, PeerOptions};
 use vcpu_reset_selftest::check::{self, Report};
 use vcpu_reset_selftest::files;
 
-use super::output::print;
+use super::output::{print, say};
 use super::values::{VendorArg, parse_timeout, shown};
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -97,13 +97,25 @@ pub struct CheckArgs {
     html: Option<PathBuf>,
 }
 
+/// A 32-bit number in hex: one optional `0x` or `0X`, then hex digits only.
 fn parse_hex_u32(s: &str) -> Result<u32, String> {
-    let digits = s.trim_start_matches("0x").trim_start_matches("0X");
-    u32::from_str_radix(digits, 16).map_err(|e| format!("{} is not a hex number: {e}", shown(s)))
+    let digits = s
+        .strip_prefix("0x")
+        .or_else(|| s.strip_prefix("0X"))
+        .unwrap_or(s);
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(format!(
+            "{} is not a hex number — give hex digits, with or without one 0x (e.g. 0x60fb1)",
+            shown(s)
+        ));
+    }
+    u32::from_str_radix(digits, 16)
+        .map_err(|e| format!("{} is not a 32-bit hex number: {e}", shown(s)))
 }
 
-/// Print the report in the format asked for; the report's exit status, or 2 after a message
-/// when something cannot be read, run or written.
+/// Print the report in the format asked for, then write the HTML page if asked for; the
+/// report's exit status, or 2 after a message when something cannot be read, run or written
+/// (the report is printed before the page is written, so an unwritable page loses nothing).
 pub fn run(args: &CheckArgs) -> ExitCode {
     let (report, with_peers) = match report(args) {
         Ok(r) => r,
@@ -117,12 +129,21 @@ pub fn run(args: &CheckArgs) -> ExitCode {
     if printed != ExitCode::SUCCESS {
         return printed;
     }
+    if let Some(path) = &args.html {
+        let page = check::html::render(&report);
+        if let Err(e) = files::write_output(path, "the HTML report", page.as_bytes()) {
+            return failed(e);
+        }
+    }
     exit_status(&report, args.strict)
 }
 
-/// The report, peers included, with the HTML page written if asked for; whether it has
-/// peers. `Err`: the exit status, the message printed.
+/// The report, peers included; whether it has peers. `Err`: the exit status, the message
+/// printed.
 fn report(args: &CheckArgs) -> Result<(Report, bool), ExitCode> {
+    if let (Some(html), Some(log)) = (&args.html, &args.from_log) {
+        files::refuse_input_as_output("--html", html, &[("the probe log", log)]).map_err(failed)?;
+    }
     let (peers, peer_opts) = peers(&args.vmm, &args.vmm_cmd, args.vmm_timeout);
     check::peers::check_installed(&peers).map_err(failed)?;
     let backend = check::BackendChoice::from(args.backend);
@@ -131,16 +152,12 @@ fn report(args: &CheckArgs) -> Result<(Report, bool), ExitCode> {
         Some(path) => judge_log(path, args.vendor, args.signature)?,
     };
     check::peers::run(&mut report, &peers, &peer_opts).map_err(failed)?;
-    if let Some(path) = &args.html {
-        let page = check::html::render(&report);
-        files::write_output(path, "the HTML report", page.as_bytes()).map_err(failed)?;
-    }
     Ok((report, !peers.is_empty()))
 }
 
 /// Says `e` as `check`'s error; exit status 2.
 fn failed(e: impl Display) -> ExitCode {
-    eprintln!("vcpu-reset check: {e}");
+    say("vcpu-reset check", e);
     ExitCode::from(2)
 }
 
@@ -200,7 +217,10 @@ fn text(
             match json {
                 Ok(s) => s + "\n",
                 Err(e) => {
-                    eprintln!("vcpu-reset: serialising the report failed: {e}");
+                    say(
+                        "vcpu-reset",
+                        format_args!("serialising the report failed: {e}"),
+                    );
                     return Err(ExitCode::from(2));
                 }
             }
@@ -213,9 +233,12 @@ fn text(
 fn exit_status(report: &Report, strict: bool) -> ExitCode {
     let code = report.exit_code(strict);
     if code == 2 {
-        eprintln!(
-            "vcpu-reset check: not judged (exit status 2) — {}",
-            not_judged_because(report)
+        say(
+            "vcpu-reset check",
+            format_args!(
+                "not judged (exit status 2) — {}",
+                not_judged_because(report)
+            ),
         );
     }
     ExitCode::from(code)

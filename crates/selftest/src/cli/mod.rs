@@ -51,7 +51,10 @@ pub fn parse() -> Result<Cli, ExitCode> {
         Ok(cli) => Ok(cli),
         Err(e) if !e.use_stderr() => e.exit(), // --help, --version
         Err(e) => {
-            eprint!("{}", shorten_long_args(e.to_string()));
+            eprint!(
+                "{}",
+                output::escape_lines(&shorten_long_args(e.to_string()))
+            );
             Err(ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(2)))
         }
     }

@@ -7,6 +7,8 @@ use clap::{Args, ValueEnum};
 use vcpu_reset_selftest::files;
 use vcpu_reset_selftest::probe::{self, ProbeOptions, RebootVia};
 
+use super::output::say;
+
 #[derive(Clone, Copy, ValueEnum)]
 pub enum RebootArg {
     Cf9Hard,
@@ -42,17 +44,20 @@ pub fn run(args: &ProbeImageArgs) -> ExitCode {
     let image = match image(args.reboot.map(RebootVia::from)) {
         Ok(i) => i,
         Err(e) => {
-            eprintln!("vcpu-reset probe-image: building the probe failed: {e}");
+            say(
+                "vcpu-reset probe-image",
+                format_args!("building the probe failed: {e}"),
+            );
             return ExitCode::from(2);
         }
     };
     match files::write_output(&args.output, "the probe image", &image) {
         Ok(()) => {
-            eprintln!("{}", written(&args.output, image.len()));
+            say("vcpu-reset probe-image", written(&args.output, image.len()));
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("vcpu-reset probe-image: {e}");
+            say("vcpu-reset probe-image", e);
             ExitCode::from(2)
         }
     }
@@ -74,9 +79,9 @@ fn image(via: Option<RebootVia>) -> Result<Vec<u8>, probe::ProbeError> {
 /// The message after writing `len` bytes to `output`: what was written and how to use it.
 fn written(output: &Path, len: usize) -> String {
     format!(
-        "vcpu-reset probe-image: wrote {} ({} bytes); e.g. qemu-system-x86_64 -bios {} -display none -debugcon file:probe.log -global isa-debugcon.iobase=0xe9 -device isa-debug-exit,iobase=0xf4,iosize=0x04, then vcpu-reset check --from-log probe.log",
-        output.display(),
+        "wrote {} ({} bytes); e.g. qemu-system-x86_64 -bios {} -display none -debugcon file:probe.log -global isa-debugcon.iobase=0xe9 -device isa-debug-exit,iobase=0xf4,iosize=0x04, then vcpu-reset check --from-log probe.log",
+        files::shown_path(output),
         len,
-        output.display()
+        files::shown_path(output)
     )
 }

@@ -9,6 +9,7 @@ use clap::Args;
 use vcpu_reset_selftest::files;
 use vcpu_reset_selftest::runner::{Firmware, Sink, Vm, VmConfig};
 
+use super::output::say;
 use super::values::{parse_timeout, shown};
 
 #[derive(Args)]
@@ -66,80 +67,83 @@ pub fn run(args: &RunArgs) -> ExitCode {
     let mut vm = match vm(args) {
         Ok(vm) => vm,
         Err(e) => {
-            eprintln!("vcpu-reset run: {e}");
+            say("vcpu-reset run", e);
             return ExitCode::from(2);
         }
     };
     match vm.run() {
         Ok(out) => {
-            eprintln!(
-                "vcpu-reset run: the guest exited with value {:#x} after {}",
-                out.exit_value,
-                out.summary()
+            say(
+                "vcpu-reset run",
+                format_args!(
+                    "the guest exited with value {:#x} after {}",
+                    out.exit_value,
+                    out.summary()
+                ),
             );
             ExitCode::from((out.exit_value & 0xff) as u8)
         }
         Err(e) => {
-            eprintln!("vcpu-reset run: {e}");
+            say("vcpu-reset run", e);
             ExitCode::from(1)
         }
     }
 }
 
-/// The VM, built from the firmware with the output files opened; `Err`: why it cannot be.
+/// The VM, built from the firmware, with its output files opened; `Err`: why it cannot be.
+///
+/// The output files are checked against the inputs first, and opened (created, truncated)
+/// only once the VM is built, so that a bad argument leaves them as they were.
 fn vm(args: &RunArgs) -> Result<Vm, String> {
     let firmware = Firmware::load(&args.firmware).map_err(|e| e.to_string())?;
-    let config = config(args)?;
-    Vm::new(&firmware, config).map_err(|e| e.to_string())
+    let device = vcpu_reset_selftest::host::device();
+    let inputs = [
+        ("the firmware file", args.firmware.as_path()),
+        ("the KVM device", device.as_path()),
+    ];
+    for (flag, path) in [("--output", &args.output), ("--serial", &args.serial)] {
+        if let Some(path) = path {
+            files::refuse_input_as_output(flag, path, &inputs)?;
+        }
+    }
+    let mut vm = Vm::new(&firmware, config(args)).map_err(|e| e.to_string())?;
+    let (sink, serial) = sinks(args)?;
+    vm.set_output(
+        sink.unwrap_or(Sink::Stdout),
+        Some(serial.unwrap_or(Sink::Stdout)),
+    );
+    Ok(vm)
 }
 
-/// The VM's configuration, its output files opened; `Err`: a file that cannot be used.
-fn config(args: &RunArgs) -> Result<VmConfig, String> {
-    let (sink, serial) = sinks(args)?;
-    Ok(VmConfig {
+/// The VM's configuration, its guest output discarded until [`Vm::set_output`].
+fn config(args: &RunArgs) -> VmConfig {
+    VmConfig {
         vcpus: args.vcpus,
         memory_mib: args.memory,
         max_reboots: args.reboots,
         timeout: args.timeout,
-        sink: sink.unwrap_or(Sink::Stdout),
-        serial: Some(serial.unwrap_or(Sink::Stdout)),
+        sink: Sink::Discard,
+        serial: None,
         exit_port: args.exit_port,
         kvm_create_state: args.kvm_create_state,
-    })
+    }
 }
 
 /// The files of --output and --serial, opened (one sink for both when they name the same
 /// file); `None` for a flag not given.
 fn sinks(args: &RunArgs) -> Result<(Option<Sink>, Option<Sink>), String> {
     let (output, serial) = (args.output.as_deref(), args.serial.as_deref());
-    let sink = output
-        .map(|p| open_output(p, "--output", &args.firmware))
-        .transpose()?;
+    let sink = output.map(|p| open_output(p, "--output")).transpose()?;
     let serial = match (serial, output) {
-        (Some(s), Some(o)) if same_file(s, o) || s == o => sink.clone(),
-        (Some(s), _) => Some(open_output(s, "--serial", &args.firmware)?),
+        (Some(s), Some(o)) if files::same_file(s, o) || s == o => sink.clone(),
+        (Some(s), _) => Some(open_output(s, "--serial")?),
         (None, _) => None,
     };
     Ok((sink, serial))
 }
 
-/// Whether `a` and `b` name the same file (same device and inode; `b` may not exist yet).
-fn same_file(a: &Path, b: &Path) -> bool {
-    use std::os::unix::fs::MetadataExt;
-    match (std::fs::metadata(a), std::fs::metadata(b)) {
-        (Ok(x), Ok(y)) => x.dev() == y.dev() && x.ino() == y.ino(),
-        _ => false,
-    }
-}
-
-/// Open an output file for `run`, refusing the firmware file itself.
-fn open_output(path: &Path, flag: &str, firmware: &Path) -> Result<Sink, String> {
-    let shown = files::shown_path(path);
-    if same_file(path, firmware) {
-        return Err(format!(
-            "{flag} {shown} is the firmware file — writing there would destroy the image; choose another file"
-        ));
-    }
+/// Open (create or truncate) the output file `path` of option `flag`.
+fn open_output(path: &Path, flag: &str) -> Result<Sink, String> {
     let f = files::create_output(path, flag)?;
     Ok(Sink::File(Arc::new(Mutex::new(f))))
 }

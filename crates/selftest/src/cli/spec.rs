@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use clap::{Args, ValueEnum};
 use vcpu_reset::spec::{self, Event, Vendor};
 
-use super::output::print;
+use super::output::{print, say};
 use super::values::VendorArg;
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -53,7 +53,10 @@ pub fn run(args: &SpecArgs) -> ExitCode {
         SpecFormat::Json => match serde_json::to_string_pretty(&spec::entries(vendor, event)) {
             Ok(s) => print(&(s + "\n")),
             Err(err) => {
-                eprintln!("vcpu-reset: serialising the table failed: {err}");
+                say(
+                    "vcpu-reset",
+                    format_args!("serialising the table failed: {err}"),
+                );
                 ExitCode::from(2)
             }
         },

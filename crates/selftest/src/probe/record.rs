@@ -44,7 +44,10 @@
 //!     version 1 run is accepted with a warning ([`LogFormat::V1`]).
 //!
 //!   The parser accepts one to eight lower-case digits for both numbers.
-//! - `begin` and `end` are not keys. A key occurs at most once in a run.
+//! - `begin` and `end` are not keys. A key occurs at most once in a run, and so does an MSR:
+//!   `msr.0x<index>` is the same key as the spec field's name for that MSR (`msr.0x277` is
+//!   `msr.ia32_pat`), and leading zeros of the index do not count (`msr.0x0dead` is
+//!   `msr.0xdead`).
 //!
 //! The parser reports a broken run precisely: no `end` ([`RecordError::MissingEnd`]), wrong
 //! count ([`RecordError::CountMismatch`]), wrong checksum ([`RecordError::ChecksumMismatch`]), a
@@ -52,8 +55,10 @@
 //! in time linear in its length, and allocates nothing from a size the log claims; messages
 //! quote at most [`QUOTE_LIMIT`] bytes of the log.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::borrow::Cow;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
+use std::sync::OnceLock;
 
 use thiserror::Error;
 
@@ -187,8 +192,21 @@ pub enum RecordError {
         /// 1-based line of the repeat.
         line: usize,
     },
-    /// A blob that is not a valid FXSAVE image.
-    #[error("fxsave blob has {0} bytes, expected 512")]
+    /// Two keys of one run that name the same MSR (`msr.0x277` and `msr.ia32_pat`).
+    #[error("run {tag:?}: key {key:?} on line {line} records the same MSR as {first:?}")]
+    DuplicateMsr {
+        /// The run's tag.
+        tag: String,
+        /// The key of the repeat.
+        key: String,
+        /// The key the run recorded the MSR under first.
+        first: String,
+        /// 1-based line of the repeat.
+        line: usize,
+    },
+    /// A blob that is not a valid FXSAVE image: its number of hex digits (an odd number is no
+    /// whole number of bytes).
+    #[error("fxsave blob has {0} hex digits, expected 1024 (512 bytes)")]
     BadFxsave(usize),
 }
 
@@ -319,12 +337,16 @@ impl ProbeRun {
     /// The decoded FXSAVE image, if the run has a `fxsave` blob.
     ///
     /// The probe runs FXSAVE in real mode, so the image has the legacy (non-REX.W) layout.
+    /// A blob of another length than 1024 digits, an odd number included, is
+    /// [`RecordError::BadFxsave`]; a fault or `!na` instead of a blob is `None`.
     pub fn fxsave(&self) -> Option<Result<FxsaveImage, RecordError>> {
         let v = self.get("fxsave")?;
-        let bytes = v.blob()?;
+        let Value::Hex(digits) = v else { return None };
+        let bad = || RecordError::BadFxsave(digits.len());
         Some(
-            FxsaveImage::decode(&bytes, FxsaveFormat::Legacy)
-                .map_err(|e| RecordError::BadFxsave(e.0)),
+            v.blob().ok_or_else(bad).and_then(|bytes| {
+                FxsaveImage::decode(&bytes, FxsaveFormat::Legacy).map_err(|_| bad())
+            }),
         )
     }
 
@@ -523,6 +545,28 @@ pub fn format_run_v1(tag: &str, records: &[(String, Value)]) -> String {
     )
 }
 
+/// The key a record is unique by in its run: for `msr.0x<index>`, the name of the MSR's spec
+/// field if it has one, else `msr.0x<index>` without leading zeros; any other key itself.
+fn unique_key(key: &str) -> Cow<'_, str> {
+    static FIELD_OF_MSR: OnceLock<HashMap<u32, String>> = OnceLock::new();
+    let Some(index) = key
+        .strip_prefix("msr.0x")
+        .and_then(|hex| u32::from_str_radix(hex, 16).ok())
+    else {
+        return Cow::Borrowed(key);
+    };
+    let names = FIELD_OF_MSR.get_or_init(|| {
+        Field::all()
+            .into_iter()
+            .filter_map(|f| f.msr_index().map(|i| (i, f.name())))
+            .collect()
+    });
+    match names.get(&index) {
+        Some(name) => Cow::Owned(name.clone()),
+        None => Cow::Owned(format!("msr.0x{index:x}")),
+    }
+}
+
 fn valid_key(k: &str) -> bool {
     !k.is_empty()
         && k.bytes()
@@ -573,7 +617,8 @@ struct Open {
     line: usize,
     format: LogFormat,
     records: Vec<(String, Value)>,
-    keys: HashSet<String>,
+    /// Every key so far, by the key it is unique by ([`unique_key`]).
+    keys: HashMap<String, String>,
     count: u32,
     sum: u16,
     crc: u32,
@@ -589,7 +634,7 @@ impl Open {
             line: begin.line,
             format: begin.format,
             records: Vec::new(),
-            keys: HashSet::new(),
+            keys: HashMap::new(),
             count: 0,
             sum: 0,
             crc: 0xffff_ffff,
@@ -632,13 +677,25 @@ impl Open {
         let Some(v) = parse_value(value) else {
             return Err(l.malformed("bad value"));
         };
-        if !self.keys.insert((*key).to_string()) {
-            return Err(RecordError::DuplicateKey {
-                tag: quote(self.tag.as_bytes()),
-                key: quote(key.as_bytes()),
-                line: l.line,
+        let unique = unique_key(key);
+        if let Some(first) = self.keys.get(unique.as_ref()) {
+            let (tag, line) = (quote(self.tag.as_bytes()), l.line);
+            return Err(if first == key {
+                RecordError::DuplicateKey {
+                    tag,
+                    key: quote(key.as_bytes()),
+                    line,
+                }
+            } else {
+                RecordError::DuplicateMsr {
+                    tag,
+                    key: quote(key.as_bytes()),
+                    first: quote(first.as_bytes()),
+                    line,
+                }
             });
         }
+        self.keys.insert(unique.into_owned(), (*key).to_string());
         self.records.push(((*key).to_string(), v));
         Ok(())
     }
@@ -1185,6 +1242,38 @@ mod tests {
     }
 
     #[test]
+    fn an_msr_under_two_keys_is_refused() {
+        let value = || Value::Hex("0".repeat(16));
+        for (first, second) in [
+            ("msr.ia32_pat", "msr.0x277"),
+            ("msr.0x277", "msr.ia32_pat"),
+            ("msr.0xdead", "msr.0x0dead"),
+            ("efer", "msr.0xc0000080"),
+        ] {
+            let log = format_run("t", &[(first.into(), value()), (second.into(), value())]);
+            let e = parse(log.as_bytes()).unwrap_err();
+            assert_eq!(
+                e,
+                RecordError::DuplicateMsr {
+                    tag: "t".into(),
+                    key: second.into(),
+                    first: first.into(),
+                    line: 4,
+                },
+                "{first} {second}"
+            );
+        }
+        let log = format_run(
+            "t",
+            &[
+                ("msr.0xdead".into(), value()),
+                ("msr.0xbeef".into(), value()),
+            ],
+        );
+        assert!(parse(log.as_bytes()).is_ok());
+    }
+
+    #[test]
     fn keys() {
         assert_eq!(msr_key(0x277), "msr.ia32_pat");
         assert_eq!(msr_key(0xc000_0080), "efer");
@@ -1244,7 +1333,11 @@ mod tests {
         assert!(!f.contains_key(&Field::Xmm(8)));
         let log = format_run("short", &[("fxsave".into(), Value::Hex("00".repeat(10)))]);
         let runs = parse(log.as_bytes()).expect("parses");
-        assert_eq!(runs[0].fxsave(), Some(Err(RecordError::BadFxsave(10))));
+        assert_eq!(runs[0].fxsave(), Some(Err(RecordError::BadFxsave(20))));
+        let log = format_run("odd", &[("fxsave".into(), Value::Hex("0".repeat(1023)))]);
+        let runs = parse(log.as_bytes()).expect("parses");
+        assert_eq!(runs[0].fxsave(), Some(Err(RecordError::BadFxsave(1023))));
+        assert_eq!(runs[0].fields(), Err(RecordError::BadFxsave(1023)));
     }
 
     #[test]

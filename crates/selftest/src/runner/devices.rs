@@ -190,6 +190,12 @@ impl Platform {
         }
     }
 
+    /// From now on, port 0xE9 output goes to `debugcon` and COM1 output to `serial`.
+    pub fn set_output(&mut self, debugcon: Sink, serial: Sink) {
+        self.sink = debugcon;
+        self.serial = serial;
+    }
+
     /// The guest wrote `data` to `port`.
     pub fn io_out(&mut self, port: u16, data: &[u8]) -> PortAction {
         let byte = data.first().copied().unwrap_or(0);

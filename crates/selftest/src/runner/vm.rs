@@ -338,6 +338,21 @@ impl Vm {
         Ok(vm)
     }
 
+    /// From now on, port 0xE9 output goes to `sink` and COM1 output to `serial` (`None`: to
+    /// `sink`, mixed), as [`VmConfig::sink`] and [`VmConfig::serial`] say. Building the VM
+    /// writes no guest output, so a caller can build it with [`Sink::Discard`] and open its
+    /// output files only once the VM is known to build.
+    pub fn set_output(&mut self, sink: Sink, serial: Option<Sink>) {
+        let com1 = serial.clone().unwrap_or_else(|| sink.clone());
+        self.board
+            .platform
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .set_output(sink.clone(), com1);
+        self.config.sink = sink;
+        self.config.serial = serial;
+    }
+
     /// The most threads [`Vm::reboot`] (and the power-on RESET) spreads the vCPUs' RESET or
     /// INIT over (default: the CPUs available to this process; 1 does them one after another
     /// on the calling thread). Fewer are used where there are too few vCPUs to pay for a thread
