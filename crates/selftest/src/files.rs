@@ -49,14 +49,14 @@ pub enum InputError {
         hint: &'static str,
     },
     /// An I/O error.
-    #[error("{what} {path}: cannot read it: {source}")]
+    #[error("{what} {path}: cannot read it: {error}")]
     Io {
         /// What the file is for.
         what: String,
         /// The path (at most [`QUOTE_MAX`] bytes of it).
         path: String,
         /// The I/O error.
-        source: std::io::Error,
+        error: std::io::Error,
     },
 }
 
@@ -98,7 +98,7 @@ pub fn read_bounded(path: &Path, limit: u64, what: &str) -> Result<Vec<u8>, Inpu
             InputError::Io {
                 what: what.into(),
                 path: shown.clone(),
-                source,
+                error: source,
             }
         }
     };
