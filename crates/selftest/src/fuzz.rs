@@ -8,6 +8,11 @@
 //! - [`Target::StateJson`]: a vCPU state as JSON ([`crate::files::parse_state_json`]), then the
 //!   spec's INIT from that state for both vendors and a serialise/parse round trip, which must
 //!   give the same state back.
+//! - [`Target::PeerOutput`]: what a peer VMM writes, as its log read piece by piece
+//!   ([`crate::check::peers::process::LogWatch`], which must count the runs the whole log holds
+//!   however it is cut) and as text and file names printed back
+//!   ([`crate::files::escape`], [`crate::files::shown_path`], [`crate::files::quote`]: no control
+//!   character may come out, and escaping twice must change nothing).
 //!
 //! The fuzzer is deterministic for a seed: a xorshift generator drives byte-level mutations
 //! (flips, interesting bytes, inserts, deletes, splices, line swaps, dictionary tokens, long
@@ -38,11 +43,18 @@ pub enum Target {
     Firmware,
     /// vCPU state JSON.
     StateJson,
+    /// A peer's output and log, and names printed back.
+    PeerOutput,
 }
 
 impl Target {
     /// Every target.
-    pub const ALL: [Target; 3] = [Target::ProbeLog, Target::Firmware, Target::StateJson];
+    pub const ALL: [Target; 4] = [
+        Target::ProbeLog,
+        Target::Firmware,
+        Target::StateJson,
+        Target::PeerOutput,
+    ];
 
     /// Name, as on the command line and as the seed folder.
     pub fn name(self) -> &'static str {
@@ -50,6 +62,7 @@ impl Target {
             Target::ProbeLog => "probe-log",
             Target::Firmware => "firmware",
             Target::StateJson => "state-json",
+            Target::PeerOutput => "peer-output",
         }
     }
 
@@ -65,6 +78,7 @@ impl Target {
             // Past the 16 MiB limit now and then (see `mutate_firmware`), small otherwise.
             Target::Firmware => 256 << 10,
             Target::StateJson => 256 << 10,
+            Target::PeerOutput => 256 << 10,
         }
     }
 }
@@ -651,6 +665,13 @@ pub fn seeds(target: Target, dir: Option<&Path>) -> Vec<Vec<u8>> {
                 out.push(img);
             }
         }
+        Target::PeerOutput => {
+            out.push(
+                b"Bochs noise\r\n#VR2 begin probe-kbc\n#VR2 end 0001 00ff\r\n\x1b]0;title\x07"
+                    .to_vec(),
+            );
+            out.push("\u{202e}evil\n#VR1 end\r#VR2 end 0 0\n".as_bytes().to_vec());
+        }
         Target::StateJson => {
             for vendor in [Vendor::Intel, Vendor::Amd] {
                 let model = CpuModel::generic(vendor);
@@ -686,7 +707,53 @@ fn execute(target: Target, input: &[u8], turn: u64, file: &Path) -> (Outcome, us
             false,
         ),
         Target::StateJson => (state_json(input), 0, false),
+        Target::PeerOutput => (peer_output(input, turn), 0, false),
     }
+}
+
+/// The peer-output target: the log watcher must count the runs of the whole input whatever
+/// pieces it is read in, and nothing printed back may hold a control character.
+pub fn peer_output(input: &[u8], turn: u64) -> Outcome {
+    use crate::check::peers::process::{LogWatch, ended_runs};
+    // Lines the watcher has seen whole: up to the last newline.
+    let complete = input
+        .iter()
+        .rposition(|&b| b == b'\n')
+        .map_or(&input[..0], |i| &input[..=i]);
+    let whole = ended_runs(complete);
+    let piece = 1 + (turn as usize % 97);
+    let mut watch = LogWatch::default();
+    let mut runs = 0;
+    for chunk in input.chunks(piece) {
+        runs = watch.feed(chunk);
+    }
+    assert_eq!(runs, whole, "runs counted in pieces of {piece}");
+    let text = String::from_utf8_lossy(input);
+    let escaped = crate::files::escape(&text);
+    assert!(
+        !escaped.chars().any(char::is_control),
+        "escape left a control character"
+    );
+    assert_eq!(
+        crate::files::escape(&escaped),
+        escaped,
+        "escape is not idempotent"
+    );
+    let quoted = crate::files::quote(input, crate::files::QUOTE_MAX);
+    assert!(
+        !quoted.chars().any(char::is_control),
+        "quote left a control character"
+    );
+    let shown = crate::files::shown_path(Path::new(&*text));
+    assert!(
+        !shown.chars().any(char::is_control),
+        "a path printed a control character"
+    );
+    hash_of((
+        whole.min(4),
+        escaped.len() == text.len(),
+        input.len() > 4096,
+    ))
 }
 
 /// A target's corpus, outcomes seen and figures during a run.

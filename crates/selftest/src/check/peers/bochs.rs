@@ -60,7 +60,9 @@ pub fn vga_rom() -> Result<&'static Path, PeerError> {
 }
 
 /// The bochsrc for a ROM image of `size` bytes at `image`, the VGA ROM `vga_rom`, Bochs' own
-/// log at `bochs_log`.
+/// log at `bochs_log`. Bochs' parser has no escapes inside a quoted value, so the paths must
+/// hold no `"` and no control character: [`launch`] names the files in Bochs' working
+/// directory by their plain names, so the temp dir's path (TMPDIR) never appears here.
 pub fn bochsrc(image: &Path, size: usize, vga_rom: &Path, bochs_log: &Path) -> String {
     let address = (1u64 << 32) - size as u64;
     format!(
@@ -102,7 +104,25 @@ pub fn launch(dir: &Path, image: &Path, size: usize) -> Result<Launch, PeerError
         })
     };
     let vga = vga_rom()?;
-    write(&rc, &bochsrc(image, size, vga, &dir.join("bochs.log")))?;
+    // Bochs runs in `dir`: the image and the log are named relative to it.
+    let image = match image.strip_prefix(dir) {
+        Ok(name) => name,
+        Err(_) => image,
+    };
+    let plain = |p: &Path| {
+        let text = p.display().to_string();
+        !text.contains('"') && !text.chars().any(char::is_control)
+    };
+    if !plain(image) {
+        return Err(PeerError::Image {
+            peer: "bochs".into(),
+            why: format!(
+                "{}: a bochsrc cannot quote a path with '\"' or a control character",
+                crate::files::shown_path(image)
+            ),
+        });
+    }
+    write(&rc, &bochsrc(image, size, vga, Path::new("bochs.log")))?;
     write(&script, "continue\n")?;
     let mut command = Command::new(PROGRAM);
     command

@@ -354,6 +354,28 @@ mod tests {
     }
 
     #[test]
+    fn the_bochsrc_names_files_in_its_directory_whatever_the_directory_is_called() {
+        // A TMPDIR with a quote, a placeholder and a newline in its name.
+        let base = crate::tempdir::TempDir::new("bochsrc-test").expect("temp dir");
+        let tmp = base.path().join("a\"{log}\nb");
+        std::fs::create_dir(&tmp).expect("odd dir");
+        let dir = crate::tempdir::TempDir::new_in(&tmp, "bochs").expect("temp dir");
+        let image = dir.write("probe.rom", &[0; 4096]).expect("image");
+        let Ok(launch) = bochs::launch(dir.path(), &image, 4096) else {
+            eprintln!("skipped: no VGA ROM for Bochs here");
+            return;
+        };
+        drop(launch);
+        let rc = std::fs::read_to_string(dir.path().join("bochsrc")).expect("bochsrc");
+        assert!(
+            rc.contains("romimage: file=\"probe.rom\", address=0xfffff000\n"),
+            "{rc}"
+        );
+        assert!(rc.contains("log: \"bochs.log\"\n"), "{rc}");
+        assert!(!rc.contains(&dir.path().display().to_string()), "{rc}");
+    }
+
+    #[test]
     fn bochs_refuses_images_it_cannot_boot() {
         let e = bochs::launch(Path::new("/nonexistent"), Path::new("/x"), 4 << 20)
             .err()

@@ -78,18 +78,64 @@ pub const MAX_PEER_LOG: u64 = crate::files::MAX_LOG;
 pub const OUTPUT_TAIL: u64 = 16 << 10;
 
 /// The probe runs a growing log holds, read a piece at a time: each [`LogWatch::poll`] reads
-/// only the bytes added since the last and keeps of an unfinished line just what
-/// [`ended_runs`] needs to classify it.
+/// only the bytes added since the last, and a small state machine classifies the line it is in
+/// as [`ended_runs`] would, without keeping the line: every line that is complete counts as it
+/// does in the whole log, however the log was cut.
 #[derive(Debug, Default)]
 pub struct LogWatch {
     offset: u64,
-    /// The start of the line the last read ended in (at most [`LINE_HEAD`] bytes).
-    head: Vec<u8>,
+    /// How far the current line matches `#VR<digits> end`.
+    line: EndLine,
     runs: usize,
 }
 
-/// Bytes of a line enough to tell an end record (`#VR<digits> end`).
-const LINE_HEAD: usize = 32;
+/// How far a line matches an end record, `#VR<digits> end` at its start.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+enum EndLine {
+    /// Nothing of the line yet.
+    #[default]
+    Start,
+    /// The first `n` bytes of `#VR` seen.
+    Marker(u8),
+    /// `#VR` and no digit yet.
+    NoDigit,
+    /// `#VR` and at least one digit.
+    Digits,
+    /// The first `n` bytes of ` end` seen after the digits.
+    End(u8),
+    /// An end record.
+    Yes,
+    /// Anything else.
+    No,
+}
+
+impl EndLine {
+    fn next(self, b: u8) -> EndLine {
+        const MARKER: &[u8] = b"#VR";
+        const END: &[u8] = b" end";
+        match self {
+            EndLine::Start if b == MARKER[0] => EndLine::Marker(1),
+            EndLine::Marker(n) if b == MARKER[usize::from(n)] => {
+                if usize::from(n) + 1 == MARKER.len() {
+                    EndLine::NoDigit
+                } else {
+                    EndLine::Marker(n + 1)
+                }
+            }
+            EndLine::NoDigit | EndLine::Digits if b.is_ascii_digit() => EndLine::Digits,
+            EndLine::Digits if b == END[0] => EndLine::End(1),
+            EndLine::End(n) if b == END[usize::from(n)] => {
+                if usize::from(n) + 1 == END.len() {
+                    EndLine::Yes
+                } else {
+                    EndLine::End(n + 1)
+                }
+            }
+            EndLine::Yes => EndLine::Yes,
+            _ => EndLine::No,
+        }
+    }
+}
 
 impl LogWatch {
     /// Reads what `path` grew by; returns the probe runs it holds so far.
@@ -120,27 +166,27 @@ impl LogWatch {
                 Ok(0) | Err(_) => break,
                 Ok(n) => n,
             };
-            self.feed(&buf[..n]);
+            let _ = self.feed(&buf[..n]);
             self.offset += n as u64;
             left -= n as u64;
         }
         Ok(self.runs)
     }
 
-    fn feed(&mut self, bytes: &[u8]) {
-        let mut rest = bytes;
-        while let Some(i) = rest.iter().position(|&b| b == b'\n') {
-            self.take(&rest[..i]);
-            self.runs += ended_runs(&self.head);
-            self.head.clear();
-            rest = &rest[i + 1..];
+    /// Takes the next `bytes` of the log (what [`LogWatch::poll`] reads); returns the runs its
+    /// complete lines hold so far.
+    pub fn feed(&mut self, bytes: &[u8]) -> usize {
+        for &b in bytes {
+            if b == b'\n' {
+                if self.line == EndLine::Yes {
+                    self.runs += 1;
+                }
+                self.line = EndLine::Start;
+            } else {
+                self.line = self.line.next(b);
+            }
         }
-        self.take(rest);
-    }
-
-    fn take(&mut self, part: &[u8]) {
-        let room = LINE_HEAD.saturating_sub(self.head.len());
-        self.head.extend_from_slice(&part[..part.len().min(room)]);
+        self.runs
     }
 }
 
@@ -269,13 +315,13 @@ mod tests {
         for cut in 1..log.len() {
             let mut w = LogWatch::default();
             for piece in log.chunks(cut) {
-                w.feed(piece);
+                let _ = w.feed(piece);
             }
             assert_eq!(w.runs, 2, "pieces of {cut}");
         }
         let mut w = LogWatch::default();
-        w.feed(&[b'A'; 100_000]);
-        assert!(w.head.len() <= LINE_HEAD, "a long line is not kept whole");
+        let _ = w.feed(b"#VR0000000000000000000000000000000000000000 end\n");
+        assert_eq!(w.runs, 1, "a long marker is still an end record");
     }
 
     #[test]
