@@ -393,6 +393,27 @@ fn a_non_kvm_device_and_hex_exit_ports_are_clear() {
         stderr(&o)
     );
     assert!(!stderr(&o).contains("API version -1"));
+    // A directory, and a character device with no driver (or not KVM's), say what they are
+    // rather than "load the kvm module".
+    for (device, what) in [
+        ("/tmp", "/tmp is a directory, not the KVM device"),
+        ("/dev/tty", "/dev/tty is"),
+    ] {
+        let o = bin()
+            .arg("run")
+            .arg(&fw)
+            .env("VCPU_RESET_KVM_DEVICE", device)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(2), "{device}: {}", stderr(&o));
+        assert!(stderr(&o).contains(what), "{device}: {}", stderr(&o));
+        assert!(
+            !stderr(&o).contains("load the kvm module"),
+            "{}",
+            stderr(&o)
+        );
+    }
     let Some(_host) = kvm_for_tests() else { return };
     for port in ["0xf4", "0XF4", "244"] {
         let o = bin()

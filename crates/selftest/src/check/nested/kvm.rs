@@ -53,7 +53,7 @@ pub fn run_kvm(report: &mut Report) {
                 report.scenarios.push(ScenarioInfo {
                     name: name.into(),
                     owner: Owner::VcpuReset,
-                    error: Some(format!("cannot open /dev/kvm: {e}")),
+                    error: Some(format!("cannot open KVM: {e}")),
                 });
             }
             return;

@@ -12,8 +12,18 @@ pub enum KvmError {
     /// `/dev/kvm` does not exist.
     #[error("no {path} — load the kvm module or run on a host with virtualization enabled")]
     NoDevice {
-        /// The device path (`/dev/kvm` unless `VCPU_RESET_KVM_DEVICE` says otherwise).
+        /// The device path.
         path: String,
+    },
+    /// The path names something that is not the KVM device: not a character device (a
+    /// directory, a regular file), or a character device whose driver is not there or not
+    /// KVM's (`/dev/tty` without a controlling terminal).
+    #[error("{path} is {what}, not the KVM device — open /dev/kvm (character device 10:232)")]
+    NotADevice {
+        /// The device path.
+        path: String,
+        /// What it is instead.
+        what: String,
     },
     /// `/dev/kvm` exists but may not be opened read-write; its group may, so joining it helps.
     #[error("permission denied on {path} — add the user to group kvm")]
@@ -43,7 +53,7 @@ pub enum KvmError {
     },
     /// The device opened but KVM_GET_API_VERSION failed on it: it is not a KVM device.
     #[error(
-        "{path} is not a KVM device: KVM_GET_API_VERSION on it failed with {errno} — point VCPU_RESET_KVM_DEVICE at /dev/kvm, or unset it"
+        "{path} is not a KVM device: KVM_GET_API_VERSION on it failed with {errno} — open /dev/kvm (character device 10:232)"
     )]
     NotKvm {
         /// The device path.

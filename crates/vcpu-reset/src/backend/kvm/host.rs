@@ -155,6 +155,30 @@ fn group_name(gid: u32) -> Option<String> {
     })
 }
 
+/// What `device` is, where that is plainly not a KVM device: anything but a character
+/// device. `None` for a character device, and where it cannot be told (it does not exist:
+/// the open says so).
+fn not_a_device(device: &Path) -> Option<String> {
+    use std::os::unix::fs::FileTypeExt;
+    let kind = std::fs::metadata(device).ok()?.file_type();
+    let what = if kind.is_char_device() {
+        return None;
+    } else if kind.is_dir() {
+        "a directory"
+    } else if kind.is_file() {
+        "a regular file"
+    } else if kind.is_block_device() {
+        "a block device"
+    } else if kind.is_fifo() {
+        "a FIFO"
+    } else if kind.is_socket() {
+        "a socket"
+    } else {
+        "not a device"
+    };
+    Some(what.into())
+}
+
 /// The KVM device a host normally has.
 pub const DEFAULT_DEVICE: &str = "/dev/kvm";
 
@@ -180,10 +204,15 @@ impl KvmHost {
         let path = shown_path(device);
         let c_path = std::ffi::CString::new(device.as_os_str().as_bytes())
             .map_err(|_| KvmError::NoDevice { path: path.clone() })?;
+        if let Some(what) = not_a_device(device) {
+            return Err(KvmError::NotADevice { path, what });
+        }
         let kvm = Kvm::new_with_path(&c_path).map_err(|e| match e.errno() {
-            libc::ENOENT | libc::ENODEV | libc::ENXIO | libc::ENOTDIR => {
-                KvmError::NoDevice { path: path.clone() }
-            }
+            libc::ENOENT | libc::ENOTDIR => KvmError::NoDevice { path: path.clone() },
+            libc::ENODEV | libc::ENXIO => KvmError::NotADevice {
+                path: path.clone(),
+                what: "a character device with no driver behind it".into(),
+            },
             libc::EACCES | libc::EPERM => permission_denied(device, &path),
             _ => KvmError::Open {
                 path: path.clone(),
