@@ -45,7 +45,9 @@ fn preserved_by_init(name: &str, vendor: Vendor) -> bool {
         || (name.starts_with("msr.")
             && name != "msr.ia32_fs_base"
             && name != "msr.ia32_gs_base"
-            && !kvm_pv_area)
+            && !kvm_pv_area
+            // A view of the local APIC timer, which INIT disarms (Intel's MSR).
+            && !(vendor == Vendor::Intel && name == "msr.ia32_tsc_deadline"))
         || name == "lapic.id"
         || name == "lapic.version"
         || (vendor == Vendor::Amd && debug)

@@ -832,7 +832,13 @@ fn init_keeps_msrs() {
             assert_eq!(m.tsc, 0x0000_1234_5678_9abc);
             assert_eq!(m.tsc_adjust, 0xffff_ffff_ffff_f000);
             assert_eq!(m.tsc_aux, 0x7);
-            assert_eq!(m.tsc_deadline, 0x0000_0001_0000_0000);
+            // INIT disarms the local APIC timer: Intel's TSC_DEADLINE then reads 0.
+            let deadline = if model.vendor == Vendor::Intel {
+                0
+            } else {
+                0x0000_0001_0000_0000
+            };
+            assert_eq!(m.tsc_deadline, deadline);
             assert_eq!(m.pat, 0x0007_0106_0007_0106);
             assert_eq!(m.mtrr_cap, 0x0d0a);
             assert_eq!(m.mtrr_def_type, 0x0c06);

@@ -27,8 +27,8 @@ fn citation(v: Vendor, e: Event) -> Citation {
 }
 
 const LINT0_NOTE: &str = "Masked (00010000H) like every LVT. KVM (quirk LINT0_REENABLED, on by \
-    default) gives the BSP 00000700H (ExtINT, unmasked) at RESET, as a BIOS would program it; \
-    a deviation, reported as a finding (QEMU, which sets the local APIC itself, leaves it \
+    default) gives the BSP 00000700H (ExtINT, unmasked) at RESET and at its own INIT, as a BIOS \
+    would program it; a deviation, reported as a finding (QEMU, which sets the local APIC itself, leaves it \
     masked). vcpu-reset writes the masked value.";
 
 pub(crate) fn row(f: Field, v: Vendor, e: Event) -> Row {

@@ -140,7 +140,12 @@ fn reset_row(f: Field, v: Vendor) -> Option<Row> {
                     table
                 },
             ),
-            Msr::Xss => mk(f, undefined(0, "not a row of the tables; 0 enables no supervisor XSAVE component, the only safe value before an OS enables one; KVM writes 0 at RESET"), table),
+            Msr::Xss => mk(
+                f,
+                Rule::Value(0),
+                Citation { source: Source::SdmVol1, locator: "§13.3 \"Enabling the XSAVE Feature Set and XSAVE-Enabled Features\" (IA32_XSS is zero coming out of RESET)" },
+            )
+            .note("No supervisor XSAVE component enabled; KVM also writes 0 at RESET. INIT keeps it, as every MSR."),
             Msr::McgStatus => mk(f, undefined(0, "machine-check architecture undefined after RESET; 0 = no machine check in progress"), table),
             Msr::VmHsavePa if !intel => mk(
                 f,
@@ -220,6 +225,14 @@ pub(crate) fn row(f: Field, v: Vendor, e: Event) -> Row {
         Event::Init => match f {
             // FS/GS bases are the segment bases, which INIT sets to 0.
             Field::Msr(Msr::FsBase) | Field::Msr(Msr::GsBase) => reset,
+            // INIT puts the LVT timer back to masked one-shot mode (SDM §11.4.7.3), and outside
+            // TSC-deadline mode the MSR reads 0 (SDM §11.5.4.1).
+            Field::Msr(Msr::TscDeadline) if v == Vendor::Intel => mk(
+                f,
+                Rule::Value(0),
+                sdm("§11.5.4.1 \"TSC-Deadline Mode\" (outside TSC-deadline mode IA32_TSC_DEADLINE reads 0) and §11.4.7.3 (INIT masks the LVT timer in one-shot mode)"),
+            )
+            .note("INIT keeps MSRs, but this one is a view of the local APIC timer, which INIT disarms: it reads 0 after INIT (KVM: apic_update_lvtt clears the deadline)."),
             // KVM turns its paravirtual areas off on INIT as on RESET.
             Field::Msr(
                 Msr::KvmSystemTime | Msr::KvmAsyncPfEn | Msr::KvmPvEoiEn,
