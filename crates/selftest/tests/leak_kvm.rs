@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use iced_x86::code_asm::*;
 use vcpu_reset_selftest::host::kvm_for_tests;
-use vcpu_reset_selftest::runner::{Firmware, RebootKind, Sink, Vm, VmConfig};
+use vcpu_reset_selftest::runner::{Firmware, RebootKind, Sink, Vm, VmConfig, reset_vector_image};
 
 /// Offset of the firmware's code in its real-mode segment (the 4 KiB image sits at F000:F000).
 const ORG: u64 = 0xf000;
@@ -88,16 +88,8 @@ fn leaking_firmware() -> Result<Firmware, IcedError> {
     a.ret()?;
 
     let body = a.assemble(ORG)?;
-    let mut rv = CodeAssembler::new(16)?;
-    rv.add_instruction(iced_x86::Instruction::with_far_branch(
-        iced_x86::Code::Jmp_ptr1616,
-        0xf000,
-        ORG as u32,
-    )?)?;
-    let rv = rv.assemble(0xfff0)?;
-    let mut image = vec![0u8; 4096];
-    image[..body.len()].copy_from_slice(&body);
-    image[0xff0..0xff0 + rv.len()].copy_from_slice(&rv);
+    // The 4 KiB image sits at F000:F000; the reset vector jumps to its start.
+    let image = reset_vector_image(4096, 0, &body, (0xf000, ORG as u16)).expect("code fits");
     Ok(Firmware::from_bytes(image, "leak test firmware").expect("4 KiB image"))
 }
 

@@ -12,7 +12,7 @@ use std::time::Duration;
 use iced_x86::code_asm::*;
 use vcpu_reset_selftest::host::kvm_for_tests;
 use vcpu_reset_selftest::runner::{
-    Firmware, RebootKind, RebootReason, RunError, Sink, Vm, VmConfig,
+    Firmware, RebootKind, RebootReason, RunError, Sink, Vm, VmConfig, reset_vector_image,
 };
 
 #[derive(Clone, Copy, Debug)]
@@ -118,17 +118,8 @@ fn reboot_firmware(seq: &[Mechanism]) -> Result<Firmware, IcedError> {
     a.ret()?;
 
     let body = a.assemble(ORG)?;
-    // Reset vector at F000:FFF0 (image offset 0xFF0): far jump to F000:start.
-    let mut rv = CodeAssembler::new(16)?;
-    rv.add_instruction(iced_x86::Instruction::with_far_branch(
-        iced_x86::Code::Jmp_ptr1616,
-        0xf000,
-        ORG as u32,
-    )?)?;
-    let rv = rv.assemble(0xfff0)?;
-    let mut image = vec![0u8; 4096];
-    image[..body.len()].copy_from_slice(&body);
-    image[0xff0..0xff0 + rv.len()].copy_from_slice(&rv);
+    // The 4 KiB image sits at F000:F000; the reset vector jumps to its start.
+    let image = reset_vector_image(4096, 0, &body, (0xf000, ORG as u16)).expect("code fits");
     Ok(Firmware::from_bytes(image, "reboot test firmware").expect("4 KiB image"))
 }
 

@@ -107,17 +107,10 @@ impl Program {
         a.jmp(top).map_err(asm)?;
         let code = a.assemble(CODE).map_err(asm)?;
 
-        let mut rv = CodeAssembler::new(16).map_err(asm)?;
-        let far = iced_x86::Instruction::with_far_branch(
-            iced_x86::Code::Jmp_ptr1616,
-            0,
-            u32::try_from(CODE).map_err(|e| BenchError::Guest(e.to_string()))?,
-        )
-        .map_err(asm)?;
-        rv.add_instruction(far).map_err(asm)?;
-        let rv = rv.assemble(0xfff0).map_err(asm)?;
-        let mut image = vec![0xf4u8; 4096]; // HLT everywhere else
-        image[0xff0..0xff0 + rv.len()].copy_from_slice(&rv);
+        // HLT everywhere else; the reset vector jumps to the loop in RAM at 0:CODE.
+        let ip = u16::try_from(CODE).map_err(|e| BenchError::Guest(e.to_string()))?;
+        let image = crate::runner::reset_vector_image(4096, 0xf4, &[], (0, ip))
+            .ok_or_else(|| BenchError::Guest("the reset vector does not fit".into()))?;
         let firmware = Firmware::from_bytes(image, "exit bench firmware")?;
         Ok(Program { code, firmware })
     }

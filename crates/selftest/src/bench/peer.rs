@@ -74,15 +74,11 @@ pub fn firmware(reboots: u32) -> Result<Vec<u8>, BenchError> {
     a.jmp(halt).map_err(asm)?;
     let code = a.assemble(0).map_err(asm)?;
 
-    let mut rv = CodeAssembler::new(16).map_err(asm)?;
-    let far = iced_x86::Instruction::with_far_branch(iced_x86::Code::Jmp_ptr1616, 0xf000, 0)
-        .map_err(asm)?;
-    rv.add_instruction(far).map_err(asm)?;
-    let rv = rv.assemble(0xfff0).map_err(asm)?;
-
-    let mut image = vec![0xf4u8; 0x1_0000];
-    image[..code.len()].copy_from_slice(&code);
-    image[0xfff0..0xfff0 + rv.len()].copy_from_slice(&rv);
+    // At F000:0000, the image's first byte; HLT everywhere else.
+    let image =
+        crate::runner::reset_vector_image(0x1_0000, 0xf4, &code, (0xf000, 0)).ok_or_else(|| {
+            BenchError::Guest("the firmware does not fit below its reset vector".into())
+        })?;
     Ok(image)
 }
 

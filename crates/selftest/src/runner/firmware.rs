@@ -58,6 +58,29 @@ pub enum FirmwareError {
     },
 }
 
+/// A flat real-mode firmware image of `size` bytes filled with `fill`, with `code` at its start
+/// and, at the reset vector (its last 16 bytes: F000:FFF0 once it ends at 4 GiB and its last
+/// 64 KiB alias below 1 MiB), a far jump (`EA ip cs`) to `cs:ip` = `jump_to`. `None` where `code`
+/// would reach the reset vector or `size` is under 16 bytes.
+pub fn reset_vector_image(
+    size: usize,
+    fill: u8,
+    code: &[u8],
+    jump_to: (u16, u16),
+) -> Option<Vec<u8>> {
+    let vector = size.checked_sub(16)?;
+    if code.len() > vector {
+        return None;
+    }
+    let mut image = vec![fill; size];
+    image[..code.len()].copy_from_slice(code);
+    let (cs, ip) = jump_to;
+    image[vector] = 0xea;
+    image[vector + 1..vector + 3].copy_from_slice(&ip.to_le_bytes());
+    image[vector + 3..vector + 5].copy_from_slice(&cs.to_le_bytes());
+    Some(image)
+}
+
 /// A validated flat firmware image.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Firmware {
@@ -125,6 +148,15 @@ impl Firmware {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_reset_vector_is_a_far_jump_to_the_code() {
+        let image = reset_vector_image(4096, 0xf4, &[0x90, 0x90], (0xf000, 0xf000)).expect("fits");
+        assert_eq!(&image[..3], &[0x90, 0x90, 0xf4]);
+        assert_eq!(&image[0xff0..0xff5], &[0xea, 0x00, 0xf0, 0x00, 0xf0]);
+        assert!(reset_vector_image(4096, 0, &[0; 4081], (0, 0)).is_none());
+        assert!(reset_vector_image(8, 0, &[], (0, 0)).is_none());
+    }
 
     #[test]
     fn accepts_whole_pages_and_places_the_image_below_4g() {

@@ -8,6 +8,6 @@ mod vcpu_threads;
 pub mod vm;
 
 pub use devices::{Platform, PortAction, RebootKind, RebootReason, SharedBuffer, Sink};
-pub use firmware::{Firmware, FirmwareError};
+pub use firmware::{Firmware, FirmwareError, reset_vector_image};
 pub use memory::{GuestMemory, MemoryError};
 pub use vm::{KEPT_REBOOTS, RebootRecord, RunError, RunOutcome, Vm, VmConfig};
