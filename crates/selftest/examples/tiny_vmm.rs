@@ -273,9 +273,23 @@ fn main() -> ExitCode {
     if outcome.tsc_writes_ignored {
         println!("this host ignores TSC writes: IA32_TSC is a host limit");
     }
+    // A TSC the host would not let the VMM set is judged a finding; here it is a host limit.
+    let tsc = if outcome.tsc_writes_ignored {
+        report
+            .results
+            .iter()
+            .filter(|r| r.field == "msr.ia32_tsc" && r.verdict == Verdict::Finding)
+            .count()
+    } else {
+        0
+    };
     println!(
         "probe runs judged against RESET: {} pass, {} spec-allows, {} host-limit, {} finding, {} fail",
-        summary.pass, summary.spec_allows, summary.host_limit, summary.finding, summary.fail
+        summary.pass,
+        summary.spec_allows,
+        summary.host_limit + tsc,
+        summary.finding - tsc,
+        summary.fail
     );
     let bad = inexact(&outcome, &report);
     for line in &bad {

@@ -74,7 +74,7 @@ impl ResetVcpuError {
 /// - Adoption, 8 (`other`): KVM_CHECK_EXTENSION and KVM_SET_BOOT_CPU_ID (does the VM have
 ///   vCPUs?), KVM_GET_IRQCHIP, KVM_GET_LAPIC, KVM_GET_CPUID2, KVM_GET_MP_STATE,
 ///   KVM_GET_VCPU_EVENTS and one KVM_GET_MSRS (plus one per MSR the host lists but the vCPU
-///   refuses: none here). After an I/O, MMIO, MSR or hypercall exit also one KVM_RUN with
+///   refuses). After an I/O, MMIO, MSR or hypercall exit also one KVM_RUN with
 ///   `immediate_exit` (`runs`), which lets KVM complete that exit without entering the guest:
 ///   completed later, it would finish the old instruction over the RESET state.
 /// - RESET, 9: one KVM_GET_MP_STATE (`loads`), so that an INIT or SIPI pending in the local
@@ -84,7 +84,7 @@ impl ResetVcpuError {
 ///
 /// A VMM that keeps the [`KvmVcpu`] (and runs it through the
 /// [`Backend`](crate::backend::Backend) trait or a [`VcpuCache`]) pays only the RESET part, and
-/// with sync regs REGS, SREGS and EVENTS then ride the next KVM_RUN. `tests/adopt_kvm.rs`
+/// with sync regs REGS, SREGS and EVENTS then ride the next KVM_RUN. The selftest's `adopt_kvm` test
 /// checks these counts.
 ///
 /// # Errors

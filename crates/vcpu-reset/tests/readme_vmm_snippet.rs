@@ -32,7 +32,7 @@ fn the_readme_snippet_is_the_doc_test() {
             .unwrap_or(l)
     })
     .into_iter()
-    .filter(|l| !l.trim().is_empty() && !l.starts_with('#') && !l.starts_with("use "))
+    .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
     .collect();
     assert!(shown.len() >= 8, "{shown:#?}");
     assert_eq!(

@@ -79,7 +79,7 @@ fn image(via: Option<RebootVia>) -> Result<Vec<u8>, probe::ProbeError> {
 /// The message after writing `len` bytes to `output`: what was written and how to use it.
 fn written(output: &Path, len: usize) -> String {
     format!(
-        "wrote {} ({} bytes); e.g. qemu-system-x86_64 -bios {} -display none -debugcon file:probe.log -global isa-debugcon.iobase=0xe9 -device isa-debug-exit,iobase=0xf4,iosize=0x04, then vcpu-reset check --from-log probe.log",
+        "wrote {} ({} bytes); e.g. qemu-system-x86_64 -bios {} -display none -accel tcg -debugcon file:probe.log -global isa-debugcon.iobase=0xe9 -device isa-debug-exit,iobase=0xf4,iosize=0x04 (it exits with status 1 when the probe ends), then vcpu-reset check --from-log probe.log",
         files::shown_path(output),
         len,
         files::shown_path(output)

@@ -96,7 +96,9 @@ pub enum PeerError {
         signal: i32,
     },
     /// The peer exited before the probe printed everything.
-    #[error("{peer}: exited ({status}) with {runs} of {expected} probe runs in its log: {output}")]
+    #[error(
+        "{peer}: exited ({status}) with {runs} of {expected} probe runs in its log — check that the VMM boots the image as its firmware and writes port 0xE9 to the log; its last output: {output}"
+    )]
     Exited {
         /// Peer name.
         peer: String,

@@ -208,7 +208,10 @@ pub fn capture(peer: &Peer, via: RebootVia, opts: &PeerOptions) -> Result<Vec<u8
                 .map_or_else(|| "killed".to_string(), |s| s.to_string()),
             runs,
             expected,
-            output: process::tail(&finished.output, 4),
+            output: match process::tail(&finished.output, 4) {
+                t if t.is_empty() => "(none)".to_string(),
+                t => t,
+            },
         });
     }
     Ok(log)
