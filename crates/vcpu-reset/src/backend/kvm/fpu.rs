@@ -35,10 +35,9 @@ impl KvmVcpu {
                 why: e.to_string(),
             })?;
             load(&mut self.stats, Ioctl::GetXsave2, || {
-                // SAFETY: `x` holds `struct kvm_xsave` plus enough entries for the
-                // KVM_CAP_XSAVE2 size the host reported when it was opened, which is what
-                // KVM_GET_XSAVE2 writes; this process enables no further XSTATE features with
-                // arch_prctl() afterwards.
+                // The buffer is sized for the KVM_CAP_XSAVE2 size the host reported when it was
+                // opened; this process enables no further XSTATE features with arch_prctl().
+                // SAFETY: `x` holds `struct kvm_xsave` plus the entries KVM_GET_XSAVE2 writes.
                 unsafe { self.fd.get_xsave2(&mut x) }
             })?;
             words_to_bytes(&x.as_fam_struct_ref().xsave.region, &mut bytes);
