@@ -205,6 +205,8 @@ pub struct KvmVcpu {
     pub(super) guest_state_stores: u64,
     /// Times [`KvmVcpu::fd`] lent the fd out, through which anything may have been changed.
     pub(super) fd_lent: std::sync::atomic::AtomicU64,
+    /// `fd_lent` when the mirror and shadow were last trusted ([`KvmVcpu::forget_after_loans`]).
+    fd_lent_seen: u64,
     /// The last exit was port I/O or MMIO, whose instruction the next KVM_RUN completes.
     pub(super) completes_insn: bool,
     pub(super) stats: Stats,
@@ -235,6 +237,23 @@ const GUEST_STATE: ClassSet = ClassSet::EMPTY
     .with(StateClass::Lapic);
 
 impl KvmVcpu {
+    /// After [`KvmVcpu::fd`] lent the fd out, what the backend mirrors of `kvm_run` and
+    /// shadows (IA32_APIC_BASE, the PDPTRs) is no longer trusted: the borrower may have changed
+    /// any of it (KVM_SET_MSRS of EFER or a segment base changes SREGS too). Classes with a
+    /// store still deferred to the next KVM_RUN stay mirrored: that store wins at the next run.
+    fn forget_after_loans(&mut self) {
+        let lent = self.fd_lent.load(std::sync::atomic::Ordering::Relaxed);
+        if lent == self.fd_lent_seen {
+            return;
+        }
+        self.fd_lent_seen = lent;
+        let stale: Vec<StateClass> = self.mirror.iter().filter(|c| !self.pending(*c)).collect();
+        for class in stale {
+            self.mirror = self.mirror.without(class);
+        }
+        self.shadow = Default::default();
+    }
+
     /// Create vCPU `id` in `vm` with sync regs where the host offers them.
     ///
     /// See [`KvmVcpu::with_options`].
@@ -326,6 +345,7 @@ impl KvmVcpu {
             entries_seen: None,
             guest_state_stores: 0,
             fd_lent: std::sync::atomic::AtomicU64::new(0),
+            fd_lent_seen: 0,
             completes_insn: false,
             stats,
         };
@@ -540,6 +560,7 @@ fn identity(cpuid: &CpuId) -> Identity {
 
 impl Backend for KvmVcpu {
     fn load(&mut self, class: StateClass, state: &mut VcpuState) -> Result<(), BackendError> {
+        self.forget_after_loans();
         self.require(class)?;
         self.settle_init(class)?;
         match class {
@@ -557,6 +578,7 @@ impl Backend for KvmVcpu {
     }
 
     fn store(&mut self, class: StateClass, state: &VcpuState) -> Result<(), BackendError> {
+        self.forget_after_loans();
         self.require(class)?;
         self.settle_init(class)?;
         if GUEST_STATE.contains(class) {
@@ -630,10 +652,12 @@ impl Backend for KvmVcpu {
     }
 
     fn load_slots(&mut self, class: StateClass, slots: RegSet, state: &mut VcpuState) -> bool {
+        self.forget_after_loans();
         self.load_mirrored_slots(class, slots, state)
     }
 
     fn store_slots(&mut self, class: StateClass, slots: RegSet, state: &VcpuState) -> bool {
+        self.forget_after_loans();
         self.store_mirrored_slots(class, slots, state)
     }
 
@@ -649,6 +673,7 @@ impl HostInitBackend for KvmVcpu {
         lazy: bool,
         kept: ClassSet,
     ) -> Result<Option<HostInit>, BackendError> {
+        self.forget_after_loans();
         self.host_init_reset(target, lazy, kept)
     }
 
