@@ -33,6 +33,8 @@ fn check_on_kvm_runs_every_scenario_and_vcpu_reset_passes() {
             "reboot-port92",
             "reboot-kbc",
             "reboot-triple-fault",
+            "leak-reset",
+            "leak-init",
             "nested-reset",
             "nested-init"
         ]

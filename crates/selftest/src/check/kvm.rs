@@ -437,6 +437,62 @@ pub fn msrs_without_spec_row(listed: &[u32]) -> Vec<u32> {
     out
 }
 
+/// The MSR leak scan after vcpu-reset's RESET and INIT ([`super::leak`]): a host fact with
+/// what was planted and what survived, and a failed field per survivor.
+fn leak(report: &mut Report, host: &KvmHost) {
+    let mut line = Vec::new();
+    for (event, name) in [(Event::Reset, "leak-reset"), (Event::Init, "leak-init")] {
+        match super::leak::scan(host, event, |kv| kv) {
+            Ok(found) => {
+                line.push(format!(
+                    "{} MSRs planted, {} survived {}",
+                    found.planted,
+                    found.survived.len(),
+                    if event == Event::Reset {
+                        "RESET"
+                    } else {
+                        "INIT (where INIT changes them)"
+                    }
+                ));
+                if event == Event::Reset && !found.unknown_kept.is_empty() {
+                    let kept: Vec<String> = found
+                        .unknown_kept
+                        .iter()
+                        .map(|i| format!("{i:#x}"))
+                        .collect();
+                    line.push(format!("kept without a spec row: {}", kept.join(" ")));
+                }
+                for s in &found.survived {
+                    let row = spec::row(s.field, found.vendor, event);
+                    report.results.push(super::report::FieldResult {
+                        scenario: name.into(),
+                        view: View::Host,
+                        vcpu: "bsp".into(),
+                        field: s.field.name(),
+                        class: s.field.class().name().to_string(),
+                        verdict: super::Verdict::Fail,
+                        expected: format!("{:#x}", s.expected),
+                        actual: Some(format!("{:#x}", s.planted)),
+                        citation: row.citation.to_string(),
+                        reason: Some(format!(
+                            "the value planted in MSR {:#x} before vcpu-reset's {} survived it",
+                            s.index,
+                            if event == Event::Reset {
+                                "RESET"
+                            } else {
+                                "INIT"
+                            }
+                        )),
+                    });
+                }
+                record(report, name, Owner::VcpuReset, Ok(()));
+            }
+            Err(e) => record(report, name, Owner::VcpuReset, Err(e)),
+        }
+    }
+    report.host.insert("leak".into(), line.join("; "));
+}
+
 /// Run every KVM scenario.
 pub fn run(report: &mut Report, host: &KvmHost) {
     report.host.insert("backend".into(), "kvm".into());
@@ -483,6 +539,7 @@ pub fn run(report: &mut Report, host: &KvmHost) {
         let r = reboot(report, via, &limits);
         record(report, &name, Owner::VcpuReset, r);
     }
+    leak(report, host);
 }
 
 /// What vcpu-reset cannot set on this host, and the CPU model, from one probe vCPU: a write

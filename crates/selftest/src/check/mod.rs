@@ -11,6 +11,7 @@ pub mod dirty;
 pub mod html;
 pub mod kvm;
 pub mod kvm_ipi;
+pub mod leak;
 pub mod matrix;
 pub mod model;
 pub mod nested;
