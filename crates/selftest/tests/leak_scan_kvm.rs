@@ -108,9 +108,9 @@ fn scan<B: Lent>(event: Event, wrap: impl FnOnce(KvmVcpu) -> B) -> Option<LeakSc
     Some(found)
 }
 
-#[test]
-fn no_planted_msr_value_survives_a_reset_where_the_spec_resets_it() {
-    let Some(found) = scan(Event::Reset, |kv| kv) else {
+/// The scan over the plain KVM backend plants in more than 20 MSRs and finds no survivor.
+fn nothing_survives(event: Event) {
+    let Some(found) = scan(event, |kv| kv) else {
         return;
     };
     assert!(
@@ -120,26 +120,19 @@ fn no_planted_msr_value_survives_a_reset_where_the_spec_resets_it() {
     );
     assert!(
         found.survived.is_empty(),
-        "planted values survived the RESET: {:#?}",
+        "planted values survived the {event:?}: {:#?}",
         found.survived
     );
 }
 
 #[test]
+fn no_planted_msr_value_survives_a_reset_where_the_spec_resets_it() {
+    nothing_survives(Event::Reset);
+}
+
+#[test]
 fn no_planted_msr_value_survives_an_init_where_the_spec_sets_it() {
-    let Some(found) = scan(Event::Init, |kv| kv) else {
-        return;
-    };
-    assert!(
-        found.planted > 20,
-        "values planted in {} MSRs",
-        found.planted
-    );
-    assert!(
-        found.survived.is_empty(),
-        "planted values survived the INIT: {:#?}",
-        found.survived
-    );
+    nothing_survives(Event::Init);
 }
 
 #[test]
