@@ -512,7 +512,7 @@ fn probe_reports_disabled_apic_as_not_available() {
     assert_eq!(num(&r, "cr0"), 0x6000_0010);
 }
 
-/// The probe at a SIPI-style origin in RAM (0100:0000), entered by a far jump from the reset
+/// The probe at a SIPI-style origin in RAM (0200:0000, above its scratch area), entered by a far jump from the reset
 /// vector: its far references (IVT entries, GDT base) follow the origin.
 #[test]
 fn probe_runs_from_a_ram_origin() {
@@ -521,20 +521,20 @@ fn probe_runs_from_a_ram_origin() {
     };
     let mut opts = options("ram-origin");
     opts.origin = Origin {
-        segment: 0x0100,
+        segment: 0x0200,
         offset: 0,
     };
     opts.out_ports = vec![0xe9, 0x3f8];
     let code = probe::assemble(&opts).expect("probe assembles");
-    // ROM: only `jmp far 0100:0000` at the reset vector.
+    // ROM: only `jmp far 0200:0000` at the reset vector.
     let mut rom = vec![0xffu8; probe::program::FIRMWARE_SIZE];
-    rom[0xfff0..0xfff5].copy_from_slice(&[0xea, 0x00, 0x00, 0x00, 0x01]);
+    rom[0xfff0..0xfff5].copy_from_slice(&[0xea, 0x00, 0x00, 0x00, 0x02]);
     let mut g = Guest::new(&kvm, &rom, true);
-    g.write_ram(0x1000, &code);
+    g.write_ram(0x2000, &code);
     let r = run_to_exit(&mut g, &opts);
     assert_eq!(
         num(&r, "cs.selector"),
-        0x0100,
+        0x0200,
         "entered through the far jump"
     );
     assert_eq!(num(&r, "rdx"), 0x600);

@@ -194,7 +194,8 @@ impl NestedReg {
     }
 }
 
-/// The four MSRs of a machine-check bank.
+/// The MSRs of a machine-check bank: IA32_MCi_CTL, _STATUS, _ADDR, _MISC (400H + 4i …) and
+/// IA32_MCi_CTL2 (280H + i, SDM Vol. 3B, §16.3.2.5).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 #[allow(missing_docs)]
 pub enum McReg {
@@ -202,14 +203,21 @@ pub enum McReg {
     Status,
     Addr,
     Misc,
+    Ctl2,
 }
 
 impl McReg {
-    /// All four, in MSR-index order.
-    pub const ALL: [McReg; 4] = [McReg::Ctl, McReg::Status, McReg::Addr, McReg::Misc];
+    /// All five: the four of the 400H block in MSR-index order, then CTL2.
+    pub const ALL: [McReg; 5] = [
+        McReg::Ctl,
+        McReg::Status,
+        McReg::Addr,
+        McReg::Misc,
+        McReg::Ctl2,
+    ];
 
     fn name(self) -> &'static str {
-        ["ctl", "status", "addr", "misc"][self as usize]
+        ["ctl", "status", "addr", "misc", "ctl2"][self as usize]
     }
 }
 
@@ -659,6 +667,7 @@ impl Field {
             Field::MtrrFixed(i) => Some(FIXED_MTRR_MSRS[i as usize].1),
             Field::MtrrPhysBase(i) => Some(0x200 + 2 * u32::from(i)),
             Field::MtrrPhysMask(i) => Some(0x201 + 2 * u32::from(i)),
+            Field::Mc(b, McReg::Ctl2) => Some(0x280 + u32::from(b)),
             Field::Mc(b, r) => Some(0x400 + 4 * u32::from(b) + r as u32),
             Field::VmxCap(i) => Some(VMX_CAPABILITY_MSR_NAMES[i as usize].1),
             Field::SgxLeHash(i) => Some(SGX_LE_HASH0_INDEX + u32::from(i)),
@@ -756,6 +765,7 @@ impl Field {
                     McReg::Status => bank.status,
                     McReg::Addr => bank.addr,
                     McReg::Misc => bank.misc,
+                    McReg::Ctl2 => bank.ctl2,
                 }
                 .into()
             }
@@ -850,6 +860,7 @@ impl Field {
                     McReg::Status => &mut bank.status,
                     McReg::Addr => &mut bank.addr,
                     McReg::Misc => &mut bank.misc,
+                    McReg::Ctl2 => &mut bank.ctl2,
                 };
                 *slot = v as u64;
             }

@@ -22,6 +22,8 @@
 //! [`Field::all`]), [`init_rules`], [`Field::name`] (and `Field`'s `Display`),
 //! [`x87::FxsaveImage::fields`] and the renderers do, so they need a global allocator.
 
+// `msr_table!` collects the Msrs members one row per recursion step.
+#![recursion_limit = "512"]
 #![cfg_attr(not(feature = "std"), no_std)]
 #![forbid(unsafe_code)]
 

@@ -179,6 +179,206 @@ msr_table! {
     /// MSR_KVM_POLL_CONTROL (4B564D05H): bit 0 lets the host poll before it halts the vCPU
     /// (msr.rst; KVM_FEATURE_POLL_CONTROL).
     KvmPollControl = 0x4b56_4d05, "msr_kvm_poll_control", stored kvm_poll_control;
+    /// MSR_KVM_WALL_CLOCK (11H): KVM's older name of its VM-wide wall-clock request (msr.rst; KVM_FEATURE_CLOCKSOURCE).
+    KvmWallClock = 0x11, "msr_kvm_wall_clock", stored kvm_wall_clock;
+    /// MSR_KVM_SYSTEM_TIME (12H): KVM's older name of the kvmclock area register (msr.rst; KVM_FEATURE_CLOCKSOURCE).
+    KvmSystemTimeOld = 0x12, "msr_kvm_system_time", stored kvm_system_time_old;
+    /// MSR_KVM_WALL_CLOCK_NEW (4B564D00H): the VM-wide wall-clock request (msr.rst; KVM_FEATURE_CLOCKSOURCE2).
+    KvmWallClockNew = 0x4b56_4d00, "msr_kvm_wall_clock_new", stored kvm_wall_clock_new;
+    /// MSR_KVM_STEAL_TIME (4B564D03H): the steal-time area (msr.rst; KVM_FEATURE_STEAL_TIME).
+    KvmStealTime = 0x4b56_4d03, "msr_kvm_steal_time", stored kvm_steal_time;
+    /// MSR_KVM_ASYNC_PF_INT (4B564D06H): the vector of the page-ready interrupt (msr.rst; KVM_FEATURE_ASYNC_PF_INT).
+    KvmAsyncPfInt = 0x4b56_4d06, "msr_kvm_async_pf_int", stored kvm_async_pf_int;
+    /// MSR_KVM_ASYNC_PF_ACK (4B564D07H): page-ready acknowledgement, reads 0 (msr.rst; KVM_FEATURE_ASYNC_PF_INT).
+    KvmAsyncPfAck = 0x4b56_4d07, "msr_kvm_async_pf_ack", stored kvm_async_pf_ack;
+    /// HV_X64_MSR_GUEST_OS_ID (40000000H): the guest OS identity (partition-wide). Hyper-V TLFS.
+    HvGuestOsId = 0x4000_0000, "hv_x64_msr_guest_os_id", stored msr_guest_os_id;
+    /// HV_X64_MSR_HYPERCALL (40000001H): the hypercall page (partition-wide). Hyper-V TLFS.
+    HvHypercall = 0x4000_0001, "hv_x64_msr_hypercall", stored msr_hypercall;
+    /// HV_X64_MSR_REFERENCE_TSC (40000021H): the reference TSC page (partition-wide). Hyper-V TLFS.
+    HvReferenceTsc = 0x4000_0021, "hv_x64_msr_reference_tsc", stored msr_reference_tsc;
+    /// HV_X64_MSR_VP_ASSIST_PAGE (40000073H): the VP assist page. Hyper-V TLFS.
+    HvVpAssistPage = 0x4000_0073, "hv_x64_msr_vp_assist_page", stored msr_vp_assist_page;
+    /// HV_X64_MSR_SCONTROL (40000080H): SynIC control. Hyper-V TLFS.
+    HvScontrol = 0x4000_0080, "hv_x64_msr_scontrol", stored msr_scontrol;
+    /// HV_X64_MSR_SIEFP (40000082H): the SynIC event flags page. Hyper-V TLFS.
+    HvSiefp = 0x4000_0082, "hv_x64_msr_siefp", stored msr_siefp;
+    /// HV_X64_MSR_SIMP (40000083H): the SynIC message page. Hyper-V TLFS.
+    HvSimp = 0x4000_0083, "hv_x64_msr_simp", stored msr_simp;
+    /// HV_X64_MSR_SINT0 (40000090H): synthetic interrupt source 0 (Hyper-V TLFS).
+    HvSint0 = 0x4000_0090, "hv_x64_msr_sint0", stored hv_sint0;
+    /// HV_X64_MSR_SINT1 (40000091H): synthetic interrupt source 1 (Hyper-V TLFS).
+    HvSint1 = 0x4000_0091, "hv_x64_msr_sint1", stored hv_sint1;
+    /// HV_X64_MSR_SINT2 (40000092H): synthetic interrupt source 2 (Hyper-V TLFS).
+    HvSint2 = 0x4000_0092, "hv_x64_msr_sint2", stored hv_sint2;
+    /// HV_X64_MSR_SINT3 (40000093H): synthetic interrupt source 3 (Hyper-V TLFS).
+    HvSint3 = 0x4000_0093, "hv_x64_msr_sint3", stored hv_sint3;
+    /// HV_X64_MSR_SINT4 (40000094H): synthetic interrupt source 4 (Hyper-V TLFS).
+    HvSint4 = 0x4000_0094, "hv_x64_msr_sint4", stored hv_sint4;
+    /// HV_X64_MSR_SINT5 (40000095H): synthetic interrupt source 5 (Hyper-V TLFS).
+    HvSint5 = 0x4000_0095, "hv_x64_msr_sint5", stored hv_sint5;
+    /// HV_X64_MSR_SINT6 (40000096H): synthetic interrupt source 6 (Hyper-V TLFS).
+    HvSint6 = 0x4000_0096, "hv_x64_msr_sint6", stored hv_sint6;
+    /// HV_X64_MSR_SINT7 (40000097H): synthetic interrupt source 7 (Hyper-V TLFS).
+    HvSint7 = 0x4000_0097, "hv_x64_msr_sint7", stored hv_sint7;
+    /// HV_X64_MSR_SINT8 (40000098H): synthetic interrupt source 8 (Hyper-V TLFS).
+    HvSint8 = 0x4000_0098, "hv_x64_msr_sint8", stored hv_sint8;
+    /// HV_X64_MSR_SINT9 (40000099H): synthetic interrupt source 9 (Hyper-V TLFS).
+    HvSint9 = 0x4000_0099, "hv_x64_msr_sint9", stored hv_sint9;
+    /// HV_X64_MSR_SINT10 (4000009AH): synthetic interrupt source 10 (Hyper-V TLFS).
+    HvSint10 = 0x4000_009a, "hv_x64_msr_sint10", stored hv_sint10;
+    /// HV_X64_MSR_SINT11 (4000009BH): synthetic interrupt source 11 (Hyper-V TLFS).
+    HvSint11 = 0x4000_009b, "hv_x64_msr_sint11", stored hv_sint11;
+    /// HV_X64_MSR_SINT12 (4000009CH): synthetic interrupt source 12 (Hyper-V TLFS).
+    HvSint12 = 0x4000_009c, "hv_x64_msr_sint12", stored hv_sint12;
+    /// HV_X64_MSR_SINT13 (4000009DH): synthetic interrupt source 13 (Hyper-V TLFS).
+    HvSint13 = 0x4000_009d, "hv_x64_msr_sint13", stored hv_sint13;
+    /// HV_X64_MSR_SINT14 (4000009EH): synthetic interrupt source 14 (Hyper-V TLFS).
+    HvSint14 = 0x4000_009e, "hv_x64_msr_sint14", stored hv_sint14;
+    /// HV_X64_MSR_SINT15 (4000009FH): synthetic interrupt source 15 (Hyper-V TLFS).
+    HvSint15 = 0x4000_009f, "hv_x64_msr_sint15", stored hv_sint15;
+    /// HV_X64_MSR_STIMER0_CONFIG (400000B0H): synthetic timer 0 configuration (Hyper-V TLFS).
+    HvStimer0Config = 0x4000_00b0, "hv_x64_msr_stimer0_config", stored hv_stimer0_config;
+    /// HV_X64_MSR_STIMER0_COUNT (400000B1H): synthetic timer 0 expiration time (Hyper-V TLFS).
+    HvStimer0Count = 0x4000_00b1, "hv_x64_msr_stimer0_count", stored hv_stimer0_count;
+    /// HV_X64_MSR_STIMER1_CONFIG (400000B2H): synthetic timer 1 configuration (Hyper-V TLFS).
+    HvStimer1Config = 0x4000_00b2, "hv_x64_msr_stimer1_config", stored hv_stimer1_config;
+    /// HV_X64_MSR_STIMER1_COUNT (400000B3H): synthetic timer 1 expiration time (Hyper-V TLFS).
+    HvStimer1Count = 0x4000_00b3, "hv_x64_msr_stimer1_count", stored hv_stimer1_count;
+    /// HV_X64_MSR_STIMER2_CONFIG (400000B4H): synthetic timer 2 configuration (Hyper-V TLFS).
+    HvStimer2Config = 0x4000_00b4, "hv_x64_msr_stimer2_config", stored hv_stimer2_config;
+    /// HV_X64_MSR_STIMER2_COUNT (400000B5H): synthetic timer 2 expiration time (Hyper-V TLFS).
+    HvStimer2Count = 0x4000_00b5, "hv_x64_msr_stimer2_count", stored hv_stimer2_count;
+    /// HV_X64_MSR_STIMER3_CONFIG (400000B6H): synthetic timer 3 configuration (Hyper-V TLFS).
+    HvStimer3Config = 0x4000_00b6, "hv_x64_msr_stimer3_config", stored hv_stimer3_config;
+    /// HV_X64_MSR_STIMER3_COUNT (400000B7H): synthetic timer 3 expiration time (Hyper-V TLFS).
+    HvStimer3Count = 0x4000_00b7, "hv_x64_msr_stimer3_count", stored hv_stimer3_count;
+    /// HV_X64_MSR_CRASH_P0 (40000100H): guest crash parameter 0 (partition-wide; Hyper-V TLFS).
+    HvCrashP0 = 0x4000_0100, "hv_x64_msr_crash_p0", stored hv_crash_p0;
+    /// HV_X64_MSR_CRASH_P1 (40000101H): guest crash parameter 1 (partition-wide; Hyper-V TLFS).
+    HvCrashP1 = 0x4000_0101, "hv_x64_msr_crash_p1", stored hv_crash_p1;
+    /// HV_X64_MSR_CRASH_P2 (40000102H): guest crash parameter 2 (partition-wide; Hyper-V TLFS).
+    HvCrashP2 = 0x4000_0102, "hv_x64_msr_crash_p2", stored hv_crash_p2;
+    /// HV_X64_MSR_CRASH_P3 (40000103H): guest crash parameter 3 (partition-wide; Hyper-V TLFS).
+    HvCrashP3 = 0x4000_0103, "hv_x64_msr_crash_p3", stored hv_crash_p3;
+    /// HV_X64_MSR_CRASH_P4 (40000104H): guest crash parameter 4 (partition-wide; Hyper-V TLFS).
+    HvCrashP4 = 0x4000_0104, "hv_x64_msr_crash_p4", stored hv_crash_p4;
+    /// IA32_PMC0 (C1H): general-purpose performance counter 0 (SDM Vol. 4, Table 2-2).
+    Pmc0 = 0xc1, "ia32_pmc0", stored pmc0;
+    /// IA32_PMC1 (C2H): general-purpose performance counter 1 (SDM Vol. 4, Table 2-2).
+    Pmc1 = 0xc2, "ia32_pmc1", stored pmc1;
+    /// IA32_PMC2 (C3H): general-purpose performance counter 2 (SDM Vol. 4, Table 2-2).
+    Pmc2 = 0xc3, "ia32_pmc2", stored pmc2;
+    /// IA32_PMC3 (C4H): general-purpose performance counter 3 (SDM Vol. 4, Table 2-2).
+    Pmc3 = 0xc4, "ia32_pmc3", stored pmc3;
+    /// IA32_PMC4 (C5H): general-purpose performance counter 4 (SDM Vol. 4, Table 2-2).
+    Pmc4 = 0xc5, "ia32_pmc4", stored pmc4;
+    /// IA32_PMC5 (C6H): general-purpose performance counter 5 (SDM Vol. 4, Table 2-2).
+    Pmc5 = 0xc6, "ia32_pmc5", stored pmc5;
+    /// IA32_PMC6 (C7H): general-purpose performance counter 6 (SDM Vol. 4, Table 2-2).
+    Pmc6 = 0xc7, "ia32_pmc6", stored pmc6;
+    /// IA32_PMC7 (C8H): general-purpose performance counter 7 (SDM Vol. 4, Table 2-2).
+    Pmc7 = 0xc8, "ia32_pmc7", stored pmc7;
+    /// IA32_PERFEVTSEL0 (186H): event select of counter 0 (SDM Vol. 4, Table 2-2).
+    PerfEvtSel0 = 0x186, "ia32_perfevtsel0", stored perfevtsel0;
+    /// IA32_PERFEVTSEL1 (187H): event select of counter 1 (SDM Vol. 4, Table 2-2).
+    PerfEvtSel1 = 0x187, "ia32_perfevtsel1", stored perfevtsel1;
+    /// IA32_PERFEVTSEL2 (188H): event select of counter 2 (SDM Vol. 4, Table 2-2).
+    PerfEvtSel2 = 0x188, "ia32_perfevtsel2", stored perfevtsel2;
+    /// IA32_PERFEVTSEL3 (189H): event select of counter 3 (SDM Vol. 4, Table 2-2).
+    PerfEvtSel3 = 0x189, "ia32_perfevtsel3", stored perfevtsel3;
+    /// IA32_PERFEVTSEL4 (18AH): event select of counter 4 (SDM Vol. 4, Table 2-2).
+    PerfEvtSel4 = 0x18a, "ia32_perfevtsel4", stored perfevtsel4;
+    /// IA32_PERFEVTSEL5 (18BH): event select of counter 5 (SDM Vol. 4, Table 2-2).
+    PerfEvtSel5 = 0x18b, "ia32_perfevtsel5", stored perfevtsel5;
+    /// IA32_PERFEVTSEL6 (18CH): event select of counter 6 (SDM Vol. 4, Table 2-2).
+    PerfEvtSel6 = 0x18c, "ia32_perfevtsel6", stored perfevtsel6;
+    /// IA32_PERFEVTSEL7 (18DH): event select of counter 7 (SDM Vol. 4, Table 2-2).
+    PerfEvtSel7 = 0x18d, "ia32_perfevtsel7", stored perfevtsel7;
+    /// IA32_FIXED_CTR0 (309H): fixed-function performance counter 0 (SDM Vol. 4, Table 2-2).
+    FixedCtr0 = 0x309, "ia32_fixed_ctr0", stored fixed_ctr0;
+    /// IA32_FIXED_CTR1 (30AH): fixed-function performance counter 1 (SDM Vol. 4, Table 2-2).
+    FixedCtr1 = 0x30a, "ia32_fixed_ctr1", stored fixed_ctr1;
+    /// IA32_FIXED_CTR2 (30BH): fixed-function performance counter 2 (SDM Vol. 4, Table 2-2).
+    FixedCtr2 = 0x30b, "ia32_fixed_ctr2", stored fixed_ctr2;
+    /// IA32_FIXED_CTR3 (30CH): fixed-function performance counter 3 (SDM Vol. 4, Table 2-2).
+    FixedCtr3 = 0x30c, "ia32_fixed_ctr3", stored fixed_ctr3;
+    /// IA32_FIXED_CTR_CTRL (38DH) (SDM Vol. 4, Table 2-2).
+    FixedCtrCtrl = 0x38d, "ia32_fixed_ctr_ctrl", stored fixed_ctr_ctrl;
+    /// IA32_PERF_GLOBAL_STATUS (38EH) (SDM Vol. 4, Table 2-2).
+    PerfGlobalStatus = 0x38e, "ia32_perf_global_status", stored perf_global_status;
+    /// IA32_PERF_GLOBAL_OVF_CTRL (390H) (SDM Vol. 4, Table 2-2).
+    PerfGlobalOvfCtrl = 0x390, "ia32_perf_global_ovf_ctrl", stored perf_global_ovf_ctrl;
+    /// IA32_PEBS_ENABLE (3F1H) (SDM Vol. 4, Table 2-2).
+    PebsEnable = 0x3f1, "ia32_pebs_enable", stored pebs_enable;
+    /// IA32_DS_AREA (600H): the debug store save area (SDM Vol. 4, Table 2-2).
+    DsArea = 0x600, "ia32_ds_area", stored ds_area;
+    /// AMD PerfEvtSel0 (Core::X86::Msr::PERF_CTL0, C0010200H): event select of core counter 0 (APM Vol. 2, §13.2.1).
+    AmdPerfCtl0 = 0xc001_0200, "perf_ctl0", stored amd_perf_ctl0;
+    /// AMD PerfCtr0 (Core::X86::Msr::PERF_CTR0, C0010201H): core performance counter 0 (APM Vol. 2, §13.2.1).
+    AmdPerfCtr0 = 0xc001_0201, "perf_ctr0", stored amd_perf_ctr0;
+    /// AMD PerfEvtSel1 (Core::X86::Msr::PERF_CTL1, C0010202H): event select of core counter 1 (APM Vol. 2, §13.2.1).
+    AmdPerfCtl1 = 0xc001_0202, "perf_ctl1", stored amd_perf_ctl1;
+    /// AMD PerfCtr1 (Core::X86::Msr::PERF_CTR1, C0010203H): core performance counter 1 (APM Vol. 2, §13.2.1).
+    AmdPerfCtr1 = 0xc001_0203, "perf_ctr1", stored amd_perf_ctr1;
+    /// AMD PerfEvtSel2 (Core::X86::Msr::PERF_CTL2, C0010204H): event select of core counter 2 (APM Vol. 2, §13.2.1).
+    AmdPerfCtl2 = 0xc001_0204, "perf_ctl2", stored amd_perf_ctl2;
+    /// AMD PerfCtr2 (Core::X86::Msr::PERF_CTR2, C0010205H): core performance counter 2 (APM Vol. 2, §13.2.1).
+    AmdPerfCtr2 = 0xc001_0205, "perf_ctr2", stored amd_perf_ctr2;
+    /// AMD PerfEvtSel3 (Core::X86::Msr::PERF_CTL3, C0010206H): event select of core counter 3 (APM Vol. 2, §13.2.1).
+    AmdPerfCtl3 = 0xc001_0206, "perf_ctl3", stored amd_perf_ctl3;
+    /// AMD PerfCtr3 (Core::X86::Msr::PERF_CTR3, C0010207H): core performance counter 3 (APM Vol. 2, §13.2.1).
+    AmdPerfCtr3 = 0xc001_0207, "perf_ctr3", stored amd_perf_ctr3;
+    /// AMD PerfEvtSel4 (Core::X86::Msr::PERF_CTL4, C0010208H): event select of core counter 4 (APM Vol. 2, §13.2.1).
+    AmdPerfCtl4 = 0xc001_0208, "perf_ctl4", stored amd_perf_ctl4;
+    /// AMD PerfCtr4 (Core::X86::Msr::PERF_CTR4, C0010209H): core performance counter 4 (APM Vol. 2, §13.2.1).
+    AmdPerfCtr4 = 0xc001_0209, "perf_ctr4", stored amd_perf_ctr4;
+    /// AMD PerfEvtSel5 (Core::X86::Msr::PERF_CTL5, C001020AH): event select of core counter 5 (APM Vol. 2, §13.2.1).
+    AmdPerfCtl5 = 0xc001_020a, "perf_ctl5", stored amd_perf_ctl5;
+    /// AMD PerfCtr5 (Core::X86::Msr::PERF_CTR5, C001020BH): core performance counter 5 (APM Vol. 2, §13.2.1).
+    AmdPerfCtr5 = 0xc001_020b, "perf_ctr5", stored amd_perf_ctr5;
+    /// AMD PerfCntrGlobalStatus (C0000300H) (APM Vol. 2, §13.2.2, PerfMonV2).
+    PerfCntrGlobalStatus = 0xc000_0300, "perf_cntr_global_status", stored perf_cntr_global_status;
+    /// AMD PerfCntrGlobalCtl (C0000301H) (APM Vol. 2, §13.2.2, PerfMonV2).
+    PerfCntrGlobalCtl = 0xc000_0301, "perf_cntr_global_ctl", stored perf_cntr_global_ctl;
+    /// IA32_XFD (1C4H): extended feature disable (SDM Vol. 1, §13.14).
+    Xfd = 0x1c4, "ia32_xfd", stored xfd;
+    /// IA32_XFD_ERR (1C5H): the XFD event error code (SDM Vol. 1, §13.14).
+    XfdErr = 0x1c5, "ia32_xfd_err", stored xfd_err;
+    /// IA32_U_CET (6A0H): user-mode CET configuration (SDM Vol. 1, Chapter 17).
+    UCet = 0x6a0, "ia32_u_cet", stored u_cet;
+    /// IA32_S_CET (6A2H): supervisor-mode CET configuration (SDM Vol. 1, Chapter 17).
+    SCet = 0x6a2, "ia32_s_cet", stored s_cet;
+    /// IA32_PL0_SSP (6A4H): the privilege-level-0 shadow-stack pointer (SDM Vol. 1, Chapter 17).
+    Pl0Ssp = 0x6a4, "ia32_pl0_ssp", stored pl0_ssp;
+    /// IA32_PL1_SSP (6A5H): the privilege-level-1 shadow-stack pointer (SDM Vol. 1, Chapter 17).
+    Pl1Ssp = 0x6a5, "ia32_pl1_ssp", stored pl1_ssp;
+    /// IA32_PL2_SSP (6A6H): the privilege-level-2 shadow-stack pointer (SDM Vol. 1, Chapter 17).
+    Pl2Ssp = 0x6a6, "ia32_pl2_ssp", stored pl2_ssp;
+    /// IA32_PL3_SSP (6A7H): the privilege-level-3 shadow-stack pointer (SDM Vol. 1, Chapter 17).
+    Pl3Ssp = 0x6a7, "ia32_pl3_ssp", stored pl3_ssp;
+    /// IA32_INTERRUPT_SSP_TABLE_ADDR (6A8H) (SDM Vol. 1, Chapter 17).
+    IntSspTab = 0x6a8, "ia32_interrupt_ssp_table_addr", stored int_ssp_tab;
+    /// IA32_UMWAIT_CONTROL (E1H): UMWAIT/TPAUSE limits (SDM Vol. 4, Table 2-2).
+    UmwaitControl = 0xe1, "ia32_umwait_control", stored umwait_control;
+    /// IA32_TSX_CTRL (122H) (SDM Vol. 4, Table 2-2).
+    TsxCtrl = 0x122, "ia32_tsx_ctrl", stored tsx_ctrl;
+    /// IA32_BNDCFGS (D90H): supervisor MPX configuration (SDM Vol. 4, Table 2-2).
+    Bndcfgs = 0xd90, "ia32_bndcfgs", stored bndcfgs;
+    /// IA32_MCG_CTL (17BH): global machine-check enables (SDM Vol. 3B, §16.3.1.3).
+    McgCtl = 0x17b, "ia32_mcg_ctl", stored mcg_ctl;
+    /// IA32_MCG_EXT_CTL (4D0H): local machine-check enable (SDM Vol. 3B, §16.3.1.4).
+    McgExtCtl = 0x4d0, "ia32_mcg_ext_ctl", stored mcg_ext_ctl;
+    /// MSR_SMI_COUNT (34H): SMIs since RESET (SDM Vol. 4, Table 2-3 and later model tables).
+    SmiCount = 0x34, "msr_smi_count", stored smi_count;
+    /// AMD HWCR (C0010015H): hardware configuration (APM Vol. 2, Appendix A).
+    Hwcr = 0xc001_0015, "hwcr", stored hwcr;
+    /// AMD VM_CR (C0010114H): SVM lock and disable (APM Vol. 2, §15.30.1).
+    VmCr = 0xc001_0114, "vm_cr", stored vm_cr;
+    /// AMD TSC_RATIO (C0000104H): guest TSC frequency ratio, 8.32 fixed point (APM Vol. 2, §15.30.5).
+    TscRatio = 0xc000_0104, "tsc_ratio", stored tsc_ratio;
+    /// AMD VIRT_SPEC_CTRL (C001011FH): the virtual SSBD control (AMD, "Speculative Store Bypass Disable" white paper).
+    VirtSpecCtrl = 0xc001_011f, "virt_spec_ctrl", stored virt_spec_ctrl;
 }
 
 /// Fixed-range MTRR names and indices (Intel SDM Vol. 3A, §12.11.2.2, Table 12-9).

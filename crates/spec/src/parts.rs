@@ -129,6 +129,8 @@ pub struct McBank {
     pub addr: u64,
     /// IA32_MCi_MISC.
     pub misc: u64,
+    /// IA32_MCi_CTL2 (280H + i): CMCI enable and threshold (SDM Vol. 3B, §16.3.2.5).
+    pub ctl2: u64,
 }
 
 /// The local APIC's registers, xAPIC view.

@@ -75,6 +75,9 @@ pub enum Source {
     /// and what its vCPU creation and `kvm_vcpu_reset()` do (arch/x86/kvm/x86.c), for state
     /// no processor manual defines.
     LinuxKvm,
+    /// Microsoft's Hypervisor Top-Level Functional Specification: the synthetic MSRs a VMM
+    /// that presents Hyper-V's interface (CPUID 40000000H: "Microsoft Hv") offers.
+    HyperVTlfs,
 }
 
 impl Source {
@@ -88,7 +91,8 @@ impl Source {
             Source::SdmVol3D => "Intel SDM Vol. 3D (325462-079US, March 2023)",
             Source::SdmVol4 => "Intel SDM Vol. 4 (325462-079US, March 2023)",
             Source::ApmVol2 => "AMD64 APM Vol. 2 (24593, Rev. 3.42, March 2024)",
-            Source::LinuxKvm => "Linux KVM (Linux 6.12)",
+            Source::LinuxKvm => "Linux KVM (Linux 6.12; checked against 6.18)",
+            Source::HyperVTlfs => "Hypervisor Top-Level Functional Specification (v6.0b)",
         }
     }
 }

@@ -32,8 +32,25 @@ fn preserved_by_init(name: &str, vendor: Vendor) -> bool {
     // KVM's paravirtual areas, which KVM turns off on INIT too.
     let kvm_pv_area = matches!(
         name,
-        "msr.msr_kvm_system_time_new" | "msr.msr_kvm_async_pf_en" | "msr.msr_kvm_pv_eoi_en"
+        "msr.msr_kvm_system_time_new"
+            | "msr.msr_kvm_system_time"
+            | "msr.msr_kvm_async_pf_en"
+            | "msr.msr_kvm_async_pf_int"
+            | "msr.msr_kvm_async_pf_ack"
+            | "msr.msr_kvm_steal_time"
+            | "msr.msr_kvm_pv_eoi_en"
     );
+    // CET state, which KVM clears on INIT (and IA32_BNDCFGS, Intel's MSR, with the MPX state).
+    let cleared_with_xstate = matches!(
+        name,
+        "msr.ia32_u_cet"
+            | "msr.ia32_s_cet"
+            | "msr.ia32_pl0_ssp"
+            | "msr.ia32_pl1_ssp"
+            | "msr.ia32_pl2_ssp"
+            | "msr.ia32_pl3_ssp"
+            | "msr.ia32_interrupt_ssp_table_addr"
+    ) || (vendor == Vendor::Intel && name == "msr.ia32_bndcfgs");
     name.starts_with("x87.")
         || name == "mxcsr"
         || name.starts_with("xmm")
@@ -46,6 +63,7 @@ fn preserved_by_init(name: &str, vendor: Vendor) -> bool {
             && name != "msr.ia32_fs_base"
             && name != "msr.ia32_gs_base"
             && !kvm_pv_area
+            && !cleared_with_xstate
             // A view of the local APIC timer, which INIT disarms (Intel's MSR).
             && !(vendor == Vendor::Intel && name == "msr.ia32_tsc_deadline"))
         || name == "lapic.id"

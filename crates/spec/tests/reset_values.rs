@@ -179,6 +179,7 @@ fn dirty_prior() -> VcpuState {
                 status: 0x9c00_0000_0000_0011,
                 addr: 0x1234_5000,
                 misc: 0x86,
+                ctl2: 0x4000_0001,
             }; MCE_BANKS],
             // A VMM narrowed every capability; a guest wrote its own launch-enclave key.
             vmx_capabilities: [0x0000_0001_0000_0000; VMX_CAPABILITY_MSRS],

@@ -584,9 +584,19 @@ mod tests {
 
     #[test]
     fn msrs_the_host_lists_without_a_spec_row_are_named_by_index() {
-        // IA32_DEBUGCTL and the kvmclock MSR have rows, the x2APIC TPR is the LAPIC page;
-        // SMI_COUNT and KVM's steal-time MSR have none.
-        let listed = [0x1d9, 0x4b56_4d01, 0x808, 0x34, 0x4b56_4d03, 0x34];
-        assert_eq!(msrs_without_spec_row(&listed), vec![0x34, 0x4b56_4d03]);
+        // IA32_DEBUGCTL, the kvmclock MSR, SMI_COUNT and steal time have rows, the x2APIC TPR
+        // is the LAPIC page; MSR_LASTBRANCH_TOS (1DAH) and a KVM paravirtual MSR of a future
+        // kernel (4B564D08H) have none.
+        let listed = [
+            0x1d9,
+            0x4b56_4d01,
+            0x808,
+            0x4b56_4d08,
+            0x34,
+            0x1da,
+            0x4b56_4d03,
+            0x1da,
+        ];
+        assert_eq!(msrs_without_spec_row(&listed), vec![0x1da, 0x4b56_4d08]);
     }
 }

@@ -16,6 +16,45 @@ const MSR_IA32_APIC_BASE: u32 = 0x1b;
 /// IA32_MTRRCAP (SDM Vol. 3A §12.11.1, APM Vol. 2 §7.7.1).
 pub(super) const MSR_IA32_MTRRCAP: u32 = 0xfe;
 
+/// MSRs KVM answers a read of but may refuse a host write of, with the value a RESET writes:
+/// MSR_KVM_STEAL_TIME (refused where the host kernel has no schedstats, `sched_info_on()`),
+/// MSR_KVM_ASYNC_PF_INT (refused without an in-kernel local APIC) and Hyper-V's SINT0–15
+/// (a non-zero write refused while SynIC is off), in `kvm_set_msr_common()` and
+/// `synic_set_msr()` (`arch/x86/kvm/x86.c`, `hyperv.c`). [`MsrSet::probe`] holds them only where
+/// that write is taken, so a RESET never fails on them.
+const WRITE_CHECKED: [(u32, u64); 18] = {
+    let mut list = [(0, 0); 18];
+    list[0] = (0x4b56_4d03, 0);
+    list[1] = (0x4b56_4d06, 0);
+    let mut i = 0;
+    while i < 16 {
+        // HV_X64_MSR_SINT0 + i, masked (Hyper-V TLFS: 0x10000 at reset).
+        list[2 + i] = (0x4000_0090 + i as u32, 0x1_0000);
+        i += 1;
+    }
+    list
+};
+
+/// KVM's older names of registers the spec also lists under their newer names: MSR_KVM_WALL_CLOCK
+/// (11H, the VM's `kvm->arch.wall_clock`, as 4B564D00H) and MSR_KVM_SYSTEM_TIME (12H, the vCPU's
+/// kvmclock register, as 4B564D01H), in `kvm_set_msr_common()` (`arch/x86/kvm/x86.c`). Moving
+/// both names would write one register twice, the second write undoing the first; the newer name
+/// alone moves it, and a RESET of it clears the older name too.
+const OLDER_NAMES: [u32; 2] = [0x11, 0x12];
+
+/// Write `data` to MSR `index` with one KVM_SET_MSRS, counted in `calls`; whether KVM took it.
+fn write_one(fd: &VcpuFd, index: u32, data: u64, calls: &mut u64) -> Result<bool, IoctlError> {
+    let entry = [kvm_msr_entry {
+        index,
+        data,
+        ..Default::default()
+    }];
+    let Ok(list) = msr_list(&entry) else {
+        return Ok(false);
+    };
+    Ok(counted(calls, Ioctl::SetMsrs, || fd.set_msrs(&list))? == 1)
+}
+
 /// The MSR fields a vCPU holds, in the order they are moved (IA32_APIC_BASE first).
 #[derive(Clone, Debug, Default)]
 pub(super) struct MsrSet {
@@ -76,7 +115,9 @@ impl MsrSet {
         calls: &mut u64,
     ) -> Result<MsrSet, IoctlError> {
         let candidates: Vec<(Field, u32)> = msr_fields()
-            .filter(|(_, index)| supported.binary_search(index).is_ok())
+            .filter(|(_, index)| {
+                supported.binary_search(index).is_ok() && !OLDER_NAMES.contains(index)
+            })
             .collect();
         let mut set = MsrSet::default();
         let mut rest = &candidates[..];
@@ -99,6 +140,15 @@ impl MsrSet {
                     && let Some(slot) = set.vmx_capabilities.get_mut(usize::from(i))
                 {
                     *slot = Some(entry.data);
+                }
+                if let Some(&(_, reset)) = WRITE_CHECKED.iter().find(|(i, _)| *i == entry.index) {
+                    // Try the value a RESET writes, then put back what was read.
+                    if !write_one(fd, entry.index, reset, calls)? {
+                        continue;
+                    }
+                    if reset != entry.data {
+                        write_one(fd, entry.index, entry.data, calls)?;
+                    }
                 }
                 set.held.push(*field);
             }
