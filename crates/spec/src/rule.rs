@@ -137,6 +137,15 @@ pub enum Derivation {
     /// IA32_SGXLEPUBKEYHASHn: the digest of Intel's signing key ([`INTEL_LE_PUBKEY_HASH`])
     /// where the model offers SGX launch control, 0 (no such MSR) where it does not.
     SgxLePubKeyHash(u8),
+    /// The CMCI LVT (2F0H): masked (00010000H) where the local APIC has it, the 7th LVT entry
+    /// (APIC version bits 23:16, Max LVT Entry, at least 6); 0 where it has fewer entries and
+    /// the register does not exist (SDM Vol. 3A §11.4.8, Figure 11-7, and §11.5.1).
+    LvtCmci,
+    /// The local APIC's LDR after INIT: INIT keeps IA32_APIC_BASE, so a vCPU in x2APIC mode
+    /// (EXTD, bit 10, in the state before) stays in it, and there the LDR is read-only, derived
+    /// from the x2APIC ID: (ID\[19:4\] << 16) | (1 << ID\[3:0\]) (SDM Vol. 3A §11.12.10.2). In
+    /// xAPIC mode INIT clears it (§11.4.7.3).
+    LdrInit,
 }
 
 impl Derivation {
@@ -162,6 +171,12 @@ impl Derivation {
             }
             Derivation::SgxLePubKeyHash(_) => {
                 "the digest of Intel's signing key where the model offers SGX launch control, else 0 (no such MSR)"
+            }
+            Derivation::LdrInit => {
+                "0 in xAPIC mode; in x2APIC mode (kept by INIT) the logical x2APIC ID, (ID[19:4] << 16) | (1 << ID[3:0])"
+            }
+            Derivation::LvtCmci => {
+                "masked (0x10000) where the APIC has 7 or more LVT entries (version bits 23:16 >= 6), else 0 (no such register)"
             }
         }
     }
@@ -198,6 +213,20 @@ impl Derivation {
                         .copied()
                         .unwrap_or(0)
                         .into()
+                } else {
+                    0
+                }
+            }
+            Derivation::LdrInit => match prior {
+                Some(p) if p.msrs.apic_base & (1 << 10) != 0 => {
+                    let id = vcpu.apic_id;
+                    u128::from(((id >> 4) & 0xffff) << 16 | 1 << (id & 0xf))
+                }
+                _ => 0,
+            },
+            Derivation::LvtCmci => {
+                if (model.apic_version >> 16) & 0xff >= 6 {
+                    0x1_0000
                 } else {
                     0
                 }

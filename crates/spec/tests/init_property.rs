@@ -180,6 +180,10 @@ proptest! {
             let name = f.name();
             if f == Field::Cr0 {
                 prop_assert_eq!(after.cr0, 0x10 | (prior.cr0 & 0x6000_0000), "cr0");
+            } else if name == "lapic.ldr" && prior.msrs.apic_base & (1 << 10) != 0 {
+                // x2APIC mode stays across INIT, and with it the LDR derived from the ID.
+                let x2 = ((id.apic_id >> 4) << 16) | (1 << (id.apic_id & 0xf));
+                prop_assert_eq!(after.lapic.ldr, x2, "lapic.ldr in x2APIC mode");
             } else if preserved_by_init(&name, v) {
                 prop_assert_eq!(f.get(&after), f.get(&prior), "{} must be kept", name);
             } else {

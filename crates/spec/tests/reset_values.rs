@@ -286,14 +286,14 @@ fn seg(s: &VcpuState, r: Seg) -> Segment {
     s.segments[r as usize]
 }
 
-const LVTS: [&str; 7] = [
+/// The six LVT entries every local APIC has (the CMCI LVT, a 7th, only with more entries).
+const LVTS: [&str; 6] = [
     "lapic.lvt_timer",
     "lapic.lvt_thermal",
     "lapic.lvt_perf",
     "lapic.lvt_lint0",
     "lapic.lvt_lint1",
     "lapic.lvt_error",
-    "lapic.lvt_cmci",
 ];
 
 // ---------------------------------------------------------------------------------------------
@@ -928,7 +928,14 @@ fn lapic_registers_after_reset_and_init() {
             assert_eq!(l.tpr, 0, "{ctx}");
             assert_eq!(l.apr, 0, "{ctx}");
             assert_eq!(l.ppr, 0, "{ctx}");
-            assert_eq!(l.ldr, 0, "{ctx}");
+            // The dirtied prior is in x2APIC mode (APIC base C00H), which INIT keeps: the LDR
+            // is then the logical x2APIC ID (SDM Vol. 3A §11.12.10.2).
+            let ldr = if event == "init" {
+                ((vcpu.apic_id >> 4) << 16) | (1 << (vcpu.apic_id & 0xf))
+            } else {
+                0
+            };
+            assert_eq!(l.ldr, ldr, "{ctx}");
             assert_eq!(l.esr, 0, "{ctx}");
             assert_eq!(l.icr, 0, "{ctx}");
             assert_eq!(l.isr, [0; 8], "{ctx}");
@@ -961,6 +968,41 @@ fn every_lvt_masked_including_bsp_lint0() {
                 );
             }
             assert_eq!(s.lapic.lvt_lint0, 0x0001_0000);
+        }
+    }
+}
+
+#[test]
+fn init_clears_the_ldr_in_xapic_mode_and_keeps_the_x2apic_logical_id() {
+    let mut xapic = dirty_prior();
+    xapic.msrs.apic_base = 0xfee0_0800;
+    for model in MODELS {
+        assert_eq!(init(model, AP, &xapic).lapic.ldr, 0);
+        let x2 = init(model, AP, &dirty_prior());
+        let id = AP.apic_id;
+        assert_eq!(x2.lapic.ldr, ((id >> 4) << 16) | (1 << (id & 0xf)));
+        assert_eq!(x2.lapic.dfr, 0xffff_ffff);
+    }
+}
+
+#[test]
+fn the_cmci_lvt_is_masked_where_the_apic_has_seven_entries_and_absent_with_six() {
+    let prior = dirty_prior();
+    for model in MODELS {
+        let mut seven = model;
+        seven.apic_version = (model.apic_version & !0x00ff_0000) | 0x0006_0000;
+        let mut six = model;
+        six.apic_version = (model.apic_version & !0x00ff_0000) | 0x0005_0000;
+        for vcpu in VCPUS {
+            let ctx = format!("{:?} {vcpu:?}", model.vendor);
+            assert_eq!(reset(seven, vcpu).lapic.lvt_cmci, 0x0001_0000, "{ctx}");
+            assert_eq!(
+                init(seven, vcpu, &prior).lapic.lvt_cmci,
+                0x0001_0000,
+                "{ctx}"
+            );
+            assert_eq!(reset(six, vcpu).lapic.lvt_cmci, 0, "{ctx}");
+            assert_eq!(init(six, vcpu, &prior).lapic.lvt_cmci, 0, "{ctx}");
         }
     }
 }

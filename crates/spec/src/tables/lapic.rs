@@ -45,24 +45,26 @@ pub(crate) fn row(f: Field, v: Vendor, e: Event) -> Row {
                     .note("Hard-wired: \"the version register is not affected\"."),
                 Event::Init => mk(f, Rule::Preserved, c),
             },
-            LapicReg::Dfr => mk(f, Rule::Value(0xffff_ffff), c).note("Flat model, all ones."),
+            LapicReg::Dfr => match e {
+                Event::Reset => mk(f, Rule::Value(0xffff_ffff), c).note("Flat model, all ones."),
+                Event::Init => mk(f, Rule::Value(0xffff_ffff), c).note("Flat model, all ones. In x2APIC mode, which INIT keeps (IA32_APIC_BASE is unchanged; SDM Vol. 3A §11.12.5.1), the DFR does not exist (no x2APIC MSR for it: §11.12.1.2, Table 11-6); the value is the one the register returns once the APIC is back in xAPIC mode, and what KVM's INIT leaves in its page (kvm_lapic_reset: kvm_apic_set_dfr(apic, 0xffffffff))."),
+            },
+            LapicReg::Ldr if e == Event::Init => mk(f, Rule::Derived(Derivation::LdrInit), c).note(
+                "INIT clears the LDR in xAPIC mode. In x2APIC mode, which INIT keeps (§11.12.5.1), the LDR is read-only and derived from the x2APIC ID (§11.12.10.2), so INIT leaves it so: KVM's kvm_lapic_reset() clears it only when !apic_x2apic_mode().",
+            ),
             LapicReg::Svr => mk(f, Rule::Value(0xff), c)
                 .note("Spurious vector FFH; bit 8 clear: the APIC is software-disabled."),
             LapicReg::LvtLint0 => mk(f, Rule::Value(0x1_0000), c).note(LINT0_NOTE),
-            LapicReg::LvtCmci if v == Vendor::Amd => mk(
-                f,
-                Rule::Undefined {
-                    vmm: 0x1_0000,
-                    reason: "AMD APICs have no CMCI LVT; masked like the others",
-                },
-                c,
-            ),
+            LapicReg::LvtCmci => mk(f, Rule::Derived(Derivation::LvtCmci), c).note(if v == Vendor::Amd {
+                "AMD APICs have no CMCI LVT (Table 16-2 lists none at 2F0H): the version register's Max LVT Entry says 6 entries, and the register does not exist (0). Where a VMM's APIC reports 7, it is masked like the others."
+            } else {
+                "The 7th LVT entry: it exists only where the version register's Max LVT Entry (bits 23:16) is 6 or more (SDM Vol. 3A §11.4.8, Figure 11-7; §11.5.1 \"the LVT CMCI register\" on processors with CMCI). Masked (bit 16) there; with 6 entries there is no such register (0), as KVM gives a vCPU without IA32_MCG_CAP.MCG_CMCI_P."
+            }),
             LapicReg::LvtTimer
             | LapicReg::LvtThermal
             | LapicReg::LvtPerf
             | LapicReg::LvtLint1
-            | LapicReg::LvtError
-            | LapicReg::LvtCmci => mk(f, Rule::Value(0x1_0000), c).note("Masked (bit 16)."),
+            | LapicReg::LvtError => mk(f, Rule::Value(0x1_0000), c).note("Masked (bit 16)."),
             LapicReg::Tpr
             | LapicReg::Apr
             | LapicReg::Ppr

@@ -141,9 +141,11 @@ fn reset_row(f: Field, v: Vendor) -> Option<Row> {
             }),
             Msr::MiscEnable if intel => mk(
                 f,
-                undefined(0x1, "model-specific; bit 0 (fast strings) is set by default, read-only bits 7/11/12 reflect the model (KVM reports 0x1800)"),
-                Citation { source: Source::SdmVol4, locator: "Table 2-2, IA32_MISC_ENABLE (1A0H)" },
-            ),
+                undefined(0x1800, "model-specific; read-only bits 11 (BTS unavailable) and 12 (PEBS unavailable) must agree with CPUID, and a vCPU has neither BTS nor PEBS: 0x1800, as KVM writes at RESET (kvm_vcpu_reset: MSR_IA32_MISC_ENABLE_PEBS_UNAVAIL | MSR_IA32_MISC_ENABLE_BTS_UNAVAIL)"),
+                Citation { source: Source::SdmVol4, locator: "Table 2-2, IA32_MISC_ENABLE (1A0H); Linux KVM arch/x86/kvm/x86.c, kvm_vcpu_reset() (!init_event)" },
+            )
+            .note("Bit 0 (fast strings) is 1 after RESET on Intel processors and firmware leaves it so; KVM leaves it 0 and ignores it, so 0x1801 is reported as spec-allows. QEMU adds bit 18 (ENABLE_MONITOR) where CPUID advertises MONITOR, also spec-allows. The old value 0x1 claimed BTS and PEBS were available, which contradicts CPUID.01H:EDX[21] (DS) on every KVM vCPU.")
+            .also(&[Alternative::Value(0x1801), Alternative::Value(0x4_1800), Alternative::Value(0x4_1801)]),
             Msr::MiscEnable => mk(f, undefined(0, "Intel-only MSR"), table),
             Msr::FsBase | Msr::GsBase => mk(f, Rule::Value(0), table)
                 .note("The hidden base of FS/GS (SDM Vol. 3A §3.4.4); 0 like every data segment base."),

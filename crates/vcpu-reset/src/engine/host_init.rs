@@ -27,7 +27,7 @@
 //! whole boot, the usual AP at a reboot from firmware: KVM_SET_VCPU_EVENTS (raising the INIT)
 //! and KVM_GET_MP_STATE, two ioctls.
 
-use vcpu_reset_spec::{Field, VcpuState};
+use vcpu_reset_spec::{self as spec, Alternative, Event, Field, VcpuState, Vendor};
 
 use super::verify::counted_from;
 use super::{EngineError, Vcpu};
@@ -122,7 +122,7 @@ impl<B: Backend> Vcpu<B> {
         }
         let unchecked = done.established.difference(self.host_init.checked);
         if unchecked != ClassSet::EMPTY {
-            let wrong = self.classes_off(unchecked, target)?;
+            let wrong = self.classes_off(unchecked, target, false)?;
             self.host_init.checked = self.host_init.checked.union(unchecked);
             self.host_init.inexact = self.host_init.inexact.union(wrong);
         }
@@ -130,7 +130,7 @@ impl<B: Backend> Vcpu<B> {
             && done.clobbered != ClassSet::EMPTY
             && done.established != ClassSet::EMPTY
         {
-            self.host_init.clobbered_off = Some(self.classes_off(done.clobbered, target)?);
+            self.host_init.clobbered_off = Some(self.classes_off(done.clobbered, target, true)?);
         }
         let trusted = done
             .established
@@ -147,11 +147,14 @@ impl<B: Backend> Vcpu<B> {
     }
 
     /// The classes in `classes` with a held field that differs from `target` (read through
-    /// the cache, which loads each class once).
+    /// the cache, which loads each class once). With `allowed`, a value the spec lists as an
+    /// alternative of the RESET value is not a difference (AMD's CS attributes 0x9B for 0x9A,
+    /// which differ only in the accessed bit): the host's INIT may then be left to the next run.
     fn classes_off(
         &mut self,
         classes: ClassSet,
         target: &VcpuState,
+        allowed: bool,
     ) -> Result<ClassSet, EngineError> {
         let mut off = ClassSet::EMPTY;
         for field in Field::all() {
@@ -167,10 +170,21 @@ impl<B: Backend> Vcpu<B> {
                 actual &= !CR0_CD_NW;
                 expected &= !CR0_CD_NW;
             }
-            if actual != expected && !counted_from(field, expected, actual) {
+            if actual != expected
+                && !counted_from(field, expected, actual)
+                && !(allowed && spec_allows(field, actual, self.model.vendor))
+            {
                 off = off.with(class);
             }
         }
         Ok(off)
     }
+}
+
+/// Whether `actual` is one of the spec's alternatives of `field`'s RESET value for `vendor`.
+fn spec_allows(field: Field, actual: u128, vendor: Vendor) -> bool {
+    spec::row(field, vendor, Event::Reset)
+        .also
+        .iter()
+        .any(|a| matches!(a, Alternative::Value(v) if *v == actual))
 }
