@@ -177,8 +177,15 @@ pub enum Activity {
     Hlt = 1,
     /// Shut down (triple fault).
     Shutdown = 2,
-    /// Waiting for a startup IPI (KVM_MP_STATE_INIT_RECEIVED / UNINITIALIZED).
+    /// Waiting for a startup IPI (KVM_MP_STATE_INIT_RECEIVED).
     WaitForSipi = 3,
+    /// Not an architectural state: an AP the host has never started, which ignores a startup
+    /// IPI until an INIT arrives (KVM_MP_STATE_UNINITIALIZED, KVM's state of an AP at creation
+    /// with an in-kernel local APIC). After RESET an AP waits for a SIPI (SDM Vol. 3A §9.4.1,
+    /// APM Vol. 2 §15.27.8), so a vCPU read in this state differs from the RESET state: a
+    /// firmware that starts its APs with SIPIs alone would find them never running. Outside the
+    /// VMX encoding (which has no such state); never the value of a spec row.
+    Uninitialized = 4,
 }
 
 impl Activity {
@@ -189,6 +196,7 @@ impl Activity {
             1 => Some(Self::Hlt),
             2 => Some(Self::Shutdown),
             3 => Some(Self::WaitForSipi),
+            4 => Some(Self::Uninitialized),
             _ => None,
         }
     }
@@ -200,6 +208,7 @@ impl Activity {
             Self::Hlt => "hlt",
             Self::Shutdown => "shutdown",
             Self::WaitForSipi => "wait-for-sipi",
+            Self::Uninitialized => "uninitialized",
         }
     }
 }

@@ -13,10 +13,11 @@
 //!
 //! [`StateClass::MpState`]: the activity state (`kvm_mp_state`), with an in-kernel irqchip only.
 //!
-//! RUNNABLE is [`Activity::Active`], HALTED [`Activity::Hlt`], INIT_RECEIVED and UNINITIALIZED
-//! (an AP that has not been started yet) [`Activity::WaitForSipi`], which is stored as
-//! INIT_RECEIVED. KVM has no shutdown activity state (a triple fault ends the run with
-//! KVM_EXIT_SHUTDOWN instead), so [`Activity::Shutdown`] cannot be stored.
+//! RUNNABLE is [`Activity::Active`], HALTED [`Activity::Hlt`], INIT_RECEIVED
+//! [`Activity::WaitForSipi`]; UNINITIALIZED (an AP that has not been started yet, which drops a
+//! SIPI until an INIT) is [`Activity::Uninitialized`] and is never stored. KVM has no shutdown
+//! activity state (a triple fault ends the run with KVM_EXIT_SHUTDOWN instead), so
+//! [`Activity::Shutdown`] cannot be stored.
 //!
 //! KVM_GET_MP_STATE is also where KVM accepts an INIT or startup IPI pending in the in-kernel
 //! local APIC (`kvm_apic_accept_events()`): a pending INIT performs KVM's own INIT, a pending
@@ -52,7 +53,7 @@ use kvm_bindings::{
     KVM_MP_STATE_RUNNABLE, KVM_MP_STATE_UNINITIALIZED, KVM_VCPUEVENT_VALID_TRIPLE_FAULT,
     kvm_mp_state, kvm_vcpu_events,
 };
-use vcpu_reset_spec::{LapicReg, VcpuState};
+use vcpu_reset_spec::{Activity, LapicReg, VcpuState};
 
 impl KvmVcpu {
     pub(super) fn load_lapic(&mut self, state: &mut VcpuState) -> Result<(), BackendError> {
@@ -97,7 +98,11 @@ impl KvmVcpu {
     pub(super) fn store_mp_state(&mut self, state: &VcpuState) -> Result<(), BackendError> {
         let mp_state = mp_state_of(state.activity).ok_or_else(|| BackendError::Invalid {
             what: "activity state",
-            why: "KVM has no shutdown activity state; a triple fault ends the run with Exit::Shutdown instead".into(),
+            why: if state.activity == Activity::Uninitialized {
+                "KVM_MP_STATE_UNINITIALIZED is KVM's state of an AP it never started, not one to store; store wait-for-SIPI (INIT_RECEIVED) for an AP".into()
+            } else {
+                "KVM has no shutdown activity state; a triple fault ends the run with Exit::Shutdown instead".into()
+            },
         })?;
         // A deferred kvm_sregs at the reset vector would make KVM force the BSP runnable at the
         // next entry, undoing this store; write it first, in the order the caller stored them.
