@@ -69,6 +69,58 @@ fn reset_leaves_no_poison() {
     }
 }
 
+/// The MSRs a previous boot could leave behind beyond the SDM tables (KVM PV, Hyper-V, PMU,
+/// CET, XFD, MCE, AMD): a RESET of a poisoned vCPU of either vendor gives each its RESET value.
+#[test]
+fn reset_establishes_the_msrs_a_previous_boot_could_leave_on_either_vendor() {
+    let names = [
+        "msr.msr_kvm_poll_control",
+        "msr.msr_misc_features_enables",
+        "msr.msr_kvm_steal_time",
+        "msr.msr_kvm_wall_clock_new",
+        "msr.msr_kvm_async_pf_int",
+        "msr.hv_x64_msr_hypercall",
+        "msr.hv_x64_msr_sint0",
+        "msr.hv_x64_msr_stimer3_count",
+        "msr.ia32_perfevtsel0",
+        "msr.ia32_pmc7",
+        "msr.ia32_fixed_ctr_ctrl",
+        "msr.ia32_ds_area",
+        "msr.perf_ctl5",
+        "msr.perf_cntr_global_ctl",
+        "msr.ia32_xfd",
+        "msr.ia32_s_cet",
+        "msr.ia32_pl3_ssp",
+        "msr.ia32_umwait_control",
+        "msr.ia32_tsx_ctrl",
+        "msr.ia32_bndcfgs",
+        "msr.ia32_mcg_ctl",
+        "msr.ia32_mc3_ctl2",
+        "msr.msr_smi_count",
+        "msr.hwcr",
+        "msr.vm_cr",
+        "msr.tsc_ratio",
+        "msr.virt_spec_ctrl",
+    ];
+    for vendor in [Vendor::Intel, Vendor::Amd] {
+        let model = model_of(vendor, 0x000a_06a4);
+        let mut v = Vcpu::new(
+            VcpuCache::adopt(ModelVcpu::new_poisoned()),
+            model,
+            VcpuIdentity::new(0),
+        );
+        v.reset().unwrap();
+        let got = backend_state(v.into_cache().into_backend().unwrap());
+        let want = spec::expected_state(&model, VcpuIdentity::new(0), Transition::Reset);
+        for name in names {
+            let f = Field::from_name(name).unwrap_or_else(|| panic!("no field {name}"));
+            assert_eq!(f.get(&got), f.get(&want), "{name} {vendor:?}");
+        }
+        assert_eq!(got.msrs.kvm_poll_control, 1, "{vendor:?}");
+        assert_eq!(got.msrs.hv_sint0, 0x1_0000, "{vendor:?}");
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
 

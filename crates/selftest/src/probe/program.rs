@@ -386,12 +386,13 @@ const CPUID_SLOT: u16 = 18;
 /// The CPUID leaves and subleaves the probe records, so that a log says what the VMM
 /// advertises: vendor and highest leaf (0), signature and features (1), power management (6),
 /// structured extended features (7.0), architectural performance monitoring (0AH), XSAVE
-/// components (0DH.0, 0DH.1), highest extended leaf (80000000H), extended features (80000001H)
-/// and address sizes (80000008H) (Intel SDM Vol. 2A, CPUID; AMD APM Vol. 3, Appendix E), and
-/// the hypervisor's signature (40000000H) and, under KVM's, its paravirtual features
+/// components (0DH.0, 0DH.1), highest extended leaf (80000000H), extended features (80000001H),
+/// address sizes and extended feature IDs (80000008H), SVM features (8000000AH) and extended
+/// performance monitoring (80000022H) (Intel SDM Vol. 2A, CPUID; AMD APM Vol. 3, Appendix E),
+/// and the hypervisor's signature (40000000H) and, under KVM's, its paravirtual features
 /// (40000001H) (Linux Documentation/virt/kvm/x86/cpuid.rst). A leaf above the highest one
 /// CPUID reports returns other data; the judge ignores it.
-pub const CPUID_LEAVES: [(u32, u32); 12] = [
+pub const CPUID_LEAVES: [(u32, u32); 14] = [
     (0, 0),
     (1, 0),
     (6, 0),
@@ -402,6 +403,8 @@ pub const CPUID_LEAVES: [(u32, u32); 12] = [
     (0x8000_0000, 0),
     (0x8000_0001, 0),
     (0x8000_0008, 0),
+    (0x8000_000a, 0),
+    (0x8000_0022, 0),
     (0x4000_0000, 0),
     (0x4000_0001, 0),
 ];
