@@ -379,6 +379,9 @@ msr_table! {
     TscRatio = 0xc000_0104, "tsc_ratio", stored tsc_ratio;
     /// AMD VIRT_SPEC_CTRL (C001011FH): the virtual SSBD control (AMD, "Speculative Store Bypass Disable" white paper).
     VirtSpecCtrl = 0xc001_011f, "virt_spec_ctrl", stored virt_spec_ctrl;
+    /// MSR_POWER_CTL (1FCH): power-management control, e.g. C1E enable (bit 1) (SDM Vol. 4,
+    /// Table 2-20 and later model tables; KVM emulates it for every vCPU).
+    PowerCtl = 0x1fc, "msr_power_ctl", stored power_ctl;
 }
 
 /// Fixed-range MTRR names and indices (Intel SDM Vol. 3A, §12.11.2.2, Table 12-9).

@@ -393,6 +393,12 @@ fn reset_row(f: Field, v: Vendor) -> Option<Row> {
                 undefined(0, "AMD's MSR; KVM may list it (and answer it) for Intel vCPUs too, where 0 is what a fresh vCPU reads"),
                 table,
             ),
+            Msr::PowerCtl => mk(
+                f,
+                undefined(0, "model-specific, set by firmware; 0 is what KVM gives a new vCPU (msr_ia32_power_ctl), which neither KVM's RESET nor its INIT write again"),
+                Citation { source: Source::SdmVol4, locator: "Table 2-20 and later model tables, MSR_POWER_CTL (1FCH); Linux KVM arch/x86/kvm/x86.c, kvm_set_msr_common() (MSR_IA32_POWER_CTL)" },
+            )
+            .note("KVM lets the guest write it and keeps what it wrote across its own RESET and INIT: a previous boot's value would reach the next. INIT keeps it, as every MSR."),
             Msr::SysenterCs
             | Msr::SysenterEsp
             | Msr::SysenterEip
