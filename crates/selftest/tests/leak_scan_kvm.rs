@@ -14,38 +14,41 @@ use vcpu_reset::spec::{Event, Field, Msr, VcpuState};
 use vcpu_reset_selftest::check::leak::{self, LeakScan, Lent};
 use vcpu_reset_selftest::host::kvm_for_tests;
 
-/// A backend whose RESET forgets IA32_PAT (it keeps what the vCPU holds), as an engine that
-/// left one MSR out would: the scan must name it.
-struct ForgetsPat(KvmVcpu);
+/// A backend whose RESET forgets one field (it keeps what the vCPU holds), as an engine that
+/// left it out would: the scan must name it.
+struct Forgets(KvmVcpu, Field);
 
-impl ForgetsPat {
-    /// `state` with IA32_PAT as the vCPU holds it now.
-    fn keeping_pat(&mut self, state: &VcpuState) -> Result<VcpuState, BackendError> {
+impl Forgets {
+    /// `state` with the forgotten field as the vCPU holds it now.
+    fn keeping(&mut self, state: &VcpuState) -> Result<VcpuState, BackendError> {
         let mut now = VcpuState::default();
-        self.0.load(StateClass::Msrs, &mut now)?;
+        self.0.load(StateClass::of(self.1), &mut now)?;
         let mut kept = *state;
-        kept.msrs.pat = now.msrs.pat;
+        self.1.set(&mut kept, self.1.get(&now));
         Ok(kept)
     }
 }
 
-impl Lent for ForgetsPat {
+impl Lent for Forgets {
     fn lent_fd(&self) -> &VcpuFd {
         self.0.fd()
+    }
+    fn lent_backend(&mut self) -> &mut KvmVcpu {
+        &mut self.0
     }
     fn into_vcpu_fd(self) -> VcpuFd {
         self.0.into_fd()
     }
 }
 
-impl HostInitBackend for ForgetsPat {
+impl HostInitBackend for Forgets {
     fn host_init(
         &mut self,
         target: &VcpuState,
         lazy: bool,
         kept: ClassSet,
     ) -> Result<Option<HostInit>, BackendError> {
-        let target = self.keeping_pat(target)?;
+        let target = self.keeping(target)?;
         self.0.host_init(&target, lazy, kept)
     }
     fn touch_count(&mut self) -> Option<u64> {
@@ -53,13 +56,13 @@ impl HostInitBackend for ForgetsPat {
     }
 }
 
-impl Backend for ForgetsPat {
+impl Backend for Forgets {
     fn load(&mut self, class: StateClass, state: &mut VcpuState) -> Result<(), BackendError> {
         self.0.load(class, state)
     }
     fn store(&mut self, class: StateClass, state: &VcpuState) -> Result<(), BackendError> {
-        if class == StateClass::Msrs {
-            let state = self.keeping_pat(state)?;
+        if class == StateClass::of(self.1) {
+            let state = self.keeping(state)?;
             return self.0.store(class, &state);
         }
         self.0.store(class, state)
@@ -100,10 +103,16 @@ fn scan<B: Lent>(event: Event, wrap: impl FnOnce(KvmVcpu) -> B) -> Option<LeakSc
         .map(|i| format!("{i:#x}"))
         .collect();
     eprintln!(
-        "{event:?}: planted {} MSRs; {} spec rows kept a value the event changes; without a spec row, kept: {}",
+        "{event:?}: planted {} MSRs, {} other fields, XSAVE components {:?}; {} MSR rows and {} other fields kept a value the event changes ({:?}); without a spec row, kept: {}; not held, kept: {:x?}; XSAVE components kept: {:?}",
         found.planted,
+        found.fields_planted,
+        found.xsave_planted,
         found.survived.len(),
-        kept.join(" ")
+        found.fields_survived.len(),
+        found.fields_survived,
+        kept.join(" "),
+        found.not_held_kept,
+        found.xsave_kept,
     );
     Some(found)
 }
@@ -137,7 +146,7 @@ fn no_planted_msr_value_survives_an_init_where_the_spec_sets_it() {
 
 #[test]
 fn the_scan_names_an_msr_a_reset_leaves_out() {
-    let Some(found) = scan(Event::Reset, ForgetsPat) else {
+    let Some(found) = scan(Event::Reset, |kv| Forgets(kv, Field::Msr(Msr::Pat))) else {
         return;
     };
     let named: Vec<(Field, u32)> = found.survived.iter().map(|s| (s.field, s.index)).collect();
@@ -145,5 +154,64 @@ fn the_scan_names_an_msr_a_reset_leaves_out() {
         named,
         [(Field::Msr(Msr::Pat), 0x277)],
         "only the forgotten MSR"
+    );
+}
+
+#[test]
+fn the_scan_names_a_register_a_reset_leaves_out() {
+    // XMM7 (the SSE component of XSAVE): KVM's INIT keeps it, so only the engine resets it.
+    let Some(found) = scan(Event::Reset, |kv| Forgets(kv, Field::Xmm(7))) else {
+        return;
+    };
+    assert!(found.survived.is_empty(), "{:#?}", found.survived);
+    let named: Vec<Field> = found.fields_survived.iter().map(|s| s.field).collect();
+    assert_eq!(named, [Field::Xmm(7)], "only the forgotten register");
+    assert_eq!(found.fields_survived[0].expected, 0);
+}
+
+#[test]
+fn the_scan_plants_in_the_lapic_page_debug_segment_and_vector_registers() {
+    let Some(found) = scan(Event::Reset, |kv| kv) else {
+        return;
+    };
+    // 6 debug registers, 8 segments x 4 parts + 2 tables x 2, XCR0, x87/SSE at least; the
+    // local APIC page with an in-kernel irqchip.
+    assert!(
+        found.fields_planted > 100,
+        "values planted in {} fields",
+        found.fields_planted
+    );
+    assert!(
+        found.fields_survived.is_empty(),
+        "{:#?}",
+        found.fields_survived
+    );
+    assert!(found.xsave_kept.is_empty(), "{:?}", found.xsave_kept);
+}
+
+#[test]
+fn kvms_own_init_keeps_what_a_reset_must_change() {
+    let Some(host) = kvm_for_tests() else { return };
+    let found = leak::scan_kvm_init(&host).expect("scan");
+    let kept: Vec<String> = found
+        .survived
+        .iter()
+        .map(|s| s.field.to_string())
+        .chain(found.fields_survived.iter().map(|s| s.field.to_string()))
+        .collect();
+    eprintln!(
+        "KVM's INIT: {} planted, {} survived where RESET changes them: {}",
+        found.total_planted(),
+        found.total_survived(),
+        kept.join(" ")
+    );
+    // INIT keeps the MSRs and x87/SSE state (SDM Table 10-1), so a reboot through KVM's INIT
+    // alone keeps what the guest planted there: IA32_PAT among them on every host.
+    assert!(
+        found
+            .survived
+            .iter()
+            .any(|s| s.field == Field::Msr(Msr::Pat)),
+        "{kept:?}"
     );
 }

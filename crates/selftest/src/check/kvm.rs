@@ -437,60 +437,121 @@ pub fn msrs_without_spec_row(listed: &[u32]) -> Vec<u32> {
     out
 }
 
-/// The MSR leak scan after vcpu-reset's RESET and INIT ([`super::leak`]): a host fact with
-/// what was planted and what survived, and a failed field per survivor.
+/// The host-side leak scan ([`super::leak`]) after vcpu-reset's RESET and INIT, and after
+/// KVM's own INIT: the `leak` host fact (what was planted and what survived, in one line), a
+/// failed field per survivor of vcpu-reset's RESET or INIT, and a `leak kvm-init` host fact
+/// with what KVM's INIT alone keeps of what a RESET must change (a finding about the host,
+/// counted by state class, not judged field by field).
 fn leak(report: &mut Report, host: &KvmHost) {
-    let mut line = Vec::new();
+    let mut planted = 0;
+    let mut survived = Vec::new();
+    let mut kept_unknown = Vec::new();
+    let mut kept_unheld = Vec::new();
     for (event, name) in [(Event::Reset, "leak-reset"), (Event::Init, "leak-init")] {
         match super::leak::scan(host, event, |kv| kv) {
             Ok(found) => {
-                line.push(format!(
-                    "{} MSRs planted, {} survived {}",
-                    found.planted,
-                    found.survived.len(),
-                    if event == Event::Reset {
-                        "RESET"
-                    } else {
-                        "INIT (where INIT changes them)"
-                    }
-                ));
-                if event == Event::Reset && !found.unknown_kept.is_empty() {
-                    let kept: Vec<String> = found
-                        .unknown_kept
-                        .iter()
-                        .map(|i| format!("{i:#x}"))
-                        .collect();
-                    line.push(format!("kept without a spec row: {}", kept.join(" ")));
+                planted = planted.max(found.total_planted());
+                survived.push(found.total_survived());
+                if event == Event::Reset {
+                    kept_unknown = found.unknown_kept.clone();
+                    kept_unheld = found.not_held_kept.clone();
                 }
-                for s in &found.survived {
-                    let row = spec::row(s.field, found.vendor, event);
+                let what = if event == Event::Reset {
+                    "RESET"
+                } else {
+                    "INIT"
+                };
+                let survivors = found
+                    .survived
+                    .iter()
+                    .map(|s| {
+                        (
+                            s.field,
+                            s.expected,
+                            u128::from(s.planted),
+                            format!("MSR {:#x}", s.index),
+                        )
+                    })
+                    .chain(
+                        found
+                            .fields_survived
+                            .iter()
+                            .map(|s| (s.field, s.expected, s.planted, s.field.name())),
+                    );
+                for (field, expected, value, place) in survivors {
+                    let row = spec::row(field, found.vendor, event);
                     report.results.push(super::report::FieldResult {
                         scenario: name.into(),
                         view: View::Host,
                         vcpu: "bsp".into(),
-                        field: s.field.name(),
-                        class: s.field.class().name().to_string(),
+                        field: field.name(),
+                        class: field.class().name().to_string(),
                         verdict: super::Verdict::Fail,
-                        expected: format!("{:#x}", s.expected),
-                        actual: Some(format!("{:#x}", s.planted)),
+                        expected: format!("{expected:#x}"),
+                        actual: Some(format!("{value:#x}")),
                         citation: row.citation.to_string(),
                         reason: Some(format!(
-                            "the value planted in MSR {:#x} before vcpu-reset's {} survived it",
-                            s.index,
-                            if event == Event::Reset {
-                                "RESET"
-                            } else {
-                                "INIT"
-                            }
+                            "the value planted in {place} before vcpu-reset's {what} survived it"
                         )),
                     });
                 }
                 record(report, name, Owner::VcpuReset, Ok(()));
             }
-            Err(e) => record(report, name, Owner::VcpuReset, Err(e)),
+            Err(e) => {
+                survived.push(0);
+                record(report, name, Owner::VcpuReset, Err(e));
+            }
         }
     }
-    report.host.insert("leak".into(), line.join("; "));
+    let hex = |v: &[u32]| {
+        v.iter()
+            .map(|i| format!("{i:#x}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let mut line = format!(
+        "{planted} fields planted (host); survived RESET {}, INIT {} (where INIT must change them)",
+        survived.first().copied().unwrap_or(0),
+        survived.get(1).copied().unwrap_or(0),
+    );
+    if !kept_unknown.is_empty() {
+        line.push_str(&format!(
+            "; kept without a spec row: {}",
+            hex(&kept_unknown)
+        ));
+    }
+    if !kept_unheld.is_empty() {
+        line.push_str(&format!(
+            "; kept, not in the host's MSR list: {}",
+            hex(&kept_unheld)
+        ));
+    }
+    report.host.insert("leak".into(), line);
+    match super::leak::scan_kvm_init(host) {
+        Ok(found) => {
+            let mut by_class: BTreeMap<&str, usize> = BTreeMap::new();
+            for f in found
+                .survived
+                .iter()
+                .map(|s| s.field)
+                .chain(found.fields_survived.iter().map(|s| s.field))
+            {
+                *by_class.entry(f.class().name()).or_default() += 1;
+            }
+            let classes: Vec<String> = by_class.iter().map(|(c, n)| format!("{c} {n}")).collect();
+            report.host.insert(
+                "leak kvm-init".into(),
+                format!(
+                    "KVM's own INIT keeps {} of {} planted fields a RESET changes ({})",
+                    found.total_survived(),
+                    found.total_planted(),
+                    classes.join(", ")
+                ),
+            );
+            record(report, "leak-kvm-init", Owner::Host, Ok(()));
+        }
+        Err(e) => record(report, "leak-kvm-init", Owner::Host, Err(e)),
+    }
 }
 
 /// Run every KVM scenario.
