@@ -35,6 +35,8 @@ fn check_on_kvm_runs_every_scenario_and_vcpu_reset_passes() {
             "reboot-triple-fault",
             "leak-reset",
             "leak-init",
+            "leak-guest-reset",
+            "leak-guest-init",
             "leak-kvm-init",
             "nested-reset",
             "nested-init"
@@ -73,6 +75,13 @@ fn check_on_kvm_runs_every_scenario_and_vcpu_reset_passes() {
         .and_then(|n| n.parse().ok())
         .expect("count");
     assert!(planted > 100, "{leak}");
+    let guest: usize = leak
+        .split("(host), ")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .expect("guest count");
+    assert!(guest >= 10, "{leak}");
     let kvm_init = r
         .host
         .get("leak kvm-init")

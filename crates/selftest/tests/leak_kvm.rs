@@ -11,6 +11,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use iced_x86::code_asm::*;
+use vcpu_reset::spec::{Event, Field, Msr};
+use vcpu_reset_selftest::check::leak_guest;
 use vcpu_reset_selftest::host::kvm_for_tests;
 use vcpu_reset_selftest::runner::{Firmware, RebootKind, Sink, Vm, VmConfig, reset_vector_image};
 
@@ -165,4 +167,83 @@ fn a_guests_cpuid_faulting_poll_control_and_kvmclock_do_not_survive_reset() {
             (2, 0, 1, if clock_listed { 0 } else { KVMCLOCK_AREA }),
         ]
     );
+}
+
+/// The guest-side leak probe (`check::leak_guest`) after vcpu-reset's RESET: every MSR the
+/// guest planted reads its RESET value, x87/SSE state too, and KVM no longer writes the old
+/// kvmclock and steal-time areas (their canaries are intact after 2000 exits).
+#[test]
+fn nothing_a_guest_plants_survives_reset_and_the_old_pv_areas_stay_untouched() {
+    let Some(_host) = kvm_for_tests() else { return };
+    let found = leak_guest::run_on_kvm(Event::Reset).expect("guest leak probe");
+    eprintln!("{found:#x?}");
+    let planted: Vec<Field> = found.planted.iter().map(|p| p.field).collect();
+    for f in [
+        Field::Msr(Msr::KvmPollControl),
+        Field::Msr(Msr::MiscFeaturesEnables),
+        Field::Msr(Msr::KvmSystemTime),
+        Field::Msr(Msr::Pat),
+    ] {
+        assert!(planted.contains(&f), "{f} planted: {planted:?}");
+    }
+    assert!(found.planted.len() >= 10, "{} planted", found.planted.len());
+    assert_eq!(found.survivors(), Vec::<&leak_guest::GuestPlant>::new());
+    let poll = found
+        .planted
+        .iter()
+        .find(|p| p.field == Field::Msr(Msr::KvmPollControl))
+        .expect("poll control");
+    assert_eq!(poll.after, Some(1), "POLL_CONTROL is 1 after RESET");
+    let misc = found
+        .planted
+        .iter()
+        .find(|p| p.field == Field::Msr(Msr::MiscFeaturesEnables))
+        .expect("0x140");
+    assert_eq!(misc.after, Some(0), "CPUID faulting off after RESET");
+    assert_eq!(found.canaries.len(), 2);
+    assert_eq!(found.clobbered(), [], "the host wrote an old PV area");
+}
+
+/// The probe finds what survives: with a "reboot" that resets nothing (the firmware jumps back
+/// to its start), every plant is kept and KVM goes on writing the steal-time area.
+#[test]
+fn the_guest_probe_finds_every_plant_kept_and_the_steal_time_area_written_without_a_reset() {
+    let Some(host) = kvm_for_tests() else { return };
+    let buf = Arc::new(Mutex::new(Vec::new()));
+    let config = VmConfig {
+        vcpus: 1,
+        memory_mib: 2,
+        max_reboots: 0,
+        timeout: Duration::from_secs(60),
+        sink: Sink::Buffer(buf.clone()),
+        ..VmConfig::default()
+    };
+    let firmware = leak_guest::firmware(0).expect("firmware");
+    let mut vm = Vm::with_host(host, &firmware, config).expect("VM");
+    let model = *vm.model();
+    let outcome = vm.run().expect("run");
+    assert_eq!(outcome.exit_value, 0);
+    let out = buf.lock().expect("output").clone();
+    let found = leak_guest::judge(&out, &model, Event::Reset).expect("judged");
+    let survivors: Vec<Field> = found.survivors().iter().map(|p| p.field).collect();
+    let planted: Vec<Field> = found.planted.iter().map(|p| p.field).collect();
+    eprintln!(
+        "planted {planted:?}; kept {survivors:?}; canaries {:?}",
+        found.canaries
+    );
+    // Everything the guest planted is still there (the TPR reads 0x20 again once x2APIC mode is
+    // on, which it still is).
+    assert_eq!(survivors, planted);
+    // Steal time stays enabled: KVM updates it after the vCPU was away, at the exits.
+    let steal = Field::Msr(Msr::KvmStealTime);
+    if planted.contains(&steal) {
+        assert!(
+            found
+                .clobbered()
+                .iter()
+                .any(|&(area, _)| area == leak_guest::STEAL_AREA),
+            "{:?}",
+            found.canaries
+        );
+    }
 }

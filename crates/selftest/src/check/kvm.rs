@@ -503,6 +503,72 @@ fn leak(report: &mut Report, host: &KvmHost) {
             }
         }
     }
+    // The guest side: what a real-mode guest plants, read back after a reboot through 0xCF9.
+    let mut guest_planted = 0;
+    for (i, (event, name)) in [
+        (Event::Reset, "leak-guest-reset"),
+        (Event::Init, "leak-guest-init"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        match super::leak_guest::run_on_kvm(event) {
+            Ok(found) => {
+                guest_planted = guest_planted.max(found.planted.len());
+                let what = if event == Event::Reset {
+                    "RESET"
+                } else {
+                    "INIT"
+                };
+                let mut n = 0;
+                for p in found.survivors() {
+                    n += 1;
+                    let row = spec::row(p.field, found.vendor, event);
+                    report.results.push(super::report::FieldResult {
+                        scenario: name.into(),
+                        view: View::Guest,
+                        vcpu: "bsp".into(),
+                        field: p.field.name(),
+                        class: p.field.class().name().to_string(),
+                        verdict: super::Verdict::Fail,
+                        expected: format!("{:#x}", p.expected.unwrap_or(0)),
+                        actual: Some(format!("{:#x}", p.planted)),
+                        citation: row.citation.to_string(),
+                        reason: Some(format!(
+                            "the guest planted this before a reboot through 0xCF9 (vcpu-reset's {what}) and read it back after"
+                        )),
+                    });
+                }
+                for (area, dwords) in found.clobbered() {
+                    n += 1;
+                    let field = if area == super::leak_guest::STEAL_AREA {
+                        Field::Msr(vcpu_reset_spec::Msr::KvmStealTime)
+                    } else {
+                        Field::Msr(vcpu_reset_spec::Msr::KvmSystemTime)
+                    };
+                    report.results.push(super::report::FieldResult {
+                        scenario: name.into(),
+                        view: View::Guest,
+                        vcpu: "bsp".into(),
+                        field: field.name(),
+                        class: field.class().name().to_string(),
+                        verdict: super::Verdict::Fail,
+                        expected: "0x0".into(),
+                        actual: None,
+                        citation: spec::row(field, found.vendor, event).citation.to_string(),
+                        reason: Some(format!(
+                            "after vcpu-reset's {what} the host still wrote {dwords} dwords of the canary the guest put over the previous boot's area at {area:#x}"
+                        )),
+                    });
+                }
+                if let Some(s) = survived.get_mut(i) {
+                    *s += n;
+                }
+                record(report, name, Owner::VcpuReset, Ok(()));
+            }
+            Err(e) => record(report, name, Owner::VcpuReset, Err(e)),
+        }
+    }
     let hex = |v: &[u32]| {
         v.iter()
             .map(|i| format!("{i:#x}"))
@@ -510,7 +576,7 @@ fn leak(report: &mut Report, host: &KvmHost) {
             .join(" ")
     };
     let mut line = format!(
-        "{planted} fields planted (host); survived RESET {}, INIT {} (where INIT must change them)",
+        "{planted} fields planted (host), {guest_planted} (guest); survived RESET {}, INIT {} (where INIT must change them)",
         survived.first().copied().unwrap_or(0),
         survived.get(1).copied().unwrap_or(0),
     );

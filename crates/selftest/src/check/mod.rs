@@ -12,6 +12,7 @@ pub mod html;
 pub mod kvm;
 pub mod kvm_ipi;
 pub mod leak;
+pub mod leak_guest;
 pub mod matrix;
 pub mod model;
 pub mod nested;
