@@ -484,3 +484,62 @@ fn a_vmm_that_stops_at_the_reboot_is_reported_not_judged() {
         .count();
     assert_eq!(judged, 0);
 }
+
+/// The guest-side leak firmware boots on QEMU (TCG, and KVM where `/dev/kvm` opens), reboots
+/// through 0xCF9 and reports: QEMU under TCG has none of KVM's paravirtual MSRs, so they are not
+/// judged there; under KVM they are, and every plant that took is judged either way.
+#[test]
+fn the_guest_leak_probe_runs_on_qemu_and_is_judged() {
+    if !installed("qemu-system-x86_64", "VCPU_RESET_REQUIRE_QEMU") {
+        return;
+    }
+    let mut peers_to_run = vec![Peer::QemuTcg];
+    if kvm_available() {
+        peers_to_run.push(Peer::QemuKvm);
+    }
+    for peer in peers_to_run {
+        let log = peers::capture_leak(&peer, &PeerOptions::default()).expect("leak log");
+        let model = vcpu_reset::spec::CpuModel::generic(peer.vendor());
+        let found = vcpu_reset_selftest::check::leak_guest::judge(
+            &log,
+            &model,
+            vcpu_reset::spec::Event::Reset,
+        )
+        .expect("judged");
+        let pv = found.planted.iter().any(|p| {
+            p.field
+                .msr_index()
+                .is_some_and(|i| (0x4b56_4d00..=0x4b56_4dff).contains(&i))
+        });
+        eprintln!(
+            "{}: {} planted, kept {:?}, canaries {:?}",
+            peer.name(),
+            found.planted.len(),
+            found
+                .survivors()
+                .iter()
+                .map(|p| p.field.name())
+                .collect::<Vec<_>>(),
+            found.canaries
+        );
+        assert!(found.planted.len() >= 5, "{}: {found:?}", peer.name());
+        assert_eq!(found.canaries.len(), 2, "{}", peer.name());
+        assert_eq!(
+            pv,
+            peer == Peer::QemuKvm,
+            "{}: KVM PV MSRs judged",
+            peer.name()
+        );
+        let mut report = vcpu_reset_selftest::check::Report::default();
+        peers::judge_leak(&mut report, &peer, &log);
+        let fact = format!("vmm.{}.leak", peer.name());
+        assert!(
+            report
+                .host
+                .get(&fact)
+                .is_some_and(|l| l.contains("planted (guest)")),
+            "{:?}",
+            report.host
+        );
+    }
+}

@@ -15,9 +15,12 @@
 //! (port 0x80), and reports how many of each canary's dwords changed (`C` records): KVM updates
 //! steal time at every entry after it was away, so an area left enabled loses its canary.
 //!
-//! Records are ASCII lines on port 0xE9: `P <msr> <edx:eax> <fault>`, `R <msr> <edx:eax>
+//! Records are ASCII lines on port 0xE9: `K <ebx> <ecx> <edx>` (CPUID 40000000H, at each
+//! entry: KVM's paravirtual MSRs are judged only under KVM's signature, as a VMM without them
+//! may read 0 where real hardware raises #GP), `P <msr> <edx:eax> <fault>`, `R <msr> <edx:eax>
 //! <fault>`, `X <fcw> <mxcsr> <xmm0 high:low>` after `P`/`R` phases (`XP`, `XR`), `C <area>
-//! <changed dwords>`, then `E` and a write of 0 to port 0xF4.
+//! <changed dwords>`, then `E`, [`END_LINE`] and a write of 0 to port 0xF4. `check --vmm` boots
+//! the same image on other VMMs (`peers::capture_leak`).
 
 use iced_x86::code_asm::*;
 use iced_x86::{BlockEncoderOptions, IcedError};
@@ -30,8 +33,11 @@ use vcpu_reset_spec::{
 
 use crate::runner::{Firmware, RebootKind, SharedBuffer, Sink, Vm, VmConfig, reset_vector_image};
 
-/// Offset of the firmware's code in its real-mode segment (the 4 KiB image sits at F000:F000).
-const ORG: u64 = 0xf000;
+/// Offset of the firmware's code in its real-mode segment: the 64 KiB image (the size QEMU's
+/// `-bios` takes) spans F000:0000–FFFF, its code at the start.
+const ORG: u64 = 0;
+/// The image's size.
+pub const IMAGE_SIZE: usize = 64 << 10;
 /// RAM byte counting the firmware's entries (RAM survives the reboot).
 const COUNT: u32 = 0x500;
 /// RAM byte the #GP handler sets.
@@ -44,6 +50,8 @@ pub const KVMCLOCK_AREA: u32 = 0x9000;
 pub const STEAL_AREA: u32 = 0x9100;
 const PV_EOI_AREA: u32 = 0x9200;
 const ASYNC_PF_AREA: u32 = 0x9300;
+/// The firmware's last line, in the probe's end-of-run form (`check --vmm` counts these).
+pub const END_LINE: &[u8] = b"#VR2 end leak\n";
 /// Exits to the VMM between writing the canaries and checking them.
 const EXITS: u32 = 2000;
 /// The x87 control word, MXCSR and XMM0 the firmware loads.
@@ -104,8 +112,8 @@ pub fn firmware(reboot: u8) -> Result<Firmware, String> {
     // 16-bit immediate has one size, so nothing moves).
     let (_, gp, table) = assemble(reboot, 0, 0).map_err(err)?;
     let (body, ..) = assemble(reboot, gp, table).map_err(err)?;
-    let image = reset_vector_image(4096, 0, &body, (0xf000, ORG as u16))
-        .ok_or("the guest leak firmware does not fit in 4 KiB")?;
+    let image = reset_vector_image(IMAGE_SIZE, 0, &body, (0xf000, ORG as u16))
+        .ok_or("the guest leak firmware does not fit in its image")?;
     Firmware::from_bytes(image, "guest leak firmware").map_err(|e| e.to_string())
 }
 
@@ -139,6 +147,25 @@ fn assemble(reboot: u8, gp_ip: u16, table_ip: u16) -> Result<(Vec<u8>, u16, u16)
     a.mov(eax, cr4)?;
     a.or(eax, 0x200)?;
     a.mov(cr4, eax)?;
+    // The hypervisor's signature (CPUID 40000000H): KVM's paravirtual MSRs count only under
+    // KVM's, since other VMMs may read 0 from an MSR they lack instead of raising #GP.
+    a.mov(eax, 0x4000_0000)?;
+    a.xor(ecx, ecx)?;
+    a.cpuid()?;
+    a.push(edx)?;
+    a.push(ecx)?;
+    a.mov(al, b'K' as u32)?;
+    a.out(0xe9, al)?;
+    a.call(space)?;
+    a.mov(eax, ebx)?;
+    a.call(hex32)?;
+    a.call(space)?;
+    a.pop(eax)?;
+    a.call(hex32)?;
+    a.call(space)?;
+    a.pop(eax)?;
+    a.call(hex32)?;
+    a.call(newline)?;
     a.cmp(byte_ptr(COUNT), 0)?;
     a.jne(second)?;
 
@@ -337,6 +364,11 @@ fn assemble(reboot: u8, gp_ip: u16, table_ip: u16) -> Result<(Vec<u8>, u16, u16)
     a.mov(al, b'E' as u32)?;
     a.out(0xe9, al)?;
     a.call(newline)?;
+    // The end-of-run line `check --vmm` waits for (a VMM without an exit port is then ended).
+    for &b in END_LINE {
+        a.mov(al, u32::from(b))?;
+        a.out(0xe9, al)?;
+    }
     a.xor(eax, eax)?;
     a.out(0xf4, al)?;
     a.hlt()?;
@@ -448,6 +480,7 @@ pub fn judge(out: &[u8], model: &CpuModel, event: Event) -> Result<GuestLeak, St
         canaries: Vec::new(),
     };
     let mut ended = false;
+    let mut kvm = false;
     let fx_fields = ["x87.fcw", "mxcsr", "xmm0"].map(Field::from_name);
     for line in text.lines() {
         let w: Vec<&str> = line.split_whitespace().collect();
@@ -483,6 +516,14 @@ pub fn judge(out: &[u8], model: &CpuModel, event: Event) -> Result<GuestLeak, St
                     }
                 }
             }
+            ["K", b, c, d] => {
+                let mut id = Vec::new();
+                for r in [b, c, d] {
+                    let v = u32::try_from(hex(r)?).map_err(|e| e.to_string())?;
+                    id.extend_from_slice(&v.to_le_bytes());
+                }
+                kvm = id == b"KVMKVMKVM\0\0\0";
+            }
             ["C", area, changed] => {
                 let area = u32::try_from(hex(area)?).map_err(|e| e.to_string())?;
                 let changed = u32::try_from(hex(changed)?).map_err(|e| e.to_string())?;
@@ -499,6 +540,12 @@ pub fn judge(out: &[u8], model: &CpuModel, event: Event) -> Result<GuestLeak, St
         ));
     }
     for (field, planted) in before {
+        let pv = field
+            .msr_index()
+            .is_some_and(|i| (0x4b56_4d00..=0x4b56_4dff).contains(&i));
+        if pv && !kvm {
+            continue;
+        }
         leak.planted.push(GuestPlant {
             field,
             planted,
@@ -544,4 +591,71 @@ pub fn run_on_kvm(event: Event) -> Result<GuestLeak, String> {
         .map_err(|_| "the output buffer's lock was poisoned")?
         .clone();
     judge(&out, &model, event)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vcpu_reset_spec::Msr;
+
+    const KVM: &str = "K 4b4d564b 564b4d56 0000004d\n";
+    const TCG: &str = "K 00000000 00000000 00000000\n";
+
+    fn log(sig: &str, body: &str) -> Vec<u8> {
+        format!("{sig}{body}{sig}E\n").into_bytes()
+    }
+
+    #[test]
+    fn a_plant_read_back_after_the_reset_is_a_survivor_and_a_reset_one_is_not() {
+        let model = CpuModel::generic(Vendor::Intel);
+        let body = "P 00000140 0000000000000001 0\nP 00000277 0006060600060606 0\n\
+                    R 00000140 0000000000000001 0\nR 00000277 0007040600070406 0\n\
+                    C 00009000 00000000\nC 00009100 00000003\n";
+        let found = judge(&log(TCG, body), &model, Event::Reset).expect("judged");
+        assert_eq!(found.planted.len(), 2);
+        let kept: Vec<Field> = found.survivors().iter().map(|p| p.field).collect();
+        assert_eq!(kept, [Field::Msr(Msr::MiscFeaturesEnables)]);
+        assert_eq!(found.clobbered(), [(STEAL_AREA, 3)]);
+        // INIT keeps MSRs: the same read-back is no survivor there.
+        let init = judge(&log(TCG, body), &model, Event::Init).expect("judged");
+        assert!(init.survivors().is_empty());
+    }
+
+    #[test]
+    fn kvms_paravirtual_msrs_count_only_under_its_signature() {
+        let model = CpuModel::generic(Vendor::Amd);
+        // A VMM without the MSR that reads 0 and ignores the write "takes" a planted 0.
+        let body = "P 4b564d05 0000000000000000 0\nR 4b564d05 0000000000000000 0\n";
+        let tcg = judge(&log(TCG, body), &model, Event::Reset).expect("judged");
+        assert!(tcg.planted.is_empty());
+        let kvm = judge(&log(KVM, body), &model, Event::Reset).expect("judged");
+        let kept: Vec<Field> = kvm.survivors().iter().map(|p| p.field).collect();
+        assert_eq!(kept, [Field::Msr(Msr::KvmPollControl)]);
+    }
+
+    #[test]
+    fn a_faulted_or_different_read_back_is_not_a_plant_and_a_cut_log_is_an_error() {
+        let model = CpuModel::generic(Vendor::Intel);
+        let body = "P 00000048 0000000000000000 1\nP 00000174 0000000000000011 0\n";
+        let found = judge(&log(TCG, body), &model, Event::Reset).expect("judged");
+        assert!(found.planted.is_empty());
+        assert!(
+            judge(
+                b"K 0 0 0\nP 00000140 0000000000000001 0\n",
+                &model,
+                Event::Reset
+            )
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn the_firmware_assembles_into_an_image_ending_at_the_reset_vector() {
+        for reboot in [0, 4, 6] {
+            let fw = firmware(reboot).expect("firmware");
+            let bytes = fw.bytes();
+            assert_eq!(bytes.len(), IMAGE_SIZE);
+            assert_eq!(bytes[IMAGE_SIZE - 16], 0xea, "a far jump at FFFF0H");
+        }
+    }
 }

@@ -9,6 +9,10 @@
 //!
 //! Results join the report with the peer's name in front of the scenario: `qemu-tcg:power-on`
 //! (from the first image), `qemu-tcg:reboot-cf9-soft`, … — one column per VMM and mechanism.
+//!
+//! QEMU and Bochs also boot the guest-side leak firmware ([`super::leak_guest`]): what the guest
+//! planted and still reads after the VMM's own hard reset through 0xCF9 is a finding about the
+//! VMM (`<peer>:leak-guest`), summed up in the `vmm.<peer>.leak` host fact.
 
 pub mod bochs;
 pub mod cmd;
@@ -267,6 +271,112 @@ pub fn describe(peer: &Peer) -> String {
     }
 }
 
+/// Boots the guest-side leak firmware ([`super::leak_guest`], a hard reset through 0xCF9 after
+/// planting) on `peer` and returns its log.
+pub fn capture_leak(peer: &Peer, opts: &PeerOptions) -> Result<Vec<u8>, PeerError> {
+    let dir = crate::tempdir::TempDir::new(peer.name()).map_err(|e| PeerError::Io {
+        what: format!(
+            "create a temporary directory in {}",
+            std::env::temp_dir().display()
+        ),
+        error: e,
+    })?;
+    let firmware = super::leak_guest::firmware(6).map_err(|e| PeerError::Io {
+        what: "build the guest leak firmware".into(),
+        error: std::io::Error::other(e),
+    })?;
+    let image = firmware.bytes();
+    let image_path = dir.write("leak.rom", image).map_err(|e| PeerError::Io {
+        what: format!("write the leak image in {}", dir.path().display()),
+        error: e,
+    })?;
+    let launch = prepare(peer, dir.path(), &image_path, image.len())?;
+    let finished = process::run_bounded(
+        peer.name(),
+        launch.command,
+        dir.path(),
+        &launch.log,
+        1,
+        opts.timeout,
+    )?;
+    let log = crate::files::read_bounded(&launch.log, process::MAX_PEER_LOG, "peer log")
+        .unwrap_or_default();
+    if process::ended_runs(&log) < 1 {
+        if let Peer::Bochs = peer {
+            bochs::missing_display(&finished.output)?;
+        }
+        return Err(PeerError::Exited {
+            peer: peer.name().to_string(),
+            status: finished
+                .status
+                .map_or_else(|| "killed".to_string(), |s| s.to_string()),
+            runs: 0,
+            expected: 1,
+            output: match process::tail(&finished.output, 4) {
+                t if t.is_empty() => "(none)".to_string(),
+                t => t,
+            },
+        });
+    }
+    Ok(log)
+}
+
+/// Judges the leak firmware's log of `peer` into `report`: what the guest planted and read back
+/// after the VMM's own hard reset, findings about the VMM where it survived though a RESET
+/// changes it, and a `vmm.<peer>.leak` host fact.
+pub fn judge_leak(report: &mut Report, peer: &Peer, log: &[u8]) {
+    let name = format!("{}:leak-guest", peer.name());
+    let model = vcpu_reset_spec::CpuModel::generic(peer.vendor());
+    match super::leak_guest::judge(log, &model, vcpu_reset_spec::Event::Reset) {
+        Ok(found) => {
+            let kept: Vec<String> = found.survivors().iter().map(|p| p.field.name()).collect();
+            let written: Vec<String> = found
+                .clobbered()
+                .iter()
+                .map(|(a, n)| format!("{a:#x} ({n} dwords)"))
+                .collect();
+            for p in found.survivors() {
+                let row =
+                    vcpu_reset_spec::row(p.field, model.vendor, vcpu_reset_spec::Event::Reset);
+                report.results.push(super::report::FieldResult {
+                    scenario: name.clone(),
+                    view: super::report::View::Guest,
+                    vcpu: "bsp".into(),
+                    field: p.field.name(),
+                    class: p.field.class().name().to_string(),
+                    verdict: super::Verdict::Finding,
+                    expected: format!("{:#x}", p.expected.unwrap_or(0)),
+                    actual: Some(format!("{:#x}", p.planted)),
+                    citation: row.citation.to_string(),
+                    reason: Some(
+                        "the guest planted this before a hard reset through 0xCF9 and read it back after"
+                            .into(),
+                    ),
+                });
+            }
+            report.host.insert(
+                format!("vmm.{}.leak", peer.name()),
+                format!(
+                    "{} planted (guest); kept across the VMM's hard reset: {}; old PV areas still written: {}",
+                    found.planted.len(),
+                    if kept.is_empty() { "none".to_string() } else { kept.join(" ") },
+                    if written.is_empty() { "none".to_string() } else { written.join(", ") },
+                ),
+            );
+            report.scenarios.push(ScenarioInfo {
+                name,
+                owner: Owner::Host,
+                error: None,
+            });
+        }
+        Err(e) => report.scenarios.push(ScenarioInfo {
+            name,
+            owner: Owner::Host,
+            error: Some(e),
+        }),
+    }
+}
+
 /// Judges one peer's log into `report`: its runs are judged as `check --from-log` does, and
 /// the scenarios are renamed `<peer>:<scenario>`. With `with_power_on = false` the first run
 /// (the power-on, the same in every image) is left out.
@@ -319,6 +429,24 @@ pub fn run(report: &mut Report, peers: &[Peer], opts: &PeerOptions) -> Result<()
                     error: Some(e.to_string()),
                 }),
             }
+        }
+        // The guest-side leak probe on the VMMs check knows how to drive; a --vmm-cmd is a
+        // command written for the probe image and its log, so it is not given another image.
+        let leak = if matches!(peer, Peer::Command { .. }) {
+            None
+        } else {
+            Some(capture_leak(peer, opts))
+        };
+        match leak {
+            None => {}
+            Some(Ok(log)) => judge_leak(report, peer, &log),
+            Some(Err(e)) if e.is_missing() => return Err(e),
+            Some(Err(PeerError::Interrupted { signal, .. })) => crate::sys::die_of(signal),
+            Some(Err(e)) => report.scenarios.push(ScenarioInfo {
+                name: format!("{}:leak-guest", peer.name()),
+                owner: Owner::Host,
+                error: Some(e.to_string()),
+            }),
         }
         if report.results.len() == judged_before {
             // The comparison the user asked for has nothing of this VMM: not a pass.
