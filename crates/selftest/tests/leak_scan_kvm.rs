@@ -215,3 +215,77 @@ fn kvms_own_init_keeps_what_a_reset_must_change() {
         "{kept:?}"
     );
 }
+
+/// The KVM backend with its host INIT hidden: the engine's explicit path, which stores every
+/// class itself.
+struct Explicit(KvmVcpu);
+
+impl Lent for Explicit {
+    fn lent_fd(&self) -> &VcpuFd {
+        self.0.fd()
+    }
+    fn lent_backend(&mut self) -> &mut KvmVcpu {
+        &mut self.0
+    }
+    fn into_vcpu_fd(self) -> VcpuFd {
+        self.0.into_fd()
+    }
+}
+
+impl HostInitBackend for Explicit {}
+
+impl Backend for Explicit {
+    fn load(&mut self, class: StateClass, state: &mut VcpuState) -> Result<(), BackendError> {
+        self.0.load(class, state)
+    }
+    fn store(&mut self, class: StateClass, state: &VcpuState) -> Result<(), BackendError> {
+        self.0.store(class, state)
+    }
+    fn run(&mut self) -> Result<Exit, BackendError> {
+        self.0.run()
+    }
+    fn set_io_in(&mut self, data: &[u8]) {
+        self.0.set_io_in(data);
+    }
+    fn volatile(&self) -> ClassSet {
+        self.0.volatile()
+    }
+    fn delivered(&self) -> ClassSet {
+        self.0.delivered()
+    }
+    fn supported(&self) -> ClassSet {
+        self.0.supported()
+    }
+    fn holds(&self, field: Field) -> bool {
+        self.0.holds(field)
+    }
+    fn queues_signals(&self) -> bool {
+        self.0.queues_signals()
+    }
+    fn stats(&self) -> Stats {
+        self.0.stats()
+    }
+}
+
+#[test]
+fn nothing_survives_the_explicit_path_either() {
+    for event in [Event::Reset, Event::Init] {
+        let Some(found) = scan(event, Explicit) else {
+            return;
+        };
+        assert!(
+            found.planted > 20 && found.fields_planted > 100,
+            "{found:?}"
+        );
+        assert!(
+            found.survived.is_empty(),
+            "{event:?}: {:#?}",
+            found.survived
+        );
+        assert!(
+            found.fields_survived.is_empty(),
+            "{event:?}: {:#?}",
+            found.fields_survived
+        );
+    }
+}
