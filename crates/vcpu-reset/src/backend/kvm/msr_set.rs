@@ -120,6 +120,8 @@ impl MsrSet {
             })
             .collect();
         let mut set = MsrSet::default();
+        // MSRs whose host write KVM may refuse: ((field, index), RESET value, value read).
+        let mut checked: Vec<((Field, u32), u64, u64)> = Vec::new();
         let mut rest = &candidates[..];
         while !rest.is_empty() {
             let mut list = msr_entries(rest.iter(), |_| 0);
@@ -142,17 +144,37 @@ impl MsrSet {
                     *slot = Some(entry.data);
                 }
                 if let Some(&(_, reset)) = WRITE_CHECKED.iter().find(|(i, _)| *i == entry.index) {
-                    // Try the value a RESET writes, then put back what was read.
-                    if !write_one(fd, entry.index, reset, calls)? {
-                        continue;
-                    }
-                    if reset != entry.data {
-                        write_one(fd, entry.index, entry.data, calls)?;
-                    }
+                    checked.push((*field, reset, entry.data));
+                    continue;
                 }
                 set.held.push(*field);
             }
             rest = rest.get(done + 1..).unwrap_or(&[]);
+        }
+        // Try the values a RESET writes, all in one KVM_SET_MSRS where KVM takes them all (KVM
+        // stops at the first it refuses: that one is not held, the rest go again), then put
+        // back what was read where it differs.
+        let mut left = &checked[..];
+        while !left.is_empty() {
+            let list: Vec<kvm_msr_entry> = left
+                .iter()
+                .map(|&((_, index), reset, _)| kvm_msr_entry {
+                    index,
+                    data: reset,
+                    ..Default::default()
+                })
+                .collect();
+            let taken = match msr_list(&list) {
+                Ok(msrs) => counted(calls, Ioctl::SetMsrs, || fd.set_msrs(&msrs))?.min(list.len()),
+                Err(_) => 0,
+            };
+            for &(field, reset, data) in &left[..taken] {
+                if reset != data {
+                    write_one(fd, field.1, data, calls)?;
+                }
+                set.held.push(field);
+            }
+            left = left.get(taken + 1..).unwrap_or(&[]);
         }
         Ok(set)
     }

@@ -272,7 +272,9 @@ impl KvmVcpu {
     /// KVM_GET_LAPIC (does the VM have an in-kernel local APIC?), KVM_SET_CPUID2, with an irqchip
     /// KVM_GET_LAPIC again (the APIC version under this CPUID) and KVM_GET_MP_STATE (is it an AP
     /// not yet started?), KVM_GET_VCPU_EVENTS (does KVM report the interrupt shadow?), and one
-    /// KVM_GET_MSRS, plus one more per MSR the host lists but the vCPU refuses, and
+    /// KVM_GET_MSRS, plus one more per MSR the host lists but the vCPU refuses, one KVM_SET_MSRS
+    /// trying the RESET values of the MSRs KVM may refuse a host write of (steal time, the
+    /// async-PF vector, Hyper-V's SINTs; one more per refusal and per value put back), and
     /// KVM_GET_STATS_FD (the vCPU's count of guest entries, which lets a RESET skip what an AP
     /// that never ran cannot have changed: [`HostInitBackend::touch_count`]).
     ///
