@@ -447,6 +447,7 @@ fn leak(report: &mut Report, host: &KvmHost) {
     let mut survived = Vec::new();
     let mut kept_unknown = Vec::new();
     let mut kept_unheld = Vec::new();
+    let mut kept_by_host = Vec::new();
     for (event, name) in [(Event::Reset, "leak-reset"), (Event::Init, "leak-init")] {
         match super::leak::scan(host, event, |kv| kv) {
             Ok(found) => {
@@ -455,6 +456,7 @@ fn leak(report: &mut Report, host: &KvmHost) {
                 if event == Event::Reset {
                     kept_unknown = found.unknown_kept.clone();
                     kept_unheld = found.not_held_kept.clone();
+                    kept_by_host = found.host_kept.clone();
                 }
                 let what = if event == Event::Reset {
                     "RESET"
@@ -584,6 +586,12 @@ fn leak(report: &mut Report, host: &KvmHost) {
         line.push_str(&format!(
             "; kept without a spec row: {}",
             hex(&kept_unknown)
+        ));
+    }
+    if !kept_by_host.is_empty() {
+        line.push_str(&format!(
+            "; kept, the host refuses the RESET value: {}",
+            hex(&kept_by_host)
         ));
     }
     if !kept_unheld.is_empty() {

@@ -375,7 +375,7 @@ fn reset_row(f: Field, v: Vendor) -> Option<Row> {
                 undefined(0, "the APM gives no RESET value; 0 = SVM not disabled and not locked, as a fresh KVM vCPU has"),
                 apm("§15.30.1 \"VM_CR MSR (C001_0114h)\""),
             )
-            .note("Exists where CPUID.80000001H:ECX[2] offers SVM. INIT keeps it (APM Table 14-1)."),
+            .note("Exists where CPUID.80000001H:ECX[2] offers SVM. INIT keeps it (APM Table 14-1). KVM keeps SVMDIS (bit 4) and LOCK (bit 3) once SVMDIS is set, against a host write too (arch/x86/kvm/svm/svm.c, svm_set_vm_cr()): a previous boot that set it leaves it for the next, and no VMM can clear it through KVM; the leak scan reports that as a host limit."),
             Msr::TscRatio if !intel => mk(
                 f,
                 Rule::Value(0x1_0000_0000),
