@@ -5,6 +5,11 @@
 //! it must read 0, 1 and 0 (a fresh vCPU's values), after the soft reset (INIT) the first two as
 //! it left them and kvmclock off (KVM's INIT turns it off).
 //!
+//! The guest-side leak probe of `check` (`check::leak_guest`) plants more (KVM's PV MSRs with
+//! their areas, PAT, SYSENTER, x2APIC TPR, x87/SSE, …): nothing survives vcpu-reset's RESET and
+//! the old kvmclock/steal-time areas keep their canaries; and a "reboot" that resets nothing is
+//! caught, every plant kept and the steal-time canary overwritten.
+//!
 //! Skips (printing why) where `/dev/kvm` cannot be used, unless `VCPU_RESET_REQUIRE_KVM=1`.
 
 use std::sync::{Arc, Mutex};
