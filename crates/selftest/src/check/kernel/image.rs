@@ -80,6 +80,30 @@ fn modules_of_bzimage(bzimage: &Path, release: &str, modules: Option<&Path>) -> 
     installed.is_dir().then_some(installed)
 }
 
+/// Checks, before anything is unpacked or booted, that `path` is a Debian package or a bzImage,
+/// and that a bzImage's modules directory has KVM (modules or built in).
+///
+/// # Errors
+/// [`KernelError::NotAKernel`], [`KernelError::NoKvmModules`].
+pub fn check(path: &Path, modules: Option<&Path>) -> Result<(), KernelError> {
+    let head = head(path)?;
+    if is_deb(&head) {
+        return Ok(());
+    }
+    let Some(release) = release_of(&head) else {
+        return Err(not_a_bzimage(path));
+    };
+    let dir = modules_of_bzimage(path, &release, modules);
+    super::modules::require_kvm(&format!("linux-{release}"), dir.as_deref())
+}
+
+fn not_a_bzimage(path: &Path) -> KernelError {
+    KernelError::NotAKernel {
+        path: path.to_path_buf(),
+        why: "is neither a Debian package nor a bzImage (no HdrS boot header) — give a linux-image .deb, or arch/x86/boot/bzImage of a build".into(),
+    }
+}
+
 /// Makes `path` (and `modules`) a kernel to boot; a package is unpacked into `tmp`.
 ///
 /// # Errors
@@ -138,10 +162,7 @@ pub fn unpack(path: &Path, modules: Option<&Path>, tmp: &Path) -> Result<Unpacke
         }
     })?;
     let Some(release) = release_of(&bytes) else {
-        return Err(KernelError::NotAKernel {
-            path: path.to_path_buf(),
-            why: "is neither a Debian package nor a bzImage (no HdrS boot header) — give a linux-image .deb, or arch/x86/boot/bzImage of a build".into(),
-        });
+        return Err(not_a_bzimage(path));
     };
     Ok(Unpacked {
         bzimage: path.to_path_buf(),

@@ -170,22 +170,6 @@ pub fn check_ready(kernels: &[KernelSource], opts: &KernelOptions) -> Result<(),
 }
 
 fn tools(kernels: &[KernelSource], opts: &KernelOptions) -> Result<Tools, KernelError> {
-    for k in kernels {
-        if !k.path.is_file() {
-            return Err(KernelError::NotAKernel {
-                path: k.path.clone(),
-                why: "is not a file — give a Debian linux-image package or a bzImage".into(),
-            });
-        }
-        if let Some(m) = &k.modules
-            && !m.is_dir()
-        {
-            return Err(KernelError::NotAKernel {
-                path: k.path.clone(),
-                why: format!("its --kernel-modules {} is not a directory", shown_path(m)),
-            });
-        }
-    }
     if process::which(QEMU.0).is_none() {
         return Err(KernelError::Missing {
             program: QEMU.0.into(),
@@ -194,6 +178,17 @@ fn tools(kernels: &[KernelSource], opts: &KernelOptions) -> Result<Tools, Kernel
                 QEMU.1, QEMU.1
             ),
         });
+    }
+    for k in kernels {
+        if let Some(m) = &k.modules
+            && !m.is_dir()
+        {
+            return Err(KernelError::NotAKernel {
+                path: k.path.clone(),
+                why: format!("its --kernel-modules {} is not a directory", shown_path(m)),
+            });
+        }
+        image::check(&k.path, k.modules.as_deref())?;
     }
     let busybox_path = process::which("busybox").unwrap_or_else(|| PathBuf::from("/bin/busybox"));
     let busybox_missing = || {

@@ -104,6 +104,34 @@ fn read_module(path: &Path, tmp: &Path) -> Result<Vec<u8>, KernelError> {
     }
 }
 
+/// The vendor modules among `files`.
+fn vendors(files: &BTreeMap<String, PathBuf>) -> Vec<&'static str> {
+    VENDOR_MODULES
+        .iter()
+        .copied()
+        .filter(|m| files.contains_key(*m))
+        .collect()
+}
+
+/// Checks that the kernel `kernel` has KVM: a vendor module in `dir`, or built in (nothing
+/// is decompressed).
+///
+/// # Errors
+/// [`KernelError::NoKvmModules`].
+pub fn require_kvm(kernel: &str, dir: Option<&Path>) -> Result<(), KernelError> {
+    let no_kvm = || KernelError::NoKvmModules {
+        kernel: kernel.to_string(),
+        dir: dir.map(Path::to_path_buf),
+    };
+    let dir = dir.ok_or_else(no_kvm)?;
+    if !vendors(&index(dir)?).is_empty() || VENDOR_MODULES.iter().any(|m| builtin(dir).contains(*m))
+    {
+        Ok(())
+    } else {
+        Err(no_kvm())
+    }
+}
+
 /// The vendor KVM modules of the kernel `kernel` in `dir` and everything they depend on, in
 /// load order; empty when KVM is built in.
 ///
@@ -122,11 +150,7 @@ pub fn kvm_modules(
     let dir = dir.ok_or_else(no_kvm)?;
     let files = index(dir)?;
     let built_in = builtin(dir);
-    let vendors: Vec<&str> = VENDOR_MODULES
-        .iter()
-        .copied()
-        .filter(|m| files.contains_key(*m))
-        .collect();
+    let vendors = vendors(&files);
     if vendors.is_empty() {
         return if VENDOR_MODULES.iter().any(|m| built_in.contains(*m)) {
             Ok(Vec::new())
