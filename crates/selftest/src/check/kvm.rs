@@ -651,6 +651,23 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_limit_of_host_reads_leaves_the_guest_view_judged() {
+        let tsc = Field::Msr(vcpu_reset_spec::Msr::Tsc);
+        let mut limits = Limits::default();
+        limits.host_reads.insert(tsc, TSC_REBASED.into());
+        assert_eq!(
+            limits.get(tsc, View::Host).map(String::as_str),
+            Some(TSC_REBASED)
+        );
+        assert_eq!(limits.get(tsc, View::Guest), None);
+        limits.all.insert(tsc, "ignored".into());
+        assert_eq!(
+            limits.get(tsc, View::Guest).map(String::as_str),
+            Some("ignored")
+        );
+    }
+
+    #[test]
     fn a_tsc_that_stood_still_or_went_back_between_reads_did_not_count() {
         // 5 ms at 2.6 GHz.
         assert!(tsc_counted(1_000, 13_001_000, 5_000_000));
