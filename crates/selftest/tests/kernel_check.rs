@@ -354,3 +354,146 @@ fn a_kernel_without_kvm_modules_is_refused_with_what_to_build() {
         "{stderr}"
     );
 }
+
+/// A stand-in kernel for the tests that need no real boot: a bzImage header and a modules
+/// directory where KVM is built in, with a `qemu-system-x86_64` in `bin` that records its pid
+/// in `qemu.pid` and sleeps (a guest that hangs). Returns (kernel, modules, bin).
+fn hanging_guest(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let modules = dir.join("modules");
+    let bin = dir.join("bin");
+    std::fs::create_dir_all(&modules).expect("modules dir");
+    std::fs::create_dir_all(&bin).expect("bin dir");
+    std::fs::write(
+        modules.join("modules.builtin"),
+        "kernel/arch/x86/kvm/kvm.ko\nkernel/arch/x86/kvm/kvm-amd.ko\n",
+    )
+    .expect("write");
+    let mut img = vec![0u8; 0x1000];
+    img[0x202..0x206].copy_from_slice(b"HdrS");
+    img[0x20e..0x210].copy_from_slice(&0x300u16.to_le_bytes());
+    img[0x500..0x509].copy_from_slice(b"6.99-hang");
+    let kernel = dir.join("bzImage");
+    std::fs::write(&kernel, &img).expect("write");
+    let qemu = bin.join("qemu-system-x86_64");
+    std::fs::write(
+        &qemu,
+        format!(
+            "#!/bin/sh\necho $$ > '{}'\nexec sleep 300\n",
+            dir.join("qemu.pid").display()
+        ),
+    )
+    .expect("write");
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(&qemu, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    (kernel, modules, bin)
+}
+
+/// `check --kernel` on the hanging guest in `dir`, its temp dirs in `dir/tmp`; busybox (a
+/// statically linked executable) stands in for the selftest.
+fn check_hanging(dir: &Path, extra: &[&str]) -> Option<Command> {
+    let busybox = vcpu_reset_selftest::check::peers::process::which("busybox")?;
+    let (kernel, modules, bin) = hanging_guest(dir);
+    let tmp = dir.join("tmp");
+    std::fs::create_dir_all(&tmp).expect("tmp");
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let mut c = Command::new(BIN);
+    c.args(["check", "--backend", "model", "--kernel"])
+        .arg(kernel)
+        .arg("--kernel-modules")
+        .arg(modules)
+        .arg("--kernel-selftest")
+        .arg(busybox)
+        .args(extra)
+        .env("PATH", path)
+        .env("TMPDIR", &tmp)
+        .stdin(std::process::Stdio::null());
+    Some(c)
+}
+
+fn leftovers(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.filter_map(Result::ok)
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn alive(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        !stat
+            .rsplit(')')
+            .next()
+            .is_some_and(|rest| rest.trim_start().starts_with('Z'))
+    })
+}
+
+#[test]
+fn a_guest_that_hangs_is_not_run_with_the_reason_and_leaves_nothing() {
+    let dir = vcpu_reset_selftest::tempdir::TempDir::new("kernel-hang").expect("temp dir");
+    let Some(mut cmd) = check_hanging(dir.path(), &["--kernel-timeout", "2"]) else {
+        return skip("busybox-static is not installed");
+    };
+    let out = cmd.output().expect("run");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("linux-6.99-hang:boot: the guest did not finish in 2 s (QEMU killed)"),
+        "{stderr}"
+    );
+    let pid: i32 = std::fs::read_to_string(dir.path().join("qemu.pid"))
+        .expect("QEMU ran")
+        .trim()
+        .parse()
+        .expect("pid");
+    assert!(!alive(pid), "QEMU was killed");
+    assert_eq!(leftovers(&dir.path().join("tmp")), Vec::<String>::new());
+}
+
+#[test]
+fn sigterm_while_a_guest_boots_kills_qemu_and_removes_the_temp_dir() {
+    use std::os::unix::process::ExitStatusExt as _;
+    let dir = vcpu_reset_selftest::tempdir::TempDir::new("kernel-signal").expect("temp dir");
+    let Some(mut cmd) = check_hanging(dir.path(), &[]) else {
+        return skip("busybox-static is not installed");
+    };
+    let mut child = cmd
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let mark = dir.path().join("qemu.pid");
+    let start = std::time::Instant::now();
+    while !mark.exists() && start.elapsed() < std::time::Duration::from_secs(60) {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    let pid: i32 = std::fs::read_to_string(&mark)
+        .expect("QEMU started")
+        .trim()
+        .parse()
+        .expect("pid");
+    assert!(alive(pid));
+    assert!(
+        !leftovers(&dir.path().join("tmp")).is_empty(),
+        "the temp dir exists while QEMU runs"
+    );
+    let me = i32::try_from(child.id()).expect("pid");
+    // SAFETY: kill(2) with the pid of our own child and a plain signal number.
+    unsafe {
+        libc::kill(me, libc::SIGTERM);
+    }
+    let status = child.wait().expect("wait");
+    assert_eq!(status.signal(), Some(libc::SIGTERM), "{status:?}");
+    let start = std::time::Instant::now();
+    while alive(pid) && start.elapsed() < std::time::Duration::from_secs(5) {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(!alive(pid), "QEMU's process group was killed");
+    assert_eq!(leftovers(&dir.path().join("tmp")), Vec::<String>::new());
+}
