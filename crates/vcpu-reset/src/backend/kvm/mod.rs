@@ -59,6 +59,7 @@ mod run;
 mod sync;
 mod tsc;
 mod vcpu;
+mod vcpu_io;
 
 // Hooks for the selftest tool: KVM's own INIT and SIPI raised from the host, and the second
 // interface of state KVM reports twice.
