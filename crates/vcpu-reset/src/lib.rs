@@ -98,7 +98,9 @@
 
 pub use vcpu_reset_spec as spec;
 
+mod api;
 mod vmm;
+pub use api::{VcpuReset, VcpuResetError};
 pub use vmm::{ResetVcpuError, reset_vcpu, reset_vcpu_counted};
 
 pub mod backend;

@@ -190,7 +190,8 @@ mod tests {
             println!("skipped: no /dev/kvm (KVM_CREATE_VCPU failed)");
             return;
         };
-        let file = stats_file(&vcpu).expect("KVM_CAP_BINARY_STATS_FD: the statistics file");
+        let io = VcpuIo::owned(vcpu);
+        let file = stats_file(&io).expect("KVM_CAP_BINARY_STATS_FD: the statistics file");
         let count = EntryCount::in_file(file).expect("the exits statistic");
         assert_eq!(
             count.read(),

@@ -252,6 +252,24 @@ impl Ioctl {
         }
     }
 
+    /// The state class this ioctl moves, where it moves one (a load or a store).
+    pub fn class(self) -> Option<crate::backend::StateClass> {
+        use crate::backend::StateClass as C;
+        Some(match self {
+            Ioctl::GetRegs | Ioctl::SetRegs => C::Regs,
+            Ioctl::GetSregs | Ioctl::SetSregs | Ioctl::GetSregs2 | Ioctl::SetSregs2 => C::Sregs,
+            Ioctl::GetDebugregs | Ioctl::SetDebugregs => C::Debug,
+            Ioctl::GetFpu | Ioctl::GetXsave | Ioctl::GetXsave2 | Ioctl::SetXsave => C::Fpu,
+            Ioctl::GetXcrs | Ioctl::SetXcrs => C::Xcrs,
+            Ioctl::GetMsrs | Ioctl::SetMsrs => C::Msrs,
+            Ioctl::GetLapic | Ioctl::SetLapic => C::Lapic,
+            Ioctl::GetMpState | Ioctl::SetMpState => C::MpState,
+            Ioctl::GetVcpuEvents | Ioctl::SetVcpuEvents => C::Events,
+            Ioctl::GetNestedState | Ioctl::SetNestedState => C::Nested,
+            _ => return None,
+        })
+    }
+
     /// The error of this ioctl failing with `errno`.
     pub(super) fn failed(self, errno: errno::Error) -> IoctlError {
         IoctlError { ioctl: self, errno }

@@ -51,6 +51,7 @@ mod guest_entries;
 mod host;
 mod init;
 mod ioctls;
+mod lend;
 mod msr_set;
 mod msrs;
 mod nested;
@@ -70,6 +71,8 @@ mod second_views;
 
 pub mod codec;
 
+#[cfg(feature = "selftest")]
+pub use calls::fail_nth_call;
 pub use error::{AdoptRefusal, KvmError, ReturnedFd};
 pub use host::{
     DEFAULT_DEVICE, IDENTITY_MAP_ADDRESS, KVM_API_VERSION, KvmCaps, KvmHost, TSS_ADDRESS,

@@ -200,7 +200,9 @@ pub struct KvmVcpu {
     /// The vCPU's count of guest entries (`guest_entries.rs`); not opened for an adopted vCPU.
     pub(super) entries: Option<EntryCount>,
     /// The last count read, with `stats.runs` then: only KVM_RUN moves it.
-    entries_seen: Option<(u64, u64)>,
+    pub(super) entries_seen: Option<(u64, u64)>,
+    /// The `kvm_dirty_regs` a lent vCPU was handed back with (`lend.rs`).
+    pub(super) left_dirty: u64,
     /// Stores of classes only the guest changes otherwise ([`GUEST_STATE`]), and KVM_RUNs that
     /// may complete an instruction without entering the guest.
     pub(super) guest_state_stores: u64,
@@ -344,6 +346,7 @@ impl KvmVcpu {
             vmm_valid_regs,
             entries: None,
             entries_seen: None,
+            left_dirty: 0,
             guest_state_stores: 0,
             fd_lent: std::sync::atomic::AtomicU64::new(0),
             fd_lent_seen: 0,

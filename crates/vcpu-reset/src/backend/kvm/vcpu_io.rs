@@ -72,11 +72,12 @@ fn count(ret: i32) -> Result<usize> {
 /// Where the vCPU is.
 enum Handle {
     Owned(VcpuFd),
-    /// A fd lent for one call, and its `kvm_run` page: the lender's mapping, or one mapped for
-    /// the call (`mapped`, unmapped when the loan ends).
+    /// A fd lent for one call, and its `kvm_run` page: the lender's mapping, one mapped for
+    /// the call (`mapped`, unmapped when the loan ends), or none (`scratch` stands in; only
+    /// ioctls that do not involve `kvm_run` are made then).
     Lent {
         fd: RawFd,
-        run: NonNull<kvm_run>,
+        run: Option<NonNull<kvm_run>>,
         mapped: Option<usize>,
     },
     /// No vCPU: ioctls fail with EBADF, `kvm_run` is `scratch`.
@@ -131,12 +132,12 @@ impl VcpuIo {
         }
     }
 
-    /// Use the lent vCPU `fd`, whose `kvm_run` page is at `run`.
+    /// Use the lent vCPU `fd`, whose `kvm_run` page is at `run` (or not used: `None`).
     ///
     /// # Safety
     /// `run` must be the live `kvm_run` mapping of `fd`, and both must stay valid until
     /// [`VcpuIo::end_loan`], with nothing else using them meanwhile.
-    pub(super) unsafe fn lend(&mut self, fd: RawFd, run: NonNull<kvm_run>) {
+    pub(super) unsafe fn lend(&mut self, fd: RawFd, run: Option<NonNull<kvm_run>>) {
         self.end_loan();
         self.handle = Handle::Lent {
             fd,
@@ -177,7 +178,7 @@ impl VcpuIo {
         };
         self.handle = Handle::Lent {
             fd: fd.as_raw_fd(),
-            run,
+            run: Some(run),
             mapped: Some(run_size),
         };
         Ok(())
@@ -187,18 +188,13 @@ impl VcpuIo {
     /// owned or detached vCPU.
     pub(super) fn end_loan(&mut self) {
         if let Handle::Lent { run, mapped, .. } = self.handle {
-            if let Some(size) = mapped {
+            if let (Some(run), Some(size)) = (run, mapped) {
                 // SAFETY: `run` is the mapping of `size` bytes `lend_mapping` made; no
                 // reference into it outlives this `&mut self`.
                 unsafe { libc::munmap(run.as_ptr().cast(), size) };
             }
             self.handle = Handle::Detached;
         }
-    }
-
-    /// Whether a vCPU is reachable (owned or lent).
-    pub(super) fn attached(&self) -> bool {
-        !matches!(self.handle, Handle::Detached)
     }
 
     /// The owned kvm-ioctls fd, if the vCPU is owned.
@@ -224,8 +220,8 @@ impl VcpuIo {
             Handle::Owned(fd) => fd.get_kvm_run(),
             // SAFETY: `lend`/`lend_mapping` guarantee the mapping is live until the loan ends,
             // and `&mut self` makes this the only reference made through it.
-            Handle::Lent { run, .. } => unsafe { run.as_mut() },
-            Handle::Detached => &mut self.scratch,
+            Handle::Lent { run: Some(run), .. } => unsafe { run.as_mut() },
+            Handle::Lent { run: None, .. } | Handle::Detached => &mut self.scratch,
         }
     }
 
