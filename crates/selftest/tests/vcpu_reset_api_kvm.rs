@@ -724,3 +724,74 @@ fn a_fd_that_is_not_a_vcpus_is_refused_with_what_to_do() {
         "{err:?}"
     );
 }
+
+// ---- a VMM on an older kvm-ioctls ------------------------------------------------------
+
+#[test]
+fn a_vmm_on_kvm_ioctls_0_24_resets_through_raw_fds() {
+    use kvm_ioctls_old::{Kvm as OldKvm, VcpuExit as OldExit};
+    let Some(host) = kvm_for_tests() else { return };
+    let kvm = OldKvm::new().expect("open /dev/kvm");
+    let vm = kvm.create_vm().expect("create VM");
+    vm.create_irq_chip().expect("create irqchip");
+    let mem = guest_memory();
+    for (slot, (base, size)) in [(0u64, LOW_SIZE), (HIGH_BASE, HIGH_SIZE)]
+        .into_iter()
+        .enumerate()
+    {
+        let region = kvm_bindings::kvm_userspace_memory_region {
+            slot: slot as u32,
+            flags: 0,
+            guest_phys_addr: base,
+            memory_size: size as u64,
+            userspace_addr: mem.get_host_address(GuestAddress(base)).expect("mapped") as u64,
+        };
+        // SAFETY: the region is memory `mem` maps, which outlives the VM.
+        unsafe { vm.set_user_memory_region(region) }.expect("set memory region");
+    }
+    let mut vcpu = vm.create_vcpu(0).expect("create vCPU");
+    let cpuid = kvm
+        .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+        .expect("supported CPUID");
+    let signature = signature_of(&cpuid);
+    vcpu.set_cpuid2(&cpuid).expect("set CPUID");
+    // SAFETY: both fds are owned by `vm` and `vcpu`, which live for the whole test.
+    let (vm_fd, vcpu_fd) = unsafe {
+        (
+            BorrowedFd::borrow_raw(vm.as_raw_fd()),
+            BorrowedFd::borrow_raw(vcpu.as_raw_fd()),
+        )
+    };
+    let mut r = VcpuReset::from_raw_fds(&host, vm_fd, vcpu_fd, 0).expect("learn vCPU 0");
+    r.reset_raw(vcpu_fd).expect("first RESET");
+    let run_to_out = |vcpu: &mut kvm_ioctls_old::VcpuFd| loop {
+        match vcpu.run().expect("KVM_RUN") {
+            OldExit::IoOut(port, _) => return port,
+            OldExit::Intr => {}
+            other => panic!("unexpected exit {other:?}"),
+        }
+    };
+    for round in 0..2 {
+        assert_eq!(run_to_out(&mut vcpu), 0x80, "round {round}");
+        let regs = vcpu.get_regs().expect("KVM_GET_REGS");
+        let sregs = vcpu.get_sregs().expect("KVM_GET_SREGS");
+        assert_eq!(regs.rip, 0xfff2, "round {round}: RIP");
+        assert_eq!(regs.rdx, u64::from(signature), "round {round}: RDX");
+        assert_eq!(sregs.cr0, CR0_RESET, "round {round}: CR0");
+        assert_eq!(sregs.cr3, 0, "round {round}: CR3");
+        assert_eq!(vcpu.get_fpu().expect("KVM_GET_FPU").fcw, FCW_RESET);
+        assert_eq!(run_to_out(&mut vcpu), 0x81);
+        // SAFETY: as above.
+        let fd = unsafe { BorrowedFd::borrow_raw(vcpu.as_raw_fd()) };
+        let out = r.reset_raw(fd).expect("RESET after a run").calls;
+        let bound = after_run_bound(&r);
+        assert!(out.calls() <= bound, "at most {bound}: {out:?}");
+    }
+    // SAFETY: as above.
+    let fd = unsafe { BorrowedFd::borrow_raw(vcpu.as_raw_fd()) };
+    let devs = r.verify_raw(fd).expect("verify");
+    assert!(mismatches(&devs).is_empty(), "{devs:#?}");
+    drop(vcpu);
+    drop(vm);
+    drop(mem);
+}
