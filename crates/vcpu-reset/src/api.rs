@@ -6,7 +6,7 @@ use std::ptr::NonNull;
 use kvm_ioctls::{VcpuFd, VmFd};
 use vcpu_reset_spec::{CpuModel, VcpuIdentity};
 
-use crate::backend::kvm::{AdoptRefusal, Ioctl, KvmHost, KvmVcpu};
+use crate::backend::kvm::{AdoptRefusal, Ioctl, KvmHost, KvmVcpu, KvmVcpuOptions};
 use crate::backend::{BackendError, StateClass, Stats};
 use crate::cache::{CacheError, VcpuCache};
 use crate::engine::{Deviation, EngineError, Outcome, Vcpu};
@@ -65,6 +65,18 @@ pub enum VcpuResetError {
     },
 }
 
+impl VcpuResetError {
+    /// The vCPU id the failed call was about.
+    pub fn id(&self) -> u64 {
+        match self {
+            VcpuResetError::Refused { id, .. }
+            | VcpuResetError::UnknownVendor { id, .. }
+            | VcpuResetError::Map { id, .. }
+            | VcpuResetError::Failed { id, .. } => *id,
+        }
+    }
+}
+
 fn at(call: Option<Ioctl>, class: Option<StateClass>) -> String {
     match (call, class) {
         (Some(call), Some(class)) => format!(" in {call} ({class})"),
@@ -111,11 +123,23 @@ fn failed_ioctl(e: &EngineError) -> Option<Ioctl> {
 ///   VM keeps KVM's LINT0_REENABLED quirk, which makes its LVT LINT0 0x700; disable it with
 ///   KVM_CAP_DISABLE_QUIRKS2 to save that call);
 /// - one KVM_RUN with `immediate_exit` where the vCPU's last exit is one KVM completes only at
-///   the next KVM_RUN (port input, MMIO read, MSR or hypercall exits; not a port output such as
-///   the 0xCF9 reboot request, nor a shutdown);
-/// - the first RESET checks the host's INIT against the spec: it reads every class back once
-///   (about 10 more ioctls, printed by the test), and [`VcpuReset::new`] itself makes the
-///   adoption's checks and reads (about 9) and KVM_GET_STATS_FD.
+///   the next KVM_RUN: port I/O (the 0xCF9 reboot request too: on VMX and SVM hardware KVM
+///   skips an OUT at the next run while RIP still points at it, which would skip the guest's
+///   first instruction were the OUT at the reset vector), MMIO, MSR or hypercall exits; not a
+///   shutdown (triple fault) or a halt;
+/// - the first RESET checks the host's INIT against the spec: it reads the classes back once
+///   (7 loads on the Intel host here: 10 calls in all), and [`VcpuReset::new`] itself makes
+///   the adoption's checks and reads and KVM_GET_STATS_FD (9 calls here).
+///
+/// Measured on the project's Intel host (nested `kvm_pvm`, Linux 6.18) by
+/// `vcpu_reset_api_kvm`, for a BSP whose guest exited on a port output: with KVM's
+/// LINT0_REENABLED quirk off, 3 ioctls and the completing KVM_RUN (KVM_SET_MSRS,
+/// KVM_SET_XSAVE, KVM_SET_XCRS; the INIT left to the VMM's run), 1 for a RESET with no run
+/// since the last; with the quirk on (KVM's default), 5 and the KVM_RUN (KVM_SET_MSRS,
+/// KVM_GET_MP_STATE, KVM_SET_LAPIC, KVM_SET_XSAVE, KVM_SET_XCRS), 3 with no run since. An AP
+/// that never ran: 1. The raw-fd calls cost the same ioctls, and an mmap and a munmap of
+/// `kvm_run` (a few µs; not ioctls). A VMM that turns the quirk off saves a KVM_SET_LAPIC and
+/// a KVM_GET_MP_STATE per RESET.
 ///
 /// Without an in-kernel irqchip, x2APIC in the CPUID or sync regs on the host, KVM's INIT
 /// cannot do the bulk and a RESET stores every class (about 9 ioctls).
@@ -137,7 +161,14 @@ fn failed_ioctl(e: &EngineError) -> Option<Ioctl> {
 /// `kvm_valid_regs` is left as the VMM set it; where it has bits, the `kvm_run` copies of those
 /// classes show the RESET state after the call. Stores the VMM left in `kvm_dirty_regs` are
 /// applied (with their ioctls) before the RESET. The VMM must not change `kvm_dirty_regs`
-/// between the call and its next KVM_RUN.
+/// between the call and its next KVM_RUN (a VMM that uses sync regs itself ORs its bits in,
+/// as kvm-ioctls' `set_sync_dirty_reg` does, rather than assigning the field).
+///
+/// The raw-fd calls map the vCPU's `kvm_run` page for their length: every mapping of a vCPU
+/// fd is the same page, so what they defer there is what the VMM's own KVM_RUN applies, and
+/// they read the last exit there (to complete it) and the VMM's `kvm_dirty_regs`. Without
+/// sync regs KVM's INIT could not do the bulk of the RESET (REGS, SREGS and EVENTS must be
+/// stored after it, at the VMM's next run), and a RESET would cost about 9 ioctls.
 ///
 /// # What "untouched" trusts
 ///
@@ -186,7 +217,30 @@ impl VcpuReset {
                 BorrowedFd::borrow_raw(vcpu.as_raw_fd()),
             )
         };
-        VcpuReset::learn(host, vm_fd, vcpu_fd, id, vm.run_size())
+        VcpuReset::learn(host, vm_fd, vcpu_fd, id, vm.run_size(), true)
+    }
+
+    /// [`VcpuReset::new`] for a single RESET ([`crate::reset_vcpu`]): without sync regs, so
+    /// that every class is stored with its ioctl and a read through the VMM's fd right after
+    /// shows the RESET state, and without the count of guest entries, which one call cannot
+    /// use. Nothing is deferred to the VMM's next KVM_RUN.
+    pub(crate) fn one_shot(
+        host: &KvmHost,
+        vm: &VmFd,
+        vcpu: &VcpuFd,
+        id: u64,
+    ) -> Result<VcpuReset, VcpuResetError> {
+        // SAFETY: both fds are owned by objects the caller lends for this call.
+        let (vm_fd, vcpu_fd) = unsafe {
+            (
+                BorrowedFd::borrow_raw(vm.as_raw_fd()),
+                BorrowedFd::borrow_raw(vcpu.as_raw_fd()),
+            )
+        };
+        let options = KvmVcpuOptions { sync_regs: false };
+        let kv = KvmVcpu::learn_lent(host, vm_fd, vcpu_fd, id, vm.run_size(), options, false)
+            .map_err(|refusal| VcpuResetError::Refused { id, refusal })?;
+        VcpuReset::from_learned(kv, id)
     }
 
     /// [`VcpuReset::new`] for any VMM that has the fds: another kvm-ioctls version, its own
@@ -210,7 +264,7 @@ impl VcpuReset {
                     e,
                 )),
             })?;
-        VcpuReset::learn(host, vm, vcpu, id, run_size)
+        VcpuReset::learn(host, vm, vcpu, id, run_size, true)
     }
 
     fn learn(
@@ -219,9 +273,15 @@ impl VcpuReset {
         vcpu: BorrowedFd<'_>,
         id: u64,
         run_size: usize,
+        count_entries: bool,
     ) -> Result<VcpuReset, VcpuResetError> {
-        let kv = KvmVcpu::learn_lent(host, vm, vcpu, id, run_size)
+        let options = KvmVcpuOptions::default();
+        let kv = KvmVcpu::learn_lent(host, vm, vcpu, id, run_size, options, count_entries)
             .map_err(|refusal| VcpuResetError::Refused { id, refusal })?;
+        VcpuReset::from_learned(kv, id)
+    }
+
+    fn from_learned(kv: KvmVcpu, id: u64) -> Result<VcpuReset, VcpuResetError> {
         let Some(model) = kv.cpu_model() else {
             return Err(VcpuResetError::UnknownVendor {
                 id,

@@ -334,29 +334,22 @@ pub(super) fn apply_vmm_pending(fd: &mut VcpuIo, stats: &mut Stats) -> Result<()
 
 /// Exits whose operation KVM completes only when userspace re-enters KVM_RUN (the KVM API
 /// documentation, "kvm_run" exit reasons): an MMIO read's or port input's value written, the
-/// instruction finished, RIP advanced. A port output and an MMIO write are left out: KVM has
-/// finished the instruction before such an exit (`x86_emulate_instruction()` in
-/// `arch/x86/kvm/x86.c` writes back an emulated OUT and MMIO write first, and
-/// `complete_fast_pio_out()` only skips the instruction while RIP still points at it, which a
-/// RESET or INIT moves).
+/// instruction finished, RIP advanced. A port output is one too: on VMX and SVM hardware KVM's
+/// fast path exits with RIP still at the OUT, and `complete_fast_pio_out()` (Linux
+/// `arch/x86/kvm/x86.c`) skips the instruction at the next KVM_RUN if the linear RIP is the
+/// one the OUT had. A RESET moves RIP to the reset vector, so that skip would only strike an
+/// OUT that sat there, but then it would skip the guest's first instruction. An MMIO write may
+/// have a second fragment still to write.
 fn completed_by_next_run(run: &kvm_bindings::kvm_run) -> bool {
-    match run.exit_reason {
-        kvm_bindings::KVM_EXIT_IO => {
-            // SAFETY: the exit reason says `io` is the union's active member; plain integers.
-            let io = unsafe { run.__bindgen_anon_1.io };
-            io.direction == kvm_bindings::KVM_EXIT_IO_IN as u8 || io.count != 1
-        }
-        kvm_bindings::KVM_EXIT_MMIO => {
-            // SAFETY: the exit reason says `mmio` is the union's active member; plain integers.
-            let mmio = unsafe { run.__bindgen_anon_1.mmio };
-            mmio.is_write == 0
-        }
-        kvm_bindings::KVM_EXIT_HYPERCALL
-        | kvm_bindings::KVM_EXIT_XEN
-        | kvm_bindings::KVM_EXIT_X86_RDMSR
-        | kvm_bindings::KVM_EXIT_X86_WRMSR => true,
-        _ => false,
-    }
+    matches!(
+        run.exit_reason,
+        kvm_bindings::KVM_EXIT_IO
+            | kvm_bindings::KVM_EXIT_MMIO
+            | kvm_bindings::KVM_EXIT_HYPERCALL
+            | kvm_bindings::KVM_EXIT_XEN
+            | kvm_bindings::KVM_EXIT_X86_RDMSR
+            | kvm_bindings::KVM_EXIT_X86_WRMSR
+    )
 }
 
 /// Where the vCPU's last exit left an operation for the next KVM_RUN to complete, complete it

@@ -44,8 +44,8 @@ impl KvmVcpu {
     /// without the fd (see the module documentation). `run_size` is the size of the vCPU's
     /// `kvm_run` mapping (KVM_GET_VCPU_MMAP_SIZE). Costs, counted as `other`: what adoption
     /// checks and reads ([`KvmVcpu::adopt`], without completing an exit or applying pending
-    /// stores: that is done at each attach) and KVM_GET_STATS_FD, whose file is kept (it holds
-    /// the vCPU's count of guest entries, not its fd).
+    /// stores: that is done at each attach) and, where `count_entries`, KVM_GET_STATS_FD,
+    /// whose file is kept (it holds the vCPU's count of guest entries, not its fd).
     ///
     /// # Errors
     /// [`AdoptRefusal`], as for [`KvmVcpu::adopt`].
@@ -55,6 +55,8 @@ impl KvmVcpu {
         vcpu: BorrowedFd<'_>,
         id: u64,
         run_size: usize,
+        options: KvmVcpuOptions,
+        count_entries: bool,
     ) -> Result<KvmVcpu, AdoptRefusal> {
         let mut stats = Stats::default();
         let mut io = VcpuIo::detached();
@@ -65,14 +67,17 @@ impl KvmVcpu {
             let (irqchip, lapic) = examine_vm(vm, &io, id, &mut stats)?;
             let probed = probe_vcpu(host, &io, id, irqchip, lapic, &mut stats)?;
             // A host without binary statistics only lacks the count.
-            let entries = other(&mut stats, Ioctl::GetStatsFd, || stats_file(&io))
-                .ok()
-                .and_then(EntryCount::in_file);
+            let entries = if count_entries {
+                other(&mut stats, Ioctl::GetStatsFd, || stats_file(&io))
+                    .ok()
+                    .and_then(EntryCount::in_file)
+            } else {
+                None
+            };
             Ok::<_, AdoptRefusal>((probed, entries))
         })();
         io.end_loan();
         let (probed, entries) = learned?;
-        let options = KvmVcpuOptions::default();
         let mut vcpu = KvmVcpu::assemble(io, run_size, host, options, probed, stats, 0);
         vcpu.entries = entries;
         // `assemble` set `kvm_valid_regs` in the stand-in page; a lent vCPU's stay the VMM's.
