@@ -106,8 +106,10 @@
 pub use vcpu_reset_spec as spec;
 
 mod api;
+mod vm_reset;
 mod vmm;
 pub use api::{VcpuReset, VcpuResetError};
+pub use vm_reset::{VmOutcome, VmReset, VmResetError};
 pub use vmm::{ResetVcpuError, reset_vcpu, reset_vcpu_counted};
 
 pub mod backend;

@@ -21,6 +21,12 @@ ioctl_io_nr!(KVM_SET_BOOT_CPU_ID, KVMIO, 0x78);
 ioctl_io_nr!(KVM_CHECK_EXTENSION, KVMIO, 0x03);
 // KVM_GET_IRQCHIP: _IOWR(KVMIO, 0x62, struct kvm_irqchip), on a VM.
 ioctl_iowr_nr!(KVM_GET_IRQCHIP, KVMIO, 0x62, kvm_irqchip);
+// KVM_SET_IRQCHIP: _IOR(KVMIO, 0x63, struct kvm_irqchip), on a VM.
+ioctl_ior_nr!(KVM_SET_IRQCHIP, KVMIO, 0x63, kvm_irqchip);
+// KVM_GET_PIT2: _IOR(KVMIO, 0x9f, struct kvm_pit_state2), on a VM.
+ioctl_ior_nr!(KVM_GET_PIT2, KVMIO, 0x9f, kvm_bindings::kvm_pit_state2);
+// KVM_SET_PIT2: _IOW(KVMIO, 0xa0, struct kvm_pit_state2), on a VM.
+ioctl_iow_nr!(KVM_SET_PIT2, KVMIO, 0xa0, kvm_bindings::kvm_pit_state2);
 // KVM_GET_STATS_FD: _IO(KVMIO, 0xce), on a vCPU (KVM_CAP_BINARY_STATS_FD).
 ioctl_io_nr!(KVM_GET_STATS_FD, KVMIO, 0xce);
 

@@ -45,6 +45,7 @@
 mod adopt;
 mod apic;
 mod calls;
+mod devices;
 mod error;
 mod fpu;
 mod guest_entries;
@@ -73,6 +74,7 @@ pub mod codec;
 
 #[cfg(feature = "selftest")]
 pub use calls::fail_nth_call;
+pub use devices::{VmDevices, VmDevicesError};
 pub use error::{AdoptRefusal, KvmError, ReturnedFd};
 pub use host::{
     DEFAULT_DEVICE, IDENTITY_MAP_ADDRESS, KVM_API_VERSION, KvmCaps, KvmHost, TSS_ADDRESS,
