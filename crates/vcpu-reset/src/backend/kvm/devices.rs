@@ -41,7 +41,10 @@ pub enum VmDevicesError {
 }
 
 /// The in-kernel PIC master and slave, IOAPIC and PIT of a VM, as captured: what a reboot
-/// puts back (see the [module documentation](self)).
+/// puts back. KVM creates these devices in their RESET state (the 8259A pair to be initialised
+/// by the firmware, every I/O APIC redirection entry masked as after the 82093AA's reset, the
+/// 8254 counters unprogrammed) and has no ioctl that resets them afterwards, so they are
+/// captured once, before the guest first runs, and written back at every reboot.
 #[derive(Clone)]
 pub struct VmDevices {
     chips: Vec<kvm_irqchip>,
