@@ -154,7 +154,10 @@ fn failed_ioctl(e: &EngineError) -> Option<Ioctl> {
 /// KVM_GET_MP_STATE of the VMM's own makes KVM act on that INIT, which is harmless: the run
 /// still starts in the RESET state. [`VcpuReset::settle`] makes every such read exact
 /// (KVM_GET_MP_STATE where the INIT waits, then KVM_SET_REGS, KVM_SET_SREGS,
-/// KVM_SET_VCPU_EVENTS): call it before saving or migrating the vCPU, not before running it.
+/// KVM_SET_VCPU_EVENTS): call it before saving or migrating the vCPU, and before the VMM
+/// stores REGS, SREGS or EVENTS of its own ahead of the next run (e.g. to start elsewhere than
+/// the reset vector, or to inject an event), which the deferred stores would otherwise
+/// overwrite; not before merely running it.
 ///
 /// # The VMM's `kvm_run`
 ///
