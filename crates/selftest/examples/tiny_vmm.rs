@@ -11,8 +11,9 @@
 //! control register at 0xCF9. The firmware is vcpu-reset's probe image: it records what it
 //! sees at the reset vector, dirties CR0.CD/NW, the x87 unit, PAT and SYSENTER_CS, and reboots
 //! with 0x06 to port 0xCF9 (a hard reset); after that reboot it records again and ends through
-//! port 0xF4. On a triple fault (KVM_EXIT_SHUTDOWN) and on the hard reset the run loop hands the
-//! vCPU fd to [`vcpu_reset::reset_vcpu`] and carries on with the fd it gets back.
+//! port 0xF4. Beside its vCPU fd the VMM keeps a [`vcpu_reset::VcpuReset`]; on a triple fault
+//! (KVM_EXIT_SHUTDOWN) and on the hard reset the run loop lends it the fd for one
+//! `reset()` and carries on. Each RESET's syscalls are printed (`Outcome::calls`).
 //!
 //! The first boot ends in a triple fault before the firmware runs: the VMM raises it through
 //! KVM (KVM_CAP_X86_TRIPLE_FAULT_EVENT, where the host has it), as if the guest had
@@ -33,7 +34,8 @@ use kvm_bindings::{
     kvm_enable_cap, kvm_msr_entry, kvm_userspace_memory_region,
 };
 use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
-use vcpu_reset::backend::kvm::{KvmHost, KvmVcpu};
+use vcpu_reset::VcpuReset;
+use vcpu_reset::backend::kvm::KvmHost;
 use vcpu_reset::spec::CpuModel;
 use vcpu_reset_selftest::check::probe_log::LogOptions;
 use vcpu_reset_selftest::check::{Report, Verdict};
@@ -63,6 +65,8 @@ pub struct Outcome {
     pub log: Vec<u8>,
     /// What made the VMM reset the vCPU, in order.
     pub resets: Vec<&'static str>,
+    /// The vCPU syscalls each of those RESETs made.
+    pub calls: Vec<u64>,
     /// The byte the guest wrote to the exit port.
     pub exit_code: u8,
     /// The CPU model the vCPU's CPUID presents.
@@ -153,8 +157,14 @@ pub fn run(host: &KvmHost) -> Result<Outcome, Box<dyn Error>> {
 
     let mut vcpu: VcpuFd = vm.create_vcpu(0)?;
     vcpu.set_cpuid2(&kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)?)?;
+    // What vcpu-reset knows of the vCPU, kept beside its fd (which stays the VMM's).
+    let mut reset = VcpuReset::new(host, &vm, &vcpu, 0)?;
     // Power-on: KVM's creation state is not the architectural RESET state (EDX, x87, LINT0).
-    vcpu = vcpu_reset::reset_vcpu(host, &vm, vcpu, 0)?;
+    let mut calls = vec![reset.reset(&mut vcpu)?.calls.calls()];
+    // The VMM is about to change the vCPU through its own fd before running it (the triple
+    // fault below): settle first, so that nothing the RESET left for the next KVM_RUN (REGS,
+    // SREGS, EVENTS in `kvm_run`, KVM's INIT) lands over the VMM's own store.
+    reset.settle(&mut vcpu)?;
     // RESET sets the TSC to 0 (vcpu-reset writes 1, see its engine docs); a host that ignores
     // TSC writes shows a counter far from that, and the guest will see the same.
     let tsc_writes_ignored = read_tsc(&vcpu)? > 1 << 40;
@@ -196,19 +206,16 @@ pub fn run(host: &KvmHost) -> Result<Outcome, Box<dyn Error>> {
                     return Err("the guest keeps resetting".into());
                 }
                 resets.push(why);
-                // The whole of vcpu-reset in this VMM: hand the fd over, get it back RESET. (A
-                // VMM with devices would put them back here too; this one has none.)
-                vcpu = vcpu_reset::reset_vcpu(host, &vm, vcpu, 0)?;
+                // The whole of vcpu-reset in this VMM: lend the fd for the RESET. (A VMM with
+                // in-kernel devices would put them back too: `vcpu_reset::VmReset`.)
+                calls.push(reset.reset(&mut vcpu)?.calls.calls());
             }
         }
     };
 
     // The CPU model the vCPU's CPUID presents, for judging the guest's records.
-    let adopted = KvmVcpu::adopt(host, &vm, vcpu, 0)?;
-    let model = adopted
-        .cpu_model()
-        .ok_or("neither an Intel nor an AMD CPUID")?;
-    drop(adopted);
+    let model = *reset.cpu_model();
+    drop(vcpu);
     drop(vm);
     drop(mem);
     Ok(Outcome {
@@ -216,6 +223,7 @@ pub fn run(host: &KvmHost) -> Result<Outcome, Box<dyn Error>> {
         tsc_writes_ignored,
         log,
         resets,
+        calls,
         exit_code,
         model,
     })
@@ -268,7 +276,13 @@ fn main() -> ExitCode {
     };
     let report = judge(&outcome);
     let summary = report.summary();
-    println!("resets: {}", outcome.resets.join(", "));
+    let resets: Vec<String> = outcome
+        .resets
+        .iter()
+        .zip(&outcome.calls)
+        .map(|(why, calls)| format!("{why} ({calls} vCPU syscalls)"))
+        .collect();
+    println!("resets: {}", resets.join(", "));
     println!("guest exit code: {}", outcome.exit_code);
     if outcome.tsc_writes_ignored {
         println!("this host ignores TSC writes: IA32_TSC is a host limit");

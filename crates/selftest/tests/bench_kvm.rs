@@ -92,8 +92,14 @@ fn reboot_report_has_both_paths_and_in_place_needs_fewer_ioctls() {
         row.in_place_ioctls_per_vcpu < row.recreate_ioctls_per_vcpu,
         "recreating also creates: {row:?}"
     );
+    assert_eq!(row.vmm_api.count, 2);
+    assert!(
+        row.vmm_api_ioctls_per_vcpu > 0.0 && row.vmm_api_ioctls_per_vcpu <= 6.0,
+        "the VMM API costs the engine's RESET: {row:?}"
+    );
     let text = report.to_text();
     assert!(text.contains("in place  "), "{text}");
+    assert!(text.contains("VMM API  "), "{text}");
     assert!(text.contains("recreate  "), "{text}");
     assert!(text.contains("target in place ≥ 20×"), "{text}");
 }
@@ -143,14 +149,18 @@ fn cli_bench_reboot_prints_every_path() {
     let text = cli(&["bench", "reboot", "--vcpus", "1", "--rounds", "1"]);
     let rows: Vec<&str> = text
         .lines()
-        .filter(|l| l.starts_with("1 ") && (l.contains("in place") || l.contains("recreate")))
+        .filter(|l| {
+            l.starts_with("1 ")
+                && (l.contains("in place") || l.contains("VMM API") || l.contains("recreate"))
+        })
         .collect();
-    assert_eq!(rows.len(), 4, "{text}");
+    assert_eq!(rows.len(), 5, "{text}");
     assert!(
         rows[0].contains("in place")
             && rows[1].contains("in place, 1 thread")
             && rows[2].contains("in place, all ran")
-            && rows[3].contains("recreate"),
+            && rows[3].contains("VMM API")
+            && rows[4].contains("recreate"),
         "{text}"
     );
 }

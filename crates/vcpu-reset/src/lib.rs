@@ -10,12 +10,14 @@
 //!
 //! # Use in your VMM
 //!
-//! A VMM on kvm-ioctls keeps its VM, memory, vCPU fds, CPUID and run loop; vcpu-reset takes
-//! the vCPU fd for the length of one call and gives it back in the RESET state:
+//! A VMM keeps its VM, memory, vCPU fds, CPUID and run loop, and a [`VcpuReset`] beside each
+//! vCPU fd: what vcpu-reset learned about that vCPU (CPU model, identity, what the host's INIT
+//! gets right), never the fd, which it borrows for the length of each call:
 //!
 //! ```no_run
 //! use kvm_bindings::KVM_MAX_CPUID_ENTRIES;
 //! use kvm_ioctls::Kvm;
+//! use vcpu_reset::VcpuReset;
 //! use vcpu_reset::backend::kvm::KvmHost;
 //!
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -26,17 +28,21 @@
 //! vcpu.set_cpuid2(&kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)?)?;
 //!
 //! let host = KvmHost::open()?;
-//! vcpu = vcpu_reset::reset_vcpu(&host, &vm, vcpu, 0)?; // power-on: the exact RESET state
+//! let mut reset = VcpuReset::new(&host, &vm, &vcpu, 0)?;
+//! reset.reset(&mut vcpu)?; // power-on: the exact RESET state
 //! // ... the VMM's KVM_RUN loop; on 0x06 to port 0xCF9 or KVM_EXIT_SHUTDOWN:
-//! vcpu = vcpu_reset::reset_vcpu(&host, &vm, vcpu, 0)?;
-//! # drop(vcpu);
+//! let outcome = reset.reset(&mut vcpu)?;
+//! println!("{} vCPU syscalls", outcome.calls.calls()); // 3 to 5 after a run
 //! # Ok(())
 //! # }
 //! ```
 //!
-//! [`reset_vcpu`] reads the CPUID back (KVM_GET_CPUID2) and never changes it: the vendor picks
+//! [`VcpuReset`] reads the CPUID back (KVM_GET_CPUID2) and never changes it: the vendor picks
 //! Intel's or AMD's rules, CPUID.01H:EAX is what RDX holds after RESET, the XSAVE layout and
-//! the local APIC version follow. Its cost in ioctls is listed at [`reset_vcpu`]. The
+//! the local APIC version follow. Its cost in ioctls, and what a read through the VMM's fd
+//! sees before the next KVM_RUN, are listed at [`VcpuReset`]. A VMM on another kvm-ioctls
+//! version, on its own bindings or in C passes raw fds ([`VcpuReset::from_raw_fds`],
+//! [`VcpuReset::reset_raw`]). [`reset_vcpu`] is the one-call form for a single RESET. The
 //! repository's `crates/selftest/examples/tiny_vmm.rs` is a whole VMM built this way that
 //! reboots its guest in place on a triple fault and on 0xCF9.
 //!
@@ -88,7 +94,8 @@
 //! - [`cache`]: the register cache with available/dirty tracking in front of a backend.
 //! - [`backend`]: KVM and a software VMX-style model, behind one trait.
 //! - [`slots`]: the state classes and register-cache slots backends and the cache share.
-//! - [`reset_vcpu`]: the one-call RESET for a VMM's own vCPU.
+//! - [`VcpuReset`]: RESET and INIT of a VMM's own vCPU at the engine's cost; [`reset_vcpu`]:
+//!   the one-call RESET.
 //!
 //! The conformance selftest, its guest probes, the small VMM that boots them and the
 //! `vcpu-reset` command are the crate `vcpu-reset-selftest`, apart from this library: a VMM
@@ -98,7 +105,11 @@
 
 pub use vcpu_reset_spec as spec;
 
+mod api;
+mod vm_reset;
 mod vmm;
+pub use api::{VcpuReset, VcpuResetError};
+pub use vm_reset::{VmOutcome, VmReset, VmResetError};
 pub use vmm::{ResetVcpuError, reset_vcpu, reset_vcpu_counted};
 
 pub mod backend;

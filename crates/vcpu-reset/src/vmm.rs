@@ -1,15 +1,16 @@
 //! One call for a VMM that only wants the RESET state written: [`reset_vcpu`].
 //!
-//! It adopts the VMM's vCPU ([`KvmVcpu::adopt_with_options`], without sync regs, since the
-//! vCPU goes straight back), writes the spec's power-on RESET state for the CPU model the
-//! vCPU's own CPUID presents ([`Vcpu::reset`]) and hands the fd back ([`KvmVcpu::into_fd`]).
+//! It is a [`VcpuReset`] used once: learned from the VMM's vCPU without sync regs (every class
+//! is stored with its ioctl, since nothing learned is kept for a next call), the spec's
+//! power-on RESET state written for the CPU model the vCPU's own CPUID presents, and the fd
+//! handed back. A VMM that resets more than once keeps a [`VcpuReset`] instead.
 
 use kvm_ioctls::{VcpuFd, VmFd};
 
+use crate::api::{VcpuReset, VcpuResetError};
 use crate::backend::Stats;
-use crate::backend::kvm::{KvmError, KvmHost, KvmVcpu, KvmVcpuOptions, ReturnedFd};
-use crate::cache::VcpuCache;
-use crate::engine::{EngineError, Vcpu};
+use crate::backend::kvm::{KvmError, KvmHost, ReturnedFd};
+use crate::engine::EngineError;
 
 /// Why [`reset_vcpu`] failed. Each variant carries the VMM's vCPU fd back where it still
 /// exists: [`ResetVcpuError::into_fd`].
@@ -44,15 +45,51 @@ pub enum ResetVcpuError {
         /// the VMM its vCPU.
         fd: ReturnedFd,
     },
+    /// Another [`VcpuResetError`] (the library's own API's).
+    #[error("RESET of vCPU {id} failed")]
+    Call {
+        /// The vCPU id.
+        id: u64,
+        /// What failed.
+        source: VcpuResetError,
+        /// The vCPU fd.
+        fd: ReturnedFd,
+    },
 }
 
 impl ResetVcpuError {
+    /// `e` with the fd it concerns.
+    fn of(e: VcpuResetError, fd: VcpuFd) -> ResetVcpuError {
+        match e {
+            VcpuResetError::Refused { id, refusal } => ResetVcpuError::Adopt(KvmError::Adopt {
+                id,
+                refusal,
+                fd: ReturnedFd(fd),
+            }),
+            VcpuResetError::UnknownVendor { id, vendor } => ResetVcpuError::UnknownVendor {
+                id,
+                vendor,
+                fd: ReturnedFd(fd),
+            },
+            VcpuResetError::Failed { id, source, .. } => ResetVcpuError::Reset {
+                id,
+                source,
+                fd: ReturnedFd(fd),
+            },
+            other => ResetVcpuError::Call {
+                id: other.id(),
+                source: other,
+                fd: ReturnedFd(fd),
+            },
+        }
+    }
+
     /// The VMM's vCPU fd, where the error still holds it.
     pub fn into_fd(self) -> Option<VcpuFd> {
         match self {
             ResetVcpuError::Adopt(e) => e.into_fd(),
             ResetVcpuError::UnknownVendor { fd, .. } => Some(fd.0),
-            ResetVcpuError::Reset { fd, .. } => Some(fd.0),
+            ResetVcpuError::Reset { fd, .. } | ResetVcpuError::Call { fd, .. } => Some(fd.0),
         }
     }
 }
@@ -71,7 +108,7 @@ impl ResetVcpuError {
 /// 0xCF9) arrives, and **17** with no exit left to complete. The README gives the figures
 /// measured per host.
 ///
-/// - Adoption, 8 (`other`): KVM_CHECK_EXTENSION and KVM_SET_BOOT_CPU_ID (does the VM have
+/// - Learning the vCPU, 8 (`other`): KVM_CHECK_EXTENSION and KVM_SET_BOOT_CPU_ID (does the VM have
 ///   vCPUs?), KVM_GET_IRQCHIP, KVM_GET_LAPIC, KVM_GET_CPUID2, KVM_GET_MP_STATE,
 ///   KVM_GET_VCPU_EVENTS and one KVM_GET_MSRS (plus one per MSR the host lists but the vCPU
 ///   refuses). After an I/O, MMIO, MSR or hypercall exit also one KVM_RUN with
@@ -82,10 +119,9 @@ impl ResetVcpuError {
 ///   XSAVE, XCRS, DEBUGREGS, MSRS, LAPIC and VCPU_EVENTS (`stores`); KVM_SET_MP_STATE too for an
 ///   AP that was running, and KVM_SET_NESTED_STATE where the host has nested state.
 ///
-/// A VMM that keeps the [`KvmVcpu`] (and runs it through the
-/// [`Backend`](crate::backend::Backend) trait or a [`VcpuCache`]) pays only the RESET part, and
-/// with sync regs REGS, SREGS and EVENTS then ride the next KVM_RUN. The selftest's `adopt_kvm` test
-/// checks these counts.
+/// A VMM that resets more than once keeps a [`VcpuReset`] beside the fd instead: it learns
+/// once, and a RESET after a run then costs 3 to 5 ioctls (see its `# Cost`). The selftest's
+/// `adopt_kvm` test checks these counts.
 ///
 /// # Errors
 /// [`ResetVcpuError`]; [`ResetVcpuError::into_fd`] gives the fd back.
@@ -109,30 +145,16 @@ pub fn reset_vcpu_counted(
     fd: VcpuFd,
     id: u64,
 ) -> Result<(VcpuFd, Stats), ResetVcpuError> {
-    let options = KvmVcpuOptions { sync_regs: false };
-    let kv = KvmVcpu::adopt_with_options(host, vm, fd, id, options)?;
-    let Some(model) = kv.cpu_model() else {
-        return Err(ResetVcpuError::UnknownVendor {
-            id,
-            vendor: String::from_utf8_lossy(&kv.vendor_id()).into_owned(),
-            fd: ReturnedFd(kv.into_fd()),
-        });
+    let mut fd = fd;
+    let mut r = match VcpuReset::one_shot(host, vm, &fd, id) {
+        Ok(r) => r,
+        Err(e) => return Err(ResetVcpuError::of(e, fd)),
     };
-    let identity = kv.vcpu_identity();
-    let mut vcpu = Vcpu::new(VcpuCache::adopt(kv), model, identity);
-    let reset = vcpu.reset();
-    // The backend comes back even when a store failed, so the VMM never loses its vCPU fd
-    // (KVM cannot create a vCPU with the same id again).
-    let (kv, flushed) = vcpu.into_cache().into_backend_anyway();
-    let stats = crate::backend::Backend::stats(&kv);
-    let source = match (reset, flushed) {
-        (Ok(_), Ok(())) => return Ok((kv.into_fd(), stats)),
-        (Err(source), _) => source,
-        (Ok(_), Err(e)) => EngineError::Cache(e),
-    };
-    Err(ResetVcpuError::Reset {
-        id,
-        source,
-        fd: ReturnedFd(kv.into_fd()),
-    })
+    let learned = r.stats();
+    // A failed store does not cost the VMM its vCPU: the error carries the fd back (KVM
+    // cannot create a vCPU with the same id again).
+    match r.reset(&mut fd) {
+        Ok(outcome) => Ok((fd, learned.plus(&outcome.calls))),
+        Err(e) => Err(ResetVcpuError::of(e, fd)),
+    }
 }

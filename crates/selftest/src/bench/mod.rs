@@ -22,6 +22,7 @@ pub mod peer;
 pub mod reboot;
 pub mod soak;
 pub mod stats;
+pub mod vmm_api;
 
 use crate::runner::{FirmwareError, MemoryError, RunError};
 use vcpu_reset::backend::kvm::{IoctlError, KvmError};

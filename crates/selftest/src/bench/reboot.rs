@@ -13,6 +13,11 @@
 //! - **in place, all ran**: the same, but every AP is first started at the loop (a startup
 //!   IPI through the engine) and run to its first OUT too (not timed), as at a reboot after an
 //!   OS ran on every CPU: every vCPU takes the full RESET;
+//! - **VMM API**: the same reboot as a VMM built on the library makes it
+//!   ([`VmmApiRig`](super::vmm_api::VmmApiRig)): a VM of its own, made with kvm-ioctls, with one
+//!   thread per vCPU that owns the fd and a [`VcpuReset`](vcpu_reset::VcpuReset) beside it; the
+//!   BSP runs to its first OUT (not timed), then every thread is told to RESET its vCPU and the
+//!   PIC, IOAPIC and PIT are put back (`VmDevices::restore`), timed until the last is done;
 //! - **recreate** (what Cloud Hypervisor does on reboot): `/dev/kvm` is opened (not timed — a
 //!   VMM keeps it open), the BSP of the previous copy runs to its first exit (not timed), and
 //!   then dropping that VM and building a new one with [`Vm::with_host`] — VM fd, memory slots,
@@ -55,6 +60,7 @@ pub struct RebootRig {
     program: Program,
     config: VmConfig,
     in_place: Vm,
+    vmm_api: super::vmm_api::VmmApiRig,
     recreated: Option<Vm>,
 }
 
@@ -70,6 +76,7 @@ impl RebootRig {
             sink: Sink::Discard,
             ..VmConfig::default()
         };
+        let vmm_api = super::vmm_api::VmmApiRig::new(&host, &program, vcpus)?;
         let in_place = Vm::with_host(host, &program.firmware, config.clone())?;
         in_place.memory().write(CODE, &program.code)?;
         let recreated = Vm::with_host(crate::host::open()?, &program.firmware, config.clone())?;
@@ -79,6 +86,7 @@ impl RebootRig {
             program,
             config,
             in_place,
+            vmm_api,
             recreated: Some(recreated),
         })
     }
@@ -126,6 +134,21 @@ impl RebootRig {
         self.in_place.set_reset_threads(threads);
         Self::run_bsp(&mut self.in_place)?;
         self.timed_reboot()
+    }
+
+    /// One timed reboot through the VMM API (after an untimed run of the BSP): each vCPU's own
+    /// thread calls `VcpuReset::reset`, then the devices are restored.
+    ///
+    /// # Errors
+    /// [`BenchError`] when a RESET fails or the BSP does not reach the loop.
+    pub fn vmm_api(&mut self) -> Result<RebootSample, BenchError> {
+        self.vmm_api.run_bsp()?;
+        let start = Instant::now();
+        let vcpu_ioctls = self.vmm_api.reboot()?;
+        Ok(RebootSample {
+            elapsed: start.elapsed(),
+            vcpu_ioctls,
+        })
     }
 
     /// One timed reboot in place after every vCPU ran: the APs are started at the loop with a
@@ -236,6 +259,13 @@ pub struct RebootRow {
     pub speedup_all_ran: Summary,
     /// vCPU ioctls per vCPU per reboot in place after every vCPU ran.
     pub all_ran_ioctls_per_vcpu: f64,
+    /// Microseconds per reboot through the VMM API (each vCPU's thread calling
+    /// `VcpuReset::reset`, then the devices restored).
+    pub vmm_api: Summary,
+    /// The VMM API over in place (the runner's), per round.
+    pub vmm_api_vs_in_place: Summary,
+    /// vCPU ioctls per vCPU per reboot through the VMM API.
+    pub vmm_api_ioctls_per_vcpu: f64,
     /// Microseconds per teardown and recreation.
     pub recreate: Summary,
     /// Recreate over in place, per round.
@@ -265,6 +295,7 @@ impl RebootRow {
         in_place: &[RebootSample],
         in_place_serial: &[RebootSample],
         all_ran: &[RebootSample],
+        vmm_api: &[RebootSample],
         recreate: &[RebootSample],
     ) -> Result<RebootRow, BenchError> {
         let empty = || BenchError::Option {
@@ -275,6 +306,7 @@ impl RebootRow {
         if in_place.len() != recreate.len()
             || in_place_serial.len() != recreate.len()
             || all_ran.len() != recreate.len()
+            || vmm_api.len() != recreate.len()
         {
             return Err(empty());
         }
@@ -286,6 +318,7 @@ impl RebootRow {
             total as f64 / (s.len().max(1) as f64 * f64::from(vcpus.max(1)))
         };
         let (a, b, c, d) = (us(in_place), us(recreate), us(in_place_serial), us(all_ran));
+        let v = us(vmm_api);
         Ok(RebootRow {
             vcpus,
             in_place: Summary::of(&a).ok_or_else(empty)?,
@@ -294,6 +327,9 @@ impl RebootRow {
             in_place_all_ran: Summary::of(&d).ok_or_else(empty)?,
             speedup_all_ran: Summary::of(&ratios(&b, &d)).ok_or_else(empty)?,
             all_ran_ioctls_per_vcpu: per_vcpu(all_ran),
+            vmm_api: Summary::of(&v).ok_or_else(empty)?,
+            vmm_api_vs_in_place: Summary::of(&ratios(&v, &a)).ok_or_else(empty)?,
+            vmm_api_ioctls_per_vcpu: per_vcpu(vmm_api),
             recreate: Summary::of(&b).ok_or_else(empty)?,
             speedup: Summary::of(&ratios(&b, &a)).ok_or_else(empty)?,
             in_place_ioctls_per_vcpu: per_vcpu(in_place),
@@ -317,7 +353,7 @@ impl RebootReport {
     pub fn to_text(&self) -> String {
         let mut out = format!(
             "vcpu-reset bench reboot — {}\n\
-             in place: Vm::reboot(Reset) after the BSP ran (the APs wait for SIPI), every vCPU cache invalidated, the vCPUs' RESET spread over up to {} threads, one per {} vCPUs (and on 1 thread); all ran: the same after every AP ran too; recreate: drop the VM, build it again (VM, memory, irqchip, PIT, vCPUs, CPUID, RESET)\n\
+             in place: Vm::reboot(Reset) after the BSP ran (the APs wait for SIPI), every vCPU cache invalidated, the vCPUs' RESET spread over up to {} threads, one per {} vCPUs (and on 1 thread); all ran: the same after every AP ran too; VMM API: a VMM's own VM whose vCPU threads each call VcpuReset::reset, then VmDevices::restore; recreate: drop the VM, build it again (VM, memory, irqchip, PIT, vCPUs, CPUID, RESET)\n\
              {} rounds per vCPU count, the paths alternating; median [min–max] over rounds\n\n",
             super::host_line(),
             host_cpus(),
@@ -349,6 +385,16 @@ impl RebootReport {
                 r.in_place_all_ran.display(0),
                 format!("recreate is {}×", r.speedup_all_ran.display(1)),
                 format!("{:.1}", r.all_ran_ioctls_per_vcpu),
+            ]);
+            rows.push(vec![
+                r.vcpus.to_string(),
+                "VMM API".to_owned(),
+                r.vmm_api.display(0),
+                format!("{} of in place", r.vmm_api_vs_in_place.display(2)),
+                format!(
+                    "{:.1} (+{VM_IOCTLS_PER_REBOOT} VM)",
+                    r.vmm_api_ioctls_per_vcpu
+                ),
             ]);
             rows.push(vec![
                 r.vcpus.to_string(),
@@ -424,7 +470,9 @@ pub fn run(options: &RebootOptions) -> Result<RebootReport, BenchError> {
         rig.recreate()?;
         rig.in_place_on(1)?;
         rig.in_place_all_ran()?;
+        rig.vmm_api()?;
         let mut in_place = Vec::new();
+        let mut vmm_api = Vec::new();
         let mut serial = Vec::new();
         let mut all_ran = Vec::new();
         let mut recreate = Vec::new();
@@ -433,16 +481,18 @@ pub fn run(options: &RebootOptions) -> Result<RebootReport, BenchError> {
                 in_place.push(rig.in_place()?);
                 serial.push(rig.in_place_on(1)?);
                 all_ran.push(rig.in_place_all_ran()?);
+                vmm_api.push(rig.vmm_api()?);
                 recreate.push(rig.recreate()?);
             } else {
                 recreate.push(rig.recreate()?);
+                vmm_api.push(rig.vmm_api()?);
                 all_ran.push(rig.in_place_all_ran()?);
                 serial.push(rig.in_place_on(1)?);
                 in_place.push(rig.in_place()?);
             }
         }
         rows.push(RebootRow::from_samples(
-            vcpus, &in_place, &serial, &all_ran, &recreate,
+            vcpus, &in_place, &serial, &all_ran, &vmm_api, &recreate,
         )?);
     }
     Ok(RebootReport {
@@ -469,6 +519,7 @@ mod tests {
             &[s(100, 16), s(200, 16), s(100, 16)],
             &[s(150, 16), s(200, 16), s(200, 16)],
             &[s(300, 8), s(300, 8), s(250, 8)],
+            &[s(120, 8), s(200, 8), s(150, 8)],
             &[s(3000, 60), s(3000, 60), s(2500, 60)],
         )
         .expect("row");
@@ -485,25 +536,38 @@ mod tests {
         assert_eq!(row.speedup_all_ran.median, 10.0);
         assert!(row.met());
         assert!(!row.met_all_ran());
+        assert_eq!(row.vmm_api.median, 150.0);
+        // 1.2, 1, 1.5 per round.
+        assert_eq!(row.vmm_api_vs_in_place.median, 1.2);
+        assert_eq!(row.vmm_api_ioctls_per_vcpu, 4.0);
     }
 
     #[test]
     fn mismatched_or_missing_rounds_are_an_error() {
-        assert!(RebootRow::from_samples(1, &[], &[], &[], &[]).is_err());
-        assert!(RebootRow::from_samples(1, &[s(1, 1)], &[s(1, 1)], &[s(1, 1)], &[]).is_err());
-        assert!(RebootRow::from_samples(1, &[s(1, 1)], &[s(1, 1)], &[], &[s(1, 1)]).is_err());
+        let one = [s(1, 1)];
+        assert!(RebootRow::from_samples(1, &[], &[], &[], &[], &[]).is_err());
+        assert!(RebootRow::from_samples(1, &one, &one, &one, &one, &[]).is_err());
+        assert!(RebootRow::from_samples(1, &one, &one, &[], &one, &one).is_err());
+        assert!(RebootRow::from_samples(1, &one, &one, &one, &[], &one).is_err());
     }
 
     #[test]
     fn the_text_has_both_paths_per_count_and_the_verdict() {
-        let fast =
-            RebootRow::from_samples(1, &[s(100, 8)], &[s(100, 8)], &[s(100, 8)], &[s(5000, 30)])
-                .expect("row");
+        let fast = RebootRow::from_samples(
+            1,
+            &[s(100, 8)],
+            &[s(100, 8)],
+            &[s(100, 8)],
+            &[s(100, 8)],
+            &[s(5000, 30)],
+        )
+        .expect("row");
         let slow = RebootRow::from_samples(
             32,
             &[s(1000, 66)],
             &[s(1500, 66)],
             &[s(3000, 128)],
+            &[s(1000, 66)],
             &[s(9000, 960)],
         )
         .expect("row");

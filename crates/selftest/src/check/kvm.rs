@@ -22,7 +22,7 @@ use vcpu_reset_spec::{self as spec, CpuModel, Event, Field, Transition, VcpuIden
 use super::dirty::dirtied;
 use super::report::{Report, ScenarioInfo, View};
 use super::scenario::{Expectation, judge_all, observe_probe_run, vcpu_label};
-use super::verdict::{Observed, Owner};
+use super::verdict::{Observed, Owner, Verdict};
 use crate::probe::{self, ProbeOptions, RebootVia};
 use crate::runner::{Firmware, RebootKind, SharedBuffer, Sink, Vm, VmConfig};
 use vcpu_reset::backend::kvm::{KvmHost, KvmVcpu};
@@ -124,7 +124,25 @@ struct Judged<'a> {
     model: &'a CpuModel,
     event: Event,
     /// Fields measured to be out of vcpu-reset's reach on this host, with the reason.
-    limits: &'a BTreeMap<Field, String>,
+    limits: &'a Limits,
+}
+
+/// Fields measured to be out of vcpu-reset's reach on this host, with the reason.
+#[derive(Debug, Default)]
+struct Limits {
+    /// In every view.
+    all: BTreeMap<Field, String>,
+    /// In what the host reads between runs only; the guest still sees the field as it is.
+    host_reads: BTreeMap<Field, String>,
+}
+
+impl Limits {
+    fn get(&self, field: Field, view: View) -> Option<&String> {
+        self.all.get(&field).or_else(|| match view {
+            View::Host => self.host_reads.get(&field),
+            View::Guest => None,
+        })
+    }
 }
 
 impl Judged<'_> {
@@ -137,6 +155,7 @@ impl Judged<'_> {
         prior: Option<&VcpuState>,
         obs: &BTreeMap<Field, Observed>,
     ) {
+        let first = report.results.len();
         judge_all(
             report,
             &Expectation {
@@ -149,13 +168,31 @@ impl Judged<'_> {
                 expected,
                 prior,
             },
-            |f| match self.limits.get(&f) {
+            |f| match self.limits.get(f, view) {
                 Some(why) if self.owner == Owner::VcpuReset => {
                     Some(Observed::Unobservable(why.clone()))
                 }
                 _ => obs.get(&f).cloned(),
             },
         );
+        // The host's own transitions keep their verdict there; the reason says what the host
+        // reads are worth.
+        if view == View::Host {
+            for r in &mut report.results[first..] {
+                if r.verdict == Verdict::Finding
+                    && let Some((_, why)) = self
+                        .limits
+                        .host_reads
+                        .iter()
+                        .find(|(f, _)| f.name() == r.field)
+                {
+                    r.reason = Some(match r.reason.take() {
+                        Some(old) => format!("{old} {why}"),
+                        None => why.clone(),
+                    });
+                }
+            }
+        }
     }
 }
 
@@ -237,7 +274,7 @@ fn cross_check(report: &mut Report, of: &str, id: u32, v: &mut Vcpu<KvmVcpu>) ->
     Ok(())
 }
 
-fn create(report: &mut Report, limits: &BTreeMap<Field, String>) -> Result<(), Fail> {
+fn create(report: &mut Report, limits: &Limits) -> Result<(), Fail> {
     let (mut vm, buf) = probe_vm("create", None, true)?;
     let model = *vm.model();
     let j = Judged {
@@ -266,7 +303,7 @@ fn transition(
     name: &str,
     event: Event,
     kvm_own: bool,
-    limits: &BTreeMap<Field, String>,
+    limits: &Limits,
 ) -> Result<(), Fail> {
     let (mut vm, buf) = probe_vm(name, None, kvm_own)?;
     let model = *vm.model();
@@ -356,11 +393,7 @@ fn transition(
     Ok(())
 }
 
-fn reboot(
-    report: &mut Report,
-    via: Option<RebootVia>,
-    limits: &BTreeMap<Field, String>,
-) -> Result<(), Fail> {
+fn reboot(report: &mut Report, via: Option<RebootVia>, limits: &Limits) -> Result<(), Fail> {
     let name = format!("reboot-{}", via.map_or("triple-fault", RebootVia::name));
     let (mut vm, buf) = probe_vm(&name, via, false)?;
     let model = *vm.model();
@@ -656,14 +689,19 @@ pub fn run(report: &mut Report, host: &KvmHost) {
     if let Some(cpu) = cpu {
         report.host.insert("cpu".into(), cpu);
     }
-    for (f, why) in &limits {
+    for (f, why) in &limits.all {
         report.host.insert(format!("limit {f}"), why.clone());
+    }
+    for (f, why) in &limits.host_reads {
+        report
+            .host
+            .insert(format!("limit {f} (host reads)"), why.clone());
     }
     let r = create(report, &limits);
     record(report, "create", Owner::Host, r);
     let r = transition(report, "kvm-init", Event::Init, true, &limits);
     record(report, "kvm-init", Owner::Host, r);
-    let r = super::kvm_ipi::run(report, &limits);
+    let r = super::kvm_ipi::run(report, &limits.all);
     record(report, "kvm-init-ipi", Owner::Host, r);
     let r = transition(report, "reset", Event::Reset, false, &limits);
     record(report, "reset", Owner::VcpuReset, r);
@@ -679,9 +717,10 @@ pub fn run(report: &mut Report, host: &KvmHost) {
 
 /// What vcpu-reset cannot set on this host, and the CPU model, from one probe vCPU: a write
 /// of IA32_TSC that the backend finds ignored (it checks the first read-back after a write)
-/// makes the TSC a host limit for vcpu-reset's scenarios.
-fn probe_host() -> (BTreeMap<Field, String>, Option<String>) {
-    let mut limits = BTreeMap::new();
+/// makes the TSC a host limit for vcpu-reset's scenarios, and a TSC that does not count
+/// between two host reads ([`TSC_REBASED`]) a limit of what the host reads.
+fn probe_host() -> (Limits, Option<String>) {
+    let mut limits = Limits::default();
     let tsc = Field::Msr(vcpu_reset_spec::Msr::Tsc);
     let Some(host) = crate::host::open().ok() else {
         return (limits, None);
@@ -702,20 +741,75 @@ fn probe_host() -> (BTreeMap<Field, String>, Option<String>) {
         )
     });
     let mut c = vcpu_reset::cache::VcpuCache::adopt(kv);
+    // Two reads with nothing run in between, TSC_PAUSE apart.
+    let read = |c: &mut vcpu_reset::cache::VcpuCache<KvmVcpu>| {
+        c.invalidate();
+        c.get(tsc).ok().map(|v| (v, std::time::Instant::now()))
+    };
+    if let Some((first, at)) = read(&mut c) {
+        std::thread::sleep(TSC_PAUSE);
+        if let Some((second, then)) = read(&mut c)
+            && !tsc_counted(first, second, then.duration_since(at).as_nanos())
+        {
+            limits.host_reads.insert(tsc, TSC_REBASED.into());
+        }
+    }
     let wrote = c.get(tsc).and_then(|v| c.set(tsc, v ^ (1 << 44)));
     if wrote.is_ok() && c.flush().is_ok() {
         c.invalidate();
         let _ = c.get(tsc);
         if c.backend().tsc_writes_ignored() {
-            limits.insert(tsc, not_held_reason(c.backend(), tsc));
+            limits.all.insert(tsc, not_held_reason(c.backend(), tsc));
         }
     }
     (limits, cpu)
 }
 
+/// How long [`probe_host`] waits between its two reads of the TSC.
+const TSC_PAUSE: std::time::Duration = std::time::Duration::from_millis(5);
+
+/// Why the host's reads of IA32_TSC between runs cannot show that a transition kept it
+/// counting, on a host whose KVM re-bases the TSC at every vCPU ioctl.
+pub const TSC_REBASED: &str = "this KVM does not count the TSC between runs: where the host kernel \
+     marked its own TSC unstable, every vCPU ioctl sets the vCPU's TSC back to its value at the \
+     last VM exit (kvm_arch_vcpu_load() in arch/x86/kvm/x86.c) and the next KVM_RUN catches it \
+     up, so two host reads with no run between may go backwards; the guest's view is judged";
+
+/// Whether a TSC read `second`, `elapsed_ns` after a read `first` with no run in between,
+/// counted on: by at least 1/20 of the time passed in cycles (a TSC of 50 MHz or more).
+fn tsc_counted(first: u128, second: u128, elapsed_ns: u128) -> bool {
+    second >= first && second - first >= elapsed_ns / 20
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_limit_of_host_reads_leaves_the_guest_view_judged() {
+        let tsc = Field::Msr(vcpu_reset_spec::Msr::Tsc);
+        let mut limits = Limits::default();
+        limits.host_reads.insert(tsc, TSC_REBASED.into());
+        assert_eq!(
+            limits.get(tsc, View::Host).map(String::as_str),
+            Some(TSC_REBASED)
+        );
+        assert_eq!(limits.get(tsc, View::Guest), None);
+        limits.all.insert(tsc, "ignored".into());
+        assert_eq!(
+            limits.get(tsc, View::Guest).map(String::as_str),
+            Some("ignored")
+        );
+    }
+
+    #[test]
+    fn a_tsc_that_stood_still_or_went_back_between_reads_did_not_count() {
+        // 5 ms at 2.6 GHz.
+        assert!(tsc_counted(1_000, 13_001_000, 5_000_000));
+        // A KVM that re-bases at each ioctl: a few µs of counting, or less than before.
+        assert!(!tsc_counted(0x33_bd3d, 0x33_ae83, 5_000_000));
+        assert!(!tsc_counted(1_000, 4_000, 5_000_000));
+    }
 
     #[test]
     fn msrs_the_host_lists_without_a_spec_row_are_named_by_index() {

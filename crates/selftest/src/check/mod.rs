@@ -9,6 +9,7 @@ pub mod advertised;
 mod backend_choice;
 pub mod dirty;
 pub mod html;
+pub mod kernel;
 pub mod kvm;
 pub mod kvm_ipi;
 pub mod leak;

@@ -4,13 +4,13 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::verdict::{Owner, Verdict};
 use crate::files::escape;
 
 /// Where a value was read.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum View {
     /// Read by the host (through the register cache).
@@ -29,7 +29,7 @@ impl View {
 }
 
 /// One field's verdict in one scenario, view and vCPU.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FieldResult {
     /// Scenario name (`create`, `kvm-init`, `reset`, `init`, `reboot-…`).
     pub scenario: String,
@@ -61,7 +61,7 @@ impl FieldResult {
 }
 
 /// A scenario that ran (or could not).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ScenarioInfo {
     /// Name.
     pub name: String,

@@ -1,10 +1,10 @@
 //! Judging one observed field against the spec.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use vcpu_reset_spec::{self as spec, Alternative, Event, Field, Rule, Vendor};
 
 /// Who is responsible for the state a scenario observes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Owner {
     /// The hypervisor's own behaviour (KVM's vCPU creation, KVM's INIT): deviations are
@@ -15,7 +15,7 @@ pub enum Owner {
 }
 
 /// The verdict for one field in one scenario.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Verdict {
     /// Equal to the spec.

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 use vcpu_reset::spec::Vendor;
+use vcpu_reset_selftest::check::kernel::{Accel, KernelOptions, KernelSource};
 use vcpu_reset_selftest::check::peers::{Peer, PeerOptions};
 use vcpu_reset_selftest::check::{self, Report};
 use vcpu_reset_selftest::files;
@@ -57,6 +58,23 @@ impl From<VmmArg> for Peer {
     }
 }
 
+#[derive(Clone, Copy, ValueEnum)]
+pub enum AccelArg {
+    Auto,
+    Tcg,
+    Kvm,
+}
+
+impl From<AccelArg> for Accel {
+    fn from(a: AccelArg) -> Accel {
+        match a {
+            AccelArg::Auto => Accel::Auto,
+            AccelArg::Tcg => Accel::Tcg,
+            AccelArg::Kvm => Accel::Kvm,
+        }
+    }
+}
+
 #[derive(Args)]
 pub struct CheckArgs {
     /// Backend to run on: KVM where /dev/kvm opens, the software model otherwise.
@@ -92,6 +110,36 @@ pub struct CheckArgs {
     /// when it passes.
     #[arg(long, default_value = "60", value_parser = parse_timeout)]
     vmm_timeout: Duration,
+    /// Also judge this kernel's KVM: a Debian linux-image package or a bzImage, booted in QEMU
+    /// with the statically linked selftest (`cargo build-static`) and the kernel's KVM modules;
+    /// its verdicts join the report as a column group `linux-<release>` (repeatable).
+    #[arg(long, value_name = "PATH")]
+    kernel: Vec<PathBuf>,
+    /// The modules directory of the n-th --kernel (a build tree after `make modules`, or
+    /// lib/modules/<release>) [default: the package's, the bzImage's build tree, or
+    /// /lib/modules/<release>] (repeatable, in --kernel order).
+    #[arg(long, value_name = "DIR")]
+    kernel_modules: Vec<PathBuf>,
+    /// Time limit per --kernel boot in seconds (all its runs of check included); a guest that
+    /// has not finished is killed and reported as not run.
+    #[arg(long, default_value = "600", value_parser = parse_timeout)]
+    kernel_timeout: Duration,
+    /// Runs of check in each --kernel boot, each a column group of its own (catches
+    /// intermittent failures).
+    #[arg(long, default_value = "1", value_parser = clap::value_parser!(u32).range(1..=100))]
+    kernel_runs: u32,
+    /// The statically linked selftest to run in the --kernel guests [default: this program if
+    /// it is statically linked, else target/x86_64-unknown-linux-gnu/release/vcpu-reset].
+    #[arg(long, value_name = "FILE")]
+    kernel_selftest: Option<PathBuf>,
+    /// How QEMU runs the --kernel guests: tcg (emulated SVM, any host), kvm (-cpu host; the
+    /// host's KVM needs nested virtualization), auto (kvm where the host offers nested).
+    #[arg(long, value_enum, default_value = "auto")]
+    kernel_accel: AccelArg,
+    /// Keep each --kernel guest's serial console (boot and KVM messages) in DIR as
+    /// `linux-<release>.console.log`.
+    #[arg(long, value_name = "DIR")]
+    kernel_console: Option<PathBuf>,
     /// Also write the field x VMM/scenario matrix as a self-contained HTML page.
     #[arg(long, value_name = "FILE")]
     html: Option<PathBuf>,
@@ -146,13 +194,45 @@ fn report(args: &CheckArgs) -> Result<(Report, bool), ExitCode> {
     }
     let (peers, peer_opts) = peers(&args.vmm, &args.vmm_cmd, args.vmm_timeout);
     check::peers::check_installed(&peers).map_err(failed)?;
+    let (kernels, kernel_opts) = kernels(args).map_err(failed)?;
+    check::kernel::check_ready(&kernels, &kernel_opts).map_err(failed)?;
     let backend = check::BackendChoice::from(args.backend);
     let mut report = match &args.from_log {
         None => check::run(&check::CheckOptions { backend }),
         Some(path) => judge_log(path, args.vendor, args.signature)?,
     };
     check::peers::run(&mut report, &peers, &peer_opts).map_err(failed)?;
-    Ok((report, !peers.is_empty()))
+    check::kernel::run(&mut report, &kernels, &kernel_opts).map_err(failed)?;
+    Ok((report, !peers.is_empty() || !kernels.is_empty()))
+}
+
+/// The kernels of `check --kernel` (each with its --kernel-modules, by position), and their
+/// options. `Err`: more --kernel-modules than --kernel.
+fn kernels(args: &CheckArgs) -> Result<(Vec<KernelSource>, KernelOptions), String> {
+    if args.kernel_modules.len() > args.kernel.len() {
+        return Err(format!(
+            "{} --kernel-modules for {} --kernel — give one --kernel-modules per --kernel, in the same order",
+            args.kernel_modules.len(),
+            args.kernel.len()
+        ));
+    }
+    let list = args
+        .kernel
+        .iter()
+        .enumerate()
+        .map(|(i, path)| KernelSource {
+            path: path.clone(),
+            modules: args.kernel_modules.get(i).cloned(),
+        })
+        .collect();
+    let opts = KernelOptions {
+        timeout: args.kernel_timeout,
+        runs: args.kernel_runs,
+        selftest: args.kernel_selftest.clone(),
+        accel: args.kernel_accel.into(),
+        console_dir: args.kernel_console.clone(),
+    };
+    Ok((list, opts))
 }
 
 /// Says `e` as `check`'s error; exit status 2.

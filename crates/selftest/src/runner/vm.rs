@@ -23,9 +23,7 @@ use std::sync::{Mutex, Once, OnceLock};
 use std::time::{Duration, Instant};
 
 use kvm_bindings::{
-    KVM_CAP_X86_TRIPLE_FAULT_EVENT, KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER,
-    KVM_IRQCHIP_PIC_SLAVE, KVM_PIT_SPEAKER_DUMMY, kvm_enable_cap, kvm_irqchip, kvm_pit_config,
-    kvm_pit_state2,
+    KVM_CAP_X86_TRIPLE_FAULT_EVENT, KVM_PIT_SPEAKER_DUMMY, kvm_enable_cap, kvm_pit_config,
 };
 use kvm_ioctls::{Cap, VmFd};
 use vcpu_reset_spec::{CpuModel, VcpuIdentity};
@@ -35,7 +33,7 @@ use super::firmware::Firmware;
 use super::memory::{GuestMemory, MemoryError};
 use super::vcpu_threads::{Crew, Member, Step, Wake};
 use crate::sys::Kickable;
-use vcpu_reset::backend::kvm::{KvmError, KvmHost, KvmVcpu};
+use vcpu_reset::backend::kvm::{KvmError, KvmHost, KvmVcpu, VmDevices, VmDevicesError};
 use vcpu_reset::backend::{Exit, IoDir, Stats};
 use vcpu_reset::cache::VcpuCache;
 use vcpu_reset::engine::{EngineError, Vcpu};
@@ -102,6 +100,9 @@ pub enum RunError {
         /// Host limit.
         max: u32,
     },
+    /// Capturing or restoring the in-kernel PIC, IOAPIC or PIT failed.
+    #[error(transparent)]
+    Devices(#[from] VmDevicesError),
     /// A VM-level ioctl failed.
     #[error("{op} failed: {errno}")]
     VmIoctl {
@@ -255,8 +256,8 @@ struct Board {
     vm: VmFd,
     memory: GuestMemory,
     platform: Mutex<Platform>,
-    pristine_chips: Vec<kvm_irqchip>,
-    pristine_pit: kvm_pit_state2,
+    /// The in-kernel PIC, IOAPIC and PIT as created: what a RESET puts back.
+    pristine: VmDevices,
 }
 
 impl Board {
@@ -264,20 +265,7 @@ impl Board {
     /// their creation state on RESET, firmware restored, devices told.
     fn restore(&self, kind: RebootKind) -> Result<(), RunError> {
         if kind == RebootKind::Reset {
-            for chip in &self.pristine_chips {
-                self.vm
-                    .set_irqchip(chip)
-                    .map_err(|errno| RunError::VmIoctl {
-                        op: "KVM_SET_IRQCHIP",
-                        errno,
-                    })?;
-            }
-            self.vm
-                .set_pit2(&self.pristine_pit)
-                .map_err(|errno| RunError::VmIoctl {
-                    op: "KVM_SET_PIT2",
-                    errno,
-                })?;
+            self.pristine.restore(&self.vm)?;
         }
         self.memory.restore_firmware()?;
         if let Ok(mut p) = self.platform.lock() {
@@ -310,7 +298,7 @@ impl Vm {
         check_config(&host, &config)?;
         let memory = GuestMemory::new(config.memory_mib, firmware)?;
         let vm = create_vm(&host, &memory, config.kvm_create_state)?;
-        let (pristine_chips, pristine_pit) = pristine_devices(&vm)?;
+        let pristine = VmDevices::capture(&vm)?;
         let (vcpus, model) = create_vcpus(&host, &vm, config.vcpus)?;
         let platform = Mutex::new(Platform::with_serial(
             config.sink.clone(),
@@ -323,8 +311,7 @@ impl Vm {
                 vm,
                 memory,
                 platform,
-                pristine_chips,
-                pristine_pit,
+                pristine,
             },
             host,
             config,
@@ -689,32 +676,6 @@ fn enable_triple_fault_event(vm: &VmFd) -> Result<(), RunError> {
         op: "KVM_ENABLE_CAP(KVM_CAP_X86_TRIPLE_FAULT_EVENT)",
         errno,
     })
-}
-
-/// The in-kernel PIC, IOAPIC and PIT state of the new VM: what a RESET puts back.
-fn pristine_devices(vm: &VmFd) -> Result<(Vec<kvm_irqchip>, kvm_pit_state2), RunError> {
-    let mut chips = Vec::new();
-    for chip_id in [
-        KVM_IRQCHIP_PIC_MASTER,
-        KVM_IRQCHIP_PIC_SLAVE,
-        KVM_IRQCHIP_IOAPIC,
-    ] {
-        let mut chip = kvm_irqchip {
-            chip_id,
-            ..Default::default()
-        };
-        vm.get_irqchip(&mut chip)
-            .map_err(|errno| RunError::VmIoctl {
-                op: "KVM_GET_IRQCHIP",
-                errno,
-            })?;
-        chips.push(chip);
-    }
-    let pit = vm.get_pit2().map_err(|errno| RunError::VmIoctl {
-        op: "KVM_GET_PIT2",
-        errno,
-    })?;
-    Ok((chips, pit))
 }
 
 /// `count` vCPUs, each under the engine with the CPU model the first one presents (from its

@@ -93,6 +93,19 @@ impl Stats {
         self.loads + self.stores + self.runs + self.other
     }
 
+    /// These counts and `more` together.
+    #[must_use]
+    pub fn plus(&self, more: &Stats) -> Stats {
+        Stats {
+            loads: self.loads + more.loads,
+            stores: self.stores + more.stores,
+            runs: self.runs + more.runs,
+            other: self.other + more.other,
+            sync_loads: self.sync_loads + more.sync_loads,
+            sync_stores: self.sync_stores + more.sync_stores,
+        }
+    }
+
     /// The counts accumulated since `earlier`.
     #[must_use]
     pub fn since(&self, earlier: &Stats) -> Stats {

@@ -1,6 +1,12 @@
 //! The nested scenarios on KVM: the nested fields of a real vCPU after RESET and INIT.
 
-use vcpu_reset_spec::{Event, Field, Msr, NestedReg, VcpuIdentity};
+use kvm_bindings::nested::{KvmNestedStateBuffer, kvm_svm_nested_state_data};
+use kvm_bindings::{
+    KVM_STATE_NESTED_FORMAT_SVM, KVM_STATE_NESTED_GUEST_MODE, kvm_svm_nested_state_hdr,
+};
+use vcpu_reset_spec::{
+    Event, Field, InitOutcome, InitRule, Msr, NestedReg, VcpuIdentity, VcpuState, Vendor,
+};
 
 use super::{NESTED_INIT, NESTED_RESET, err};
 use crate::check::report::{Report, ScenarioInfo, View};
@@ -90,6 +96,36 @@ fn kvm_scenario(
     }
     let expected = *v.expected().ok_or("no state was established")?;
     v.cache_mut().invalidate();
+    judge_nested(
+        report,
+        &mut v,
+        host,
+        name,
+        event,
+        "bsp",
+        &expected,
+        prior.as_ref(),
+    )?;
+    if host.caps().nested_state > 0 && model.vendor == Vendor::Amd {
+        svm_case(report, &mut v, host, name, event)?;
+    }
+    Ok(())
+}
+
+/// Judges the nested fields of `v` as read now (through a fresh cache) against `expected`.
+#[allow(clippy::too_many_arguments)]
+fn judge_nested(
+    report: &mut Report,
+    v: &mut Vcpu<KvmVcpu>,
+    host: &KvmHost,
+    name: &str,
+    event: Event,
+    vcpu: &str,
+    expected: &VcpuState,
+    prior: Option<&VcpuState>,
+) -> Result<(), String> {
+    v.cache_mut().invalidate();
+    let vendor = v.model().vendor;
     let nested_state = host.caps().nested_state;
     let mut observed = Vec::with_capacity(NESTED_FIELDS.len());
     for f in NESTED_FIELDS {
@@ -106,11 +142,11 @@ fn kvm_scenario(
             scenario: name,
             owner: Owner::VcpuReset,
             view: View::Host,
-            vcpu: "bsp".into(),
-            vendor: model.vendor,
+            vcpu: vcpu.into(),
+            vendor,
             event,
-            expected: &expected,
-            prior: prior.as_ref(),
+            expected,
+            prior,
         },
         |f: Field| {
             observed
@@ -120,4 +156,149 @@ fn kvm_scenario(
         },
     );
     Ok(())
+}
+
+/// Guest-physical address of the guest hypervisor's VMCB (vmcb12) in the SVM case.
+const VMCB12: u64 = 0x5000;
+/// The SVM case's I/O and MSR permission maps (only their addresses are checked).
+const IOPM: u64 = 0x10_000;
+const MSRPM: u64 = 0x20_000;
+/// VM_HSAVE_PA (AMD APM Vol. 2 §15.30.4).
+const MSR_VM_HSAVE_PA: u32 = 0xc001_0117;
+/// EFER.SVME (AMD APM Vol. 2 §3.1.7).
+const EFER_SVME: u64 = 1 << 12;
+
+/// The vmcb12 KVM_SET_NESTED_STATE takes for SVM guest mode (the control area at 0, the
+/// guest hypervisor's own state, saved by its VMRUN, at 0x400; AMD APM Vol. 2 Appendix B,
+/// Tables B-1 and B-2): VMRUN intercepted and ASID 1, as VMRUN's consistency checks require
+/// (APM §15.5.1), and a protected-mode, paged hypervisor with EFER.SVME set.
+fn vmcb12() -> [u8; 4096] {
+    let mut b = [0u8; 4096];
+    let mut put =
+        |off: usize, v: u64, n: usize| b[off..off + n].copy_from_slice(&v.to_le_bytes()[..n]);
+    put(0x010, 1, 4); // intercept VMRUN (vector 4, bit 0)
+    put(0x040, IOPM, 8);
+    put(0x048, MSRPM, 8);
+    put(0x058, 1, 4); // guest ASID
+    put(0x400 + 0xd0, EFER_SVME, 8); // EFER
+    put(0x400 + 0x150, 0x6000, 8); // CR3
+    put(0x400 + 0x158, 0x8000_0011, 8); // CR0: PG, ET, PE
+    put(0x400 + 0x160, 0x400, 8); // DR7
+    put(0x400 + 0x168, 0xffff_0ff0, 8); // DR6
+    put(0x400 + 0x170, 2, 8); // RFLAGS
+    b
+}
+
+/// The SVM case on a host that offers nested SVM (`KVM_CAP_NESTED_STATE` with kvm_amd's
+/// `nested=1`): the vCPU is put into SVM guest mode with GIF clear (KVM_SET_NESTED_STATE with a
+/// vmcb12, after EFER.SVME and VM_HSAVE_PA are set, as a guest hypervisor's CLGI and VMRUN
+/// leave it), then vcpu-reset's RESET must drop all of it (every field is judged, not only the
+/// nested ones: leaving guest mode must not bring the guest hypervisor's state back) and its
+/// INIT must be held by GIF = 0 (AMD APM Vol. 2 §15.17), changing nothing.
+fn svm_case(
+    report: &mut Report,
+    v: &mut Vcpu<KvmVcpu>,
+    host: &KvmHost,
+    name: &str,
+    event: Event,
+) -> Result<(), String> {
+    v.reset().map_err(err)?;
+    v.cache_mut().flush().map_err(err)?;
+    v.cache_mut().backend_mut().apply_deferred().map_err(err)?;
+    {
+        let fd = v.cache().backend().fd();
+        let mut sregs = fd.get_sregs().map_err(|e| format!("KVM_GET_SREGS: {e}"))?;
+        sregs.efer |= EFER_SVME;
+        fd.set_sregs(&sregs)
+            .map_err(|e| format!("KVM_SET_SREGS with EFER.SVME: {e}"))?;
+        let msrs = kvm_bindings::Msrs::from_entries(&[kvm_bindings::kvm_msr_entry {
+            index: MSR_VM_HSAVE_PA,
+            data: super::HSAVE_AREA,
+            ..Default::default()
+        }])
+        .map_err(|e| format!("VM_HSAVE_PA entry: {e:?}"))?;
+        let n = fd
+            .set_msrs(&msrs)
+            .map_err(|e| format!("KVM_SET_MSRS VM_HSAVE_PA: {e}"))?;
+        if n != 1 {
+            return Err("KVM refused VM_HSAVE_PA".into());
+        }
+        let mut buf = KvmNestedStateBuffer::empty();
+        buf.format = KVM_STATE_NESTED_FORMAT_SVM as u16;
+        // GUEST_MODE without GIF_SET: in SVM guest mode with GIF clear.
+        buf.flags = KVM_STATE_NESTED_GUEST_MODE as u16;
+        buf.size = (std::mem::size_of::<kvm_bindings::kvm_nested_state>() + 4096) as u32;
+        buf.hdr.svm = kvm_svm_nested_state_hdr { vmcb_pa: VMCB12 };
+        buf.data.svm = kvm_svm_nested_state_data { vmcb12: vmcb12() };
+        fd.set_nested_state(&buf)
+            .map_err(|e| format!("KVM_SET_NESTED_STATE into SVM guest mode with GIF clear: {e}"))?;
+    }
+    v.cache_mut().invalidate();
+    let prior = *v.cache_mut().state().map_err(err)?;
+    let n = &prior.nested;
+    if !(n.present && n.guest_mode && !n.gif) {
+        return Err(format!(
+            "KVM accepted the nested state but reads back present={} guest_mode={} gif={}",
+            n.present, n.guest_mode, n.gif
+        ));
+    }
+    match event {
+        Event::Reset => {
+            v.reset().map_err(err)?;
+            let expected = *v.expected().ok_or("no state was established")?;
+            v.cache_mut().invalidate();
+            let state = *v.cache_mut().state().map_err(err)?;
+            let observed: Vec<(Field, Observed)> = Field::all()
+                .into_iter()
+                .map(|f| {
+                    let o = if v.cache().holds(f) {
+                        Observed::Value(f.get(&state))
+                    } else {
+                        Observed::Unobservable(not_held_reason(f, host.caps().nested_state))
+                    };
+                    (f, o)
+                })
+                .collect();
+            judge_all(
+                report,
+                &Expectation {
+                    scenario: name,
+                    owner: Owner::VcpuReset,
+                    view: View::Host,
+                    vcpu: "bsp-svm-guest".into(),
+                    vendor: Vendor::Amd,
+                    event,
+                    expected: &expected,
+                    prior: None,
+                },
+                |f: Field| {
+                    observed
+                        .iter()
+                        .find(|(g, _)| *g == f)
+                        .map(|(_, o)| o.clone())
+                },
+            );
+            Ok(())
+        }
+        Event::Init => {
+            let outcome = v.init().map_err(err)?;
+            if outcome.init != Some(InitOutcome::Held(InitRule::SvmGif)) {
+                return Err(format!(
+                    "INIT with GIF clear: the engine did {:?}, not hold it (APM Vol. 2 §15.17)",
+                    outcome.init
+                ));
+            }
+            let expected = *v.expected().ok_or("no state was established")?;
+            judge_nested(
+                report,
+                v,
+                host,
+                name,
+                event,
+                "bsp-svm-gif-held",
+                &expected,
+                Some(&prior),
+            )
+        }
+    }
 }

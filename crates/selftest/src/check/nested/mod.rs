@@ -18,7 +18,11 @@
 //!
 //! On KVM the scenarios RESET (and INIT) a real vCPU and judge the nested fields only: those
 //! the host does not hold are host limits with the reason (this host has no
-//! KVM_CAP_NESTED_STATE and offers neither nested VMX nor SGX launch control).
+//! KVM_CAP_NESTED_STATE and offers neither nested VMX nor SGX launch control). Where KVM offers
+//! nested SVM (KVM_CAP_NESTED_STATE on AMD, e.g. kvm_amd with `nested=1` in the guest of
+//! `check --kernel`), a real vCPU is also put into SVM guest mode with GIF clear and
+//! VM_HSAVE_PA set (KVM_SET_NESTED_STATE with a vmcb12): `bsp-svm-guest` judges every field
+//! after RESET, `bsp-svm-gif-held` the nested fields after an INIT that GIF = 0 holds.
 //!
 //! `model.rs` holds the model's cases, `kvm.rs` the KVM ones; this file the shared setup.
 

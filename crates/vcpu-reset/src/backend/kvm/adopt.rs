@@ -8,7 +8,7 @@
 //! hand-back applies every store still deferred to the next KVM_RUN with its ioctl and puts
 //! `kvm_run`'s `kvm_valid_regs` and `kvm_dirty_regs` back as the VMM had them.
 
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, BorrowedFd};
 
 use kvm_bindings::{
     CpuId, KVM_CAP_SET_BOOT_CPU_ID, KVM_IRQCHIP_PIC_MASTER, KVM_MAX_CPUID_ENTRIES,
@@ -21,8 +21,9 @@ use vcpu_reset_spec::LapicReg;
 
 use super::calls::{counted, other, raw_result, store};
 use super::error::{AdoptRefusal, ReturnedFd};
-use super::ioctls::{Ioctl, KVM_SET_BOOT_CPU_ID};
+use super::ioctls::{Ioctl, KVM_CHECK_EXTENSION, KVM_GET_IRQCHIP, KVM_SET_BOOT_CPU_ID};
 use super::vcpu::Probed;
+use super::vcpu_io::VcpuIo;
 use super::{KvmError, KvmHost, KvmVcpu, KvmVcpuOptions};
 use crate::backend::{BackendError, StateClass, Stats};
 
@@ -75,15 +76,16 @@ impl KvmVcpu {
     pub fn adopt_with_options(
         host: &KvmHost,
         vm: &VmFd,
-        mut fd: VcpuFd,
+        fd: VcpuFd,
         id: u64,
         options: KvmVcpuOptions,
     ) -> Result<KvmVcpu, KvmError> {
         let mut stats = Stats::default();
-        match examine(host, vm, &mut fd, id, &mut stats) {
+        let mut fd = VcpuIo::owned(fd);
+        match examine(host, borrow_vm(vm), &mut fd, id, &mut stats) {
             Ok((probed, vmm_valid_regs)) => Ok(KvmVcpu::assemble(
                 fd,
-                vm,
+                vm.run_size(),
                 host,
                 options,
                 probed,
@@ -93,7 +95,7 @@ impl KvmVcpu {
             Err(refusal) => Err(KvmError::Adopt {
                 id,
                 refusal,
-                fd: ReturnedFd(fd),
+                fd: ReturnedFd(owned(fd)),
             }),
         }
     }
@@ -106,7 +108,10 @@ impl KvmVcpu {
     pub fn fd(&self) -> &VcpuFd {
         self.fd_lent
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        &self.fd
+        match self.fd.as_owned() {
+            Some(fd) => fd,
+            None => unreachable!("{LENT_ONLY}"),
+        }
     }
 
     /// Apply every store deferred to the next KVM_RUN (REGS, SREGS, EVENTS through sync regs)
@@ -139,6 +144,19 @@ impl KvmVcpu {
         // Best effort: a class whose GET fails keeps the copy KVM left there. A class whose
         // store is still pending keeps its copy and its `kvm_dirty_regs` bit, so the VMM's
         // next KVM_RUN applies it (or fails with KVM's error), never the state from before.
+        self.refresh_vmm_sync_regs(valid);
+        let run = self.fd.get_kvm_run();
+        run.kvm_valid_regs = valid;
+        if flushed {
+            run.kvm_dirty_regs = 0;
+        }
+        owned(self.fd)
+    }
+
+    /// Where the VMM has sync regs of its own (`valid`, its `kvm_valid_regs`), refresh the
+    /// `kvm_run` copies of the classes with no store of ours pending (one GET ioctl each, not
+    /// counted: the VMM asked for them), so what it reads there is the current state.
+    pub(super) fn refresh_vmm_sync_regs(&mut self, valid: u64) {
         if valid & u64::from(KVM_SYNC_X86_REGS) != 0
             && !self.pending(StateClass::Regs)
             && let Ok(regs) = self.fd.get_regs()
@@ -157,12 +175,25 @@ impl KvmVcpu {
         {
             self.fd.sync_regs_mut().events = events;
         }
-        let run = self.fd.get_kvm_run();
-        run.kvm_valid_regs = valid;
-        if flushed {
-            run.kvm_dirty_regs = 0;
-        }
-        self.fd
+    }
+}
+
+/// `vm`'s fd, borrowed for as long as `vm` is.
+pub(super) fn borrow_vm(vm: &VmFd) -> BorrowedFd<'_> {
+    // SAFETY: `vm` owns the fd and outlives the borrow, which the lifetime ties to it.
+    unsafe { BorrowedFd::borrow_raw(vm.as_raw_fd()) }
+}
+
+/// Why a [`KvmVcpu`] whose fd is not owned never reaches the code that hands an owned fd out.
+const LENT_ONLY: &str =
+    "a KvmVcpu without an owned fd exists only inside VcpuReset, which never hands it out";
+
+/// The kvm-ioctls fd of a vCPU the backend owns: [`KvmVcpu::new`] and [`KvmVcpu::adopt`] make
+/// only those; a lent or detached one lives inside [`VcpuReset`](crate::VcpuReset) alone.
+fn owned(fd: VcpuIo) -> VcpuFd {
+    match fd.into_owned() {
+        Some(fd) => fd,
+        None => unreachable!("{LENT_ONLY}"),
     }
 }
 
@@ -170,11 +201,28 @@ impl KvmVcpu {
 /// `kvm_valid_regs` the VMM had.
 fn examine(
     host: &KvmHost,
-    vm: &VmFd,
-    fd: &mut VcpuFd,
+    vm: BorrowedFd<'_>,
+    fd: &mut VcpuIo,
     id: u64,
     stats: &mut Stats,
 ) -> Result<(Probed, u64), AdoptRefusal> {
+    let (irqchip, lapic) = examine_vm(vm, fd, id, stats)?;
+    apply_vmm_pending(fd, stats)?;
+    complete_vmm_exit(fd, stats)?;
+    let vmm_valid_regs = fd.get_kvm_run().kvm_valid_regs & u64::from(KVM_SYNC_X86_VALID_FIELDS);
+    let probed = probe_vcpu(host, fd, id, irqchip, lapic, stats)?;
+    Ok((probed, vmm_valid_regs))
+}
+
+/// Whether vCPU `fd` is vCPU `id` of VM `vm` (see [`KvmVcpu::adopt_with_options`]); whether
+/// it has a local APIC, and the APIC page read to find out. Costs, counted as `other`:
+/// KVM_CHECK_EXTENSION, KVM_SET_BOOT_CPU_ID, KVM_GET_IRQCHIP and KVM_GET_LAPIC.
+pub(super) fn examine_vm(
+    vm: BorrowedFd<'_>,
+    fd: &VcpuIo,
+    id: u64,
+    stats: &mut Stats,
+) -> Result<(bool, Option<kvm_lapic_state>), AdoptRefusal> {
     let named = vcpu_id_of(fd);
     if let Some(actual) = named
         && actual != id
@@ -183,7 +231,20 @@ fn examine(
     }
 
     let boot_cpu_id = other(stats, Ioctl::CheckExtension, || {
-        Ok(vm.check_extension_raw(c_ulong::from(KVM_CAP_SET_BOOT_CPU_ID)) > 0)
+        // SAFETY: KVM_CHECK_EXTENSION takes its argument by value and touches no memory of
+        // ours; `vm` is a live fd for the call's length.
+        let ret = unsafe {
+            vmm_sys_util::ioctl::ioctl_with_val(
+                &vm,
+                KVM_CHECK_EXTENSION(),
+                c_ulong::from(KVM_CAP_SET_BOOT_CPU_ID),
+            )
+        };
+        if ret < 0 {
+            Err(vmm_sys_util::errno::Error::last())
+        } else {
+            Ok(ret > 0)
+        }
     })?;
     if boot_cpu_id {
         let answer = other(stats, Ioctl::SetBootCpuId, || {
@@ -191,7 +252,7 @@ fn examine(
             // SAFETY: KVM_SET_BOOT_CPU_ID takes its argument by value and touches no memory of
             // ours; `vm` is a live VM fd. The id c_ulong::MAX is above every KVM_MAX_VCPU_IDS,
             // so KVM changes nothing: it answers EBUSY when the VM has vCPUs, else EINVAL.
-            raw_result(unsafe { vmm_sys_util::ioctl::ioctl_with_val(vm, request, id) })
+            raw_result(unsafe { vmm_sys_util::ioctl::ioctl_with_val(&vm, request, id) })
         });
         if answer.is_err_and(|e| e.errno.errno() == libc::EINVAL) {
             return Err(AdoptRefusal::OtherVm {
@@ -204,15 +265,19 @@ fn examine(
         chip_id: KVM_IRQCHIP_PIC_MASTER,
         ..Default::default()
     };
-    let vm_irqchip = other(stats, Ioctl::GetIrqchip, || vm.get_irqchip(&mut chip)).is_ok();
+    let vm_irqchip = other(stats, Ioctl::GetIrqchip, || {
+        // SAFETY: the kernel reads the chip id from `chip` and writes one `kvm_irqchip` back.
+        raw_result(unsafe {
+            vmm_sys_util::ioctl::ioctl_with_mut_ref(&vm, KVM_GET_IRQCHIP(), &mut chip)
+        })
+    })
+    .is_ok();
     let lapic = other(stats, Ioctl::GetLapic, || fd.get_lapic()).ok();
     if vm_irqchip && lapic.is_none() {
         return Err(AdoptRefusal::OtherVm {
             why: "the VM has an in-kernel irqchip, so each of its vCPUs has a local APIC, but this vCPU has none",
         });
     }
-    // A VM with a split irqchip also has local APICs but no KVM_GET_IRQCHIP.
-    let irqchip = lapic.is_some();
     // Without procfs, the xAPIC ID KVM gave the local APIC (the vCPU id's low 8 bits, Intel
     // SDM Vol. 3A §11.4.6) is the next best witness.
     if named.is_none()
@@ -220,25 +285,31 @@ fn examine(
     {
         return Err(AdoptRefusal::IdMismatch { given: id, actual });
     }
+    // A VM with a split irqchip also has local APICs but no KVM_GET_IRQCHIP.
+    Ok((lapic.is_some(), lapic))
+}
 
-    apply_vmm_pending(fd, stats)?;
-    complete_vmm_exit(fd, stats)?;
-    let vmm_valid_regs = fd.get_kvm_run().kvm_valid_regs & u64::from(KVM_SYNC_X86_VALID_FIELDS);
-
+/// The CPUID of vCPU `fd` (KVM_GET_CPUID2, counted as `other`) and what [`Probed::read`] reads.
+pub(super) fn probe_vcpu(
+    host: &KvmHost,
+    fd: &VcpuIo,
+    id: u64,
+    irqchip: bool,
+    lapic: Option<kvm_lapic_state>,
+    stats: &mut Stats,
+) -> Result<Probed, AdoptRefusal> {
     let cpuid: CpuId = other(stats, Ioctl::GetCpuid2, || {
         fd.get_cpuid2(KVM_MAX_CPUID_ENTRIES)
     })?;
     if cpuid.as_slice().is_empty() {
         return Err(AdoptRefusal::NoCpuid);
     }
-
-    let probed = Probed::read(fd, host, id, &cpuid, irqchip, lapic, stats)?;
-    Ok((probed, vmm_valid_regs))
+    Ok(Probed::read(fd, host, id, &cpuid, irqchip, lapic, stats)?)
 }
 
 /// Stores the VMM left in `kvm_run` for its next KVM_RUN, applied now with their ioctls so that
 /// what adoption reads, and what vcpu-reset writes later, comes after them.
-fn apply_vmm_pending(fd: &mut VcpuFd, stats: &mut Stats) -> Result<(), AdoptRefusal> {
+pub(super) fn apply_vmm_pending(fd: &mut VcpuIo, stats: &mut Stats) -> Result<(), AdoptRefusal> {
     let dirty = fd.get_kvm_run().kvm_dirty_regs;
     if dirty == 0 {
         return Ok(());
@@ -263,31 +334,37 @@ fn apply_vmm_pending(fd: &mut VcpuFd, stats: &mut Stats) -> Result<(), AdoptRefu
 
 /// Exits whose operation KVM completes only when userspace re-enters KVM_RUN (the KVM API
 /// documentation, "kvm_run" exit reasons): an MMIO read's or port input's value written, the
-/// instruction finished, RIP advanced.
-const COMPLETED_BY_NEXT_RUN: [u32; 6] = [
-    kvm_bindings::KVM_EXIT_IO,
-    kvm_bindings::KVM_EXIT_MMIO,
-    kvm_bindings::KVM_EXIT_HYPERCALL,
-    kvm_bindings::KVM_EXIT_XEN,
-    kvm_bindings::KVM_EXIT_X86_RDMSR,
-    kvm_bindings::KVM_EXIT_X86_WRMSR,
-];
+/// instruction finished, RIP advanced. A port output is one too: on VMX and SVM hardware KVM's
+/// fast path exits with RIP still at the OUT, and `complete_fast_pio_out()` (Linux
+/// `arch/x86/kvm/x86.c`) skips the instruction at the next KVM_RUN if the linear RIP is the
+/// one the OUT had. A RESET moves RIP to the reset vector, so that skip would only strike an
+/// OUT that sat there, but then it would skip the guest's first instruction. An MMIO write may
+/// have a second fragment still to write.
+fn completed_by_next_run(run: &kvm_bindings::kvm_run) -> bool {
+    matches!(
+        run.exit_reason,
+        kvm_bindings::KVM_EXIT_IO
+            | kvm_bindings::KVM_EXIT_MMIO
+            | kvm_bindings::KVM_EXIT_HYPERCALL
+            | kvm_bindings::KVM_EXIT_XEN
+            | kvm_bindings::KVM_EXIT_X86_RDMSR
+            | kvm_bindings::KVM_EXIT_X86_WRMSR
+    )
+}
 
 /// Where the vCPU's last exit left an operation for the next KVM_RUN to complete, complete it
 /// now with a KVM_RUN that does not enter the guest (`immediate_exit`, as the KVM API
 /// documentation advises before saving or restoring state). Done later, the completion would
 /// finish the old instruction over the state vcpu-reset writes (an MMIO read would set RIP
 /// past it).
-fn complete_vmm_exit(fd: &mut VcpuFd, stats: &mut Stats) -> Result<(), AdoptRefusal> {
-    if !COMPLETED_BY_NEXT_RUN.contains(&fd.get_kvm_run().exit_reason) {
+pub(super) fn complete_vmm_exit(fd: &mut VcpuIo, stats: &mut Stats) -> Result<(), AdoptRefusal> {
+    if !completed_by_next_run(fd.get_kvm_run()) {
         return Ok(());
     }
     let run = fd.get_kvm_run();
     let immediate_exit = run.immediate_exit;
     run.immediate_exit = 1;
-    let result = counted(&mut stats.runs, Ioctl::RunImmediateExit, || {
-        fd.run().map(|_| ())
-    });
+    let result = counted(&mut stats.runs, Ioctl::RunImmediateExit, || fd.run_raw());
     let run = fd.get_kvm_run();
     run.immediate_exit = immediate_exit;
     // KVM_RUN does not store what the guest never saw: the exit is completed.
@@ -306,7 +383,7 @@ fn xapic_id_mismatch(lapic: &kvm_lapic_state, id: u64) -> Option<u64> {
 
 /// The vCPU id KVM gave the fd's vCPU, from its name in `/proc/self/fd`
 /// (`anon_inode:kvm-vcpu:<id>`), where procfs shows it.
-fn vcpu_id_of(fd: &VcpuFd) -> Option<u64> {
+fn vcpu_id_of(fd: &VcpuIo) -> Option<u64> {
     let link = std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd())).ok()?;
     link.to_str()?
         .strip_prefix("anon_inode:kvm-vcpu:")?

@@ -14,7 +14,7 @@ use std::fs::File;
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::os::unix::fs::FileExt;
 
-use kvm_ioctls::VcpuFd;
+use super::vcpu_io::VcpuIo;
 use vmm_sys_util::errno;
 
 use super::ioctls::KVM_GET_STATS_FD;
@@ -40,7 +40,7 @@ pub(super) struct EntryCount {
 
 /// The statistics file of the vCPU behind `fd` (one ioctl, KVM_GET_STATS_FD); the errno where
 /// the host has no binary statistics.
-pub(super) fn stats_file(fd: &VcpuFd) -> Result<File, errno::Error> {
+pub(super) fn stats_file(fd: &VcpuIo) -> Result<File, errno::Error> {
     // SAFETY: KVM_GET_STATS_FD takes no argument and touches no memory of this process; on
     // the vCPU fd `fd` owns it returns a new file descriptor or -1.
     let raw = unsafe { vmm_sys_util::ioctl::ioctl(fd, KVM_GET_STATS_FD()) };
@@ -190,7 +190,8 @@ mod tests {
             println!("skipped: no /dev/kvm (KVM_CREATE_VCPU failed)");
             return;
         };
-        let file = stats_file(&vcpu).expect("KVM_CAP_BINARY_STATS_FD: the statistics file");
+        let io = VcpuIo::owned(vcpu);
+        let file = stats_file(&io).expect("KVM_CAP_BINARY_STATS_FD: the statistics file");
         let count = EntryCount::in_file(file).expect("the exits statistic");
         assert_eq!(
             count.read(),

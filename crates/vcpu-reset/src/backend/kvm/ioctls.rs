@@ -5,9 +5,9 @@
 //! Every call is made through one of the counted helpers of `calls.rs`, which counts it in the
 //! vCPU's [`Stats`](crate::backend::Stats) and turns its errno into an [`IoctlError`].
 
-use kvm_bindings::{KVMIO, kvm_sregs2};
+use kvm_bindings::{KVMIO, kvm_irqchip, kvm_sregs2};
 use vmm_sys_util::errno;
-use vmm_sys_util::{ioctl_io_nr, ioctl_ior_nr, ioctl_iow_nr};
+use vmm_sys_util::{ioctl_io_nr, ioctl_ior_nr, ioctl_iow_nr, ioctl_iowr_nr};
 
 // KVM_X86_GET_MCE_CAP_SUPPORTED: _IOR(KVMIO, 0x9d, __u64), on /dev/kvm.
 ioctl_ior_nr!(KVM_X86_GET_MCE_CAP_SUPPORTED, KVMIO, 0x9d, u64);
@@ -17,6 +17,16 @@ ioctl_ior_nr!(KVM_GET_SREGS2, KVMIO, 0xcc, kvm_sregs2);
 ioctl_iow_nr!(KVM_SET_SREGS2, KVMIO, 0xcd, kvm_sregs2);
 // KVM_SET_BOOT_CPU_ID: _IO(KVMIO, 0x78), on a VM (KVM_CAP_SET_BOOT_CPU_ID).
 ioctl_io_nr!(KVM_SET_BOOT_CPU_ID, KVMIO, 0x78);
+// KVM_CHECK_EXTENSION: _IO(KVMIO, 0x03), on a VM (or /dev/kvm).
+ioctl_io_nr!(KVM_CHECK_EXTENSION, KVMIO, 0x03);
+// KVM_GET_IRQCHIP: _IOWR(KVMIO, 0x62, struct kvm_irqchip), on a VM.
+ioctl_iowr_nr!(KVM_GET_IRQCHIP, KVMIO, 0x62, kvm_irqchip);
+// KVM_SET_IRQCHIP: _IOR(KVMIO, 0x63, struct kvm_irqchip), on a VM.
+ioctl_ior_nr!(KVM_SET_IRQCHIP, KVMIO, 0x63, kvm_irqchip);
+// KVM_GET_PIT2: _IOR(KVMIO, 0x9f, struct kvm_pit_state2), on a VM.
+ioctl_ior_nr!(KVM_GET_PIT2, KVMIO, 0x9f, kvm_bindings::kvm_pit_state2);
+// KVM_SET_PIT2: _IOW(KVMIO, 0xa0, struct kvm_pit_state2), on a VM.
+ioctl_iow_nr!(KVM_SET_PIT2, KVMIO, 0xa0, kvm_bindings::kvm_pit_state2);
 // KVM_GET_STATS_FD: _IO(KVMIO, 0xce), on a vCPU (KVM_CAP_BINARY_STATS_FD).
 ioctl_io_nr!(KVM_GET_STATS_FD, KVMIO, 0xce);
 
@@ -246,6 +256,24 @@ impl Ioctl {
                 "KVM could not complete the vCPU's last exit; answer it (e.g. the data of an IN or MMIO read) before adopting"
             }
         }
+    }
+
+    /// The state class this ioctl moves, where it moves one (a load or a store).
+    pub fn class(self) -> Option<crate::backend::StateClass> {
+        use crate::backend::StateClass as C;
+        Some(match self {
+            Ioctl::GetRegs | Ioctl::SetRegs => C::Regs,
+            Ioctl::GetSregs | Ioctl::SetSregs | Ioctl::GetSregs2 | Ioctl::SetSregs2 => C::Sregs,
+            Ioctl::GetDebugregs | Ioctl::SetDebugregs => C::Debug,
+            Ioctl::GetFpu | Ioctl::GetXsave | Ioctl::GetXsave2 | Ioctl::SetXsave => C::Fpu,
+            Ioctl::GetXcrs | Ioctl::SetXcrs => C::Xcrs,
+            Ioctl::GetMsrs | Ioctl::SetMsrs => C::Msrs,
+            Ioctl::GetLapic | Ioctl::SetLapic => C::Lapic,
+            Ioctl::GetMpState | Ioctl::SetMpState => C::MpState,
+            Ioctl::GetVcpuEvents | Ioctl::SetVcpuEvents => C::Events,
+            Ioctl::GetNestedState | Ioctl::SetNestedState => C::Nested,
+            _ => return None,
+        })
     }
 
     /// The error of this ioctl failing with `errno`.

@@ -45,12 +45,14 @@
 mod adopt;
 mod apic;
 mod calls;
+mod devices;
 mod error;
 mod fpu;
 mod guest_entries;
 mod host;
 mod init;
 mod ioctls;
+mod lend;
 mod msr_set;
 mod msrs;
 mod nested;
@@ -59,6 +61,7 @@ mod run;
 mod sync;
 mod tsc;
 mod vcpu;
+mod vcpu_io;
 
 // Hooks for the selftest tool: KVM's own INIT and SIPI raised from the host, and the second
 // interface of state KVM reports twice.
@@ -69,6 +72,9 @@ mod second_views;
 
 pub mod codec;
 
+#[cfg(feature = "selftest")]
+pub use calls::fail_nth_call;
+pub use devices::{VmDevices, VmDevicesError};
 pub use error::{AdoptRefusal, KvmError, ReturnedFd};
 pub use host::{
     DEFAULT_DEVICE, IDENTITY_MAP_ADDRESS, KVM_API_VERSION, KvmCaps, KvmHost, TSS_ADDRESS,

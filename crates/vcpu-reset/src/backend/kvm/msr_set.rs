@@ -2,8 +2,8 @@
 //! chunks of [`MSRS_PER_CALL`], on a vCPU fd. The lists themselves are built by
 //! [`codec::msrs`](super::codec::msrs).
 
+use super::vcpu_io::VcpuIo;
 use kvm_bindings::kvm_msr_entry;
-use kvm_ioctls::VcpuFd;
 use vcpu_reset_spec::{Field, SGX_LE_HASH0_INDEX, VMX_CAPABILITY_MSRS};
 
 use super::calls::counted;
@@ -43,7 +43,7 @@ const WRITE_CHECKED: [(u32, u64); 18] = {
 const OLDER_NAMES: [u32; 2] = [0x11, 0x12];
 
 /// Write `data` to MSR `index` with one KVM_SET_MSRS, counted in `calls`; whether KVM took it.
-fn write_one(fd: &VcpuFd, index: u32, data: u64, calls: &mut u64) -> Result<bool, IoctlError> {
+fn write_one(fd: &VcpuIo, index: u32, data: u64, calls: &mut u64) -> Result<bool, IoctlError> {
     let entry = [kvm_msr_entry {
         index,
         data,
@@ -69,7 +69,7 @@ pub(super) struct MsrSet {
 /// `calls`. Returns how many were read (fewer than asked when KVM refused one; later chunks
 /// are then not asked).
 pub(super) fn get_msr_chunks(
-    fd: &VcpuFd,
+    fd: &VcpuIo,
     list: &mut [kvm_msr_entry],
     calls: &mut u64,
 ) -> Result<usize, BackendError> {
@@ -91,7 +91,7 @@ pub(super) fn get_msr_chunks(
 /// `calls`. Returns how many were written (fewer when KVM refused one; later chunks are then
 /// not written).
 pub(super) fn set_msr_chunks(
-    fd: &VcpuFd,
+    fd: &VcpuIo,
     list: &[kvm_msr_entry],
     calls: &mut u64,
 ) -> Result<usize, BackendError> {
@@ -110,7 +110,7 @@ pub(super) fn set_msr_chunks(
 impl MsrSet {
     /// Find which of the host's MSRs the vCPU answers, each KVM_GET_MSRS counted in `calls`.
     pub(super) fn probe(
-        fd: &VcpuFd,
+        fd: &VcpuIo,
         supported: &[u32],
         calls: &mut u64,
     ) -> Result<MsrSet, IoctlError> {

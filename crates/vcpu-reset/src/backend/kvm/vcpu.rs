@@ -2,7 +2,7 @@
 //! to one mapping file per [`StateClass`].
 
 use kvm_bindings::{CpuId, kvm_lapic_state, kvm_vcpu_events};
-use kvm_ioctls::{VcpuFd, VmFd};
+use kvm_ioctls::VmFd;
 use vcpu_reset_spec::{
     CpuModel, EventFlag, Field, LapicReg, Msr, NestedReg, VcpuIdentity, VcpuState, Vendor, X87,
 };
@@ -15,6 +15,7 @@ use super::host::{KvmCaps, KvmHost};
 use super::ioctls::{Ioctl, IoctlError};
 use super::msr_set::MsrSet;
 use super::tsc::TscState;
+use super::vcpu_io::VcpuIo;
 use crate::backend::{
     Backend, BackendError, ClassSet, Exit, HostInit, HostInitBackend, StateClass, Stats,
 };
@@ -83,7 +84,7 @@ impl Probed {
     /// KVM_GET_VCPU_EVENTS where the host has it, and the MSR probe (one KVM_GET_MSRS plus one
     /// per MSR the vCPU refuses).
     pub(super) fn read(
-        fd: &VcpuFd,
+        fd: &VcpuIo,
         host: &KvmHost,
         id: u64,
         cpuid: &CpuId,
@@ -164,7 +165,7 @@ pub(super) struct Shadow {
 /// with sync regs REGS, SREGS and EVENTS are read from and written to the `kvm_run` page without
 /// one (see the [module documentation](super)). Every ioctl is counted in [`Backend::stats`].
 pub struct KvmVcpu {
-    pub(super) fd: VcpuFd,
+    pub(super) fd: VcpuIo,
     id: u64,
     pub(super) run_size: usize,
     pub(super) caps: KvmCaps,
@@ -199,7 +200,9 @@ pub struct KvmVcpu {
     /// The vCPU's count of guest entries (`guest_entries.rs`); not opened for an adopted vCPU.
     pub(super) entries: Option<EntryCount>,
     /// The last count read, with `stats.runs` then: only KVM_RUN moves it.
-    entries_seen: Option<(u64, u64)>,
+    pub(super) entries_seen: Option<(u64, u64)>,
+    /// The `kvm_dirty_regs` a lent vCPU was handed back with (`lend.rs`).
+    pub(super) left_dirty: u64,
     /// Stores of classes only the guest changes otherwise ([`GUEST_STATE`]), and KVM_RUNs that
     /// may complete an instruction without entering the guest.
     pub(super) guest_state_stores: u64,
@@ -287,7 +290,7 @@ impl KvmVcpu {
         options: KvmVcpuOptions,
     ) -> Result<KvmVcpu, KvmError> {
         let mut stats = Stats::default();
-        let fd = other(&mut stats, Ioctl::CreateVcpu, || vm.create_vcpu(id))?;
+        let fd = VcpuIo::owned(other(&mut stats, Ioctl::CreateVcpu, || vm.create_vcpu(id))?);
 
         // Only a VM with an in-kernel irqchip has a local APIC to read.
         let irqchip = other(&mut stats, Ioctl::GetLapic, || fd.get_lapic()).is_ok();
@@ -300,7 +303,7 @@ impl KvmVcpu {
         let entries = other(&mut stats, Ioctl::GetStatsFd, || stats_file(&fd))
             .ok()
             .and_then(EntryCount::in_file);
-        let mut vcpu = KvmVcpu::assemble(fd, vm, host, options, probed, stats, 0);
+        let mut vcpu = KvmVcpu::assemble(fd, vm.run_size(), host, options, probed, stats, 0);
         vcpu.entries = entries;
         Ok(vcpu)
     }
@@ -308,8 +311,8 @@ impl KvmVcpu {
     /// The vCPU from its parts, with sync regs enabled where `options` and the host allow.
     /// `vmm_valid_regs` is the `kvm_valid_regs` [`KvmVcpu::into_fd`] restores.
     pub(super) fn assemble(
-        fd: VcpuFd,
-        vm: &VmFd,
+        fd: VcpuIo,
+        run_size: usize,
         host: &KvmHost,
         options: KvmVcpuOptions,
         probed: Probed,
@@ -322,7 +325,7 @@ impl KvmVcpu {
         let mut vcpu = KvmVcpu {
             fd,
             id: probed.id,
-            run_size: vm.run_size(),
+            run_size,
             caps,
             identity: probed.identity,
             irqchip: probed.irqchip,
@@ -345,6 +348,7 @@ impl KvmVcpu {
             vmm_valid_regs,
             entries: None,
             entries_seen: None,
+            left_dirty: 0,
             guest_state_stores: 0,
             fd_lent: std::sync::atomic::AtomicU64::new(0),
             fd_lent_seen: 0,
