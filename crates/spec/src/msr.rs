@@ -191,10 +191,12 @@ msr_table! {
     KvmAsyncPfInt = 0x4b56_4d06, "msr_kvm_async_pf_int", stored kvm_async_pf_int;
     /// MSR_KVM_ASYNC_PF_ACK (4B564D07H): page-ready acknowledgement, reads 0 (msr.rst; KVM_FEATURE_ASYNC_PF_INT).
     KvmAsyncPfAck = 0x4b56_4d07, "msr_kvm_async_pf_ack", stored kvm_async_pf_ack;
+    /// HV_X64_MSR_HYPERCALL (40000001H): the hypercall page (partition-wide). Hyper-V TLFS. Moved before
+    /// GUEST_OS_ID: KVM ignores a write of it while GUEST_OS_ID is 0 (kvm_hv_set_msr_pw()), so a
+    /// RESET clears it first.
+    HvHypercall = 0x4000_0001, "hv_x64_msr_hypercall", stored msr_hypercall;
     /// HV_X64_MSR_GUEST_OS_ID (40000000H): the guest OS identity (partition-wide). Hyper-V TLFS.
     HvGuestOsId = 0x4000_0000, "hv_x64_msr_guest_os_id", stored msr_guest_os_id;
-    /// HV_X64_MSR_HYPERCALL (40000001H): the hypercall page (partition-wide). Hyper-V TLFS.
-    HvHypercall = 0x4000_0001, "hv_x64_msr_hypercall", stored msr_hypercall;
     /// HV_X64_MSR_REFERENCE_TSC (40000021H): the reference TSC page (partition-wide). Hyper-V TLFS.
     HvReferenceTsc = 0x4000_0021, "hv_x64_msr_reference_tsc", stored msr_reference_tsc;
     /// HV_X64_MSR_VP_ASSIST_PAGE (40000073H): the VP assist page. Hyper-V TLFS.
@@ -263,6 +265,28 @@ msr_table! {
     HvCrashP3 = 0x4000_0103, "hv_x64_msr_crash_p3", stored hv_crash_p3;
     /// HV_X64_MSR_CRASH_P4 (40000104H): guest crash parameter 4 (partition-wide; Hyper-V TLFS).
     HvCrashP4 = 0x4000_0104, "hv_x64_msr_crash_p4", stored hv_crash_p4;
+    /// HV_X64_MSR_REENLIGHTENMENT_CONTROL (40000106H): the guest's reenlightenment vector and
+    /// enable (partition-wide; Hyper-V TLFS §12.12, KVM hyperv.c).
+    HvReenlightenmentControl = 0x4000_0106, "hv_x64_msr_reenlightenment_control", stored hv_reenlightenment_control;
+    /// HV_X64_MSR_TSC_EMULATION_CONTROL (40000107H) (partition-wide; Hyper-V TLFS §12.12).
+    HvTscEmulationControl = 0x4000_0107, "hv_x64_msr_tsc_emulation_control", stored hv_tsc_emulation_control;
+    /// HV_X64_MSR_TSC_EMULATION_STATUS (40000108H) (partition-wide; Hyper-V TLFS §12.12).
+    HvTscEmulationStatus = 0x4000_0108, "hv_x64_msr_tsc_emulation_status", stored hv_tsc_emulation_status;
+    /// HV_X64_MSR_TSC_INVARIANT_CONTROL (40000118H): the guest's opt-in to the invariant TSC
+    /// (Hyper-V TLFS; KVM hyperv.c).
+    HvTscInvariantControl = 0x4000_0118, "hv_x64_msr_tsc_invariant_control", stored hv_tsc_invariant_control;
+    /// HV_X64_MSR_SYNDBG_CONTROL (400000F1H): the synthetic debugger's control (KVM hyperv.c, syndbg_set_msr()).
+    HvSyndbgControl = 0x4000_00f1, "hv_x64_msr_syndbg_control", stored hv_syndbg_control;
+    /// HV_X64_MSR_SYNDBG_STATUS (400000F2H): the synthetic debugger's status.
+    HvSyndbgStatus = 0x4000_00f2, "hv_x64_msr_syndbg_status", stored hv_syndbg_status;
+    /// HV_X64_MSR_SYNDBG_SEND_BUFFER (400000F3H): the guest page the synthetic debugger sends from.
+    HvSyndbgSendBuffer = 0x4000_00f3, "hv_x64_msr_syndbg_send_buffer", stored hv_syndbg_send_buffer;
+    /// HV_X64_MSR_SYNDBG_RECV_BUFFER (400000F4H): the guest page the synthetic debugger receives into.
+    HvSyndbgRecvBuffer = 0x4000_00f4, "hv_x64_msr_syndbg_recv_buffer", stored hv_syndbg_recv_buffer;
+    /// HV_X64_MSR_SYNDBG_PENDING_BUFFER (400000F5H): the synthetic debugger's pending page.
+    HvSyndbgPendingBuffer = 0x4000_00f5, "hv_x64_msr_syndbg_pending_buffer", stored hv_syndbg_pending_buffer;
+    /// HV_X64_MSR_SYNDBG_OPTIONS (400000FFH): the guest's synthetic-debugger options.
+    HvSyndbgOptions = 0x4000_00ff, "hv_x64_msr_syndbg_options", stored hv_syndbg_options;
     /// IA32_PMC0 (C1H): general-purpose performance counter 0 (SDM Vol. 4, Table 2-2).
     Pmc0 = 0xc1, "ia32_pmc0", stored pmc0;
     /// IA32_PMC1 (C2H): general-purpose performance counter 1 (SDM Vol. 4, Table 2-2).

@@ -256,7 +256,17 @@ fn reset_row(f: Field, v: Vendor) -> Option<Row> {
             | Msr::HvCrashP1
             | Msr::HvCrashP2
             | Msr::HvCrashP3
-            | Msr::HvCrashP4 => mk(
+            | Msr::HvCrashP4
+            | Msr::HvReenlightenmentControl
+            | Msr::HvTscEmulationControl
+            | Msr::HvTscEmulationStatus
+            | Msr::HvTscInvariantControl
+            | Msr::HvSyndbgControl
+            | Msr::HvSyndbgStatus
+            | Msr::HvSyndbgSendBuffer
+            | Msr::HvSyndbgRecvBuffer
+            | Msr::HvSyndbgPendingBuffer
+            | Msr::HvSyndbgOptions => mk(
                 f,
                 Rule::Value(0),
                 Citation { source: Source::HyperVTlfs, locator: "§3.13 \"Reporting the Guest OS Identity\", §3.13 hypercall page, §7.4 VP assist page, §11.8 SynIC MSRs, §12.4 synthetic timers (each: 0, disabled, at virtual-processor creation and reset)" },
