@@ -2,7 +2,7 @@
 //! through 0xCF9 where the spec says the RESET (or INIT) changes it, and KVM must stop writing
 //! the areas of the previous boot's paravirtual MSRs.
 //!
-//! The firmware ([`firmware`], 4 KiB at the reset vector) runs twice. On its first entry it
+//! The firmware ([`firmware`], 64 KiB ending at the reset vector) runs twice. On its first entry it
 //! plants, with WRMSR (a #GP skips the instruction, so a VMM without the MSR is fine), every MSR
 //! of [`PLANTS`]: CPUID faulting (MSR_MISC_FEATURES_ENABLES), KVM's paravirtual MSRs with their
 //! areas in guest RAM (kvmclock, steal time, PV EOI, async PF and its vector, halt polling off),
