@@ -48,6 +48,15 @@ int vcpu_reset_settle(struct vcpu_reset *r, int vcpu_fd);
 /* Free a handle (NULL is ignored). */
 void vcpu_reset_free(struct vcpu_reset *r);
 
+/*
+ * Turn off KVM's LINT0_REENABLED quirk on the VM (before vcpu_reset_new): KVM's own INIT then
+ * leaves the BSP's LVT LINT0 masked as the SDM does, which saves each RESET of the BSP two
+ * ioctls. `others`: the KVM_X86_QUIRK_* bits the VMM turns off anyway (some kernels replace a
+ * VM's set of disabled quirks instead of adding to it). 1 when off, 0 when the host cannot,
+ * -1 on failure.
+ */
+int vcpu_reset_disable_lint0_quirk(int vm_fd, uint64_t others);
+
 /* Capture the VM's in-kernel PIC, IOAPIC and PIT, after creating them, before the first run. */
 struct vcpu_reset_devices *vcpu_reset_devices_capture(int vm_fd);
 

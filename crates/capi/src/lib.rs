@@ -243,3 +243,22 @@ pub unsafe extern "C" fn vcpu_reset_devices_free(d: *mut DevicesHandle) {
         drop(unsafe { Box::from_raw(d) });
     }
 }
+
+/// Turn off KVM's LINT0_REENABLED quirk on the VM, with `others`, the `KVM_X86_QUIRK_*` bits the
+/// VMM turns off anyway (some kernels replace a VM's set of disabled quirks instead of adding
+/// to it). Returns 1 when the quirk is now off, 0 when the host cannot turn it off, -1 on
+/// failure. Saves a RESET of the BSP two ioctls: see
+/// [`vcpu_reset_lib::backend::kvm::disable_lint0_quirk`].
+///
+/// # Safety
+/// `vm_fd` open for the call.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn vcpu_reset_disable_lint0_quirk(vm_fd: c_int, others: u64) -> c_int {
+    guarded(-1, || {
+        // SAFETY: as the caller vouches.
+        let vm = unsafe { borrowed(vm_fd, "VM")? };
+        let off = vcpu_reset_lib::backend::kvm::disable_lint0_quirk_raw(vm, others)
+            .map_err(|e| error_chain(&e))?;
+        Ok(c_int::from(off))
+    })
+}

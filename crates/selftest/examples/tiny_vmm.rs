@@ -35,7 +35,7 @@ use kvm_bindings::{
 };
 use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
 use vcpu_reset::VcpuReset;
-use vcpu_reset::backend::kvm::KvmHost;
+use vcpu_reset::backend::kvm::{KvmHost, disable_lint0_quirk};
 use vcpu_reset::spec::CpuModel;
 use vcpu_reset_selftest::check::probe_log::LogOptions;
 use vcpu_reset_selftest::check::{Report, Verdict};
@@ -61,6 +61,8 @@ pub struct Outcome {
     pub triple_fault: bool,
     /// The host ignored the TSC write of the RESET (a host limit, not a deviation).
     pub tsc_writes_ignored: bool,
+    /// KVM's LINT0_REENABLED quirk is off (the host offers KVM_CAP_DISABLE_QUIRKS2 with it).
+    pub lint0_quirk_off: bool,
     /// Everything the guest wrote to the debug console.
     pub log: Vec<u8>,
     /// What made the VMM reset the vCPU, in order.
@@ -145,6 +147,9 @@ pub fn run(host: &KvmHost) -> Result<Outcome, Box<dyn Error>> {
     let vm = kvm.create_vm()?;
     vm.set_tss_address(TSS_ADDRESS)?;
     vm.create_irq_chip()?;
+    // KVM's LINT0_REENABLED quirk off (this VMM turns no other quirk off): KVM's own INIT then
+    // leaves the BSP's LVT LINT0 masked as the SDM does, which saves each RESET two ioctls.
+    let lint0_quirk_off = disable_lint0_quirk(&vm, 0)?;
     let mem = GuestMemoryMmap::<()>::from_ranges(&[
         (GuestAddress(0), LOW_RAM),
         (GuestAddress(FIRMWARE_BASE), FIRMWARE_SIZE),
@@ -221,6 +226,7 @@ pub fn run(host: &KvmHost) -> Result<Outcome, Box<dyn Error>> {
     Ok(Outcome {
         triple_fault,
         tsc_writes_ignored,
+        lint0_quirk_off,
         log,
         resets,
         calls,

@@ -120,8 +120,9 @@ fn failed_ioctl(e: &EngineError) -> Option<Ioctl> {
 /// - **2** for a vCPU that has not entered the guest since its last RESET (an AP that waited for
 ///   SIPI through a whole boot);
 /// - one more per class the host's INIT leaves wrong (e.g. KVM_SET_LAPIC for the BSP where the
-///   VM keeps KVM's LINT0_REENABLED quirk, which makes its LVT LINT0 0x700; disable it with
-///   KVM_CAP_DISABLE_QUIRKS2 to save that call);
+///   VM keeps KVM's LINT0_REENABLED quirk, which makes its LVT LINT0 0x700, and a
+///   KVM_GET_MP_STATE that applies the INIT first; turn the quirk off with
+///   [`disable_lint0_quirk`](crate::backend::kvm::disable_lint0_quirk) to save both);
 /// - one KVM_RUN with `immediate_exit` where the vCPU's last exit is one KVM completes only at
 ///   the next KVM_RUN: port I/O (the 0xCF9 reboot request too: on VMX and SVM hardware KVM
 ///   skips an OUT at the next run while RIP still points at it, which would skip the guest's

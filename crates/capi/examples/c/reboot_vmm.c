@@ -187,6 +187,12 @@ int main(void) {
     }
 
     /* vcpu-reset: the devices as created, and what it learns of the vCPU. */
+    int quirk_off = vcpu_reset_disable_lint0_quirk(vm, 0);
+    if (quirk_off < 0) {
+        fprintf(stderr, "vcpu-reset: %s\n", vcpu_reset_last_error());
+        return 1;
+    }
+    printf("KVM's LINT0_REENABLED quirk: %s\n", quirk_off ? "off" : "on (the host keeps it)");
     struct vcpu_reset_devices *devices = vcpu_reset_devices_capture(vm);
     struct vcpu_reset *r = devices ? vcpu_reset_new(vm, vcpu, 0) : NULL;
     if (!r) {

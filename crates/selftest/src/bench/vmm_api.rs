@@ -8,12 +8,11 @@ use std::sync::mpsc;
 use std::thread::JoinHandle;
 
 use kvm_bindings::{
-    KVM_CAP_DISABLE_QUIRKS2, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY,
-    KVM_X86_QUIRK_LINT0_REENABLED, kvm_enable_cap, kvm_pit_config, kvm_userspace_memory_region,
+    KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY, kvm_pit_config, kvm_userspace_memory_region,
 };
 use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
 use vcpu_reset::VcpuReset;
-use vcpu_reset::backend::kvm::{KvmHost, TSS_ADDRESS, VmDevices};
+use vcpu_reset::backend::kvm::{KvmHost, TSS_ADDRESS, VmDevices, disable_lint0_quirk};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
 use super::BenchError;
@@ -58,16 +57,7 @@ impl VmmApiRig {
         let vm = kvm.create_vm().map_err(|e| kvm_error("KVM_CREATE_VM", e))?;
         vm.set_tss_address(TSS_ADDRESS)
             .map_err(|e| kvm_error("KVM_SET_TSS_ADDR", e))?;
-        let quirk = KVM_X86_QUIRK_LINT0_REENABLED;
-        let quirks = vm.check_extension_raw(u64::from(KVM_CAP_DISABLE_QUIRKS2));
-        if u64::try_from(quirks).unwrap_or(0) & u64::from(quirk) != 0 {
-            vm.enable_cap(&kvm_enable_cap {
-                cap: KVM_CAP_DISABLE_QUIRKS2,
-                args: [u64::from(quirk), 0, 0, 0],
-                ..Default::default()
-            })
-            .map_err(|e| kvm_error("KVM_CAP_DISABLE_QUIRKS2", e))?;
-        }
+        disable_lint0_quirk(&vm, 0).map_err(|e| kvm_error("turn the LINT0 quirk off", e))?;
         vm.create_irq_chip()
             .map_err(|e| kvm_error("KVM_CREATE_IRQCHIP", e))?;
         vm.create_pit2(kvm_pit_config {

@@ -103,6 +103,9 @@ pub enum RunError {
     /// Capturing or restoring the in-kernel PIC, IOAPIC or PIT failed.
     #[error(transparent)]
     Devices(#[from] VmDevicesError),
+    /// Turning KVM's LINT0_REENABLED quirk off failed.
+    #[error(transparent)]
+    Quirk(#[from] vcpu_reset::backend::kvm::QuirkError),
     /// A VM-level ioctl failed.
     #[error("{op} failed: {errno}")]
     VmIoctl {
@@ -701,25 +704,13 @@ fn create_vcpus(
     Ok((vcpus, model))
 }
 
-/// Turn off KVM's LINT0_REENABLED quirk where the host lets a VM do so: KVM's own INIT and
-/// RESET then leave the BSP's LVT LINT0 masked (0x10000, Intel SDM Vol. 3A §11.4.7.1, AMD APM
-/// Vol. 2 Table 16-2) instead of 0x700, so the engine's RESET through KVM's INIT needs no
-/// KVM_SET_LAPIC for the BSP. vcpu-reset's RESET writes the masked value either way.
+/// Turn off KVM's LINT0_REENABLED quirk where the host lets a VM do so (the library's
+/// [`vcpu_reset::backend::kvm::disable_lint0_quirk`], which says why): the engine's RESET
+/// through KVM's INIT then needs no KVM_SET_LAPIC for the BSP. The runner turns no other
+/// quirk off.
 fn disable_lint0_quirk(vm: &VmFd) -> Result<(), RunError> {
-    let quirk = kvm_bindings::KVM_X86_QUIRK_LINT0_REENABLED;
-    let supported = vm.check_extension_raw(u64::from(kvm_bindings::KVM_CAP_DISABLE_QUIRKS2));
-    if u64::try_from(supported).unwrap_or(0) & u64::from(quirk) == 0 {
-        return Ok(());
-    }
-    let cap = kvm_enable_cap {
-        cap: kvm_bindings::KVM_CAP_DISABLE_QUIRKS2,
-        args: [u64::from(quirk), 0, 0, 0],
-        ..Default::default()
-    };
-    vm.enable_cap(&cap).map_err(|errno| RunError::VmIoctl {
-        op: "KVM_ENABLE_CAP(KVM_CAP_DISABLE_QUIRKS2)",
-        errno,
-    })
+    vcpu_reset::backend::kvm::disable_lint0_quirk(vm, 0)?;
+    Ok(())
 }
 
 /// Run one vCPU until it has something to report or is told to stop.

@@ -5,7 +5,7 @@
 //! Every call is made through one of the counted helpers of `calls.rs`, which counts it in the
 //! vCPU's [`Stats`](crate::backend::Stats) and turns its errno into an [`IoctlError`].
 
-use kvm_bindings::{KVMIO, kvm_irqchip, kvm_sregs2};
+use kvm_bindings::{KVMIO, kvm_enable_cap, kvm_irqchip, kvm_sregs2};
 use vmm_sys_util::errno;
 use vmm_sys_util::{ioctl_io_nr, ioctl_ior_nr, ioctl_iow_nr, ioctl_iowr_nr};
 
@@ -19,6 +19,8 @@ ioctl_iow_nr!(KVM_SET_SREGS2, KVMIO, 0xcd, kvm_sregs2);
 ioctl_io_nr!(KVM_SET_BOOT_CPU_ID, KVMIO, 0x78);
 // KVM_CHECK_EXTENSION: _IO(KVMIO, 0x03), on a VM (or /dev/kvm).
 ioctl_io_nr!(KVM_CHECK_EXTENSION, KVMIO, 0x03);
+// KVM_ENABLE_CAP: _IOW(KVMIO, 0xa3, struct kvm_enable_cap), on a VM.
+ioctl_iow_nr!(KVM_ENABLE_CAP, KVMIO, 0xa3, kvm_enable_cap);
 // KVM_GET_IRQCHIP: _IOWR(KVMIO, 0x62, struct kvm_irqchip), on a VM.
 ioctl_iowr_nr!(KVM_GET_IRQCHIP, KVMIO, 0x62, kvm_irqchip);
 // KVM_SET_IRQCHIP: _IOR(KVMIO, 0x63, struct kvm_irqchip), on a VM.

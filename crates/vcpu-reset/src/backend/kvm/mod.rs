@@ -56,6 +56,7 @@ mod lend;
 mod msr_set;
 mod msrs;
 mod nested;
+mod quirks;
 mod registers;
 mod run;
 mod sync;
@@ -80,6 +81,7 @@ pub use host::{
     DEFAULT_DEVICE, IDENTITY_MAP_ADDRESS, KVM_API_VERSION, KvmCaps, KvmHost, TSS_ADDRESS,
 };
 pub use ioctls::{Ioctl, IoctlError};
+pub use quirks::{QuirkError, disable_lint0_quirk, disable_lint0_quirk_raw};
 #[cfg(feature = "selftest")]
 pub use second_views::OtherView;
 pub use vcpu::{KvmVcpu, KvmVcpuOptions};
