@@ -357,8 +357,9 @@ fn a_kernel_without_kvm_modules_is_refused_with_what_to_build() {
 
 /// A stand-in kernel for the tests that need no real boot: a bzImage header and a modules
 /// directory where KVM is built in, with a `qemu-system-x86_64` in `bin` that records its pid
-/// in `qemu.pid` and sleeps (a guest that hangs). Returns (kernel, modules, bin).
-fn hanging_guest(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+/// in `qemu.pid` and runs `body` (a shell script run in QEMU's working directory, where
+/// `console.log` is the guest console). Returns (kernel, modules, bin).
+fn stand_in_guest(dir: &Path, body: &str) -> (PathBuf, PathBuf, PathBuf) {
     let modules = dir.join("modules");
     let bin = dir.join("bin");
     std::fs::create_dir_all(&modules).expect("modules dir");
@@ -378,7 +379,7 @@ fn hanging_guest(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
     std::fs::write(
         &qemu,
         format!(
-            "#!/bin/sh\necho $$ > '{}'\nexec sleep 300\n",
+            "#!/bin/sh\necho $$ > '{}'\n{body}\n",
             dir.join("qemu.pid").display()
         ),
     )
@@ -388,11 +389,19 @@ fn hanging_guest(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
     (kernel, modules, bin)
 }
 
+/// A guest that hangs: QEMU writes a line to the console and sleeps.
+const HANGS: &str = "echo 'hello from the console' > console.log\nexec sleep 300";
+
 /// `check --kernel` on the hanging guest in `dir`, its temp dirs in `dir/tmp`; busybox (a
 /// statically linked executable) stands in for the selftest.
 fn check_hanging(dir: &Path, extra: &[&str]) -> Option<Command> {
+    check_stand_in(dir, HANGS, extra)
+}
+
+/// `check --kernel` on the stand-in guest whose QEMU runs `body` (see [`stand_in_guest`]).
+fn check_stand_in(dir: &Path, body: &str, extra: &[&str]) -> Option<Command> {
     let busybox = vcpu_reset_selftest::check::peers::process::which("busybox")?;
-    let (kernel, modules, bin) = hanging_guest(dir);
+    let (kernel, modules, bin) = stand_in_guest(dir, body);
     let tmp = dir.join("tmp");
     std::fs::create_dir_all(&tmp).expect("tmp");
     let path = format!(
@@ -496,4 +505,163 @@ fn sigterm_while_a_guest_boots_kills_qemu_and_removes_the_temp_dir() {
     }
     assert!(!alive(pid), "QEMU's process group was killed");
     assert_eq!(leftovers(&dir.path().join("tmp")), Vec::<String>::new());
+}
+
+#[test]
+fn a_guest_console_that_grows_without_end_kills_qemu_and_is_kept_bounded() {
+    let dir = vcpu_reset_selftest::tempdir::TempDir::new("kernel-storm").expect("temp dir");
+    let keep = dir.path().join("consoles");
+    std::fs::create_dir(&keep).expect("consoles dir");
+    let keep_arg = keep.to_string_lossy().into_owned();
+    // A log storm: the console grows as fast as the disk takes it.
+    let Some(mut cmd) = check_stand_in(
+        dir.path(),
+        "exec yes 'oops: the guest prints without end' > console.log",
+        &["--kernel-timeout", "120", "--kernel-console", &keep_arg],
+    ) else {
+        return skip("busybox-static is not installed");
+    };
+    let start = std::time::Instant::now();
+    let out = cmd.output().expect("run");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    let limit = vcpu_reset_selftest::check::kernel::MAX_CONSOLE;
+    assert!(
+        stderr.contains(&format!(
+            "linux-6.99-hang:boot: the guest console grew past {limit} bytes"
+        )) && stderr.contains("QEMU killed")
+            && stderr.contains("oops: the guest prints without end"),
+        "{stderr}"
+    );
+    assert!(
+        start.elapsed() < std::time::Duration::from_secs(100),
+        "killed at the limit, not at the timeout"
+    );
+    let pid: i32 = std::fs::read_to_string(dir.path().join("qemu.pid"))
+        .expect("QEMU ran")
+        .trim()
+        .parse()
+        .expect("pid");
+    assert!(!alive(pid), "QEMU was killed");
+    assert_eq!(leftovers(&dir.path().join("tmp")), Vec::<String>::new());
+    let kept = std::fs::metadata(keep.join("linux-6.99-hang.console.log")).expect("kept");
+    assert!(
+        kept.is_file() && kept.len() <= limit && kept.len() > 0,
+        "{kept:?}"
+    );
+}
+
+#[test]
+fn a_kept_console_replaces_a_planted_link_and_never_writes_through_it() {
+    let dir = vcpu_reset_selftest::tempdir::TempDir::new("kernel-link").expect("temp dir");
+    let keep = dir.path().join("consoles");
+    std::fs::create_dir(&keep).expect("consoles dir");
+    let victim = dir.path().join("victim");
+    std::fs::write(&victim, "precious").expect("write");
+    let planted = keep.join("linux-6.99-hang.console.log");
+    std::os::unix::fs::symlink(&victim, &planted).expect("symlink");
+    let keep_arg = keep.to_string_lossy().into_owned();
+    // The guest hangs: the console is kept on the timeout path too.
+    let Some(mut cmd) = check_hanging(
+        dir.path(),
+        &["--kernel-timeout", "2", "--kernel-console", &keep_arg],
+    ) else {
+        return skip("busybox-static is not installed");
+    };
+    let out = cmd.output().expect("run");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("the guest did not finish in 2 s"),
+        "{stderr}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&victim).expect("victim"),
+        "precious"
+    );
+    let meta = std::fs::symlink_metadata(&planted).expect("kept");
+    assert!(
+        meta.file_type().is_file(),
+        "the link was replaced: {meta:?}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&planted).expect("kept console"),
+        "hello from the console\n"
+    );
+    assert_eq!(
+        leftovers(&keep),
+        vec!["linux-6.99-hang.console.log".to_string()]
+    );
+}
+
+#[test]
+fn a_kept_console_that_is_an_input_is_refused() {
+    let dir = vcpu_reset_selftest::tempdir::TempDir::new("kernel-input").expect("temp dir");
+    let keep = dir.path().join("consoles");
+    std::fs::create_dir(&keep).expect("consoles dir");
+    let Some(mut cmd) = check_hanging(dir.path(), &["--kernel-timeout", "1"]) else {
+        return skip("busybox-static is not installed");
+    };
+    // The console's name is a link to the --kernel file.
+    std::os::unix::fs::symlink(
+        dir.path().join("bzImage"),
+        keep.join("linux-6.99-hang.console.log"),
+    )
+    .expect("symlink");
+    let before = std::fs::read(dir.path().join("bzImage")).expect("kernel");
+    let out = cmd
+        .arg("--kernel-console")
+        .arg(&keep)
+        .args(["--format", "json"])
+        .output()
+        .expect("run");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON report");
+    let kept = report["host"]["kernel.linux-6.99-hang.console"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        kept.starts_with("not kept: --kernel-console")
+            && kept.contains("is the --kernel file — writing there would destroy it"),
+        "{kept}"
+    );
+    assert_eq!(
+        std::fs::read(dir.path().join("bzImage")).expect("kernel"),
+        before
+    );
+}
+
+#[test]
+fn qemu_that_fails_to_start_the_guest_is_not_run_with_its_own_message() {
+    let dir = vcpu_reset_selftest::tempdir::TempDir::new("kernel-qemufail").expect("temp dir");
+    let Some(mut cmd) = check_stand_in(
+        dir.path(),
+        "echo 'qemu-system-x86_64: -accel kvm: failed to initialize kvm: No such file or directory' >&2\nexit 1",
+        &["--kernel-accel", "kvm"],
+    ) else {
+        return skip("busybox-static is not installed");
+    };
+    let out = cmd.output().expect("run");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("linux-6.99-hang:boot: QEMU exited (exit status: 1) before the guest's init said VCPU-RESET-KERNEL")
+            && stderr.contains("-accel kvm: failed to initialize kvm: No such file or directory"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_console_dir_that_is_not_a_directory_is_refused_before_anything_boots() {
+    let dir = vcpu_reset_selftest::tempdir::TempDir::new("kernel-nodir").expect("temp dir");
+    let not_dir = dir.path().join("file");
+    std::fs::write(&not_dir, "x").expect("write");
+    let not_dir = not_dir.to_string_lossy().into_owned();
+    let Some(mut cmd) = check_hanging(dir.path(), &["--kernel-console", &not_dir]) else {
+        return skip("busybox-static is not installed");
+    };
+    let out = cmd.output().expect("run");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("is not a directory"), "{stderr}");
+    assert!(!dir.path().join("qemu.pid").exists(), "QEMU never started");
 }

@@ -73,6 +73,15 @@ pub enum KernelError {
         /// The modules directory.
         dir: PathBuf,
     },
+    /// `--kernel-console DIR` is not a directory.
+    #[error(
+        "--kernel-console {} is not a directory — create it first, or name the directory to keep the consoles in",
+        shown_path(.path)
+    )]
+    ConsoleDir {
+        /// The path given.
+        path: PathBuf,
+    },
     /// A helper program (dpkg-deb, xz, zstd, gzip) failed.
     #[error("{what} failed: {detail}")]
     Tool {

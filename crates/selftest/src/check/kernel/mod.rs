@@ -11,7 +11,10 @@
 //! kvm_amd has nested virtualization on). Everything runs in a private temp dir
 //! ([`crate::tempdir::TempDir`]) removed afterwards; every child (dpkg-deb, xz, QEMU) runs in
 //! its own process group, bounded in time and killed on SIGINT, SIGTERM and SIGHUP. A guest that
-//! hangs or panics is a scenario that could not run, with the end of its console as the reason.
+//! hangs or panics is a scenario that could not run, with the end of its console as the reason;
+//! so is one whose console grows past [`MAX_CONSOLE`] (QEMU is killed then), and one QEMU
+//! could not start (QEMU's exit status and its own message are the reason). A guest's report
+//! decompresses in memory, at most [`MAX_GUEST_REPORT`] bytes.
 
 mod cpio;
 pub mod elf;
@@ -37,6 +40,17 @@ use initramfs::marker;
 
 /// The QEMU program and its Debian package.
 pub const QEMU: (&str, &str) = ("qemu-system-x86_64", "qemu-system-x86");
+
+/// The most the guest's serial console may hold: 16 MiB (a boot with three runs of `check`
+/// writes well under 1 MiB). A guest that writes more (an oops loop, a log storm) is killed
+/// and its scenarios are not run.
+pub const MAX_CONSOLE: u64 = 16 << 20;
+
+/// The most a guest's report may decompress to: 256 MiB (a report is a few hundred KiB).
+pub const MAX_GUEST_REPORT: u64 = 256 << 20;
+
+/// How much of the console's end is read for a "not run" reason.
+const CONSOLE_TAIL: u64 = 4 << 10;
 
 /// A kernel to judge.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -161,7 +175,7 @@ struct Tools {
 /// # Errors
 /// [`KernelError::Missing`] for QEMU or busybox-static, [`KernelError::NoSelftest`] or
 /// [`KernelError::NotStatic`] for the selftest, [`KernelError::NotAKernel`] for a path that is
-/// not there.
+/// not there, [`KernelError::ConsoleDir`] when `--kernel-console` names no directory.
 pub fn check_ready(kernels: &[KernelSource], opts: &KernelOptions) -> Result<(), KernelError> {
     if kernels.is_empty() {
         return Ok(());
@@ -178,6 +192,11 @@ fn tools(kernels: &[KernelSource], opts: &KernelOptions) -> Result<Tools, Kernel
                 QEMU.1, QEMU.1
             ),
         });
+    }
+    if let Some(d) = &opts.console_dir
+        && !d.is_dir()
+    {
+        return Err(KernelError::ConsoleDir { path: d.clone() });
     }
     for k in kernels {
         if let Some(m) = &k.modules
@@ -407,15 +426,38 @@ fn run_one(
     );
     let started = Instant::now();
     let result = dir.join("result.log");
-    let booted = process::run_bounded(&name, cmd, dir, &result, usize::MAX, opts.timeout);
+    let console = dir.join("console.log");
+    let watched = [process::Watched {
+        what: "the guest console",
+        path: &console,
+        limit: MAX_CONSOLE,
+    }];
+    let booted =
+        process::run_bounded_watching(&name, cmd, dir, &result, usize::MAX, opts.timeout, &watched);
     let seconds = started.elapsed().as_secs_f64();
     report
         .host
         .insert(format!("kernel.{name}.seconds"), format!("{seconds:.1}"));
+    if let Err(PeerError::Interrupted { signal, .. }) = booted {
+        return Err(KernelError::Interrupted { signal });
+    }
+    // Kept whatever happened: a guest that hung or was killed is the one whose console is
+    // most worth reading.
+    if let Some(keep) = &opts.console_dir {
+        let inputs = [
+            ("the --kernel file", k.path.as_path()),
+            (
+                "the statically linked selftest",
+                tools.selftest_path.as_path(),
+            ),
+        ];
+        keep_console(report, &name, dir, keep, &inputs);
+    }
     let console_tail = || {
-        let text = std::fs::read(dir.join("console.log")).unwrap_or_default();
-        let text = String::from_utf8_lossy(&text[text.len().saturating_sub(4096)..]).into_owned();
-        escape(&process::tail(&text, 6))
+        escape(&process::tail(
+            &process::read_tail(&console, CONSOLE_TAIL),
+            6,
+        ))
     };
     let not_run = |report: &mut Report, why: String| {
         report.scenarios.push(ScenarioInfo {
@@ -427,8 +469,8 @@ fn run_one(
             "{name}: no run of check in this kernel could be judged (its scenarios say why)"
         ));
     };
-    match booted {
-        Ok(_) => {}
+    let finished = match booted {
+        Ok(f) => f,
         Err(PeerError::Interrupted { signal, .. }) => {
             return Err(KernelError::Interrupted { signal });
         }
@@ -443,18 +485,42 @@ fn run_one(
             );
             return Ok(());
         }
+        Err(PeerError::OutputTooLarge { bytes, limit, .. }) => {
+            not_run(
+                report,
+                format!(
+                    "the guest console grew past {limit} bytes ({bytes} when seen; QEMU killed) — the guest printed without end (an oops loop or a log storm); its console ends: {}",
+                    console_tail()
+                ),
+            );
+            return Ok(());
+        }
         Err(e) => {
             not_run(report, format!("QEMU: {e}"));
             return Ok(());
         }
-    }
-    if let Some(keep) = &opts.console_dir {
-        keep_console(report, &name, dir, keep);
-    }
+    };
     let text = crate::files::read_bounded(&result, crate::files::MAX_LOG, "guest output")
         .map(|b| String::from_utf8_lossy(&b).into_owned())
         .unwrap_or_default();
     let out = parse_output(&text);
+    if out.release.is_none() {
+        // The guest never spoke: QEMU itself failed (e.g. `-accel kvm` without nested
+        // virtualization) or the kernel died before its init ran.
+        let status = finished
+            .status
+            .map_or_else(|| "killed".to_string(), |s| s.to_string());
+        not_run(
+            report,
+            format!(
+                "QEMU exited ({status}) before the guest's init said {}; QEMU's output ends: {}; the console ends: {}",
+                marker::KERNEL.trim(),
+                nonempty(escape(&process::tail(&finished.output, 4))),
+                nonempty(console_tail())
+            ),
+        );
+        return Ok(());
+    }
     if let Some(r) = &out.release {
         report
             .host
@@ -508,22 +574,87 @@ fn run_one(
     Ok(())
 }
 
-/// Copies the guest's console to `<keep>/<name>.console.log`; where it went (or why it could
-/// not) is a host fact.
-fn keep_console(report: &mut Report, name: &str, dir: &Path, keep: &Path) {
+/// `text`, or "(nothing)" when it is empty.
+fn nonempty(text: String) -> String {
+    if text.is_empty() {
+        "(nothing)".to_string()
+    } else {
+        text
+    }
+}
+
+/// Copies the guest's console to `<keep>/<name>.console.log` (refused when that is one of
+/// `inputs`); where it went (or why it could not) is a host fact.
+fn keep_console(
+    report: &mut Report,
+    name: &str,
+    dir: &Path,
+    keep: &Path,
+    inputs: &[(&str, &Path)],
+) {
     let to = keep.join(format!("{name}.console.log"));
-    let what = match crate::files::read_bounded(
-        &dir.join("console.log"),
-        crate::files::MAX_LOG,
-        "guest console",
-    )
-    .map_err(|e| e.to_string())
-    .and_then(|bytes| crate::files::write_output(&to, "the guest console", &bytes))
+    let what = match crate::files::refuse_input_as_output("--kernel-console", &to, inputs)
+        .and_then(|()| replace_file(&dir.join("console.log"), &to, MAX_CONSOLE))
     {
         Ok(()) => shown_path(&to),
         Err(e) => format!("not kept: {}", escape(&e)),
     };
     report.host.insert(format!("kernel.{name}.console"), what);
+}
+
+/// Writes the first `limit` bytes of `from` to `to` without ever opening `to`: into a new
+/// file beside it (O_CREAT|O_EXCL|O_NOFOLLOW, so a name planted in a shared directory is
+/// never followed), then renamed over `to` (rename replaces a symbolic link at `to` rather
+/// than writing through it, and `to` is never seen half written).
+fn replace_file(from: &Path, to: &Path, limit: u64) -> Result<(), String> {
+    use std::io::Read as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let shown = shown_path(to);
+    let (Some(parent), Some(file_name)) = (to.parent(), to.file_name()) else {
+        return Err(format!("{shown} names no file in a directory"));
+    };
+    let mut src =
+        std::fs::File::open(from).map_err(|e| format!("QEMU left no console to keep ({e})"))?;
+    let mut made = None;
+    for n in 0..100u32 {
+        let tmp = parent.join(format!(
+            ".{}.{}-{n}.tmp",
+            file_name.to_string_lossy(),
+            std::process::id()
+        ));
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .mode(0o644)
+            .open(&tmp)
+        {
+            Ok(f) => {
+                made = Some((tmp, f));
+                break;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => {
+                return Err(format!(
+                    "cannot create a file in {}: {e}",
+                    shown_path(parent)
+                ));
+            }
+        }
+    }
+    let Some((tmp, mut file)) = made else {
+        return Err(format!(
+            "100 temporary names beside {shown} are taken — remove the stale .{}.*.tmp files",
+            file_name.to_string_lossy()
+        ));
+    };
+    let copied = std::io::copy(&mut (&mut src).take(limit), &mut file)
+        .and_then(|_| file.sync_all())
+        .and_then(|()| std::fs::rename(&tmp, to));
+    copied.map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        format!("cannot write {shown}: {e}")
+    })
 }
 
 /// The guest's report from the base64 of its gzip-compressed JSON.
@@ -533,17 +664,8 @@ fn decode_report(b64: &str, dir: &Path) -> Result<GuestReport, KernelError> {
         detail: "not base64 (serial output garbled?)".into(),
     })?;
     let gz_path = dir.join("report.json.gz");
-    let json_path = dir.join("report.json");
     std::fs::write(&gz_path, gz).map_err(|e| KernelError::io("write the guest's report", e))?;
-    let _ = std::fs::remove_file(&json_path);
-    tool::decompress("gzip", &gz_path, &json_path, dir)?;
-    let json =
-        crate::files::read_bounded(&json_path, 256 << 20, "the guest's report").map_err(|e| {
-            KernelError::Tool {
-                what: "reading the guest's report".into(),
-                detail: e.to_string(),
-            }
-        })?;
+    let json = tool::decompress_bounded("gzip", &gz_path, MAX_GUEST_REPORT, dir)?;
     serde_json::from_slice(&json).map_err(|e| KernelError::Tool {
         what: "parsing the guest's JSON report".into(),
         detail: e.to_string(),

@@ -75,6 +75,18 @@ pub enum PeerError {
         /// The limit.
         limit: u64,
     },
+    /// A file the child writes besides its log (a guest's console) grew past its limit.
+    #[error("{peer}: {what} grew to {bytes} bytes, more than the {limit} allowed (killed)")]
+    OutputTooLarge {
+        /// Peer name.
+        peer: String,
+        /// What the file is ("the guest console").
+        what: String,
+        /// Its size when it was seen.
+        bytes: u64,
+        /// The limit.
+        limit: u64,
+    },
     /// The log's runs are not those of the image the peer was given.
     #[error(
         "{peer}: its log holds a run tagged {found}, not {expected} — the VMM did not boot the probe image it was given (check that the command uses {{image}} and writes a fresh {{log}})"

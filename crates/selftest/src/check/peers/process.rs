@@ -190,8 +190,9 @@ impl LogWatch {
     }
 }
 
-/// The last `max` bytes of the file at `path` (lossy UTF-8), or "" if it cannot be read.
-fn read_tail(path: &Path, max: u64) -> String {
+/// The last `max` bytes of the file at `path` (lossy UTF-8), or "" if it cannot be read: a
+/// seek to the end, whatever the file's size.
+pub fn read_tail(path: &Path, max: u64) -> String {
     use std::io::{Read as _, Seek as _, SeekFrom};
     let Ok(mut file) = std::fs::File::open(path) else {
         return String::new();
@@ -209,11 +210,38 @@ fn read_tail(path: &Path, max: u64) -> String {
 /// `timeout` passes (an error, after the group is killed).
 pub fn run_bounded(
     peer: &str,
+    cmd: Command,
+    dir: &Path,
+    log: &Path,
+    runs: usize,
+    timeout: Duration,
+) -> Result<Finished, PeerError> {
+    run_bounded_watching(peer, cmd, dir, log, runs, timeout, &[])
+}
+
+/// A file a child writes besides its log, bounded in size: what it is (for the error), its
+/// path, the most bytes it may hold.
+#[derive(Clone, Copy, Debug)]
+pub struct Watched<'a> {
+    /// What the file is ("the guest console").
+    pub what: &'a str,
+    /// The file.
+    pub path: &'a Path,
+    /// The most bytes it may hold.
+    pub limit: u64,
+}
+
+/// As [`run_bounded`], and each of `watched` is looked at on every poll: one larger than its
+/// limit kills the group and ends the run with [`PeerError::OutputTooLarge`] (the file may
+/// have grown by what the child writes in one poll interval beyond the limit).
+pub fn run_bounded_watching(
+    peer: &str,
     mut cmd: Command,
     dir: &Path,
     log: &Path,
     runs: usize,
     timeout: Duration,
+    watched: &[Watched<'_>],
 ) -> Result<Finished, PeerError> {
     let out_path: PathBuf = dir.join("stdout.txt");
     let err_path: PathBuf = dir.join("stderr.txt");
@@ -254,6 +282,18 @@ pub fn run_bounded(
             break Some(s);
         }
         let runs_now = watch.poll(peer, log)?;
+        for w in watched {
+            let bytes = std::fs::symlink_metadata(w.path).map_or(0, |m| m.len());
+            if bytes > w.limit {
+                group.kill();
+                return Err(PeerError::OutputTooLarge {
+                    peer: peer.to_string(),
+                    what: w.what.to_string(),
+                    bytes,
+                    limit: w.limit,
+                });
+            }
+        }
         let now = Instant::now();
         match complete_at {
             Some(t) if now.duration_since(t) >= GRACE => {
