@@ -6,20 +6,36 @@
 //! KVM (kvm_amd with nested=1): RESET takes a vCPU out of SVM guest mode with GIF clear and
 //! VM_HSAVE_PA set, INIT is held by GIF = 0.
 //!
-//! Without apt-get, QEMU or busybox-static the test says `skipped: …`, unless
-//! `VCPU_RESET_REQUIRE_KERNELS=1` (set by `.ci/run`), which makes that a failure. The packages
-//! can be changed with `VCPU_RESET_KERNEL_PACKAGES` (space-separated names), e.g. when Debian
-//! has moved on to a newer ABI.
+//! The packages are the newest of each series the package lists name
+//! (`apt-cache search --names-only`: `linux-image-6.1.0-<abi>-amd64` and
+//! `linux-image-6.12.<n>+deb12-amd64`), so the test follows Debian's updates; where the lists
+//! name none (no `apt-get update`) or the download fails, the newest of the series in the cache
+//! is used. `VCPU_RESET_KERNEL_PACKAGES` (space-separated names) overrides the choice.
+//!
+//! Without QEMU or busybox-static, or with no package of a series to be had (no apt-get, no
+//! package lists, nothing cached), the test says `skipped: …`, unless
+//! `VCPU_RESET_REQUIRE_KERNELS=1` (set by `.ci/run` where apt-get can download them), which
+//! makes that a failure.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 const BIN: &str = env!("CARGO_BIN_EXE_vcpu-reset");
 
-/// Debian 12's kernels: the release's own series and the backported one.
-const PACKAGES: [&str; 2] = [
-    "linux-image-6.1.0-50-amd64",
-    "linux-image-6.12.100+deb12-amd64",
+/// Debian 12's kernels: the release's own series (`linux-image-6.1.0-<abi>-amd64`) and the
+/// backported one (`linux-image-6.12.<n>+deb12-amd64`): the name's prefix, suffix, and the
+/// `apt-cache search` pattern of the series; the number between prefix and suffix orders it.
+const SERIES: [(&str, &str, &str); 2] = [
+    (
+        "linux-image-6.1.0-",
+        "-amd64",
+        r"^linux-image-6\.1\.0-[0-9]+-amd64$",
+    ),
+    (
+        "linux-image-6.12.",
+        "+deb12-amd64",
+        r"^linux-image-6\.12\.[0-9]+\+deb12-amd64$",
+    ),
 ];
 
 /// Runs of `check` in each boot.
@@ -51,6 +67,77 @@ fn cache_dir() -> PathBuf {
     base.join("vcpu-reset").join("debian-kernels")
 }
 
+/// The number that orders `name` in its series (`50` of `linux-image-6.1.0-50-amd64`), if it is
+/// of the series.
+fn series_number(series: (&str, &str, &str), name: &str) -> Option<u32> {
+    name.strip_prefix(series.0)?
+        .strip_suffix(series.1)?
+        .parse()
+        .ok()
+}
+
+/// The newest of `names` in the series.
+fn newest<'a>(series: (&str, &str, &str), names: impl Iterator<Item = &'a str>) -> Option<String> {
+    names
+        .filter_map(|n| Some((series_number(series, n)?, n)))
+        .max()
+        .map(|(_, n)| n.to_string())
+}
+
+/// The newest package of the series the package lists name (`apt-cache search --names-only`).
+fn newest_listed(series: (&str, &str, &str)) -> Option<String> {
+    let out = Command::new("apt-cache")
+        .args(["search", "--names-only", series.2])
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    newest(
+        series,
+        text.lines().filter_map(|l| l.split_whitespace().next()),
+    )
+}
+
+/// The newest package of the series in the cache `dir`.
+fn newest_cached(dir: &Path, series: (&str, &str, &str)) -> Option<String> {
+    let names: Vec<String> = std::fs::read_dir(dir)
+        .ok()?
+        .filter_map(Result::ok)
+        .filter_map(|e| {
+            let n = e.file_name().to_string_lossy().into_owned();
+            n.ends_with(".deb")
+                .then(|| n.split('_').next().map(String::from))
+                .flatten()
+        })
+        .collect();
+    newest(series, names.iter().map(String::as_str))
+}
+
+/// The package of the series to judge, downloaded or cached: the newest the package lists
+/// name, else (none listed, or its download failed) the newest in the cache.
+fn resolve(dir: &Path, series: (&str, &str, &str)) -> Result<(String, PathBuf), String> {
+    let listed = on_path("apt-cache")
+        .then(|| newest_listed(series))
+        .flatten();
+    let mut why = format!(
+        "the package lists name no {}*{} (run apt-get update as root)",
+        series.0, series.1
+    );
+    if let Some(name) = listed {
+        match download(dir, &name) {
+            Ok(p) => return Ok((name, p)),
+            Err(e) => why = e,
+        }
+    }
+    match newest_cached(dir, series) {
+        Some(name) => {
+            eprintln!("{why}; using {name} from the cache {}", dir.display());
+            let p = cached(dir, &name).ok_or_else(|| format!("{name} left the cache"))?;
+            Ok((name, p))
+        }
+        None => Err(format!("{why}, and the cache {} has none", dir.display())),
+    }
+}
+
 /// The cached package file of `package` (`<name>_<version>_amd64.deb`), if any.
 fn cached(dir: &Path, package: &str) -> Option<PathBuf> {
     let prefix = format!("{package}_");
@@ -70,6 +157,11 @@ fn cached(dir: &Path, package: &str) -> Option<PathBuf> {
 fn download(dir: &Path, package: &str) -> Result<PathBuf, String> {
     if let Some(p) = cached(dir, package) {
         return Ok(p);
+    }
+    if !on_path("apt-get") {
+        return Err(format!(
+            "{package} is not in the cache and apt-get is not installed"
+        ));
     }
     std::fs::create_dir_all(dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
     let out = Command::new("apt-get")
@@ -113,7 +205,6 @@ fn build_static() -> Result<PathBuf, String> {
 #[test]
 fn debian_6_1_and_6_12_kvm_judged_with_no_failure_and_nested_svm_proven() {
     for (program, package) in [
-        ("apt-get", "apt"),
         ("qemu-system-x86_64", "qemu-system-x86"),
         ("busybox", "busybox-static"),
     ] {
@@ -123,18 +214,32 @@ fn debian_6_1_and_6_12_kvm_judged_with_no_failure_and_nested_svm_proven() {
             ));
         }
     }
-    let names: Vec<String> = match std::env::var("VCPU_RESET_KERNEL_PACKAGES") {
-        Ok(v) if !v.trim().is_empty() => v.split_whitespace().map(String::from).collect(),
-        _ => PACKAGES.iter().map(|s| s.to_string()).collect(),
-    };
     let dir = cache_dir();
+    let mut names = Vec::new();
     let mut debs = Vec::new();
-    for name in &names {
-        match download(&dir, name) {
-            Ok(p) => debs.push(p),
-            Err(e) => return skip(&e),
+    match std::env::var("VCPU_RESET_KERNEL_PACKAGES") {
+        Ok(v) if !v.trim().is_empty() => {
+            for name in v.split_whitespace() {
+                match download(&dir, name) {
+                    Ok(p) => debs.push(p),
+                    Err(e) => return skip(&e),
+                }
+                names.push(name.to_string());
+            }
+        }
+        _ => {
+            for series in SERIES {
+                match resolve(&dir, series) {
+                    Ok((name, p)) => {
+                        names.push(name);
+                        debs.push(p);
+                    }
+                    Err(e) => return skip(&e),
+                }
+            }
         }
     }
+    eprintln!("judging {}", names.join(" "));
     let selftest = build_static().expect("the statically linked selftest");
 
     let mut cmd = Command::new(BIN);
@@ -664,4 +769,26 @@ fn a_console_dir_that_is_not_a_directory_is_refused_before_anything_boots() {
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("is not a directory"), "{stderr}");
     assert!(!dir.path().join("qemu.pid").exists(), "QEMU never started");
+}
+
+#[test]
+fn the_newest_package_of_each_series_is_chosen() {
+    let names = [
+        "linux-image-6.1.0-9-amd64",
+        "linux-image-6.1.0-50-amd64",
+        "linux-image-6.1.0-50-amd64-dbg",
+        "linux-image-6.1.0-rt-amd64",
+        "linux-image-6.12.100+deb12-amd64",
+        "linux-image-6.12.99+deb12-amd64",
+        "linux-image-6.12.118+deb12-cloud-amd64",
+    ];
+    assert_eq!(
+        newest(SERIES[0], names.iter().copied()).as_deref(),
+        Some("linux-image-6.1.0-50-amd64")
+    );
+    assert_eq!(
+        newest(SERIES[1], names.iter().copied()).as_deref(),
+        Some("linux-image-6.12.100+deb12-amd64")
+    );
+    assert_eq!(newest(SERIES[1], ["linux-image-amd64"].into_iter()), None);
 }
