@@ -386,10 +386,8 @@ fn a_file_that_is_no_kernel_is_refused_before_anything_boots() {
     if !on_path("qemu-system-x86_64") || !on_path("busybox") {
         return skip("qemu-system-x86_64 or busybox-static is not installed");
     }
-    let dir = std::env::temp_dir().join(format!("vcpu-reset-test-kernel-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    let notes = dir.join("notes.txt");
-    std::fs::write(&notes, "not a kernel").expect("write");
+    let dir = vcpu_reset_selftest::tempdir::TempDir::new("test-kernel").expect("temp dir");
+    let notes = dir.write("notes.txt", b"not a kernel").expect("write");
     // The selftest itself stands in for the static one: the check of the kernel comes first.
     let out = Command::new(BIN)
         .args(["check", "--backend", "model", "--kernel"])
@@ -398,7 +396,6 @@ fn a_file_that_is_no_kernel_is_refused_before_anything_boots() {
         .arg(BIN)
         .output()
         .expect("run");
-    let _ = std::fs::remove_dir_all(&dir);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("bzImage"), "{stderr}");
@@ -406,17 +403,14 @@ fn a_file_that_is_no_kernel_is_refused_before_anything_boots() {
 
 #[test]
 fn a_missing_qemu_is_named_with_its_package() {
-    let dir = std::env::temp_dir().join(format!("vcpu-reset-test-noqemu-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    let kernel = dir.join("bzImage");
-    std::fs::write(&kernel, "x").expect("write");
+    let dir = vcpu_reset_selftest::tempdir::TempDir::new("test-noqemu").expect("temp dir");
+    let kernel = dir.write("bzImage", b"x").expect("write");
     let out = Command::new(BIN)
         .args(["check", "--backend", "model", "--kernel"])
         .arg(&kernel)
-        .env("PATH", &dir)
+        .env("PATH", dir.path())
         .output()
         .expect("run");
-    let _ = std::fs::remove_dir_all(&dir);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(
@@ -431,17 +425,16 @@ fn a_kernel_without_kvm_modules_is_refused_with_what_to_build() {
     if !on_path("qemu-system-x86_64") || !on_path("busybox") {
         return skip("qemu-system-x86_64 or busybox-static is not installed");
     }
-    let dir = std::env::temp_dir().join(format!("vcpu-reset-test-nokvm-{}", std::process::id()));
-    let modules = dir.join("modules");
-    std::fs::create_dir_all(&modules).expect("temp dir");
+    let dir = vcpu_reset_selftest::tempdir::TempDir::new("test-nokvm").expect("temp dir");
+    let modules = dir.path().join("modules");
+    std::fs::create_dir(&modules).expect("modules dir");
     std::fs::write(modules.join("modules.builtin"), "kernel/fs/ext4/ext4.ko\n").expect("write");
     // A bzImage header: "HdrS" at 0x202, the version string's pointer at 0x20e.
     let mut img = vec![0u8; 0x1000];
     img[0x202..0x206].copy_from_slice(b"HdrS");
     img[0x20e..0x210].copy_from_slice(&0x300u16.to_le_bytes());
     img[0x500..0x509].copy_from_slice(b"6.99-test");
-    let kernel = dir.join("bzImage");
-    std::fs::write(&kernel, &img).expect("write");
+    let kernel = dir.write("bzImage", &img).expect("write");
     let out = Command::new(BIN)
         .args(["check", "--backend", "model", "--kernel"])
         .arg(&kernel)
@@ -451,7 +444,6 @@ fn a_kernel_without_kvm_modules_is_refused_with_what_to_build() {
         .arg(BIN)
         .output()
         .expect("run");
-    let _ = std::fs::remove_dir_all(&dir);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(
