@@ -50,8 +50,8 @@ pub fn section<'a>(bytes: &'a [u8], name: &str) -> Option<&'a [u8]> {
     // Section header: sh_name at 0, sh_offset at 0x18, sh_size at 0x20.
     let header = |i: usize| shoff.checked_add(i.checked_mul(shentsize)?);
     let range = |h: usize| -> Option<&'a [u8]> {
-        let off = usize_at(bytes, h + 0x18, 8)?;
-        let size = usize_at(bytes, h + 0x20, 8)?;
+        let off = usize_at(bytes, h.checked_add(0x18)?, 8)?;
+        let size = usize_at(bytes, h.checked_add(0x20)?, 8)?;
         bytes.get(off..off.checked_add(size)?)
     };
     let names = range(header(shstrndx)?)?;
@@ -103,5 +103,18 @@ mod tests {
         assert_eq!(needs_interpreter(b"#!/bin/sh\n"), None);
         assert_eq!(needs_interpreter(b"\x7fELF\x02\x01"), None);
         assert_eq!(module_depends(b"\x7fELF\x02\x01\x01\0"), None);
+    }
+
+    #[test]
+    fn section_headers_at_the_end_of_the_address_space_are_no_section() {
+        // e_shoff so large that a section header's sh_offset field lies past usize::MAX.
+        let mut elf = vec![0u8; 0x40];
+        elf[..6].copy_from_slice(b"\x7fELF\x02\x01");
+        let shoff = u64::MAX - 0x10;
+        elf[0x28..0x30].copy_from_slice(&shoff.to_le_bytes());
+        elf[0x3a..0x3c].copy_from_slice(&0x40u16.to_le_bytes());
+        elf[0x3c..0x3e].copy_from_slice(&1u16.to_le_bytes());
+        assert_eq!(section(&elf, ".modinfo"), None);
+        assert_eq!(module_depends(&elf), None);
     }
 }
