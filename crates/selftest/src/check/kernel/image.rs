@@ -137,6 +137,20 @@ pub fn unpack(path: &Path, modules: Option<&Path>, tmp: &Path) -> Result<Unpacke
                 ),
             });
         };
+        // Only what the package itself holds: a vmlinuz that is a symbolic link (which could
+        // point anywhere on this machine), a FIFO or a device is refused.
+        if !std::fs::symlink_metadata(bzimage).is_ok_and(|m| m.file_type().is_file()) {
+            return Err(KernelError::NotAKernel {
+                path: path.to_path_buf(),
+                why: format!(
+                    "its boot/{} is a symbolic link or special file, not a regular file — give a linux-image package",
+                    bzimage
+                        .file_name()
+                        .map(|n| n.to_string_lossy().into_owned())
+                        .unwrap_or_default()
+                ),
+            });
+        }
         let release = bzimage
             .file_name()
             .map(|n| {
@@ -145,10 +159,16 @@ pub fn unpack(path: &Path, modules: Option<&Path>, tmp: &Path) -> Result<Unpacke
                     .to_string()
             })
             .unwrap_or_default();
+        // The modules directory must be inside the unpacked package: a `lib` or
+        // `lib/modules/<release>` that is a symbolic link out of it is not taken.
+        let inside = |d: &Path| match (std::fs::canonicalize(d), std::fs::canonicalize(&root)) {
+            (Ok(d), Ok(r)) => d.starts_with(r),
+            _ => false,
+        };
         let found = ["lib/modules", "usr/lib/modules"]
             .iter()
             .map(|m| root.join(m).join(&release))
-            .find(|d| d.is_dir());
+            .find(|d| d.is_dir() && inside(d));
         return Ok(Unpacked {
             bzimage: bzimage.clone(),
             modules: modules.map(Path::to_path_buf).or(found),
@@ -195,5 +215,41 @@ mod tests {
         let e = unpack(&f, None, dir.path()).expect_err("not a kernel");
         assert!(e.to_string().contains("bzImage"), "{e}");
         assert!(is_deb(b"!<arch>\ndebian-binary   1342"));
+    }
+
+    #[test]
+    fn a_package_whose_vmlinuz_is_a_symbolic_link_is_refused() {
+        if crate::check::peers::process::which("dpkg-deb").is_none() {
+            eprintln!("skipped: dpkg-deb is not installed");
+            return;
+        }
+        let dir = crate::tempdir::TempDir::new("image-link").expect("temp dir");
+        let pkg = dir.path().join("pkg");
+        std::fs::create_dir_all(pkg.join("DEBIAN")).expect("mkdir");
+        std::fs::create_dir_all(pkg.join("boot")).expect("mkdir");
+        std::fs::write(
+            pkg.join("DEBIAN/control"),
+            "Package: linux-image-6.99-link\nVersion: 1\nArchitecture: amd64\nMaintainer: t <t@t>\nDescription: t\n",
+        )
+        .expect("control");
+        // A link to a file of this machine, as a crafted package could ship.
+        std::os::unix::fs::symlink("/etc/hostname", pkg.join("boot/vmlinuz-6.99-link"))
+            .expect("symlink");
+        let deb = dir.path().join("link.deb");
+        let built = Command::new("dpkg-deb")
+            .args(["--root-owner-group", "-Zgzip", "-b"])
+            .arg(&pkg)
+            .arg(&deb)
+            .output()
+            .expect("dpkg-deb");
+        assert!(built.status.success(), "{built:?}");
+        let tmp = dir.path().join("unpack");
+        std::fs::create_dir(&tmp).expect("mkdir");
+        let e = unpack(&deb, None, &tmp).expect_err("a link is no kernel");
+        assert!(
+            e.to_string()
+                .contains("boot/vmlinuz-6.99-link is a symbolic link or special file"),
+            "{e}"
+        );
     }
 }

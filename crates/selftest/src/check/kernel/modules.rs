@@ -76,8 +76,21 @@ pub fn builtin(dir: &Path) -> BTreeSet<String> {
         .collect()
 }
 
-/// The module at `path`, decompressed (in `tmp`) if it is compressed.
+/// The most a kernel module may hold, decompressed: 256 MiB (kvm.ko is about 2 MiB).
+const MAX_MODULE: u64 = 256 << 20;
+
+/// The module at `path`, decompressed (in memory, at most [`MAX_MODULE`] bytes) if it is
+/// compressed. It must be a regular file, not a symbolic link (which could reach out of the
+/// unpacked package), a FIFO or a device.
 fn read_module(path: &Path, tmp: &Path) -> Result<Vec<u8>, KernelError> {
+    let meta = std::fs::symlink_metadata(path)
+        .map_err(|e| KernelError::io(format!("read the module {}", shown_path(path)), e))?;
+    if !meta.file_type().is_file() {
+        return Err(KernelError::NotAKernel {
+            path: path.to_path_buf(),
+            why: "is a symbolic link or special file, not a regular file — a kernel module must be a plain file".into(),
+        });
+    }
     let name = path.to_string_lossy();
     let program = if name.ends_with(".xz") {
         Some("xz")
@@ -88,19 +101,14 @@ fn read_module(path: &Path, tmp: &Path) -> Result<Vec<u8>, KernelError> {
     } else {
         None
     };
-    let read = |p: &Path| {
-        std::fs::read(p)
-            .map_err(|e| KernelError::io(format!("read the module {}", shown_path(p)), e))
-    };
     match program {
-        None => read(path),
-        Some(program) => {
-            let out = tmp.join("module.ko");
-            tool::decompress(program, path, &out, tmp)?;
-            let bytes = read(&out)?;
-            let _ = std::fs::remove_file(&out);
-            Ok(bytes)
-        }
+        None => crate::files::read_bounded(path, MAX_MODULE, "kernel module").map_err(|e| {
+            KernelError::NotAKernel {
+                path: path.to_path_buf(),
+                why: e.to_string(),
+            }
+        }),
+        Some(program) => tool::decompress_bounded(program, path, MAX_MODULE, tmp),
     }
 }
 
@@ -227,6 +235,25 @@ fn add(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_module_that_is_a_link_or_a_fifo_is_refused() {
+        let dir = crate::tempdir::TempDir::new("module-test").expect("temp dir");
+        let link = dir.path().join("kvm.ko");
+        std::os::unix::fs::symlink("/etc/hostname", &link).expect("symlink");
+        let e = read_module(&link, dir.path()).expect_err("a link");
+        assert!(e.to_string().contains("not a regular file"), "{e}");
+        let fifo = dir.path().join("kvm_amd.ko");
+        let made = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .expect("mkfifo");
+        assert!(made.success());
+        let e = read_module(&fifo, dir.path()).expect_err("a FIFO");
+        assert!(e.to_string().contains("not a regular file"), "{e}");
+        let plain = dir.write("ccp.ko", b"\x7fELF").expect("write");
+        assert_eq!(read_module(&plain, dir.path()).expect("plain"), b"\x7fELF");
+    }
 
     #[test]
     fn module_names_drop_the_extension_and_use_underscores() {

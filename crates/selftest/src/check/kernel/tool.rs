@@ -54,35 +54,6 @@ fn package_of(program: &str) -> &'static str {
     }
 }
 
-/// Decompresses `input` into `output` with `program -dc` (xz, zstd or gzip).
-pub fn decompress(
-    program: &str,
-    input: &Path,
-    output: &Path,
-    dir: &Path,
-) -> Result<(), KernelError> {
-    let mut cmd = Command::new("sh");
-    // The paths are arguments, never parsed by the shell.
-    cmd.args(["-c", "exec \"$0\" -dc -- \"$1\" > \"$2\"", program])
-        .arg(input)
-        .arg(output);
-    if process::which(program).is_none() {
-        return Err(KernelError::Missing {
-            program: program.to_string(),
-            hint: format!(
-                "decompressing {} needs it (Debian package {})",
-                crate::files::shown_path(input),
-                package_of(program)
-            ),
-        });
-    }
-    run(
-        &format!("decompressing {}", crate::files::shown_path(input)),
-        cmd,
-        dir,
-    )
-}
-
 /// Decompresses `input` with `program -dc` into memory, at most `limit` bytes: the output
 /// comes through a pipe read with that bound, so nothing is written to disk and a file that
 /// decompresses to more (a gzip bomb) stops at byte `limit + 1` — the program is killed and
