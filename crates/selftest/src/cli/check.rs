@@ -122,7 +122,7 @@ pub struct CheckArgs {
     kernel_modules: Vec<PathBuf>,
     /// Time limit per --kernel boot in seconds (all its runs of check included); a guest that
     /// has not finished is killed and reported as not run.
-    #[arg(long, default_value = "600", value_parser = parse_timeout)]
+    #[arg(long, default_value = kernel_timeout_default(), value_parser = parse_timeout)]
     kernel_timeout: Duration,
     /// Runs of check in each --kernel boot, each a column group of its own (catches
     /// intermittent failures).
@@ -204,6 +204,12 @@ fn report(args: &CheckArgs) -> Result<(Report, bool), ExitCode> {
     check::peers::run(&mut report, &peers, &peer_opts).map_err(failed)?;
     check::kernel::run(&mut report, &kernels, &kernel_opts).map_err(failed)?;
     Ok((report, !peers.is_empty() || !kernels.is_empty()))
+}
+
+/// `--kernel-timeout`'s default: [`check::kernel::DEFAULT_TIMEOUT`] in seconds.
+fn kernel_timeout_default() -> &'static str {
+    static TEXT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    TEXT.get_or_init(|| check::kernel::DEFAULT_TIMEOUT.as_secs().to_string())
 }
 
 /// The kernels of `check --kernel` (each with its --kernel-modules, by position), and their

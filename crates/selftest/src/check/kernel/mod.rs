@@ -49,6 +49,10 @@ pub const MAX_CONSOLE: u64 = 16 << 20;
 /// The most a guest's report may decompress to: 256 MiB (a report is a few hundred KiB).
 pub const MAX_GUEST_REPORT: u64 = 256 << 20;
 
+/// The time limit per boot when none is given (`--kernel-timeout`'s default too): TCG boots
+/// Linux and runs `check` three times in a few minutes on a slow host.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(600);
+
 /// How much of the console's end is read for a "not run" reason.
 const CONSOLE_TAIL: u64 = 4 << 10;
 
@@ -91,7 +95,7 @@ pub struct KernelOptions {
 impl Default for KernelOptions {
     fn default() -> KernelOptions {
         KernelOptions {
-            timeout: Duration::from_secs(300),
+            timeout: DEFAULT_TIMEOUT,
             runs: 1,
             selftest: None,
             accel: Accel::Auto,
