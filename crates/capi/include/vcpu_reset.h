@@ -6,8 +6,22 @@
  * and vCPU fds the VMM already has; and the in-kernel PIC, IOAPIC and PIT put back at a reboot.
  *
  * Every function returns -1 (or NULL) on failure and leaves a message saying what to do next
- * for vcpu_reset_last_error() on the calling thread. The fds stay the VMM's: no handle keeps
- * one. Link the static library with -lpthread -ldl -lm.
+ * for vcpu_reset_last_error() on the calling thread. Link the static library with
+ * -lpthread -ldl -lm.
+ *
+ * Ownership and threads:
+ * - A struct vcpu_reset belongs to the one vCPU it was made for: pass that vCPU's fd to every
+ *   call. Another vCPU's fd (or the VM's, or any other file) is refused with an error and
+ *   nothing changes, where /proc is mounted (the fd's /proc/self/fd name must be
+ *   anon_inode:kvm-vcpu:<id>); a vCPU of another VM with the same id is not detected.
+ * - The VM and vCPU fds stay the VMM's. Each struct vcpu_reset keeps one fd of its own, the
+ *   vCPU's KVM statistics file (KVM_GET_STATS_FD), which holds a reference on the VM (its
+ *   memory stays allocated in the kernel) until vcpu_reset_free(): free every handle when
+ *   the VM is closed.
+ * - A handle must not be used from two threads at once (handles of different vCPUs may be
+ *   used on different threads, e.g. each vCPU's on its own thread).
+ * - During vcpu_reset_reset/init/settle no other thread may make an ioctl on that vCPU
+ *   (KVM_RUN included) or touch its kvm_run page: the call maps the page and works in it.
  */
 #ifndef VCPU_RESET_H
 #define VCPU_RESET_H

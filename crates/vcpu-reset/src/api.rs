@@ -1,6 +1,6 @@
 //! [`VcpuReset`]: what vcpu-reset knows about one of a VMM's vCPUs, kept beside the VMM's fd.
 
-use std::os::fd::{AsRawFd, BorrowedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 use std::ptr::NonNull;
 
 use kvm_ioctls::{VcpuFd, VmFd};
@@ -45,11 +45,30 @@ pub enum VcpuResetError {
         /// The error mmap returned.
         errno: vmm_sys_util::errno::Error,
     },
+    /// The fd lent to the call is not this [`VcpuReset`]'s vCPU: another vCPU's (of this VM or,
+    /// where KVM names it the same, of another), a VM's, `/dev/kvm`, or no KVM file at all.
+    /// Nothing was done: no ioctl, no mapping, and what the `VcpuReset` knows still holds.
+    #[error(
+        "{op} of vCPU {id}: fd {fd} is {found}, not vCPU {id} — a VcpuReset belongs to the one vCPU it was created for: pass that vCPU's fd, and another vCPU's fd to that vCPU's own VcpuReset (nothing was changed)"
+    )]
+    NotThisVcpu {
+        /// What was asked: "RESET", "INIT", "settle" or "verify".
+        op: &'static str,
+        /// The vCPU id this `VcpuReset` was created for.
+        id: u64,
+        /// The fd given.
+        fd: RawFd,
+        /// What the fd is, as `/proc/self/fd` names it ("vCPU 1", "`anon_inode:kvm-vm`", ...).
+        found: String,
+        /// The vCPU id the fd names, where it is a KVM vCPU fd.
+        vcpu: Option<u64>,
+    },
     /// A call on the vCPU failed. `call` names the ioctl and `class` the state class it
     /// moves, where the failure was one.
     #[error(
-        "{op} of vCPU {id} failed{at}: {source} — the vCPU fd is still the VMM's; vcpu-reset no longer trusts what it knew of this vCPU's state, so the next RESET writes all of it: call reset() again",
-        at = at(*call, *class)
+        "{op} of vCPU {id} failed{at}: {source} — the vCPU fd is still the VMM's; vcpu-reset no longer trusts what it knew of this vCPU's state, so the next RESET writes all of it: {next}; do not KVM_RUN the vCPU until a call succeeds (half-written deferred stores may sit in its kvm_run)",
+        at = at(*call, *class),
+        next = next_step(op)
     )]
     Failed {
         /// What was asked: "RESET", "INIT", "settle" or "verify".
@@ -72,6 +91,7 @@ impl VcpuResetError {
             VcpuResetError::Refused { id, .. }
             | VcpuResetError::UnknownVendor { id, .. }
             | VcpuResetError::Map { id, .. }
+            | VcpuResetError::NotThisVcpu { id, .. }
             | VcpuResetError::Failed { id, .. } => *id,
         }
     }
@@ -83,6 +103,27 @@ fn at(call: Option<Ioctl>, class: Option<StateClass>) -> String {
         (Some(call), None) => format!(" in {call}"),
         _ => String::new(),
     }
+}
+
+/// What to call after `op` failed.
+fn next_step(op: &str) -> &'static str {
+    match op {
+        "INIT" => "call init() again (or reset())",
+        "settle" => "call settle() again (or reset())",
+        "verify" => "call verify() again (or reset())",
+        _ => "call reset() again",
+    }
+}
+
+/// What `/proc/self/fd` names `fd`, where procfs shows it.
+fn fd_name(fd: RawFd) -> Option<String> {
+    let link = std::fs::read_link(format!("/proc/self/fd/{fd}")).ok()?;
+    Some(link.to_string_lossy().into_owned())
+}
+
+/// The vCPU id KVM named a vCPU fd with (`anon_inode:kvm-vcpu:<id>`).
+fn vcpu_id_named(name: &str) -> Option<u64> {
+    name.strip_prefix("anon_inode:kvm-vcpu:")?.parse().ok()
 }
 
 /// The ioctl a failure came from, where it came from one.
@@ -173,6 +214,17 @@ fn failed_ioctl(e: &EngineError) -> Option<Ioctl> {
 /// they read the last exit there (to complete it) and the VMM's `kvm_dirty_regs`. Without
 /// sync regs KVM's INIT could not do the bulk of the RESET (REGS, SREGS and EVENTS must be
 /// stored after it, at the VMM's next run), and a RESET would cost about 9 ioctls.
+///
+/// # One vCPU
+///
+/// A `VcpuReset` belongs to the vCPU it was created for: what it knows (identity: BSP or not,
+/// APIC ID; the MSRs held; the count of guest entries its "untouched" shortcut trusts) is that
+/// vCPU's. Every call checks the fd it is lent before using it: `/proc/self/fd` must name it
+/// `anon_inode:kvm-vcpu:<id>` with this handle's id (one readlink, about a µs, no ioctl;
+/// made at every call, not cached by fd number, since a closed fd's number comes back for the
+/// next file opened). Another vCPU's fd is [`VcpuResetError::NotThisVcpu`] and nothing
+/// changes. Not detected: a vCPU of *another VM* with the same id (KVM names it the same), and
+/// any fd where procfs is not mounted (the check is then skipped).
 ///
 /// # What "untouched" trusts
 ///
@@ -349,9 +401,12 @@ impl VcpuReset {
     /// Table 14-1, for the CPU model its CPUID presents): the VMM's next KVM_RUN starts there.
     /// [`Outcome::calls`] is what the call cost, attach included (see the type's `# Cost`).
     ///
+    /// `vcpu` must be the fd of the vCPU this `VcpuReset` was created for: a handle belongs to
+    /// one vCPU, and another's fd is refused ([`VcpuResetError::NotThisVcpu`]), unchanged.
+    ///
     /// # Errors
-    /// [`VcpuResetError::Failed`], naming the ioctl and class; the fd stays the VMM's and the
-    /// next `reset()` writes every class again.
+    /// [`VcpuResetError::NotThisVcpu`]; [`VcpuResetError::Failed`], naming the ioctl and
+    /// class; the fd stays the VMM's and the next `reset()` writes every class again.
     pub fn reset(&mut self, vcpu: &mut VcpuFd) -> Result<Outcome, VcpuResetError> {
         self.with(Lent::Typed(vcpu), "RESET", |v| v.reset())
             .map(|(o, _)| o)
@@ -400,31 +455,51 @@ impl VcpuReset {
     }
 
     /// [`VcpuReset::reset`] of a vCPU given by its raw fd (a VMM on another kvm-ioctls
-    /// version, its own bindings, C). Its `kvm_run` page is mapped for the call (one mmap
-    /// and one munmap, which are not ioctls and cost a few µs; the mapping is the same page
-    /// the VMM's own maps).
+    /// version, its own bindings, C). Its `kvm_run` page is mapped for the call (one mmap and
+    /// one munmap, not ioctls; the mapping is the same page the VMM's own maps). The munmap of
+    /// a shared mapping flushes it from the TLBs of every CPU the process's threads ran on:
+    /// alone a few µs, but in a VMM whose other vCPU threads are in the guest it interrupts
+    /// their CPUs (an IPI each, a guest exit on each), so a reboot that RESETs every vCPU is
+    /// best made while they are all out of KVM_RUN; the typed calls, which use the VMM's own
+    /// mapping, make neither.
+    ///
+    /// The fd is checked first (`/proc/self/fd` must name it `anon_inode:kvm-vcpu:<id>` with
+    /// this handle's id; see [`VcpuResetError::NotThisVcpu`]), so another vCPU's fd, a VM's or
+    /// a regular file is an error before anything is mapped or asked of it.
+    ///
+    /// # Safety
+    /// `vcpu` must be the KVM vCPU fd of this handle's vCPU (where procfs is not mounted the
+    /// check above cannot be made), and for the length of the call no other thread may make
+    /// an ioctl on that vCPU (KVM_RUN included) or read or write its `kvm_run` page: the call
+    /// takes the page as its own, and a guest run at the same time would race with it.
     ///
     /// # Errors
-    /// As [`VcpuReset::reset`], and [`VcpuResetError::Map`].
-    pub fn reset_raw(&mut self, vcpu: BorrowedFd<'_>) -> Result<Outcome, VcpuResetError> {
+    /// As [`VcpuReset::reset`], and [`VcpuResetError::NotThisVcpu`], [`VcpuResetError::Map`].
+    pub unsafe fn reset_raw(&mut self, vcpu: BorrowedFd<'_>) -> Result<Outcome, VcpuResetError> {
         self.with(Lent::Raw(vcpu), "RESET", |v| v.reset())
             .map(|(o, _)| o)
     }
 
     /// [`VcpuReset::init`] of a vCPU given by its raw fd, as [`VcpuReset::reset_raw`].
     ///
+    /// # Safety
+    /// As [`VcpuReset::reset_raw`].
+    ///
     /// # Errors
     /// As [`VcpuReset::reset_raw`].
-    pub fn init_raw(&mut self, vcpu: BorrowedFd<'_>) -> Result<Outcome, VcpuResetError> {
+    pub unsafe fn init_raw(&mut self, vcpu: BorrowedFd<'_>) -> Result<Outcome, VcpuResetError> {
         self.with(Lent::Raw(vcpu), "INIT", |v| v.init())
             .map(|(o, _)| o)
     }
 
-    /// [`VcpuReset::settle`] of a vCPU given by its raw fd.
+    /// [`VcpuReset::settle`] of a vCPU given by its raw fd, as [`VcpuReset::reset_raw`].
+    ///
+    /// # Safety
+    /// As [`VcpuReset::reset_raw`].
     ///
     /// # Errors
     /// As [`VcpuReset::reset_raw`].
-    pub fn settle_raw(&mut self, vcpu: BorrowedFd<'_>) -> Result<Stats, VcpuResetError> {
+    pub unsafe fn settle_raw(&mut self, vcpu: BorrowedFd<'_>) -> Result<Stats, VcpuResetError> {
         self.with(Lent::Raw(vcpu), "settle", |v| {
             v.cache_mut()
                 .backend_mut()
@@ -434,11 +509,17 @@ impl VcpuReset {
         .map(|(_, stats)| stats)
     }
 
-    /// [`VcpuReset::verify`] of a vCPU given by its raw fd.
+    /// [`VcpuReset::verify`] of a vCPU given by its raw fd, as [`VcpuReset::reset_raw`].
+    ///
+    /// # Safety
+    /// As [`VcpuReset::reset_raw`].
     ///
     /// # Errors
     /// As [`VcpuReset::reset_raw`].
-    pub fn verify_raw(&mut self, vcpu: BorrowedFd<'_>) -> Result<Vec<Deviation>, VcpuResetError> {
+    pub unsafe fn verify_raw(
+        &mut self,
+        vcpu: BorrowedFd<'_>,
+    ) -> Result<Vec<Deviation>, VcpuResetError> {
         self.with(Lent::Raw(vcpu), "verify", |v| {
             v.cache_mut()
                 .backend_mut()
@@ -449,7 +530,32 @@ impl VcpuReset {
         .map(|(d, _)| d)
     }
 
-    /// Attach `lent`, run `op`, detach (always), and count what it all cost.
+    /// Check that `fd` is this handle's vCPU: `/proc/self/fd` must name it
+    /// `anon_inode:kvm-vcpu:<id>` with this handle's id (one readlink, no ioctl, about a µs;
+    /// made at every call rather than cached by fd number, since a VMM may close a vCPU fd and
+    /// get the number back for another file). Where procfs does not show the fd (no `/proc`
+    /// in a sandbox), nothing is checked.
+    ///
+    /// # Errors
+    /// [`VcpuResetError::NotThisVcpu`].
+    pub(crate) fn check_fd(&self, op: &'static str, fd: RawFd) -> Result<(), VcpuResetError> {
+        let Some(name) = fd_name(fd) else {
+            return Ok(());
+        };
+        let vcpu = vcpu_id_named(&name);
+        if vcpu == Some(self.id) {
+            return Ok(());
+        }
+        Err(VcpuResetError::NotThisVcpu {
+            op,
+            id: self.id,
+            fd,
+            found: vcpu.map_or_else(|| format!("`{name}`"), |v| format!("vCPU {v}")),
+            vcpu,
+        })
+    }
+
+    /// Attach `lent`, run `op`, detach (always, on a panic too), and count what it all cost.
     fn with<T>(
         &mut self,
         lent: Lent<'_>,
@@ -460,24 +566,35 @@ impl VcpuReset {
         T: WithCalls,
     {
         let id = self.id;
+        let raw = match &lent {
+            Lent::Typed(fd) => fd.as_raw_fd(),
+            Lent::Raw(fd) => fd.as_raw_fd(),
+        };
+        // Before anything touches the fd (an mmap of a file that is not a vCPU's could fault).
+        self.check_fd(op, raw)?;
         let before = self.vcpu.cache().backend_stats();
-        let kv = self.vcpu.cache_mut().backend_mut();
+        let mut loan = Loan {
+            vcpu: &mut self.vcpu,
+            ended: false,
+        };
+        let kv = loan.vcpu.cache_mut().backend_mut();
         let attached = match lent {
             Lent::Typed(fd) => {
-                let raw = fd.as_raw_fd();
                 let run = NonNull::from(fd.get_kvm_run());
                 // SAFETY: `fd` and its `kvm_run` mapping are borrowed mutably for this whole
-                // call, and `detach` below ends the loan before it returns.
+                // call, and the loan ends (`detach`, in `Loan::end` or its drop) before it
+                // returns.
                 unsafe { kv.attach(raw, run) }
             }
             Lent::Raw(fd) => {
-                // SAFETY: `fd` is borrowed for this whole call, and `detach` below ends the
-                // loan (and unmaps) before it returns.
-                unsafe { kv.attach_mapping(fd) }.map_err(|errno| VcpuResetError::Map {
-                    op,
-                    id,
-                    errno,
-                })?;
+                // SAFETY: `fd` is borrowed for this whole call, and the loan ends (and the
+                // mapping with it) before it returns; the caller of the raw entry vouches that
+                // nothing else uses the vCPU meanwhile.
+                if let Err(errno) = unsafe { kv.attach_mapping(fd) } {
+                    // Nothing was attached (the failed mapping left the vCPU detached).
+                    loan.ended = true;
+                    return Err(VcpuResetError::Map { op, id, errno });
+                }
                 kv.after_attach()
             }
         };
@@ -485,18 +602,11 @@ impl VcpuReset {
             .map_err(|e| EngineError::Cache(e.into()))
             .and_then(|()| {
                 // The VMM may have run the vCPU or changed it: nothing cached is current.
-                self.vcpu.cache_mut().invalidate();
-                f(&mut self.vcpu)
+                loan.vcpu.cache_mut().invalidate();
+                f(&mut *loan.vcpu)
             });
-        let kv = self.vcpu.cache_mut().backend_mut();
-        if result.is_err() {
-            kv.distrust();
-        }
-        kv.detach();
-        if result.is_err() {
-            self.vcpu.cache_mut().invalidate();
-        }
-        let calls = self.vcpu.cache().backend_stats().since(&before);
+        loan.end(result.is_err());
+        let calls = loan.vcpu.cache().backend_stats().since(&before);
         match result {
             Ok(mut t) => {
                 t.set_calls(calls);
@@ -513,6 +623,43 @@ impl VcpuReset {
                 })
             }
         }
+    }
+}
+
+/// A vCPU lent for one call: ends the loan when dropped, so that a panic (caught by the VMM)
+/// cannot leave the fd attached; what is known of the vCPU's state is then distrusted.
+struct Loan<'a> {
+    vcpu: &'a mut Vcpu<KvmVcpu>,
+    ended: bool,
+}
+
+impl Loan<'_> {
+    /// End the loan; after a failure, distrust what is known of the vCPU's state.
+    fn end(&mut self, failed: bool) {
+        self.ended = true;
+        finish(self.vcpu, failed);
+    }
+}
+
+impl Drop for Loan<'_> {
+    fn drop(&mut self) {
+        // Reached with the loan still on only when unwinding.
+        if !self.ended {
+            finish(self.vcpu, true);
+        }
+    }
+}
+
+/// Detach the lent fd; where the call failed, nothing learned about the vCPU's current state
+/// is trusted any more.
+fn finish(vcpu: &mut Vcpu<KvmVcpu>, failed: bool) {
+    let kv = vcpu.cache_mut().backend_mut();
+    if failed {
+        kv.distrust();
+    }
+    kv.detach();
+    if failed {
+        vcpu.cache_mut().invalidate();
     }
 }
 

@@ -175,11 +175,16 @@ impl VmReset {
         self.reboot(vm, Fds::Typed(vcpus))
     }
 
-    /// [`VmReset::reset`] with raw fds.
+    /// [`VmReset::reset`] with raw fds ([`VcpuReset::reset_raw`] for each).
+    ///
+    /// # Safety
+    /// Each of `vcpus` must be the KVM vCPU fd of its index's vCPU, and for the length of the
+    /// call no other thread may make an ioctl on any of them (KVM_RUN included) or touch
+    /// their `kvm_run` pages (as [`VcpuReset::reset_raw`]).
     ///
     /// # Errors
     /// As [`VmReset::reset`].
-    pub fn reset_raw(
+    pub unsafe fn reset_raw(
         &mut self,
         vm: BorrowedFd<'_>,
         vcpus: &[BorrowedFd<'_>],
@@ -207,6 +212,16 @@ impl VmReset {
                 given,
             });
         }
+        // Every fd is checked to be its index's vCPU before any is reset, so that fds in
+        // another order change nothing (each call checks its own again: a readlink each).
+        let raws: Vec<_> = match &fds {
+            Fds::Typed(f) => f.iter().map(AsRawFd::as_raw_fd).collect(),
+            Fds::Raw(f) => f.iter().map(AsRawFd::as_raw_fd).collect(),
+        };
+        for (index, (r, fd)) in self.vcpus.iter().zip(raws).enumerate() {
+            r.check_fd("RESET", fd)
+                .map_err(|source| VmResetError::Vcpu { index, source })?;
+        }
         let n = given;
         let threads = threads_for(n, self.threads);
         let per = n.div_ceil(threads.max(1)).max(1);
@@ -214,7 +229,10 @@ impl VmReset {
             Fds::Typed(fds) => spread(&mut self.vcpus, fds, per, |r, fd| r.reset(fd)),
             Fds::Raw(fds) => {
                 let mut fds = fds.to_vec();
-                spread(&mut self.vcpus, &mut fds, per, |r, fd| r.reset_raw(*fd))
+                // SAFETY: the caller vouches for each fd as `reset_raw` requires.
+                spread(&mut self.vcpus, &mut fds, per, |r, fd| unsafe {
+                    r.reset_raw(*fd)
+                })
             }
         };
         let mut out = VmOutcome::default();
