@@ -40,15 +40,19 @@ struct vcpu_reset_devices;
 
 /*
  * Learn vCPU `id` of the VM `vm_fd`, whose fd is `vcpu_fd`. The VMM has created the vCPU and
- * set its CPUID (KVM_SET_CPUID2). Costs about 10 ioctls. NULL on failure.
+ * set its CPUID (KVM_SET_CPUID2). Costs 10 ioctls on the project's Intel host. Learning
+ * writes the RESET values of the MSRs KVM may refuse a host write of (steal time, async-PF
+ * interrupt, Hyper-V SINTs) and puts back any value that differed; best called before the
+ * guest first runs. NULL on failure.
  */
 struct vcpu_reset *vcpu_reset_new(int vm_fd, int vcpu_fd, uint64_t id);
 
 /*
  * Power-on RESET: the VMM's next KVM_RUN of `vcpu_fd` starts in the exact RESET state.
  * Returns the vCPU syscalls made (3 to 5 after the guest ran, 1 to 3 for a vCPU that did not
- * run since its last RESET, about 10 for the first call), or -1. Before that KVM_RUN, reads
- * through the VMM's fd may still show the old state: vcpu_reset_settle() makes them exact.
+ * run since its last RESET, 10 to 11 for the first call, which checks the host's INIT), or
+ * -1. Before that KVM_RUN, reads through the VMM's fd may still show the old state:
+ * vcpu_reset_settle() makes them exact.
  * After a failure the fd is unchanged in ownership and the next call writes every class.
  */
 int vcpu_reset_reset(struct vcpu_reset *r, int vcpu_fd);

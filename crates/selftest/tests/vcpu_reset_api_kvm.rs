@@ -262,9 +262,13 @@ fn costs_on(host: &vcpu_reset::backend::kvm::KvmHost, mut vmm: VmmVm) {
         r.host_init_lazy(),
         r.host_init_inexact()
     );
+    // 9 checks and reads, KVM_GET_STATS_FD where the host counts guest entries (10 on the
+    // project's host), and room for one MSR the host's KVM refuses (a probe write or a read
+    // made again without it).
+    let learn_bound = 9 + u64::from(r.counts_entries()) + 1;
     assert!(
-        learn <= 12,
-        "learning costs at most 12 syscalls, made {learn}"
+        learn <= learn_bound,
+        "learning costs at most {learn_bound} syscalls, made {learn}"
     );
     assert!(
         first.calls() <= 24,

@@ -170,8 +170,10 @@ fn failed_ioctl(e: &EngineError) -> Option<Ioctl> {
 ///   first instruction were the OUT at the reset vector), MMIO, MSR or hypercall exits; not a
 ///   shutdown (triple fault) or a halt;
 /// - the first RESET checks the host's INIT against the spec: it reads the classes back once
-///   (7 loads on the Intel host here: 10 calls in all), and [`VcpuReset::new`] itself makes
-///   the adoption's checks and reads and KVM_GET_STATS_FD (9 calls here).
+///   (7 loads on the Intel host here: 10 calls in all with KVM's LINT0_REENABLED quirk off,
+///   11 with it on), and [`VcpuReset::new`] itself makes the adoption's checks and reads, one
+///   KVM_SET_MSRS probing the MSRs KVM may refuse a host write of, and KVM_GET_STATS_FD (10
+///   calls here).
 ///
 /// Measured on the project's Intel host (nested `kvm_pvm`, Linux 6.18) by
 /// `vcpu_reset_api_kvm`, for a BSP whose guest exited on a port output: with KVM's
@@ -180,8 +182,9 @@ fn failed_ioctl(e: &EngineError) -> Option<Ioctl> {
 /// since the last; with the quirk on (KVM's default), 5 and the KVM_RUN (KVM_SET_MSRS,
 /// KVM_GET_MP_STATE, KVM_SET_LAPIC, KVM_SET_XSAVE, KVM_SET_XCRS), 3 with no run since. An AP
 /// that never ran: 1. The raw-fd calls cost the same ioctls, and an mmap and a munmap of
-/// `kvm_run` (a few µs; not ioctls). A VMM that turns the quirk off saves a KVM_SET_LAPIC and
-/// a KVM_GET_MP_STATE per RESET.
+/// `kvm_run` (not ioctls; the munmap's TLB flush interrupts the CPUs running the VMM's other
+/// vCPU threads: see [`VcpuReset::reset_raw`]). A VMM that turns the quirk off saves a
+/// KVM_SET_LAPIC and a KVM_GET_MP_STATE per RESET.
 ///
 /// Without an in-kernel irqchip, x2APIC in the CPUID or sync regs on the host, KVM's INIT
 /// cannot do the bulk and a RESET stores every class (about 9 ioctls).
@@ -257,6 +260,12 @@ enum Lent<'a> {
 impl VcpuReset {
     /// Learn vCPU `id` of `vm`, which the VMM created and gave a CPUID (KVM_SET_CPUID2).
     ///
+    /// Learning reads the vCPU and, to find which MSRs KVM lets the host write (it may refuse
+    /// MSR_KVM_STEAL_TIME, MSR_KVM_ASYNC_PF_INT and Hyper-V's SINT0–15), writes those MSRs'
+    /// RESET values and puts back each value the vCPU had that differs (a KVM_SET_MSRS each;
+    /// none on a vCPU that never ran, whose values are the RESET ones). A put-back KVM refuses
+    /// is an error ([`Ioctl::SetMsrsWriteBack`]). Best made before the guest first runs.
+    ///
     /// # Errors
     /// [`VcpuResetError::Refused`] (wrong id or VM, no CPUID; as [`KvmVcpu::adopt`] checks),
     /// [`VcpuResetError::UnknownVendor`].
@@ -316,7 +325,7 @@ impl VcpuReset {
             .map_err(|e| VcpuResetError::Refused {
                 id,
                 refusal: AdoptRefusal::Ioctl(crate::backend::kvm::IoctlError::new(
-                    Ioctl::CheckExtension,
+                    Ioctl::GetVcpuMmapSize,
                     e,
                 )),
             })?;
