@@ -72,7 +72,7 @@ where
         let mut spawned = Vec::with_capacity(slots.len());
         let mut can_spawn = true;
         for slot in slots.iter().skip(1) {
-            let handle = if can_spawn {
+            let handle = if can_spawn && !spawn_refused() {
                 std::thread::Builder::new()
                     .spawn_scoped(s, move || take(slot).map(work))
                     .ok()
@@ -97,6 +97,17 @@ where
     })
 }
 
+/// Whether a test made every thread fail to start (as RLIMIT_NPROC would).
+#[cfg(test)]
+fn spawn_refused() -> bool {
+    tests::REFUSE_THREADS.with(std::cell::Cell::get)
+}
+
+#[cfg(not(test))]
+fn spawn_refused() -> bool {
+    false
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -112,6 +123,40 @@ mod tests {
         assert_eq!(threads_for(32, 2), 2);
         assert_eq!(threads_for(32, 64), 4);
         assert_eq!(threads_for(32, 0), 1);
+    }
+
+    thread_local! {
+        pub(super) static REFUSE_THREADS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    }
+
+    #[test]
+    fn groups_whose_thread_cannot_start_run_on_the_calling_thread() {
+        let me = std::thread::current().id();
+        let on = |refuse: bool| {
+            REFUSE_THREADS.with(|r| r.set(refuse));
+            let out = on_threads((0..4).collect(), |g: u32| (g, std::thread::current().id()));
+            REFUSE_THREADS.with(|r| r.set(false));
+            out
+        };
+        let refused = on(true);
+        assert_eq!(
+            refused.iter().map(|(g, _)| *g).collect::<Vec<_>>(),
+            [0, 1, 2, 3]
+        );
+        assert!(
+            refused.iter().all(|(_, t)| *t == me),
+            "all on the calling thread"
+        );
+        let spread = on(false);
+        assert_eq!(
+            spread.iter().map(|(g, _)| *g).collect::<Vec<_>>(),
+            [0, 1, 2, 3]
+        );
+        assert_eq!(spread[0].1, me, "the first group on the calling thread");
+        assert!(
+            spread[1..].iter().all(|(_, t)| *t != me),
+            "the others on threads"
+        );
     }
 
     #[test]
