@@ -6,8 +6,22 @@
  * and vCPU fds the VMM already has; and the in-kernel PIC, IOAPIC and PIT put back at a reboot.
  *
  * Every function returns -1 (or NULL) on failure and leaves a message saying what to do next
- * for vcpu_reset_last_error() on the calling thread. The fds stay the VMM's: no handle keeps
- * one. Link the static library with -lpthread -ldl -lm.
+ * for vcpu_reset_last_error() on the calling thread. Link the static library with
+ * -lpthread -ldl -lm.
+ *
+ * Ownership and threads:
+ * - A struct vcpu_reset belongs to the one vCPU it was made for: pass that vCPU's fd to every
+ *   call. Another vCPU's fd (or the VM's, or any other file) is refused with an error and
+ *   nothing changes, where /proc is mounted (the fd's /proc/self/fd name must be
+ *   anon_inode:kvm-vcpu:<id>); a vCPU of another VM with the same id is not detected.
+ * - The VM and vCPU fds stay the VMM's. Each struct vcpu_reset keeps one fd of its own, the
+ *   vCPU's KVM statistics file (KVM_GET_STATS_FD), which holds a reference on the VM (its
+ *   memory stays allocated in the kernel) until vcpu_reset_free(): free every handle when
+ *   the VM is closed.
+ * - A handle must not be used from two threads at once (handles of different vCPUs may be
+ *   used on different threads, e.g. each vCPU's on its own thread).
+ * - During vcpu_reset_reset/init/settle no other thread may make an ioctl on that vCPU
+ *   (KVM_RUN included) or touch its kvm_run page: the call maps the page and works in it.
  */
 #ifndef VCPU_RESET_H
 #define VCPU_RESET_H
@@ -26,15 +40,19 @@ struct vcpu_reset_devices;
 
 /*
  * Learn vCPU `id` of the VM `vm_fd`, whose fd is `vcpu_fd`. The VMM has created the vCPU and
- * set its CPUID (KVM_SET_CPUID2). Costs about 10 ioctls. NULL on failure.
+ * set its CPUID (KVM_SET_CPUID2). Costs 10 ioctls on the project's Intel host. Learning
+ * writes the RESET values of the MSRs KVM may refuse a host write of (steal time, async-PF
+ * interrupt, Hyper-V SINTs) and puts back any value that differed; best called before the
+ * guest first runs. NULL on failure.
  */
 struct vcpu_reset *vcpu_reset_new(int vm_fd, int vcpu_fd, uint64_t id);
 
 /*
  * Power-on RESET: the VMM's next KVM_RUN of `vcpu_fd` starts in the exact RESET state.
  * Returns the vCPU syscalls made (3 to 5 after the guest ran, 1 to 3 for a vCPU that did not
- * run since its last RESET, about 10 for the first call), or -1. Before that KVM_RUN, reads
- * through the VMM's fd may still show the old state: vcpu_reset_settle() makes them exact.
+ * run since its last RESET, 10 to 11 for the first call, which checks the host's INIT), or
+ * -1. Before that KVM_RUN, reads through the VMM's fd may still show the old state:
+ * vcpu_reset_settle() makes them exact.
  * After a failure the fd is unchanged in ownership and the next call writes every class.
  */
 int vcpu_reset_reset(struct vcpu_reset *r, int vcpu_fd);

@@ -9,7 +9,13 @@
 //!
 //! Every function returns -1 (or NULL) on failure and leaves a message, which says what to
 //! do next, for [`vcpu_reset_last_error`] on the calling thread. No function panics across the
-//! boundary: a panic inside is reported as an error. `examples/c/reboot_vmm.c` is a whole VMM
+//! boundary: a panic inside is reported as an error.
+//!
+//! A `struct vcpu_reset` belongs to one vCPU (the one it was made for: another vCPU's fd is
+//! refused) and must not be used from two threads at once; handles of different vCPUs may be
+//! used on different threads. Each keeps one fd of its own, the vCPU's KVM statistics file
+//! (KVM_GET_STATS_FD), which holds a reference on the VM until [`vcpu_reset_free`]: free every
+//! handle to release a VM the VMM has closed. The VM and vCPU fds stay the VMM's. `examples/c/reboot_vmm.c` is a whole VMM
 //! on raw KVM ioctls built on it; `tests/c_example.rs` builds it with `cc` and runs it.
 
 use std::cell::RefCell;
@@ -77,7 +83,10 @@ pub struct VcpuResetHandle {
 
 /// Learn vCPU `id` of the VM `vm_fd`, whose fd is `vcpu_fd`; the VMM has created it and set
 /// its CPUID (KVM_SET_CPUID2). Returns NULL on failure ([`vcpu_reset_last_error`]). Free the
-/// result with [`vcpu_reset_free`]. The fds stay the VMM's: the handle keeps none.
+/// result with [`vcpu_reset_free`]. The handle belongs to that one vCPU: every later call
+/// must be given its fd. The VM and vCPU fds stay the VMM's; the handle keeps a file of its
+/// own, the vCPU's KVM statistics (KVM_GET_STATS_FD, one per handle), which holds a reference
+/// on the VM (its memory and vCPUs stay allocated in the kernel) until [`vcpu_reset_free`].
 ///
 /// # Safety
 /// `vm_fd` and `vcpu_fd` must be open fds for the length of the call.
@@ -131,13 +140,19 @@ fn count(calls: u64) -> c_int {
 /// the VMM's and the next call writes every state class again.
 ///
 /// # Safety
-/// `r` as from [`vcpu_reset_new`]; `vcpu_fd` open, and in no KVM_RUN, for the call.
+/// `r` as from [`vcpu_reset_new`], used by no other thread during the call; `vcpu_fd` the
+/// KVM vCPU fd of the vCPU `r` was made for (another vCPU's fd, the VM's or any other file is
+/// refused with an error where `/proc` is mounted, and nothing changes; a vCPU of another VM
+/// with the same id is not detected), open for the call, with no other thread making an ioctl
+/// on it (KVM_RUN included) or touching its `kvm_run` page meanwhile.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn vcpu_reset_reset(r: *mut VcpuResetHandle, vcpu_fd: c_int) -> c_int {
     guarded(-1, || {
         // SAFETY: as the caller vouches.
         let (h, fd) = unsafe { (handle(r)?, borrowed(vcpu_fd, "vCPU")?) };
-        let out = h.inner.reset_raw(fd).map_err(|e| error_chain(&e))?;
+        // SAFETY: the caller vouches that `vcpu_fd` is the handle's vCPU and that no other
+        // thread uses that vCPU during the call (the contract `vcpu_reset_reset` states).
+        let out = unsafe { h.inner.reset_raw(fd) }.map_err(|e| error_chain(&e))?;
         Ok(count(out.calls.calls()))
     })
 }
@@ -152,7 +167,9 @@ pub unsafe extern "C" fn vcpu_reset_init(r: *mut VcpuResetHandle, vcpu_fd: c_int
     guarded(-1, || {
         // SAFETY: as the caller vouches.
         let (h, fd) = unsafe { (handle(r)?, borrowed(vcpu_fd, "vCPU")?) };
-        let out = h.inner.init_raw(fd).map_err(|e| error_chain(&e))?;
+        // SAFETY: the caller vouches that `vcpu_fd` is the handle's vCPU and that no other
+        // thread uses that vCPU during the call (the contract `vcpu_reset_reset` states).
+        let out = unsafe { h.inner.init_raw(fd) }.map_err(|e| error_chain(&e))?;
         Ok(count(out.calls.calls()))
     })
 }
@@ -167,7 +184,9 @@ pub unsafe extern "C" fn vcpu_reset_settle(r: *mut VcpuResetHandle, vcpu_fd: c_i
     guarded(-1, || {
         // SAFETY: as the caller vouches.
         let (h, fd) = unsafe { (handle(r)?, borrowed(vcpu_fd, "vCPU")?) };
-        let stats = h.inner.settle_raw(fd).map_err(|e| error_chain(&e))?;
+        // SAFETY: the caller vouches that `vcpu_fd` is the handle's vCPU and that no other
+        // thread uses that vCPU during the call (the contract `vcpu_reset_reset` states).
+        let stats = unsafe { h.inner.settle_raw(fd) }.map_err(|e| error_chain(&e))?;
         Ok(count(stats.calls()))
     })
 }

@@ -88,6 +88,11 @@ fn the_c_vmm_reboots_in_place_with_exact_resets() {
             "boot {boot} exact:\n{stdout}"
         );
     }
+    assert!(
+        stdout.contains("another vCPU's fd refused: RESET of vCPU 0: fd ")
+            && stdout.contains("is vCPU 1, not vCPU 0"),
+        "{stdout}"
+    );
     assert!(stdout.contains("reboot (0xCF9): RESET in"), "{stdout}");
     if stdout.contains("triple fault raised") {
         assert!(

@@ -212,7 +212,8 @@ fn assert_rebooted(vmm: &mut VmmVm, created: &Devices) {
     assert_eq!(sregs.cr3, 0, "CR3");
 }
 
-fn reboots(host: &KvmHost, vcpus: u32, raw: bool) {
+/// Reboot a VM of `vcpus` vCPUs twice, spreading the RESETs over up to `threads` threads.
+fn reboots(host: &KvmHost, vcpus: u32, raw: bool, threads: usize) {
     let mut vmm = vmm_vm(vcpus);
     let created = devices(&vmm.vm);
     println!("created: {created:?}");
@@ -223,6 +224,7 @@ fn reboots(host: &KvmHost, vcpus: u32, raw: bool) {
     } else {
         VmReset::new(host, &vmm.vm, &vmm.vcpus).expect("learn the VM")
     };
+    r.set_threads(threads);
     // Power on through the same call, as a VMM would.
     let first = r.reset(&vmm.vm, &mut vmm.vcpus).expect("power-on RESET");
     println!("power-on: {} syscalls", first.calls());
@@ -231,7 +233,8 @@ fn reboots(host: &KvmHost, vcpus: u32, raw: bool) {
         let out = if raw {
             // SAFETY: as above.
             let (vm, fds) = unsafe { raw_fds(&vmm) };
-            r.reset_raw(vm, &fds).expect("reboot")
+            // SAFETY: each fd is its index's vCPU, and no other thread uses them.
+            unsafe { r.reset_raw(vm, &fds) }.expect("reboot")
         } else {
             r.reset(&vmm.vm, &mut vmm.vcpus).expect("reboot")
         };
@@ -265,20 +268,20 @@ unsafe fn raw_fds(vmm: &VmmVm) -> (BorrowedFd<'static>, Vec<BorrowedFd<'static>>
 #[test]
 fn a_reboot_puts_the_pic_ioapic_and_pit_back_and_resets_every_vcpu() {
     let Some(host) = kvm_for_tests() else { return };
-    reboots(&host, 2, false);
+    reboots(&host, 2, false, 1);
 }
 
 #[test]
 fn a_reboot_through_raw_fds_does_the_same() {
     let Some(host) = kvm_for_tests() else { return };
-    reboots(&host, 2, true);
+    reboots(&host, 2, true, 1);
 }
 
 #[test]
 fn many_vcpus_are_reset_over_several_threads() {
     let Some(host) = kvm_for_tests() else { return };
-    // 16 vCPUs: two groups of 8 where the host has two CPUs or more.
-    reboots(&host, 16, false);
+    // 16 vCPUs: two groups of 8 where the VMM asks for two threads or more.
+    reboots(&host, 16, false, 2);
 }
 
 #[test]
@@ -291,4 +294,61 @@ fn a_reboot_given_another_number_of_vcpus_is_refused() {
         .expect_err("one vCPU short");
     println!("{e}");
     assert!(e.to_string().contains("pass all the VM's vCPU fds"), "{e}");
+}
+
+#[test]
+fn a_reboot_given_the_vcpus_in_another_order_is_refused_and_changes_nothing() {
+    let Some(host) = kvm_for_tests() else { return };
+    let mut vmm = vmm_vm(2);
+    let created = devices(&vmm.vm);
+    let mut r = VmReset::new(&host, &vmm.vm, &vmm.vcpus).expect("learn the VM");
+    r.reset(&vmm.vm, &mut vmm.vcpus).expect("power-on RESET");
+    dirty(&mut vmm);
+    let dirtied = devices(&vmm.vm);
+    let bsp_regs = vmm.vcpus[0].get_regs().expect("KVM_GET_REGS");
+    let ap_mp = vmm.vcpus[1].get_mp_state().expect("KVM_GET_MP_STATE");
+
+    vmm.vcpus.swap(0, 1);
+    let e = r
+        .reset(&vmm.vm, &mut vmm.vcpus)
+        .expect_err("vCPU 1's fd where vCPU 0's belongs");
+    println!("{e}");
+    let source = std::error::Error::source(&e).map(ToString::to_string);
+    assert!(
+        matches!(
+            e,
+            vcpu_reset::VmResetError::Vcpu {
+                index: 0,
+                source: vcpu_reset::VcpuResetError::NotThisVcpu { vcpu: Some(1), .. }
+            }
+        ),
+        "{e:?}"
+    );
+    assert!(
+        source.is_some_and(|s| s.contains("pass that vCPU's fd")),
+        "the error says what to do"
+    );
+    // SAFETY: the fds are owned by `vmm`, which outlives every use here.
+    let (vm, fds) = unsafe { raw_fds(&vmm) };
+    // SAFETY: the fds are the VM's vCPUs (in the wrong order, which the call refuses), used
+    // by no other thread.
+    let e = unsafe { r.reset_raw(vm, &fds) }.expect_err("raw, in another order");
+    assert!(
+        matches!(e, vcpu_reset::VmResetError::Vcpu { index: 0, .. }),
+        "{e:?}"
+    );
+    vmm.vcpus.swap(0, 1);
+
+    assert_eq!(devices(&vmm.vm), dirtied, "the devices were not restored");
+    assert_eq!(vmm.vcpus[0].get_regs().expect("KVM_GET_REGS"), bsp_regs);
+    assert_eq!(
+        vmm.vcpus[1]
+            .get_mp_state()
+            .expect("KVM_GET_MP_STATE")
+            .mp_state,
+        ap_mp.mp_state
+    );
+    // In the right order it reboots as ever.
+    r.reset(&vmm.vm, &mut vmm.vcpus).expect("reboot");
+    assert_rebooted(&mut vmm, &created);
 }

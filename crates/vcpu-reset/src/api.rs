@@ -1,6 +1,6 @@
 //! [`VcpuReset`]: what vcpu-reset knows about one of a VMM's vCPUs, kept beside the VMM's fd.
 
-use std::os::fd::{AsRawFd, BorrowedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 use std::ptr::NonNull;
 
 use kvm_ioctls::{VcpuFd, VmFd};
@@ -45,11 +45,30 @@ pub enum VcpuResetError {
         /// The error mmap returned.
         errno: vmm_sys_util::errno::Error,
     },
+    /// The fd lent to the call is not this [`VcpuReset`]'s vCPU: another vCPU's (of this VM or,
+    /// where KVM names it the same, of another), a VM's, `/dev/kvm`, or no KVM file at all.
+    /// Nothing was done: no ioctl, no mapping, and what the `VcpuReset` knows still holds.
+    #[error(
+        "{op} of vCPU {id}: fd {fd} is {found}, not vCPU {id} — a VcpuReset belongs to the one vCPU it was created for: pass that vCPU's fd, and another vCPU's fd to that vCPU's own VcpuReset (nothing was changed)"
+    )]
+    NotThisVcpu {
+        /// What was asked: "RESET", "INIT", "settle" or "verify".
+        op: &'static str,
+        /// The vCPU id this `VcpuReset` was created for.
+        id: u64,
+        /// The fd given.
+        fd: RawFd,
+        /// What the fd is, as `/proc/self/fd` names it ("vCPU 1", "`anon_inode:kvm-vm`", ...).
+        found: String,
+        /// The vCPU id the fd names, where it is a KVM vCPU fd.
+        vcpu: Option<u64>,
+    },
     /// A call on the vCPU failed. `call` names the ioctl and `class` the state class it
     /// moves, where the failure was one.
     #[error(
-        "{op} of vCPU {id} failed{at}: {source} — the vCPU fd is still the VMM's; vcpu-reset no longer trusts what it knew of this vCPU's state, so the next RESET writes all of it: call reset() again",
-        at = at(*call, *class)
+        "{op} of vCPU {id} failed{at}: {source} — the vCPU fd is still the VMM's; vcpu-reset no longer trusts what it knew of this vCPU's state, so the next RESET writes all of it: {next}; do not KVM_RUN the vCPU until a call succeeds (half-written deferred stores may sit in its kvm_run)",
+        at = at(*call, *class),
+        next = next_step(op)
     )]
     Failed {
         /// What was asked: "RESET", "INIT", "settle" or "verify".
@@ -72,6 +91,7 @@ impl VcpuResetError {
             VcpuResetError::Refused { id, .. }
             | VcpuResetError::UnknownVendor { id, .. }
             | VcpuResetError::Map { id, .. }
+            | VcpuResetError::NotThisVcpu { id, .. }
             | VcpuResetError::Failed { id, .. } => *id,
         }
     }
@@ -83,6 +103,27 @@ fn at(call: Option<Ioctl>, class: Option<StateClass>) -> String {
         (Some(call), None) => format!(" in {call}"),
         _ => String::new(),
     }
+}
+
+/// What to call after `op` failed.
+fn next_step(op: &str) -> &'static str {
+    match op {
+        "INIT" => "call init() again (or reset())",
+        "settle" => "call settle() again (or reset())",
+        "verify" => "call verify() again (or reset())",
+        _ => "call reset() again",
+    }
+}
+
+/// What `/proc/self/fd` names `fd`, where procfs shows it.
+fn fd_name(fd: RawFd) -> Option<String> {
+    let link = std::fs::read_link(format!("/proc/self/fd/{fd}")).ok()?;
+    Some(link.to_string_lossy().into_owned())
+}
+
+/// The vCPU id KVM named a vCPU fd with (`anon_inode:kvm-vcpu:<id>`).
+fn vcpu_id_named(name: &str) -> Option<u64> {
+    name.strip_prefix("anon_inode:kvm-vcpu:")?.parse().ok()
 }
 
 /// The ioctl a failure came from, where it came from one.
@@ -129,8 +170,10 @@ fn failed_ioctl(e: &EngineError) -> Option<Ioctl> {
 ///   first instruction were the OUT at the reset vector), MMIO, MSR or hypercall exits; not a
 ///   shutdown (triple fault) or a halt;
 /// - the first RESET checks the host's INIT against the spec: it reads the classes back once
-///   (7 loads on the Intel host here: 10 calls in all), and [`VcpuReset::new`] itself makes
-///   the adoption's checks and reads and KVM_GET_STATS_FD (9 calls here).
+///   (7 loads on the Intel host here: 10 calls in all with KVM's LINT0_REENABLED quirk off,
+///   11 with it on), and [`VcpuReset::new`] itself makes the adoption's checks and reads, one
+///   KVM_SET_MSRS probing the MSRs KVM may refuse a host write of, and KVM_GET_STATS_FD (10
+///   calls here).
 ///
 /// Measured on the project's Intel host (nested `kvm_pvm`, Linux 6.18) by
 /// `vcpu_reset_api_kvm`, for a BSP whose guest exited on a port output: with KVM's
@@ -139,8 +182,9 @@ fn failed_ioctl(e: &EngineError) -> Option<Ioctl> {
 /// since the last; with the quirk on (KVM's default), 5 and the KVM_RUN (KVM_SET_MSRS,
 /// KVM_GET_MP_STATE, KVM_SET_LAPIC, KVM_SET_XSAVE, KVM_SET_XCRS), 3 with no run since. An AP
 /// that never ran: 1. The raw-fd calls cost the same ioctls, and an mmap and a munmap of
-/// `kvm_run` (a few µs; not ioctls). A VMM that turns the quirk off saves a KVM_SET_LAPIC and
-/// a KVM_GET_MP_STATE per RESET.
+/// `kvm_run` (not ioctls; the munmap's TLB flush interrupts the CPUs running the VMM's other
+/// vCPU threads: see [`VcpuReset::reset_raw`]). A VMM that turns the quirk off saves a
+/// KVM_SET_LAPIC and a KVM_GET_MP_STATE per RESET.
 ///
 /// Without an in-kernel irqchip, x2APIC in the CPUID or sync regs on the host, KVM's INIT
 /// cannot do the bulk and a RESET stores every class (about 9 ioctls).
@@ -174,6 +218,17 @@ fn failed_ioctl(e: &EngineError) -> Option<Ioctl> {
 /// sync regs KVM's INIT could not do the bulk of the RESET (REGS, SREGS and EVENTS must be
 /// stored after it, at the VMM's next run), and a RESET would cost about 9 ioctls.
 ///
+/// # One vCPU
+///
+/// A `VcpuReset` belongs to the vCPU it was created for: what it knows (identity: BSP or not,
+/// APIC ID; the MSRs held; the count of guest entries its "untouched" shortcut trusts) is that
+/// vCPU's. Every call checks the fd it is lent before using it: `/proc/self/fd` must name it
+/// `anon_inode:kvm-vcpu:<id>` with this handle's id (one readlink, about a µs, no ioctl;
+/// made at every call, not cached by fd number, since a closed fd's number comes back for the
+/// next file opened). Another vCPU's fd is [`VcpuResetError::NotThisVcpu`] and nothing
+/// changes. Not detected: a vCPU of *another VM* with the same id (KVM names it the same), and
+/// any fd where procfs is not mounted (the check is then skipped).
+///
 /// # What "untouched" trusts
 ///
 /// The 2-ioctl path is taken where the vCPU's count of guest entries has not moved since the
@@ -204,6 +259,12 @@ enum Lent<'a> {
 
 impl VcpuReset {
     /// Learn vCPU `id` of `vm`, which the VMM created and gave a CPUID (KVM_SET_CPUID2).
+    ///
+    /// Learning reads the vCPU and, to find which MSRs KVM lets the host write (it may refuse
+    /// MSR_KVM_STEAL_TIME, MSR_KVM_ASYNC_PF_INT and Hyper-V's SINT0–15), writes those MSRs'
+    /// RESET values and puts back each value the vCPU had that differs (a KVM_SET_MSRS each;
+    /// none on a vCPU that never ran, whose values are the RESET ones). A put-back KVM refuses
+    /// is an error ([`Ioctl::SetMsrsWriteBack`]). Best made before the guest first runs.
     ///
     /// # Errors
     /// [`VcpuResetError::Refused`] (wrong id or VM, no CPUID; as [`KvmVcpu::adopt`] checks),
@@ -264,7 +325,7 @@ impl VcpuReset {
             .map_err(|e| VcpuResetError::Refused {
                 id,
                 refusal: AdoptRefusal::Ioctl(crate::backend::kvm::IoctlError::new(
-                    Ioctl::CheckExtension,
+                    Ioctl::GetVcpuMmapSize,
                     e,
                 )),
             })?;
@@ -349,9 +410,12 @@ impl VcpuReset {
     /// Table 14-1, for the CPU model its CPUID presents): the VMM's next KVM_RUN starts there.
     /// [`Outcome::calls`] is what the call cost, attach included (see the type's `# Cost`).
     ///
+    /// `vcpu` must be the fd of the vCPU this `VcpuReset` was created for: a handle belongs to
+    /// one vCPU, and another's fd is refused ([`VcpuResetError::NotThisVcpu`]), unchanged.
+    ///
     /// # Errors
-    /// [`VcpuResetError::Failed`], naming the ioctl and class; the fd stays the VMM's and the
-    /// next `reset()` writes every class again.
+    /// [`VcpuResetError::NotThisVcpu`]; [`VcpuResetError::Failed`], naming the ioctl and
+    /// class; the fd stays the VMM's and the next `reset()` writes every class again.
     pub fn reset(&mut self, vcpu: &mut VcpuFd) -> Result<Outcome, VcpuResetError> {
         self.with(Lent::Typed(vcpu), "RESET", |v| v.reset())
             .map(|(o, _)| o)
@@ -400,31 +464,51 @@ impl VcpuReset {
     }
 
     /// [`VcpuReset::reset`] of a vCPU given by its raw fd (a VMM on another kvm-ioctls
-    /// version, its own bindings, C). Its `kvm_run` page is mapped for the call (one mmap
-    /// and one munmap, which are not ioctls and cost a few µs; the mapping is the same page
-    /// the VMM's own maps).
+    /// version, its own bindings, C). Its `kvm_run` page is mapped for the call (one mmap and
+    /// one munmap, not ioctls; the mapping is the same page the VMM's own maps). The munmap of
+    /// a shared mapping flushes it from the TLBs of every CPU the process's threads ran on:
+    /// alone a few µs, but in a VMM whose other vCPU threads are in the guest it interrupts
+    /// their CPUs (an IPI each, a guest exit on each), so a reboot that RESETs every vCPU is
+    /// best made while they are all out of KVM_RUN; the typed calls, which use the VMM's own
+    /// mapping, make neither.
+    ///
+    /// The fd is checked first (`/proc/self/fd` must name it `anon_inode:kvm-vcpu:<id>` with
+    /// this handle's id; see [`VcpuResetError::NotThisVcpu`]), so another vCPU's fd, a VM's or
+    /// a regular file is an error before anything is mapped or asked of it.
+    ///
+    /// # Safety
+    /// `vcpu` must be the KVM vCPU fd of this handle's vCPU (where procfs is not mounted the
+    /// check above cannot be made), and for the length of the call no other thread may make
+    /// an ioctl on that vCPU (KVM_RUN included) or read or write its `kvm_run` page: the call
+    /// takes the page as its own, and a guest run at the same time would race with it.
     ///
     /// # Errors
-    /// As [`VcpuReset::reset`], and [`VcpuResetError::Map`].
-    pub fn reset_raw(&mut self, vcpu: BorrowedFd<'_>) -> Result<Outcome, VcpuResetError> {
+    /// As [`VcpuReset::reset`], and [`VcpuResetError::NotThisVcpu`], [`VcpuResetError::Map`].
+    pub unsafe fn reset_raw(&mut self, vcpu: BorrowedFd<'_>) -> Result<Outcome, VcpuResetError> {
         self.with(Lent::Raw(vcpu), "RESET", |v| v.reset())
             .map(|(o, _)| o)
     }
 
     /// [`VcpuReset::init`] of a vCPU given by its raw fd, as [`VcpuReset::reset_raw`].
     ///
+    /// # Safety
+    /// As [`VcpuReset::reset_raw`].
+    ///
     /// # Errors
     /// As [`VcpuReset::reset_raw`].
-    pub fn init_raw(&mut self, vcpu: BorrowedFd<'_>) -> Result<Outcome, VcpuResetError> {
+    pub unsafe fn init_raw(&mut self, vcpu: BorrowedFd<'_>) -> Result<Outcome, VcpuResetError> {
         self.with(Lent::Raw(vcpu), "INIT", |v| v.init())
             .map(|(o, _)| o)
     }
 
-    /// [`VcpuReset::settle`] of a vCPU given by its raw fd.
+    /// [`VcpuReset::settle`] of a vCPU given by its raw fd, as [`VcpuReset::reset_raw`].
+    ///
+    /// # Safety
+    /// As [`VcpuReset::reset_raw`].
     ///
     /// # Errors
     /// As [`VcpuReset::reset_raw`].
-    pub fn settle_raw(&mut self, vcpu: BorrowedFd<'_>) -> Result<Stats, VcpuResetError> {
+    pub unsafe fn settle_raw(&mut self, vcpu: BorrowedFd<'_>) -> Result<Stats, VcpuResetError> {
         self.with(Lent::Raw(vcpu), "settle", |v| {
             v.cache_mut()
                 .backend_mut()
@@ -434,11 +518,17 @@ impl VcpuReset {
         .map(|(_, stats)| stats)
     }
 
-    /// [`VcpuReset::verify`] of a vCPU given by its raw fd.
+    /// [`VcpuReset::verify`] of a vCPU given by its raw fd, as [`VcpuReset::reset_raw`].
+    ///
+    /// # Safety
+    /// As [`VcpuReset::reset_raw`].
     ///
     /// # Errors
     /// As [`VcpuReset::reset_raw`].
-    pub fn verify_raw(&mut self, vcpu: BorrowedFd<'_>) -> Result<Vec<Deviation>, VcpuResetError> {
+    pub unsafe fn verify_raw(
+        &mut self,
+        vcpu: BorrowedFd<'_>,
+    ) -> Result<Vec<Deviation>, VcpuResetError> {
         self.with(Lent::Raw(vcpu), "verify", |v| {
             v.cache_mut()
                 .backend_mut()
@@ -449,7 +539,32 @@ impl VcpuReset {
         .map(|(d, _)| d)
     }
 
-    /// Attach `lent`, run `op`, detach (always), and count what it all cost.
+    /// Check that `fd` is this handle's vCPU: `/proc/self/fd` must name it
+    /// `anon_inode:kvm-vcpu:<id>` with this handle's id (one readlink, no ioctl, about a µs;
+    /// made at every call rather than cached by fd number, since a VMM may close a vCPU fd and
+    /// get the number back for another file). Where procfs does not show the fd (no `/proc`
+    /// in a sandbox), nothing is checked.
+    ///
+    /// # Errors
+    /// [`VcpuResetError::NotThisVcpu`].
+    pub(crate) fn check_fd(&self, op: &'static str, fd: RawFd) -> Result<(), VcpuResetError> {
+        let Some(name) = fd_name(fd) else {
+            return Ok(());
+        };
+        let vcpu = vcpu_id_named(&name);
+        if vcpu == Some(self.id) {
+            return Ok(());
+        }
+        Err(VcpuResetError::NotThisVcpu {
+            op,
+            id: self.id,
+            fd,
+            found: vcpu.map_or_else(|| format!("`{name}`"), |v| format!("vCPU {v}")),
+            vcpu,
+        })
+    }
+
+    /// Attach `lent`, run `op`, detach (always, on a panic too), and count what it all cost.
     fn with<T>(
         &mut self,
         lent: Lent<'_>,
@@ -460,24 +575,35 @@ impl VcpuReset {
         T: WithCalls,
     {
         let id = self.id;
+        let raw = match &lent {
+            Lent::Typed(fd) => fd.as_raw_fd(),
+            Lent::Raw(fd) => fd.as_raw_fd(),
+        };
+        // Before anything touches the fd (an mmap of a file that is not a vCPU's could fault).
+        self.check_fd(op, raw)?;
         let before = self.vcpu.cache().backend_stats();
-        let kv = self.vcpu.cache_mut().backend_mut();
+        let mut loan = Loan {
+            vcpu: &mut self.vcpu,
+            ended: false,
+        };
+        let kv = loan.vcpu.cache_mut().backend_mut();
         let attached = match lent {
             Lent::Typed(fd) => {
-                let raw = fd.as_raw_fd();
                 let run = NonNull::from(fd.get_kvm_run());
                 // SAFETY: `fd` and its `kvm_run` mapping are borrowed mutably for this whole
-                // call, and `detach` below ends the loan before it returns.
+                // call, and the loan ends (`detach`, in `Loan::end` or its drop) before it
+                // returns.
                 unsafe { kv.attach(raw, run) }
             }
             Lent::Raw(fd) => {
-                // SAFETY: `fd` is borrowed for this whole call, and `detach` below ends the
-                // loan (and unmaps) before it returns.
-                unsafe { kv.attach_mapping(fd) }.map_err(|errno| VcpuResetError::Map {
-                    op,
-                    id,
-                    errno,
-                })?;
+                // SAFETY: `fd` is borrowed for this whole call, and the loan ends (and the
+                // mapping with it) before it returns; the caller of the raw entry vouches that
+                // nothing else uses the vCPU meanwhile.
+                if let Err(errno) = unsafe { kv.attach_mapping(fd) } {
+                    // Nothing was attached (the failed mapping left the vCPU detached).
+                    loan.ended = true;
+                    return Err(VcpuResetError::Map { op, id, errno });
+                }
                 kv.after_attach()
             }
         };
@@ -485,18 +611,11 @@ impl VcpuReset {
             .map_err(|e| EngineError::Cache(e.into()))
             .and_then(|()| {
                 // The VMM may have run the vCPU or changed it: nothing cached is current.
-                self.vcpu.cache_mut().invalidate();
-                f(&mut self.vcpu)
+                loan.vcpu.cache_mut().invalidate();
+                f(&mut *loan.vcpu)
             });
-        let kv = self.vcpu.cache_mut().backend_mut();
-        if result.is_err() {
-            kv.distrust();
-        }
-        kv.detach();
-        if result.is_err() {
-            self.vcpu.cache_mut().invalidate();
-        }
-        let calls = self.vcpu.cache().backend_stats().since(&before);
+        loan.end(result.is_err());
+        let calls = loan.vcpu.cache().backend_stats().since(&before);
         match result {
             Ok(mut t) => {
                 t.set_calls(calls);
@@ -513,6 +632,43 @@ impl VcpuReset {
                 })
             }
         }
+    }
+}
+
+/// A vCPU lent for one call: ends the loan when dropped, so that a panic (caught by the VMM)
+/// cannot leave the fd attached; what is known of the vCPU's state is then distrusted.
+struct Loan<'a> {
+    vcpu: &'a mut Vcpu<KvmVcpu>,
+    ended: bool,
+}
+
+impl Loan<'_> {
+    /// End the loan; after a failure, distrust what is known of the vCPU's state.
+    fn end(&mut self, failed: bool) {
+        self.ended = true;
+        finish(self.vcpu, failed);
+    }
+}
+
+impl Drop for Loan<'_> {
+    fn drop(&mut self) {
+        // Reached with the loan still on only when unwinding.
+        if !self.ended {
+            finish(self.vcpu, true);
+        }
+    }
+}
+
+/// Detach the lent fd; where the call failed, nothing learned about the vCPU's current state
+/// is trusted any more.
+fn finish(vcpu: &mut Vcpu<KvmVcpu>, failed: bool) {
+    let kv = vcpu.cache_mut().backend_mut();
+    if failed {
+        kv.distrust();
+    }
+    kv.detach();
+    if failed {
+        vcpu.cache_mut().invalidate();
     }
 }
 

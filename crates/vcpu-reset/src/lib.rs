@@ -86,6 +86,38 @@
 //! - Fields a host's KVM cannot hold are reported by `verify()` as
 //!   [`DeviationKind::NotHeld`](engine::DeviationKind::NotHeld), not silently skipped.
 //!
+//! # System calls, for seccomp filters
+//!
+//! What the library asks of the kernel, for a sandboxed VMM whose filter must allow it:
+//!
+//! - [`KvmHost::open`](backend::kvm::KvmHost::open), once (best before the sandbox is
+//!   entered): `openat` of `/dev/kvm` (and, when that fails, `statx` of it and `openat` of
+//!   `/etc/group` to say who may open it),
+//!   and on its fd KVM_GET_API_VERSION, KVM_CHECK_EXTENSION, KVM_GET_SUPPORTED_CPUID and
+//!   KVM_GET_MSR_INDEX_LIST; [`VcpuReset::from_raw_fds`] adds KVM_GET_VCPU_MMAP_SIZE.
+//! - On the VM fd: KVM_CHECK_EXTENSION, KVM_SET_BOOT_CPU_ID (a probe that changes nothing) and
+//!   KVM_GET_IRQCHIP when a vCPU is learned; KVM_GET_IRQCHIP, KVM_GET_PIT2, KVM_SET_IRQCHIP and
+//!   KVM_SET_PIT2 for the devices ([`VmReset`],
+//!   [`VmDevices`](backend::kvm::VmDevices)); KVM_CHECK_EXTENSION and KVM_ENABLE_CAP from
+//!   [`disable_lint0_quirk`](backend::kvm::disable_lint0_quirk).
+//! - On the vCPU fd: KVM_GET_CPUID2, KVM_GET_STATS_FD (when learned), and any of
+//!   KVM_GET/SET_REGS, _SREGS, _SREGS2, _DEBUGREGS, _XSAVE (KVM_GET_XSAVE2), _XCRS, _MSRS,
+//!   _LAPIC, _MP_STATE, _VCPU_EVENTS, _NESTED_STATE, KVM_GET_FPU, and KVM_RUN (only with
+//!   `immediate_exit` set, to complete the VMM's last exit; the guest is never entered).
+//! - `readlink` of `/proc/self/fd/<fd>` at every call (and when a vCPU is learned), to check
+//!   the fd is the vCPU's.
+//! - `pread64` on the vCPU's statistics fd (its count of guest entries: when learned, and at
+//!   the calls that check whether the vCPU ran), and `close` of it when the [`VcpuReset`] is
+//!   dropped.
+//! - The raw-fd calls ([`VcpuReset::reset_raw`] and the C API): `mmap` and `munmap` of the
+//!   vCPU's `kvm_run` page, one each per call.
+//! - [`VmReset`] with [`VmReset::set_threads`] above 1, and 16 vCPUs or more: `clone3` (with
+//!   the `mmap`, `mprotect`, `munmap`, `rt_sigprocmask`, `set_robust_list`, `sched_getaffinity`
+//!   and `futex` that starting and joining a Rust thread makes). A `clone3` refused with an
+//!   error only keeps the work on the calling thread; one that kills the process cannot be
+//!   survived, so leave the default (1: no thread).
+//! - Memory allocation (`brk`/`mmap`/`munmap` through the allocator) and `futex`.
+//!
 //! # The crate
 //!
 //! - [`spec`] (re-exported `vcpu-reset-spec`): the state after RESET and INIT, cited.

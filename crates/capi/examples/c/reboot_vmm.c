@@ -199,6 +199,15 @@ int main(void) {
         fprintf(stderr, "vcpu-reset: %s\n", vcpu_reset_last_error());
         return 1;
     }
+    /* A handle belongs to its vCPU: another vCPU's fd is refused and nothing changes. */
+    int other = check(ioctl(vm, KVM_CREATE_VCPU, 1), "KVM_CREATE_VCPU(1)");
+    if (vcpu_reset_reset(r, other) != -1) {
+        fprintf(stderr, "vCPU 1's fd was taken for vCPU 0's handle\n");
+        return 1;
+    }
+    printf("another vCPU's fd refused: %s\n", vcpu_reset_last_error());
+    close(other);
+
     int calls = vcpu_reset_reset(r, vcpu);
     if (calls < 0) {
         fprintf(stderr, "power-on RESET failed: %s\n", vcpu_reset_last_error());

@@ -46,6 +46,8 @@ pub enum Ioctl {
     GetSupportedCpuid,
     /// KVM_GET_MSR_INDEX_LIST, on `/dev/kvm`.
     GetMsrIndexList,
+    /// KVM_GET_VCPU_MMAP_SIZE, on `/dev/kvm`: the size of a vCPU's `kvm_run` mapping.
+    GetVcpuMmapSize,
     /// KVM_CHECK_EXTENSION, on a VM.
     CheckExtension,
     /// KVM_SET_IDENTITY_MAP_ADDR, on a VM.
@@ -114,6 +116,9 @@ pub enum Ioctl {
     GetNestedState,
     /// KVM_SET_NESTED_STATE.
     SetNestedState,
+    /// KVM_SET_MSRS putting back, after learning a vCPU, the value of an MSR whose host write
+    /// was probed with its RESET value (steal time, the async-PF interrupt, a Hyper-V SINT).
+    SetMsrsWriteBack,
     /// KVM_RUN.
     Run,
     /// KVM_RUN with stores deferred through sync regs (`kvm_dirty_regs`), which KVM applies at
@@ -133,6 +138,7 @@ impl Ioctl {
             Ioctl::CreateVm => "KVM_CREATE_VM",
             Ioctl::GetSupportedCpuid => "KVM_GET_SUPPORTED_CPUID",
             Ioctl::GetMsrIndexList => "KVM_GET_MSR_INDEX_LIST",
+            Ioctl::GetVcpuMmapSize => "KVM_GET_VCPU_MMAP_SIZE",
             Ioctl::CheckExtension => "KVM_CHECK_EXTENSION",
             Ioctl::SetIdentityMapAddr => "KVM_SET_IDENTITY_MAP_ADDR",
             Ioctl::SetTssAddr => "KVM_SET_TSS_ADDR",
@@ -167,6 +173,7 @@ impl Ioctl {
             Ioctl::SetVcpuEvents => "KVM_SET_VCPU_EVENTS",
             Ioctl::GetNestedState => "KVM_GET_NESTED_STATE",
             Ioctl::SetNestedState => "KVM_SET_NESTED_STATE",
+            Ioctl::SetMsrsWriteBack => "KVM_SET_MSRS",
             Ioctl::Run | Ioctl::RunDeferredStores | Ioctl::RunImmediateExit => "KVM_RUN",
         }
     }
@@ -184,6 +191,9 @@ impl Ioctl {
             }
             Ioctl::GetMsrIndexList => {
                 "the host's KVM cannot list its MSRs; check dmesg for KVM errors"
+            }
+            Ioctl::GetVcpuMmapSize => {
+                "the host's KVM cannot give the size of a vCPU's kvm_run mapping; check that the KvmHost's /dev/kvm fd is open and dmesg for KVM errors"
             }
             Ioctl::CheckExtension => "the VM did not answer; check dmesg for KVM errors",
             Ioctl::SetIdentityMapAddr => {
@@ -251,6 +261,9 @@ impl Ioctl {
             Ioctl::Run => {
                 "the vCPU cannot run: check that guest memory covers CS:RIP and that the stored state is consistent"
             }
+            Ioctl::SetMsrsWriteBack => {
+                "KVM took the RESET value of an MSR the vCPU was probed for (steal time, the async-PF interrupt or a Hyper-V SINT) but refused the value the vCPU had before, which it now lacks: RESET the vCPU before it runs again, and learn vCPUs before their guest first runs"
+            }
             Ioctl::RunDeferredStores => {
                 "KVM rejected REGS/SREGS/EVENTS stored through sync regs at entry, and those stores were dropped; store valid state again"
             }
@@ -269,7 +282,7 @@ impl Ioctl {
             Ioctl::GetDebugregs | Ioctl::SetDebugregs => C::Debug,
             Ioctl::GetFpu | Ioctl::GetXsave | Ioctl::GetXsave2 | Ioctl::SetXsave => C::Fpu,
             Ioctl::GetXcrs | Ioctl::SetXcrs => C::Xcrs,
-            Ioctl::GetMsrs | Ioctl::SetMsrs => C::Msrs,
+            Ioctl::GetMsrs | Ioctl::SetMsrs | Ioctl::SetMsrsWriteBack => C::Msrs,
             Ioctl::GetLapic | Ioctl::SetLapic => C::Lapic,
             Ioctl::GetMpState | Ioctl::SetMpState => C::MpState,
             Ioctl::GetVcpuEvents | Ioctl::SetVcpuEvents => C::Events,

@@ -109,6 +109,11 @@ pub(super) fn set_msr_chunks(
 
 impl MsrSet {
     /// Find which of the host's MSRs the vCPU answers, each KVM_GET_MSRS counted in `calls`.
+    ///
+    /// The MSRs whose host write KVM may refuse ([`WRITE_CHECKED`]) are written: their RESET
+    /// values, one KVM_SET_MSRS for all where KVM takes them, then each value read that differs
+    /// put back with one KVM_SET_MSRS of its own. A refused put-back is
+    /// [`Ioctl::SetMsrsWriteBack`]: the vCPU then holds the RESET value there.
     pub(super) fn probe(
         fd: &VcpuIo,
         supported: &[u32],
@@ -169,8 +174,11 @@ impl MsrSet {
                 Err(_) => 0,
             };
             for &(field, reset, data) in &left[..taken] {
-                if reset != data {
-                    write_one(fd, field.1, data, calls)?;
+                // A vCPU that already ran may have had another value: put it back, and fail
+                // (rather than leave the RESET value behind unnoticed) where KVM refuses it.
+                if reset != data && !write_one(fd, field.1, data, calls)? {
+                    return Err(Ioctl::SetMsrsWriteBack
+                        .failed(vmm_sys_util::errno::Error::new(libc::EINVAL)));
                 }
                 set.held.push(field);
             }
