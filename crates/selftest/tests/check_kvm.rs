@@ -147,6 +147,25 @@ fn check_on_kvm_runs_every_scenario_and_vcpu_reset_passes() {
         (fcw.verdict, fcw.actual.as_deref()),
         (Verdict::Finding, Some("0x037f"))
     );
+    // KVM creates an AP of a VM with an in-kernel irqchip in KVM_MP_STATE_UNINITIALIZED (4),
+    // not the wait-for-SIPI (3) RESET gives: a finding, named, not read as running.
+    let ap = find(&r, "create", View::Host, "ap1", "activity.state");
+    assert_eq!(
+        (ap.verdict, ap.expected.as_str(), ap.actual.as_deref()),
+        (Verdict::Finding, "0x3", Some("0x4")),
+        "{ap:?}"
+    );
+    assert!(
+        ap.reason
+            .as_deref()
+            .is_some_and(|w| w.contains("KVM_MP_STATE_UNINITIALIZED")),
+        "{ap:?}"
+    );
+    let bsp = find(&r, "create", View::Host, "bsp", "activity.state");
+    assert_eq!(
+        (bsp.verdict, bsp.actual.as_deref()),
+        (Verdict::Pass, Some("0x0"))
+    );
     let lint0 = find(&r, "create", View::Host, "bsp", "lapic.lvt_lint0");
     assert_eq!(
         (lint0.verdict, lint0.actual.as_deref()),

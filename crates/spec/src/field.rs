@@ -689,7 +689,9 @@ impl Field {
             Field::Xmm(_) | Field::YmmHi(_) | Field::ZmmHi256(..) | Field::Hi16Zmm(..) => 128,
             Field::Lapic(LapicReg::Icr) => 64,
             Field::Lapic(_) | Field::LapicBitmap(..) => 32,
-            Field::Activity => 2,
+            // Encodings 0-3 are VMX's activity states (SDM Vol. 3C, §25.4.2); 4 is
+            // `Activity::Uninitialized`, a host's state outside them, which must survive a read.
+            Field::Activity => 3,
             Field::Event(_) | Field::Nested => 1,
             Field::NestedReg(r) => r.width(),
             _ => 64,
