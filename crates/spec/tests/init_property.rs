@@ -87,6 +87,8 @@ fn model(vendor: Vendor, gp_counters: u8) -> CpuModel {
             Vendor::Amd => [0; vcpu_reset_spec::VMX_CAPABILITY_MSRS],
         },
         sgx_launch_control: vendor == Vendor::Intel,
+        mcg_cap: None,
+        arch_capabilities: None,
     }
 }
 

@@ -30,6 +30,8 @@ const INTEL: CpuModel = CpuModel {
     mtrr_cap: 0x508,
     vmx_capabilities: INTEL_VMX,
     sgx_launch_control: true,
+    mcg_cap: None,
+    arch_capabilities: None,
 };
 
 /// The VMX capability MSRs of the Intel model, 480H–491H: a configuration typed here, distinct
@@ -65,6 +67,8 @@ const AMD: CpuModel = CpuModel {
     mtrr_cap: 0x508,
     vmx_capabilities: [0; VMX_CAPABILITY_MSRS],
     sgx_launch_control: false,
+    mcg_cap: None,
+    arch_capabilities: None,
 };
 
 const MODELS: [CpuModel; 2] = [INTEL, AMD];

@@ -163,7 +163,7 @@ impl Judged<'_> {
                 owner: self.owner,
                 view,
                 vcpu: vcpu_label(id),
-                vendor: self.model.vendor,
+                model: self.model,
                 event: self.event,
                 expected,
                 prior,

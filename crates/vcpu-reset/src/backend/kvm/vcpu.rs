@@ -454,7 +454,8 @@ impl KvmVcpu {
     /// in-kernel irqchip or MTRRs, the APIC version and IA32_MTRRCAP are those of
     /// [`CpuModel::generic`]. The VMX capabilities are the MSRs as they read at creation (0
     /// where the host offers no nested VMX); SGX launch control is offered where the
-    /// launch-enclave hash MSRs are held.
+    /// launch-enclave hash MSRs are held; IA32_MCG_CAP and IA32_ARCH_CAPABILITIES as they read
+    /// at creation (not known where KVM refused the read).
     pub fn cpu_model(&self) -> Option<CpuModel> {
         let vendor = self.vendor()?;
         let generic = CpuModel::generic(vendor);
@@ -466,6 +467,8 @@ impl KvmVcpu {
             mtrr_cap: self.mtrr_cap().unwrap_or(generic.mtrr_cap),
             vmx_capabilities: self.msrs.vmx_capabilities(),
             sgx_launch_control: self.msrs.sgx_launch_control(),
+            mcg_cap: self.msrs.mcg_cap(),
+            arch_capabilities: self.msrs.arch_capabilities(),
         })
     }
 
