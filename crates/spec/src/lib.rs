@@ -56,6 +56,7 @@ pub use rule::{
 pub use state::{
     Activity, DescriptorTable, Events, FIXED_MTRRS, Fpu, GPRS, Lapic, MCE_BANKS, McBank, Msrs,
     Nested, SGX_LE_HASH_MSRS, Segment, VARIABLE_MTRRS, VMX_CAPABILITY_MSRS, VcpuState, Vectors,
+    tile_word,
 };
 
 /// The row for `field` in `vendor`'s table for `event`.

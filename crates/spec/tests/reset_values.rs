@@ -146,6 +146,9 @@ fn dirty_prior() -> VcpuState {
             zmm_hi256: [[0x2222_2222_2222_2222_2222_2222_2222_2222; 2]; 16],
             hi16_zmm: [[0x3333_3333_3333_3333_3333_3333_3333_3333; 4]; 16],
             opmask: [0xffff_0000_ffff_0000; 8],
+            // Palette 1 and some bytes-per-row and rows; every tile byte 0x44.
+            xtilecfg: [1, 0x40, 0x40 << 64, 0x10],
+            xtiledata: [[0x4444_4444_4444_4444_4444_4444_4444_4444; 32]; 16],
         },
         xcr0: 0xe7,
         pkru: 0x5555_5554,
@@ -649,6 +652,11 @@ fn vector_registers_zero_after_reset() {
             assert_eq!(s.vectors.zmm_hi256, [[0; 2]; 16]);
             assert_eq!(s.vectors.hi16_zmm, [[0; 4]; 16]);
             assert_eq!(s.vectors.opmask, [0; 8]);
+            // AMX's XTILECFG and XTILEDATA in their initial configuration: all zero (SDM
+            // Vol. 2A, LDTILECFG: palette 0 is the INIT state, tiles zeroed).
+            assert_eq!(s.vectors.xtilecfg, [0; 4]);
+            assert_eq!(s.vectors.xtiledata, [[0; 32]; 16]);
+            assert_eq!(val(&s, "tmm7.63"), 0);
         }
     }
 }
@@ -704,6 +712,15 @@ fn init_keeps_x87_sse_avx_xcr0_and_pkru() {
                 [[0x3333_3333_3333_3333_3333_3333_3333_3333; 4]; 16]
             );
             assert_eq!(s.vectors.opmask, [0xffff_0000_ffff_0000; 8]);
+            assert_eq!(
+                s.vectors.xtilecfg,
+                [1, 0x40, 0x40 << 64, 0x10],
+                "INIT keeps the tiles"
+            );
+            assert_eq!(
+                s.vectors.xtiledata,
+                [[0x4444_4444_4444_4444_4444_4444_4444_4444; 32]; 16]
+            );
             assert_eq!(s.xcr0, 0xe7);
             assert_eq!(s.pkru, 0x5555_5554);
         }

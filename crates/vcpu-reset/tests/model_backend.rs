@@ -417,6 +417,8 @@ fn a_poisoned_vcpu_lists_every_location() {
         "cr2",
         "xsave x87.st7",
         "xsave zmm31.3",
+        "xsave xtilecfg.0",
+        "xsave tmm7.63",
         "msr 0x1b msr.ia32_apic_base",
         "msr 0x427 msr.ia32_mc9_misc",
         "apic 0x020 lapic.id",
@@ -475,6 +477,12 @@ fn a_poisoned_vcpu_loads_poison_everywhere() {
     assert_eq!(s.fpu.st[0], poison_pattern(80));
     assert_eq!(s.fpu.fop, 0x5a5);
     assert_eq!(s.vectors.xmm[15], poison_pattern(128));
+    assert_eq!(s.vectors.xtilecfg[0], poison_pattern(128));
+    assert_eq!(
+        s.vectors.xtiledata[15][31],
+        poison_pattern(128),
+        "TMM7's last word"
+    );
     assert_eq!(s.pkru, 0xa5a5_a5a5);
     assert_eq!(s.msrs.sysenter_cs, 0xa5a5_a5a5);
     assert_eq!(s.msrs.apic_base, P64);

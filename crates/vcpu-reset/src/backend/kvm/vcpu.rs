@@ -635,9 +635,12 @@ impl Backend for KvmVcpu {
         match field {
             Field::Pdptr(_) => self.caps.sregs2,
             Field::X87(X87::Fcs | X87::Fds) => false,
-            Field::YmmHi(_) | Field::ZmmHi256(..) | Field::Hi16Zmm(..) | Field::Opmask(_) => {
-                self.xsave.holds(field)
-            }
+            Field::YmmHi(_)
+            | Field::ZmmHi256(..)
+            | Field::Hi16Zmm(..)
+            | Field::Opmask(_)
+            | Field::TileCfg(_)
+            | Field::TileData(..) => self.xsave.holds(field),
             Field::Pkru => self.xsave.holds(field),
             Field::Lapic(LapicReg::LvtCmci) => self.lapic_cmci,
             Field::Event(EventFlag::Smm | EventFlag::SmiPending) => self.caps.x86_smm,
