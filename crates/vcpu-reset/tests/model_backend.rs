@@ -326,6 +326,34 @@ fn events_use_the_interruptibility_state() {
     assert!(!back.events.nmi_pending);
 }
 
+/// An AP a host never started is a state to read, not to store: the model refuses it as KVM's
+/// backend does, and keeps what it held.
+#[test]
+fn an_uninitialized_activity_state_is_refused_on_store() {
+    let mut m = ModelVcpu::new();
+    let wait = VcpuState {
+        activity: Activity::WaitForSipi,
+        ..VcpuState::default()
+    };
+    m.store(StateClass::MpState, &wait).unwrap();
+    let never_started = VcpuState {
+        activity: Activity::Uninitialized,
+        ..VcpuState::default()
+    };
+    let err = m.store(StateClass::MpState, &never_started).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            BackendError::Invalid {
+                what: "activity state",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert_eq!(m.vmread(GUEST_ACTIVITY_STATE).unwrap(), 3);
+}
+
 #[test]
 fn an_invalid_activity_state_is_refused_on_load() {
     let mut m = ModelVcpu::new();
@@ -709,7 +737,7 @@ fn the_guest_sees_the_same_mapping() {
                     what: "vmxon",
                     why: e.to_string(),
                 })?;
-            // Bits beyond the field's two are dropped: 9 is HLT (1).
+            // Bits beyond the field's three are dropped: 9 is HLT (1).
             g.set(Field::Activity, 9)
         })();
         match r {

@@ -757,7 +757,14 @@ impl Storage {
                 };
                 self.vmcs_write(enc, ar, via)
             }
-            // `v` is masked to the field's two bits: always an activity-state encoding.
+            // The VMCS holds the four VMX activity states (SDM Vol. 3C §25.4.2); the field's
+            // fifth encoding, a host's never-started AP, is not one to store (as on KVM).
+            Home::Activity if v > 3 => Err(BackendError::Invalid {
+                what: "activity state",
+                why: format!(
+                    "{v:#x} is no VMX activity state (0 active, 1 HLT, 2 shutdown, 3 wait-for-SIPI; SDM Vol. 3C §25.4.2): an AP a host never started (4) is not a state to store; store wait-for-SIPI (3) for an AP"
+                ),
+            }),
             Home::Activity => self.vmcs_write(vmcs::GUEST_ACTIVITY_STATE, v as u64, via),
             Home::Interruptibility(bits) => {
                 let enc = vmcs::GUEST_INTERRUPTIBILITY_STATE;
