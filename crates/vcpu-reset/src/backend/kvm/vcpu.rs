@@ -482,6 +482,13 @@ impl KvmVcpu {
         self.xsave.held_components()
     }
 
+    /// XSAVE components the vCPU's CPUID offers (CPUID.(EAX=0DH,ECX=0) EDX:EAX, the XCR0 bits
+    /// it supports), held or not: a component offered but not held is a host limit (e.g. AMX
+    /// the VMM did not ask for), one not offered does not exist on this vCPU.
+    pub fn xsave_offered(&self) -> u64 {
+        self.xsave.offered()
+    }
+
     fn require(&self, class: StateClass) -> Result<(), BackendError> {
         if self.supported.contains(class) {
             return Ok(());

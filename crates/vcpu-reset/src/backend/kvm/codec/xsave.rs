@@ -98,6 +98,11 @@ impl XsaveLayout {
         self.xcr0 & (X87 | SSE) == X87 | SSE
     }
 
+    /// The components the CPUID offers (CPUID.(EAX=0DH,ECX=0) EDX:EAX), held or not.
+    pub fn offered(&self) -> u64 {
+        self.xcr0
+    }
+
     /// The components held, as an XCR0-style mask.
     pub fn held_components(&self) -> u64 {
         self.offsets
