@@ -15,7 +15,7 @@ use vcpu_reset::backend::Backend;
 use vcpu_reset::backend::kvm::{AdoptRefusal, KvmError, KvmHost, KvmVcpu};
 use vcpu_reset::cache::VcpuCache;
 use vcpu_reset::engine::{DeviationKind, Vcpu};
-use vcpu_reset::spec::Vendor;
+use vcpu_reset::spec::{ARCH_CAP_TSX_CTRL, Applies, Field, MCG_CTL_P, McReg, Msr, Vendor};
 use vcpu_reset_selftest::host::kvm_for_tests;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
@@ -335,6 +335,55 @@ fn an_adopted_bsp_is_reset_exactly_and_handed_back_clean() {
         other => panic!("after RESET the BSP runs the reset vector, got {other:?}"),
     }
     assert_eq!(fd.get_regs().expect("KVM_GET_REGS").rip, 0xfff2);
+}
+
+/// KVM_X86_SETUP_MCE (Linux Documentation/virt/kvm/api.rst): set the vCPU's IA32_MCG_CAP.
+mod mce {
+    #![allow(missing_docs)]
+    vmm_sys_util::ioctl_iow_nr!(KVM_X86_SETUP_MCE, kvm_bindings::KVMIO, 0x9c, u64);
+}
+use mce::KVM_X86_SETUP_MCE;
+
+/// What a VMM configured with KVM_X86_SETUP_MCE reaches the adopted vCPU's CPU model, read with
+/// the KVM_GET_MSRS adoption makes anyway, and decides which machine-check MSRs exist: 4 banks
+/// and MCG_CTL_P only, so IA32_MCG_CTL exists, IA32_MCi_CTL2 (no MCG_CMCI_P), IA32_MCG_EXT_CTL
+/// (no MCG_LMCE_P) and bank 4 do not. IA32_ARCH_CAPABILITIES is whatever KVM gives the vCPU.
+#[test]
+fn adoption_reads_the_capability_msrs_that_decide_which_msrs_exist() {
+    let Some((host, _, signature)) = host_and_vmm() else {
+        return;
+    };
+    let vm = vmm_vm(true, 1, signature);
+    let fd = &vm.vcpus[0];
+    let mcg_cap: u64 = 4 | MCG_CTL_P;
+    // SAFETY: KVM_X86_SETUP_MCE is a vCPU ioctl on `fd`, which `vm` owns; it reads one u64
+    // through the pointer, which `&mcg_cap` provides.
+    let ret = unsafe { vmm_sys_util::ioctl::ioctl_with_ref(fd, KVM_X86_SETUP_MCE(), &mcg_cap) };
+    assert_eq!(ret, 0, "KVM_X86_SETUP_MCE");
+    let arch_capabilities = read_msr(fd, 0x10a);
+    let mut vm = vm;
+    let fd = vm.vcpus.remove(0);
+
+    let kv = KvmVcpu::adopt(&host, &vm.vm, fd, 0).expect("adopt the VMM's vCPU");
+    let model = kv.cpu_model().expect("an Intel or AMD CPUID");
+
+    assert_eq!(model.mcg_cap, Some(mcg_cap));
+    assert_eq!(model.arch_capabilities, Some(arch_capabilities));
+    assert_eq!(model.applies(Field::Msr(Msr::McgCtl)), Applies::Yes);
+    for f in [
+        Field::Msr(Msr::McgExtCtl),
+        Field::Mc(0, McReg::Ctl2),
+        Field::Mc(4, McReg::Status),
+    ] {
+        assert!(matches!(model.applies(f), Applies::No(_)), "{f}");
+    }
+    assert_eq!(model.applies(Field::Mc(3, McReg::Status)), Applies::Yes);
+    let tsx = model.applies(Field::Msr(Msr::TsxCtrl));
+    assert_eq!(
+        tsx == Applies::Yes,
+        arch_capabilities & ARCH_CAP_TSX_CTRL != 0,
+        "{tsx:?}"
+    );
 }
 
 #[test]

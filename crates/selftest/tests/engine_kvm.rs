@@ -250,6 +250,12 @@ fn why_not_held(v: &Vcpu<KvmVcpu>, host: &KvmHost, f: Field) -> Option<&'static 
         Field::Opmask(_) if xsave & (1 << 5) == 0 => Some("no AVX-512"),
         Field::ZmmHi256(..) if xsave & (1 << 6) == 0 => Some("no AVX-512"),
         Field::Hi16Zmm(..) if xsave & (1 << 7) == 0 => Some("no AVX-512"),
+        Field::TileCfg(_) if xsave & (1 << 17) == 0 => {
+            Some("no AMX tile configuration in the vCPU's XSAVE image")
+        }
+        Field::TileData(..) if xsave & (1 << 18) == 0 => {
+            Some("no AMX tile data in the vCPU's XSAVE image")
+        }
         Field::Lapic(LapicReg::LvtCmci) if lvt_entries.is_some_and(|n| n < 7) => {
             Some("the local APIC has no CMCI LVT")
         }

@@ -1,6 +1,7 @@
 //! Hostile input to the CLI (issue "Hostile input"): one test per point, each asserting the exit
 //! status and the message, and that nothing panics.
 
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -16,27 +17,55 @@ fn stderr(o: &Output) -> String {
 }
 
 /// Run `cmd`, killing it after `limit` (a hang or an endless read fails the test instead of
-/// hanging it).
+/// hanging it). Its output is drained while it runs, so a report larger than a pipe's buffer
+/// cannot stall it.
 fn run_limited(mut cmd: Command, limit: Duration) -> Output {
     let mut child = cmd
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    let drain = |r: Option<Box<dyn Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            if let Some(mut r) = r {
+                let _ = r.read_to_end(&mut buf);
+            }
+            buf
+        })
+    };
+    let out = drain(
+        child
+            .stdout
+            .take()
+            .map(|r| Box::new(r) as Box<dyn Read + Send>),
+    );
+    let err = drain(
+        child
+            .stderr
+            .take()
+            .map(|r| Box::new(r) as Box<dyn Read + Send>),
+    );
     let start = Instant::now();
-    loop {
-        if child.try_wait().unwrap().is_some() {
-            return child.wait_with_output().unwrap();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
         }
         if start.elapsed() > limit {
             let _ = child.kill();
-            let o = child.wait_with_output().unwrap();
+            let _ = child.wait();
+            let e = err.join().unwrap_or_default();
             panic!(
                 "still running after {limit:?} (killed); stderr: {}",
-                stderr(&o)
+                String::from_utf8_lossy(&e)
             );
         }
         std::thread::sleep(Duration::from_millis(20));
+    };
+    Output {
+        status,
+        stdout: out.join().unwrap_or_default(),
+        stderr: err.join().unwrap_or_default(),
     }
 }
 

@@ -14,7 +14,7 @@ use crate::msr::{msr_mut, msr_ref};
 pub use crate::parts::Seg;
 use crate::state::{
     Activity, FIXED_MTRRS, GPRS, MCE_BANKS, SGX_LE_HASH_MSRS, VARIABLE_MTRRS, VMX_CAPABILITY_MSRS,
-    VcpuState,
+    VcpuState, tile_word,
 };
 
 /// General-purpose registers, in the architectural encoding order.
@@ -462,6 +462,10 @@ pub enum Field {
     Hi16Zmm(u8, u8),
     /// Opmask k0–k7.
     Opmask(u8),
+    /// Word 0–3 (16 bytes each) of XTILECFG, AMX's tile configuration (XSAVE component 17).
+    TileCfg(u8),
+    /// Word 0–63 (16 bytes each) of tile TMM0–TMM7 (XTILEDATA, XSAVE component 18).
+    TileData(u8, u8),
     /// XCR0.
     Xcr0,
     /// PKRU.
@@ -545,6 +549,10 @@ impl Field {
             v.extend((0..4).map(|l| Field::Hi16Zmm(r, l)));
         }
         v.extend((0..8).map(Field::Opmask));
+        v.extend((0..4).map(Field::TileCfg));
+        for t in 0..8 {
+            v.extend((0..64).map(|w| Field::TileData(t, w)));
+        }
         v.push(Field::Xcr0);
         v.push(Field::Pkru);
         v.extend(Msr::ALL.map(Field::Msr));
@@ -604,6 +612,8 @@ impl Field {
             Field::ZmmHi256(r, l) => format!("zmm{r}.hi256.{l}"),
             Field::Hi16Zmm(r, l) => format!("zmm{r}.{l}"),
             Field::Opmask(i) => format!("k{i}"),
+            Field::TileCfg(i) => format!("xtilecfg.{i}"),
+            Field::TileData(t, w) => format!("tmm{t}.{w}"),
             Field::Xcr0 => "xcr0".into(),
             Field::Pkru => "pkru".into(),
             Field::Msr(m) => format!("msr.{}", m.name()),
@@ -643,6 +653,8 @@ impl Field {
             | Field::ZmmHi256(..)
             | Field::Hi16Zmm(..)
             | Field::Opmask(_)
+            | Field::TileCfg(_)
+            | Field::TileData(..)
             | Field::Xcr0
             | Field::Pkru => Class::Fpu,
             Field::Msr(_)
@@ -686,10 +698,17 @@ impl Field {
             Field::X87(_) => 16,
             Field::St(_) => 80,
             Field::Mxcsr | Field::Pkru => 32,
-            Field::Xmm(_) | Field::YmmHi(_) | Field::ZmmHi256(..) | Field::Hi16Zmm(..) => 128,
+            Field::Xmm(_)
+            | Field::YmmHi(_)
+            | Field::ZmmHi256(..)
+            | Field::Hi16Zmm(..)
+            | Field::TileCfg(_)
+            | Field::TileData(..) => 128,
             Field::Lapic(LapicReg::Icr) => 64,
             Field::Lapic(_) | Field::LapicBitmap(..) => 32,
-            Field::Activity => 2,
+            // Encodings 0-3 are VMX's activity states (SDM Vol. 3C, §25.4.2); 4 is
+            // `Activity::Uninitialized`, a host's state outside them, which must survive a read.
+            Field::Activity => 3,
             Field::Event(_) | Field::Nested => 1,
             Field::NestedReg(r) => r.width(),
             _ => 64,
@@ -751,6 +770,11 @@ impl Field {
             Field::YmmHi(i) => s.vectors.ymm_hi[i as usize],
             Field::ZmmHi256(r, l) => s.vectors.zmm_hi256[r as usize][l as usize],
             Field::Hi16Zmm(r, l) => s.vectors.hi16_zmm[r as usize - 16][l as usize],
+            Field::TileCfg(i) => s.vectors.xtilecfg[i as usize],
+            Field::TileData(t, w) => {
+                let (h, i) = tile_word(t, w);
+                s.vectors.xtiledata[h][i]
+            }
             Field::Opmask(i) => s.vectors.opmask[i as usize].into(),
             Field::Xcr0 => s.xcr0.into(),
             Field::Pkru => s.pkru.into(),
@@ -846,6 +870,11 @@ impl Field {
             Field::YmmHi(i) => s.vectors.ymm_hi[i as usize] = v,
             Field::ZmmHi256(r, l) => s.vectors.zmm_hi256[r as usize][l as usize] = v,
             Field::Hi16Zmm(r, l) => s.vectors.hi16_zmm[r as usize - 16][l as usize] = v,
+            Field::TileCfg(i) => s.vectors.xtilecfg[i as usize] = v,
+            Field::TileData(t, w) => {
+                let (h, i) = tile_word(t, w);
+                s.vectors.xtiledata[h][i] = v;
+            }
             Field::Opmask(i) => s.vectors.opmask[i as usize] = v as u64,
             Field::Xcr0 => s.xcr0 = v as u64,
             Field::Pkru => s.pkru = v as u32,

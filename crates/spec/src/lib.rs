@@ -31,6 +31,7 @@ extern crate alloc;
 
 use alloc::vec::Vec;
 
+mod applies;
 mod blocking;
 mod field;
 mod msr;
@@ -41,6 +42,7 @@ mod state;
 mod tables;
 pub mod x87;
 
+pub use applies::{ARCH_CAP_TSX_CTRL, Applies, MCG_CMCI_P, MCG_COUNT_MASK, MCG_CTL_P, MCG_LMCE_P};
 pub use blocking::{InitOutcome, InitRule, init_outcome, init_rules, init_vm_exit};
 pub use field::{
     Class, Dt, EventFlag, FIXED_MTRR_MSRS, Field, Gpr, LapicBitmap, LapicReg, McReg, Msr,
@@ -54,6 +56,7 @@ pub use rule::{
 pub use state::{
     Activity, DescriptorTable, Events, FIXED_MTRRS, Fpu, GPRS, Lapic, MCE_BANKS, McBank, Msrs,
     Nested, SGX_LE_HASH_MSRS, Segment, VARIABLE_MTRRS, VMX_CAPABILITY_MSRS, VcpuState, Vectors,
+    tile_word,
 };
 
 /// The row for `field` in `vendor`'s table for `event`.

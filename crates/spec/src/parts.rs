@@ -101,7 +101,8 @@ pub struct Fpu {
     pub mxcsr: u32,
 }
 
-/// The vector registers that XSAVE components 1, 2, 5, 6 and 7 hold.
+/// The vector registers that XSAVE components 1, 2, 5, 6 and 7 hold, and the AMX tile state of
+/// components 17 and 18.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct Vectors {
@@ -115,6 +116,17 @@ pub struct Vectors {
     pub hi16_zmm: [[u128; 4]; 16],
     /// Opmask registers k0–k7 (component 5).
     pub opmask: [u64; 8],
+    /// XTILECFG (component 17, 64 bytes) as four 128-bit words: palette, start row, and each
+    /// tile's bytes per row and rows (Intel SDM Vol. 2A, LDTILECFG, Table 3-10).
+    pub xtilecfg: [u128; 4],
+    /// XTILEDATA (component 18, 8192 bytes): TMM0–TMM7, 1 KiB each, in 128-bit words kept as
+    /// sixteen 512-byte halves: word `w` (0–63) of tile `t` at `[2t + w / 32][w % 32]`.
+    pub xtiledata: [[u128; 32]; 16],
+}
+
+/// Where word `w` (0–63) of tile `t` (0–7) lies in [`Vectors::xtiledata`].
+pub const fn tile_word(t: u8, w: u8) -> (usize, usize) {
+    (2 * (t as usize) + (w as usize) / 32, (w as usize) % 32)
 }
 
 /// One machine-check bank's MSRs.

@@ -312,6 +312,15 @@ pub struct CpuModel {
     /// SGX launch control is offered (CPUID.(EAX=07H,ECX=0):ECX\[30\]), so the
     /// IA32_SGXLEPUBKEYHASH0–3 MSRs exist and reset to the digest of Intel's signing key.
     pub sgx_launch_control: bool,
+    /// IA32_MCG_CAP (179H) as the vCPU reports it, where known: its bank count (bits 7:0),
+    /// MCG_CTL_P (bit 8), MCG_CMCI_P (bit 10) and MCG_LMCE_P (bit 27) say which machine-check
+    /// MSRs exist (Intel SDM Vol. 3B, §16.3.1.1 "IA32_MCG_CAP MSR"). `None`: not known, and
+    /// the fields it decides are not judged ([`CpuModel::applies`]).
+    pub mcg_cap: Option<u64>,
+    /// IA32_ARCH_CAPABILITIES (10AH) as the vCPU reports it, where known (0 for a vCPU without
+    /// the MSR): bit 7, TSX_CTRL, says IA32_TSX_CTRL exists (Intel SDM Vol. 4, Table 2-2).
+    /// `None`: not known, and IA32_TSX_CTRL is not judged.
+    pub arch_capabilities: Option<u64>,
 }
 
 /// The digest of Intel's launch-enclave signing key, IA32_SGXLEPUBKEYHASH0–3 in order: the
@@ -368,8 +377,9 @@ pub const DEFAULT_VMX_CAPABILITIES: [u64; VMX_CAPABILITY_MSRS] = [
 impl CpuModel {
     /// A plain model of this vendor: a signature of family 6 (Intel) or 0x17 (AMD), no
     /// performance counters, an xAPIC of version 0x14 with six LVT entries, 8 variable plus
-    /// fixed MTRRs with write-combining (IA32_MTRRCAP = 0x508), no SGX launch control, and on
-    /// Intel VMX with [`DEFAULT_VMX_CAPABILITIES`].
+    /// fixed MTRRs with write-combining (IA32_MTRRCAP = 0x508), no SGX launch control, on
+    /// Intel VMX with [`DEFAULT_VMX_CAPABILITIES`], and IA32_MCG_CAP and IA32_ARCH_CAPABILITIES
+    /// not known.
     pub const fn generic(vendor: Vendor) -> Self {
         CpuModel {
             vendor,
@@ -385,6 +395,8 @@ impl CpuModel {
                 Vendor::Amd => [0; VMX_CAPABILITY_MSRS],
             },
             sgx_launch_control: false,
+            mcg_cap: None,
+            arch_capabilities: None,
         }
     }
 }

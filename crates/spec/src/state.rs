@@ -12,7 +12,7 @@
 pub use crate::msr::Msrs;
 pub use crate::parts::{
     Activity, DescriptorTable, Events, FIXED_MTRRS, Fpu, GPRS, Lapic, MCE_BANKS, McBank, Nested,
-    SGX_LE_HASH_MSRS, Segment, VARIABLE_MTRRS, VMX_CAPABILITY_MSRS, Vectors,
+    SGX_LE_HASH_MSRS, Segment, VARIABLE_MTRRS, VMX_CAPABILITY_MSRS, Vectors, tile_word,
 };
 
 /// The complete vCPU state for RESET/INIT purposes.

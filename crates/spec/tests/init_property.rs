@@ -57,6 +57,9 @@ fn preserved_by_init(name: &str, vendor: Vendor) -> bool {
         || name.starts_with("ymm")
         || name.starts_with("zmm")
         || opmask
+        // AMX's tile configuration and tile data, XSAVE state like the rest.
+        || name.starts_with("xtilecfg.")
+        || name.starts_with("tmm")
         || name == "xcr0"
         || name == "pkru"
         || (name.starts_with("msr.")
@@ -87,6 +90,8 @@ fn model(vendor: Vendor, gp_counters: u8) -> CpuModel {
             Vendor::Amd => [0; vcpu_reset_spec::VMX_CAPABILITY_MSRS],
         },
         sgx_launch_control: vendor == Vendor::Intel,
+        mcg_cap: None,
+        arch_capabilities: None,
     }
 }
 

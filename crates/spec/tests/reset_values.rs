@@ -30,6 +30,8 @@ const INTEL: CpuModel = CpuModel {
     mtrr_cap: 0x508,
     vmx_capabilities: INTEL_VMX,
     sgx_launch_control: true,
+    mcg_cap: None,
+    arch_capabilities: None,
 };
 
 /// The VMX capability MSRs of the Intel model, 480H–491H: a configuration typed here, distinct
@@ -65,6 +67,8 @@ const AMD: CpuModel = CpuModel {
     mtrr_cap: 0x508,
     vmx_capabilities: [0; VMX_CAPABILITY_MSRS],
     sgx_launch_control: false,
+    mcg_cap: None,
+    arch_capabilities: None,
 };
 
 const MODELS: [CpuModel; 2] = [INTEL, AMD];
@@ -142,6 +146,9 @@ fn dirty_prior() -> VcpuState {
             zmm_hi256: [[0x2222_2222_2222_2222_2222_2222_2222_2222; 2]; 16],
             hi16_zmm: [[0x3333_3333_3333_3333_3333_3333_3333_3333; 4]; 16],
             opmask: [0xffff_0000_ffff_0000; 8],
+            // Palette 1 and some bytes-per-row and rows; every tile byte 0x44.
+            xtilecfg: [1, 0x40, 0x40 << 64, 0x10],
+            xtiledata: [[0x4444_4444_4444_4444_4444_4444_4444_4444; 32]; 16],
         },
         xcr0: 0xe7,
         pkru: 0x5555_5554,
@@ -645,6 +652,11 @@ fn vector_registers_zero_after_reset() {
             assert_eq!(s.vectors.zmm_hi256, [[0; 2]; 16]);
             assert_eq!(s.vectors.hi16_zmm, [[0; 4]; 16]);
             assert_eq!(s.vectors.opmask, [0; 8]);
+            // AMX's XTILECFG and XTILEDATA in their initial configuration: all zero (SDM
+            // Vol. 2A, LDTILECFG: palette 0 is the INIT state, tiles zeroed).
+            assert_eq!(s.vectors.xtilecfg, [0; 4]);
+            assert_eq!(s.vectors.xtiledata, [[0; 32]; 16]);
+            assert_eq!(val(&s, "tmm7.63"), 0);
         }
     }
 }
@@ -700,6 +712,15 @@ fn init_keeps_x87_sse_avx_xcr0_and_pkru() {
                 [[0x3333_3333_3333_3333_3333_3333_3333_3333; 4]; 16]
             );
             assert_eq!(s.vectors.opmask, [0xffff_0000_ffff_0000; 8]);
+            assert_eq!(
+                s.vectors.xtilecfg,
+                [1, 0x40, 0x40 << 64, 0x10],
+                "INIT keeps the tiles"
+            );
+            assert_eq!(
+                s.vectors.xtiledata,
+                [[0x4444_4444_4444_4444_4444_4444_4444_4444; 32]; 16]
+            );
             assert_eq!(s.xcr0, 0xe7);
             assert_eq!(s.pkru, 0x5555_5554);
         }
@@ -1528,6 +1549,10 @@ fn get_set_round_trip_masks_to_width() {
         };
         assert_eq!(f.mask(), mask, "{f}");
         for p in patterns {
+            if f == Field::Activity && Activity::from_code(p & mask).is_none() {
+                // Not an encoding: `set` leaves the state unchanged (its documented rule).
+                continue;
+            }
             let mut s = VcpuState::default();
             f.set(&mut s, p);
             assert_eq!(f.get(&s), p & mask, "{f} set {p:#x}");
@@ -1551,7 +1576,7 @@ fn field_widths() {
     assert_eq!(w("pkru"), 32);
     assert_eq!(w("lapic.icr"), 64);
     assert_eq!(w("lapic.svr"), 32);
-    assert_eq!(w("activity.state"), 2);
+    assert_eq!(w("activity.state"), 3, "encodings 0-4");
     assert_eq!(w("nested.state"), 1);
 }
 
@@ -1684,4 +1709,31 @@ fn default_vmx_capabilities_are_consistent() {
         CpuModel::generic(Vendor::Amd).vmx_capabilities,
         [0; VMX_CAPABILITY_MSRS]
     );
+}
+
+/// Every activity state reads back as itself through its field, the host's not-yet-started
+/// state included: a field too narrow for it would read an AP the host never started as
+/// running.
+#[test]
+fn every_activity_state_survives_its_field() {
+    for a in [
+        Activity::Active,
+        Activity::Hlt,
+        Activity::Shutdown,
+        Activity::WaitForSipi,
+        Activity::Uninitialized,
+    ] {
+        let s = VcpuState {
+            activity: a,
+            ..Default::default()
+        };
+        let code = Field::Activity.get(&s);
+        assert_eq!(Activity::from_code(code), Some(a));
+        let mut t = VcpuState {
+            activity: Activity::Hlt,
+            ..Default::default()
+        };
+        Field::Activity.set(&mut t, code);
+        assert_eq!(t.activity, a);
+    }
 }

@@ -28,12 +28,14 @@ fn fields() -> &'static [Field] {
     F.get_or_init(Field::all)
 }
 
-/// What the model can hold: SYSENTER_CS and SMBASE are 32-bit VMCS fields, and nested state
+/// What the model can hold: SYSENTER_CS and SMBASE are 32-bit VMCS fields, the activity state
+/// one of the four VMX encodings (a host's never-started AP, 4, is refused), and nested state
 /// can only be dropped (1 means "in VMX operation", entered by VMXON, not by a write; each part
 /// can be written only with its "none" value).
 fn held(field: Field, v: u128) -> u128 {
     match field {
         Field::Msr(Msr::SysenterCs | Msr::Smbase) => v & 0xffff_ffff,
+        Field::Activity => v & 3,
         Field::Nested => 0,
         Field::NestedReg(r) => r.none(),
         _ => v & field.mask(),

@@ -326,6 +326,34 @@ fn events_use_the_interruptibility_state() {
     assert!(!back.events.nmi_pending);
 }
 
+/// An AP a host never started is a state to read, not to store: the model refuses it as KVM's
+/// backend does, and keeps what it held.
+#[test]
+fn an_uninitialized_activity_state_is_refused_on_store() {
+    let mut m = ModelVcpu::new();
+    let wait = VcpuState {
+        activity: Activity::WaitForSipi,
+        ..VcpuState::default()
+    };
+    m.store(StateClass::MpState, &wait).unwrap();
+    let never_started = VcpuState {
+        activity: Activity::Uninitialized,
+        ..VcpuState::default()
+    };
+    let err = m.store(StateClass::MpState, &never_started).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            BackendError::Invalid {
+                what: "activity state",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert_eq!(m.vmread(GUEST_ACTIVITY_STATE).unwrap(), 3);
+}
+
 #[test]
 fn an_invalid_activity_state_is_refused_on_load() {
     let mut m = ModelVcpu::new();
@@ -417,6 +445,8 @@ fn a_poisoned_vcpu_lists_every_location() {
         "cr2",
         "xsave x87.st7",
         "xsave zmm31.3",
+        "xsave xtilecfg.0",
+        "xsave tmm7.63",
         "msr 0x1b msr.ia32_apic_base",
         "msr 0x427 msr.ia32_mc9_misc",
         "apic 0x020 lapic.id",
@@ -475,6 +505,12 @@ fn a_poisoned_vcpu_loads_poison_everywhere() {
     assert_eq!(s.fpu.st[0], poison_pattern(80));
     assert_eq!(s.fpu.fop, 0x5a5);
     assert_eq!(s.vectors.xmm[15], poison_pattern(128));
+    assert_eq!(s.vectors.xtilecfg[0], poison_pattern(128));
+    assert_eq!(
+        s.vectors.xtiledata[15][31],
+        poison_pattern(128),
+        "TMM7's last word"
+    );
     assert_eq!(s.pkru, 0xa5a5_a5a5);
     assert_eq!(s.msrs.sysenter_cs, 0xa5a5_a5a5);
     assert_eq!(s.msrs.apic_base, P64);
@@ -701,7 +737,7 @@ fn the_guest_sees_the_same_mapping() {
                     what: "vmxon",
                     why: e.to_string(),
                 })?;
-            // Bits beyond the field's two are dropped: 9 is HLT (1).
+            // Bits beyond the field's three are dropped: 9 is HLT (1).
             g.set(Field::Activity, 9)
         })();
         match r {

@@ -79,6 +79,22 @@ fn not_held_reason(vcpu: &KvmVcpu, field: Field) -> String {
     }
 }
 
+/// Why `field` does not exist on `vcpu`, where its XSAVE component is one the vCPU's CPUID does
+/// not offer (AMX's tile state: XSAVE components 17 and 18, CPUID.(EAX=0DH,ECX=0):EAX[17] and
+/// \[18\]).
+fn not_offered(vcpu: &KvmVcpu, field: Field) -> Option<String> {
+    let component = match field {
+        Field::TileCfg(_) => 17,
+        Field::TileData(..) => 18,
+        _ => return None,
+    };
+    (vcpu.xsave_offered() & (1 << component) == 0).then(|| {
+        format!(
+            "the vCPU's CPUID does not offer XSAVE component {component} (CPUID.(EAX=0DH,ECX=0):EAX[{component}] = 0): no AMX tile state"
+        )
+    })
+}
+
 /// Every field of vCPU `v`, read through a fresh cache (flushed and invalidated first).
 fn host_observe(v: &mut Vcpu<KvmVcpu>) -> Result<BTreeMap<Field, Observed>, Fail> {
     v.cache_mut().flush().map_err(err)?;
@@ -88,6 +104,8 @@ fn host_observe(v: &mut Vcpu<KvmVcpu>) -> Result<BTreeMap<Field, Observed>, Fail
     for f in Field::all() {
         let o = if v.cache().holds(f) {
             Observed::Value(f.get(&state))
+        } else if let Some(why) = not_offered(v.cache().backend(), f) {
+            Observed::NotApplicable(why)
         } else {
             Observed::Unobservable(not_held_reason(v.cache().backend(), f))
         };
@@ -115,7 +133,13 @@ fn guest_observe(
             ))
         }
     };
-    observe_probe_run(log, index, expected, held)
+    let mut obs = observe_probe_run(log, index, expected, held)?;
+    for (f, o) in obs.iter_mut() {
+        if let Some(why) = not_offered(vcpu.cache().backend(), *f) {
+            *o = Observed::NotApplicable(why);
+        }
+    }
+    Ok(obs)
 }
 
 struct Judged<'a> {
@@ -163,7 +187,7 @@ impl Judged<'_> {
                 owner: self.owner,
                 view,
                 vcpu: vcpu_label(id),
-                vendor: self.model.vendor,
+                model: self.model,
                 event: self.event,
                 expected,
                 prior,

@@ -21,6 +21,14 @@
 //! <fault>`, `X <fcw> <mxcsr> <xmm0 high:low>` after `P`/`R` phases (`XP`, `XR`), `C <area>
 //! <changed dwords>`, then `E`, [`END_LINE`] and a write of 0 to port 0xF4. `check --vmm` boots
 //! the same image on other VMMs (`peers::capture_leak`).
+//!
+//! No AVX state (nor AVX-512 or PKRU) is planted here: the VEX-encoded instructions that would
+//! load it raise #UD in real-address mode (Intel SDM Vol. 2A, §2.4 "AVX and SSE Instruction
+//! Exception Specification", e.g. the Type 1 class table: #UD for a VEX prefix in real and
+//! virtual-8086 mode, where C4H/C5H decode as LES/LDS), and XRSTOR, which could load it from
+//! memory, is not in KVM's instruction emulator (`arch/x86/kvm/emulate.c`, `group15`: of 0F AE's
+//! memory forms only FXSAVE, FXRSTOR and CLFLUSH/CLFLUSHOPT), through which the project's hosts
+//! run real-mode guests. The host-side scan ([`super::leak`]) plants every XSAVE component.
 
 use iced_x86::code_asm::*;
 use iced_x86::{BlockEncoderOptions, IcedError};

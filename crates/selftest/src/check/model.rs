@@ -73,7 +73,7 @@ fn scenario(
             owner: Owner::VcpuReset,
             view: View::Host,
             vcpu: vcpu_label(id),
-            vendor: model.vendor,
+            model,
             event,
             expected: &expected,
             prior: (event == Event::Init).then_some(&prior),
@@ -86,10 +86,78 @@ fn scenario(
     Ok(())
 }
 
-/// The model's default CPU: Intel, with a plausible signature.
+/// The model's default CPU: Intel, with a plausible signature; IA32_MCG_CAP with 10 banks,
+/// MCG_CTL_P, MCG_CMCI_P and MCG_LMCE_P (every machine-check MSR with a spec row exists), and
+/// IA32_ARCH_CAPABILITIES with TSX_CTRL (Intel SDM Vol. 3B §16.3.1.1; Vol. 4, Table 2-2).
 pub fn default_model() -> CpuModel {
     CpuModel {
         signature: 0x000a_06a4,
+        mcg_cap: Some(10 | spec::MCG_CTL_P | spec::MCG_CMCI_P | spec::MCG_LMCE_P),
+        arch_capabilities: Some(spec::ARCH_CAP_TSX_CTRL),
         ..CpuModel::generic(Vendor::Intel)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::check::Verdict;
+    use vcpu_reset_spec::{McReg, Msr};
+
+    fn verdict(r: &Report, vcpu: &str, field: Field) -> Verdict {
+        let name = field.name();
+        r.results
+            .iter()
+            .find(|x| x.scenario == "reset" && x.vcpu == vcpu && x.field == name)
+            .map(|x| x.verdict)
+            .unwrap_or_else(|| panic!("no verdict for {name}"))
+    }
+
+    /// A poisoned vCPU whose IA32_MCG_CAP has 2 banks and no MCG_CTL_P, MCG_CMCI_P or
+    /// MCG_LMCE_P, and whose IA32_ARCH_CAPABILITIES has no TSX_CTRL: the MSRs it lacks are not
+    /// applicable, the banks it has are judged, and nothing fails.
+    #[test]
+    fn machine_check_and_tsx_msrs_the_model_lacks_are_not_applicable() {
+        let model = CpuModel {
+            mcg_cap: Some(2),
+            arch_capabilities: Some(0),
+            ..default_model()
+        };
+        let mut r = Report::default();
+        run(&mut r, &model, engine);
+        for f in [
+            Field::Msr(Msr::McgCtl),
+            Field::Msr(Msr::McgExtCtl),
+            Field::Msr(Msr::TsxCtrl),
+            Field::Mc(0, McReg::Ctl2),
+            Field::Mc(2, McReg::Status),
+        ] {
+            assert_eq!(verdict(&r, "bsp", f), Verdict::NotApplicable, "{f}");
+        }
+        assert_eq!(
+            verdict(&r, "ap1", Field::Mc(1, McReg::Status)),
+            Verdict::Pass
+        );
+        assert!(r.results.iter().all(|x| x.verdict != Verdict::Fail));
+    }
+
+    /// The default model has every one of them: judged, and passed.
+    #[test]
+    fn the_default_model_judges_every_machine_check_and_tsx_msr() {
+        let mut r = Report::default();
+        run(&mut r, &default_model(), engine);
+        for f in [
+            Field::Msr(Msr::McgCtl),
+            Field::Msr(Msr::McgExtCtl),
+            Field::Msr(Msr::TsxCtrl),
+            Field::Mc(9, McReg::Ctl2),
+        ] {
+            assert_eq!(verdict(&r, "bsp", f), Verdict::Pass, "{f}");
+        }
+        assert!(
+            r.results
+                .iter()
+                .all(|x| x.verdict != Verdict::NotApplicable)
+        );
     }
 }

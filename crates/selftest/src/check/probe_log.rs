@@ -30,7 +30,7 @@ use super::dirty::before_probe_reboot;
 use super::report::{Report, ScenarioInfo, View};
 use super::scenario::{Expectation, judge_all, observe_run};
 use super::verdict::{Observed, Owner, Verdict};
-use crate::probe::{self, LogFormat, ProbeRun, RebootVia};
+use crate::probe::{self, LogFormat, ProbeRun, RebootVia, Value};
 
 /// What the user says about the vCPU, overriding what the log says.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -296,7 +296,7 @@ impl LogContext {
                 owner: Owner::Host,
                 view: View::Guest,
                 vcpu: "bsp".into(),
-                vendor: self.model.vendor,
+                model: &self.model,
                 event: scenario.event,
                 expected: &scenario.expected,
                 prior: scenario.prior.as_ref(),
@@ -363,6 +363,16 @@ fn not_run(report: &mut Report, name: &str, error: String) {
     });
 }
 
+/// A capability MSR as the first run read it: its value, 0 where RDMSR faulted (the vCPU has no
+/// such MSR, so none of what it would announce), `None` where the log does not say (an older
+/// probe): what it decides is then not judged.
+fn capability_msr(first: &ProbeRun, index: u32) -> Option<u64> {
+    match first.get(&probe::record::msr_key(index))? {
+        Value::Fault(_) => Some(0),
+        v => v.number().and_then(|n| u64::try_from(n).ok()),
+    }
+}
+
 /// The CPU model the log describes, with the user's overrides; whether the signature is known.
 /// Records the model's facts in `report.host`.
 fn cpu_model(
@@ -389,6 +399,8 @@ fn cpu_model(
     {
         model.mtrr_cap = v;
     }
+    model.mcg_cap = capability_msr(first, probe::MSR_IA32_MCG_CAP);
+    model.arch_capabilities = capability_msr(first, probe::MSR_IA32_ARCH_CAPABILITIES);
     for (i, cap) in model.vmx_capabilities.iter_mut().enumerate() {
         let Ok(i) = u8::try_from(i) else { break };
         *cap = first
@@ -522,6 +534,58 @@ mod tests {
             },
         );
         verdicts(&r, "power-on")[field].0
+    }
+
+    /// The verdicts of the machine-check and TSX MSRs the probe read as `values` (IA32_MCG_CTL,
+    /// IA32_MCG_EXT_CTL, IA32_MC0_CTL2, IA32_MC3_STATUS, IA32_TSX_CTRL), with the capability
+    /// MSRs as `caps` (records of `msr.0x179` and `msr.0x10a`).
+    fn capability_verdicts(caps: &[(&'static str, &'static str)]) -> Vec<Verdict> {
+        let fields = [
+            "msr.ia32_mcg_ctl",
+            "msr.ia32_mcg_ext_ctl",
+            "msr.ia32_mc0_ctl2",
+            "msr.ia32_mc3_status",
+            "msr.ia32_tsx_ctrl",
+        ];
+        // An Intel vCPU ("GenuineIntel"): IA32_TSX_CTRL is Intel's.
+        let mut list: Vec<_> = amd_cpuid()
+            .into_iter()
+            .map(|(k, v)| match k {
+                "cpuid.0.0.ebx" => (k, "756e6547"),
+                "cpuid.0.0.ecx" => (k, "6c65746e"),
+                "cpuid.0.0.edx" => (k, "49656e69"),
+                _ => (k, v),
+            })
+            .collect();
+        list.extend(fields.iter().map(|f| (*f, "0000000000000000")));
+        list.extend_from_slice(caps);
+        let log = format_run("probe", &recs(&list));
+        let r = judge_log(log.as_bytes(), &LogOptions::default());
+        let v = verdicts(&r, "power-on");
+        fields.iter().map(|f| v[*f].0).collect()
+    }
+
+    #[test]
+    fn the_capability_msrs_the_probe_read_decide_which_msrs_apply() {
+        use Verdict::{HostLimit, NotApplicable, Pass};
+        // 3 banks, MCG_CTL_P and MCG_CMCI_P; IA32_ARCH_CAPABILITIES with TSX_CTRL.
+        assert_eq!(
+            capability_verdicts(&[
+                ("msr.0x179", "0000000000000503"),
+                ("msr.0x10a", "0000000000000080")
+            ]),
+            [Pass, NotApplicable, Pass, NotApplicable, Pass]
+        );
+        // RDMSR of IA32_ARCH_CAPABILITIES faulted: no such MSR, so no IA32_TSX_CTRL.
+        assert_eq!(
+            capability_verdicts(&[("msr.0x179", "0000000008000004"), ("msr.0x10a", "!gp")])[1..],
+            [Pass, NotApplicable, Pass, NotApplicable]
+        );
+        // An older probe recorded neither: what they decide is not judged.
+        assert_eq!(
+            capability_verdicts(&[]),
+            [HostLimit, HostLimit, HostLimit, Pass, HostLimit]
+        );
     }
 
     #[test]

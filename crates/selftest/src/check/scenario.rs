@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use vcpu_reset_spec::{self as spec, Event, Field, VcpuState, Vendor};
+use vcpu_reset_spec::{self as spec, Applies, CpuModel, Event, Field, VcpuState};
 
 use super::report::{FieldResult, Report, View};
 use super::verdict::{Judge, Observed, Owner, judge};
@@ -18,8 +18,9 @@ pub struct Expectation<'a> {
     pub view: View,
     /// `bsp` / `ap1` ...
     pub vcpu: String,
-    /// Vendor whose table applies.
-    pub vendor: Vendor,
+    /// The CPU model the vCPU presents: its vendor's table applies, and its capability MSRs
+    /// say which fields exist ([`CpuModel::applies`]).
+    pub model: &'a CpuModel,
     /// Which table.
     pub event: Event,
     /// The spec's expected state.
@@ -38,11 +39,16 @@ pub fn judge_all(
         let Some(observed) = observe(field) else {
             continue;
         };
+        let observed = match (e.model.applies(field), observed) {
+            (Applies::No(why), _) => Observed::NotApplicable(why.into()),
+            (Applies::NotKnown(why), Observed::Value(_)) => Observed::Unobservable(why.into()),
+            (_, o) => o,
+        };
         let expected = field.get(e.expected);
         let (verdict, reason) = judge(
             field,
             Judge {
-                vendor: e.vendor,
+                vendor: e.model.vendor,
                 event: e.event,
                 expected,
                 prior: e.prior.map(|p| field.get(p)),
@@ -50,7 +56,7 @@ pub fn judge_all(
                 observed: &observed,
             },
         );
-        let row = spec::row(field, e.vendor, e.event);
+        let row = spec::row(field, e.model.vendor, e.event);
         report.results.push(FieldResult {
             scenario: e.scenario.to_string(),
             view: e.view,

@@ -1,7 +1,7 @@
 //! Judging one observed field against the spec.
 
 use serde::{Deserialize, Serialize};
-use vcpu_reset_spec::{self as spec, Alternative, Event, Field, Rule, Vendor};
+use vcpu_reset_spec::{self as spec, Activity, Alternative, Event, Field, Rule, Vendor};
 
 /// Who is responsible for the state a scenario observes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -117,8 +117,18 @@ pub fn judge(field: Field, j: Judge<'_>) -> (Verdict, Option<String>) {
         Owner::Host => Verdict::Finding,
         Owner::VcpuReset => Verdict::Fail,
     };
+    if field == Field::Activity && actual == Activity::Uninitialized as u128 {
+        return (verdict, Some(UNINITIALIZED_REASON.into()));
+    }
     (verdict, row.note.map(str::to_string))
 }
+
+/// Why an activity state read as [`Activity::Uninitialized`] differs from the spec's.
+const UNINITIALIZED_REASON: &str = "the host holds this vCPU in its own not-yet-started state \
+     (KVM_MP_STATE_UNINITIALIZED: KVM creates every AP of a VM with an in-kernel irqchip so), \
+     which drops a startup IPI until an INIT arrives; after RESET an AP waits for a startup IPI \
+     (SDM Vol. 3A §9.4.1), so a firmware that starts its APs with SIPIs alone finds them never \
+     running. vcpu-reset's RESET writes wait-for-SIPI.";
 
 #[cfg(test)]
 mod tests {
@@ -151,6 +161,24 @@ mod tests {
         let fcw = Field::X87(vcpu_reset_spec::X87::Fcw);
         assert_eq!(judge(fcw, j(0x40, &o, Owner::VcpuReset)).0, Verdict::Fail);
         assert_eq!(judge(fcw, j(0x40, &o, Owner::Host)).0, Verdict::Finding);
+    }
+
+    #[test]
+    fn an_ap_the_host_never_started_is_a_finding_that_names_the_state() {
+        let field = Field::Activity;
+        let s = vcpu_reset_spec::VcpuState {
+            activity: Activity::Uninitialized,
+            ..Default::default()
+        };
+        let o = Observed::Value(field.get(&s));
+        let (v, why) = judge(field, j(Activity::WaitForSipi as u128, &o, Owner::Host));
+        assert_eq!(v, Verdict::Finding);
+        assert!(
+            why.is_some_and(|w| w.contains("KVM_MP_STATE_UNINITIALIZED")),
+            "the reason names the state"
+        );
+        let active = Observed::Value(Activity::Active as u128);
+        assert_ne!(o, active, "not read as running");
     }
 
     #[test]

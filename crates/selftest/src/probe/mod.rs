@@ -11,8 +11,9 @@ pub mod program;
 pub mod record;
 
 pub use program::{
-    BOOT_COUNTER, Origin, ProbeEnd, ProbeError, ProbeImage, ProbeOptions, REBOOT_DIRTY_PAT,
-    REBOOT_DIRTY_SYSENTER_CS, RebootVia, assemble, assemble_image, default_msrs, firmware_image,
+    BOOT_COUNTER, MSR_IA32_ARCH_CAPABILITIES, MSR_IA32_MCG_CAP, Origin, ProbeEnd, ProbeError,
+    ProbeImage, ProbeOptions, REBOOT_DIRTY_PAT, REBOOT_DIRTY_SYSENTER_CS, RebootVia, assemble,
+    assemble_image, default_msrs, firmware_image,
 };
 pub use record::{
     Fault, FxsaveFormat, FxsaveImage, LogFormat, ProbeRun, RecordError, Seen, Value, parse,

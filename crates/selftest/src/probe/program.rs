@@ -232,12 +232,20 @@ impl ProbeOptions {
     }
 }
 
-/// Every MSR index the spec has a field for (EFER excluded: it is always read).
+/// IA32_MCG_CAP (179H): which machine-check MSRs exist (Intel SDM Vol. 3B, §16.3.1.1).
+pub const MSR_IA32_MCG_CAP: u32 = 0x179;
+/// IA32_ARCH_CAPABILITIES (10AH): bit 7 says whether IA32_TSX_CTRL exists (SDM Vol. 4,
+/// Table 2-2).
+pub const MSR_IA32_ARCH_CAPABILITIES: u32 = 0x10a;
+
+/// Every MSR index the spec has a field for (EFER excluded: it is always read), then the
+/// capability MSRs that say which of them exist ([`vcpu_reset_spec::CpuModel::applies`]).
 pub fn default_msrs() -> Vec<u32> {
     Field::all()
         .iter()
         .filter_map(Field::msr_index)
         .filter(|&i| i != MSR_EFER)
+        .chain([MSR_IA32_MCG_CAP, MSR_IA32_ARCH_CAPABILITIES])
         .collect()
 }
 

@@ -23,6 +23,24 @@ const INIT_KEEPS_NOTE: &str = "INIT leaves the x87, MMX, SSE and AVX state uncha
 const WIDE_NOTE: &str = "Not rows of Table 10-1; they follow the XMM rows: 0 after RESET, \
     unchanged by INIT (the XSAVE component is in its initial configuration after RESET).";
 
+const AMX_NOTE: &str = "XSAVE components 17 (XTILECFG) and 18 (XTILEDATA): exist where \
+    CPUID.(EAX=0DH,ECX=0):EAX[17] and [18] are set (Intel only; KVM holds them where the VMM asked \
+    for them, ARCH_REQ_XCOMP_GUEST_PERM, and KVM_GET_XSAVE2's image has room). Their initial \
+    configuration is all zero: palette 0 is the INIT state of both, with the tiles zeroed \
+    (SDM Vol. 2A, LDTILECFG).";
+
+const AMX_INIT_NOTE: &str = "INIT leaves XSAVE-managed state unchanged, as it does x87, SSE and \
+    AVX (SDM Vol. 3A §10.1; the AMX components are not rows of Table 10-1 and nothing in the SDM \
+    names them as changed by INIT). KVM's INIT (kvm_vcpu_reset) clears only the MPX and CET \
+    components and keeps the tiles.";
+
+fn amx_citation() -> Citation {
+    Citation {
+        source: Source::SdmVol1,
+        locator: "§13.6 \"Processor Tracking of XSAVE-Managed State\" (a component in its initial configuration) and Vol. 3A §10.1 (XSAVE state components are in their initial configuration after RESET); Vol. 2A, LDTILECFG (palette 0: TILECFG and TILEDATA in their INIT state, tiles zeroed)",
+    }
+}
+
 fn xsave_citation() -> Citation {
     Citation {
         source: Source::SdmVol3A,
@@ -42,6 +60,7 @@ fn reset_row(f: Field, v: Vendor) -> Option<Row> {
         Field::YmmHi(_) | Field::ZmmHi256(..) | Field::Hi16Zmm(..) | Field::Opmask(_) => {
             mk(f, Rule::Value(0), table).note(WIDE_NOTE)
         }
+        Field::TileCfg(_) | Field::TileData(..) => mk(f, Rule::Value(0), amx_citation()).note(AMX_NOTE),
         Field::Xcr0 => match v {
             Vendor::Intel => mk(f, Rule::Value(1), xsave_citation())
                 .note("Only x87 state (bit 0, always 1) is enabled after RESET."),
@@ -66,6 +85,9 @@ pub(crate) fn row(f: Field, v: Vendor, e: Event) -> Row {
     match (reset_row(f, v), e) {
         (None, _) => unreachable_row(f, v),
         (Some(reset), Event::Reset) => reset,
+        (Some(reset), Event::Init) if matches!(f, Field::TileCfg(_) | Field::TileData(..)) => {
+            mk(f, Rule::Preserved, reset.citation).note(AMX_INIT_NOTE)
+        }
         (Some(reset), Event::Init) => mk(f, Rule::Preserved, reset.citation).note(INIT_KEEPS_NOTE),
     }
 }

@@ -274,6 +274,8 @@ impl Reg {
             | Field::ZmmHi256(..)
             | Field::Hi16Zmm(..)
             | Field::Opmask(_)
+            | Field::TileCfg(_)
+            | Field::TileData(..)
             | Field::Pkru => Reg::Fpu,
             Field::Xcr0 => Reg::Xcrs,
             // The FS/GS base MSRs are the hidden bases of FS and GS.

@@ -5,7 +5,7 @@ use kvm_bindings::{
     KVM_STATE_NESTED_FORMAT_SVM, KVM_STATE_NESTED_GUEST_MODE, kvm_svm_nested_state_hdr,
 };
 use vcpu_reset_spec::{
-    Event, Field, InitOutcome, InitRule, Msr, NestedReg, VcpuIdentity, VcpuState, Vendor,
+    CpuModel, Event, Field, InitOutcome, InitRule, Msr, NestedReg, VcpuIdentity, VcpuState, Vendor,
 };
 
 use super::{NESTED_INIT, NESTED_RESET, err};
@@ -125,7 +125,7 @@ fn judge_nested(
     prior: Option<&VcpuState>,
 ) -> Result<(), String> {
     v.cache_mut().invalidate();
-    let vendor = v.model().vendor;
+    let model = *v.model();
     let nested_state = host.caps().nested_state;
     let mut observed = Vec::with_capacity(NESTED_FIELDS.len());
     for f in NESTED_FIELDS {
@@ -143,7 +143,7 @@ fn judge_nested(
             owner: Owner::VcpuReset,
             view: View::Host,
             vcpu: vcpu.into(),
-            vendor,
+            model: &model,
             event,
             expected,
             prior,
@@ -242,6 +242,11 @@ fn svm_case(
             n.present, n.guest_mode, n.gif
         ));
     }
+    // This case is an SVM guest: AMD's table applies.
+    let amd = CpuModel {
+        vendor: Vendor::Amd,
+        ..*v.model()
+    };
     match event {
         Event::Reset => {
             v.reset().map_err(err)?;
@@ -266,7 +271,7 @@ fn svm_case(
                     owner: Owner::VcpuReset,
                     view: View::Host,
                     vcpu: "bsp-svm-guest".into(),
-                    vendor: Vendor::Amd,
+                    model: &amd,
                     event,
                     expected: &expected,
                     prior: None,

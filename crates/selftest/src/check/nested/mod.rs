@@ -67,9 +67,16 @@ pub fn intel_model() -> CpuModel {
     }
 }
 
-/// The AMD model of the SVM cases.
+/// The AMD model of the SVM cases, with the default model's capability MSRs (every
+/// machine-check MSR with a spec row exists, and so does IA32_TSX_CTRL, which KVM offers AMD
+/// vCPUs too).
 pub fn amd_model() -> CpuModel {
-    CpuModel::generic(Vendor::Amd)
+    let d = default_model();
+    CpuModel {
+        mcg_cap: d.mcg_cap,
+        arch_capabilities: d.arch_capabilities,
+        ..CpuModel::generic(Vendor::Amd)
+    }
 }
 
 /// How a case puts the vCPU into nested state.

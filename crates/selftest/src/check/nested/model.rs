@@ -113,7 +113,7 @@ fn read_back(v: Vcpu<ModelVcpu>) -> Result<(VcpuState, Vec<String>), String> {
 struct Judged<'a> {
     scenario: &'a str,
     label: &'a str,
-    vendor: Vendor,
+    model: &'a CpuModel,
     event: Event,
     expected: &'a VcpuState,
     prior: Option<&'a VcpuState>,
@@ -127,7 +127,7 @@ fn judge_state(report: &mut Report, j: &Judged<'_>, state: &VcpuState) {
             owner: Owner::VcpuReset,
             view: View::Host,
             vcpu: j.label.to_string(),
-            vendor: j.vendor,
+            model: j.model,
             event: j.event,
             expected: j.expected,
             prior: j.prior,
@@ -153,7 +153,7 @@ fn reset_case(
         &Judged {
             scenario: NESTED_RESET,
             label,
-            vendor: model.vendor,
+            model,
             event: Event::Reset,
             expected: &expected,
             prior: None,
@@ -219,7 +219,7 @@ fn init_case(
     let mut j = Judged {
         scenario: NESTED_INIT,
         label,
-        vendor: model.vendor,
+        model,
         event: Event::Init,
         expected: &prior,
         prior: Some(&prior),

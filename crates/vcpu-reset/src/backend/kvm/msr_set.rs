@@ -35,6 +35,18 @@ const WRITE_CHECKED: [(u32, u64); 18] = {
     list
 };
 
+/// IA32_MCG_CAP (SDM Vol. 3B, §16.3.1.1) and IA32_ARCH_CAPABILITIES (SDM Vol. 4, Table 2-2):
+/// not spec fields, but they say which machine-check MSRs and whether IA32_TSX_CTRL exist
+/// ([`vcpu_reset_spec::CpuModel::applies`]). [`MsrSet::probe`] reads them with the first
+/// KVM_GET_MSRS it makes anyway; KVM answers a host read of both on every vendor
+/// (`kvm_get_msr_common()`, `get_msr_mce()` in `arch/x86/kvm/x86.c`), and one it refuses is
+/// left not known.
+const CAPABILITY_MSRS: [u32; 2] = [MSR_IA32_MCG_CAP, MSR_IA32_ARCH_CAPABILITIES];
+/// IA32_MCG_CAP.
+const MSR_IA32_MCG_CAP: u32 = 0x179;
+/// IA32_ARCH_CAPABILITIES.
+const MSR_IA32_ARCH_CAPABILITIES: u32 = 0x10a;
+
 /// KVM's older names of registers the spec also lists under their newer names: MSR_KVM_WALL_CLOCK
 /// (11H, the VM's `kvm->arch.wall_clock`, as 4B564D00H) and MSR_KVM_SYSTEM_TIME (12H, the vCPU's
 /// kvmclock register, as 4B564D01H), in `kvm_set_msr_common()` (`arch/x86/kvm/x86.c`). Moving
@@ -63,6 +75,10 @@ pub(super) struct MsrSet {
     /// IA32_APIC_BASE as the probe read it (its BSP flag names the bootstrap processor).
     apic_base: Option<u64>,
     vmx_capabilities: [Option<u64>; VMX_CAPABILITY_MSRS],
+    /// IA32_MCG_CAP as the probe read it.
+    mcg_cap: Option<u64>,
+    /// IA32_ARCH_CAPABILITIES as the probe read it.
+    arch_capabilities: Option<u64>,
 }
 
 /// KVM_GET_MSRS of `list`, in chunks of [`MSRS_PER_CALL`], into `list`, each ioctl counted in
@@ -128,14 +144,38 @@ impl MsrSet {
         // MSRs whose host write KVM may refuse: ((field, index), RESET value, value read).
         let mut checked: Vec<((Field, u32), u64, u64)> = Vec::new();
         let mut rest = &candidates[..];
-        while !rest.is_empty() {
-            let mut list = msr_entries(rest.iter(), |_| 0);
+        // The capability MSRs ride at the head of the first KVM_GET_MSRS; one KVM refuses is
+        // dropped (not known) and the rest asked again.
+        let mut capabilities = &CAPABILITY_MSRS[..];
+        while !rest.is_empty() || !capabilities.is_empty() {
+            let mut list: Vec<kvm_msr_entry> = capabilities
+                .iter()
+                .map(|&index| kvm_msr_entry {
+                    index,
+                    ..Default::default()
+                })
+                .collect();
+            list.extend(msr_entries(rest.iter(), |_| 0));
             let done = get_msr_chunks(fd, &mut list, calls).map_err(|e| match e {
                 BackendError::Ioctl(e) => e,
                 // Only a list longer than KVM takes in one call is refused before the ioctl,
                 // which chunks never are; KVM would answer such a list with E2BIG.
                 _ => Ioctl::GetMsrs.failed(vmm_sys_util::errno::Error::new(libc::E2BIG)),
             })?;
+            let asked = capabilities.len();
+            for entry in &list[..done.min(asked)] {
+                match entry.index {
+                    MSR_IA32_MCG_CAP => set.mcg_cap = Some(entry.data),
+                    MSR_IA32_ARCH_CAPABILITIES => set.arch_capabilities = Some(entry.data),
+                    _ => {}
+                }
+            }
+            if done < asked {
+                capabilities = capabilities.get(done + 1..).unwrap_or(&[]);
+                continue;
+            }
+            capabilities = &[];
+            let (list, done) = (&list[asked..], done - asked);
             for (entry, field) in list[..done].iter().zip(rest) {
                 if entry.index == MSR_IA32_MTRRCAP {
                     set.mtrr_cap = Some(entry.data);
@@ -210,6 +250,17 @@ impl MsrSet {
     /// The VMX capability MSRs as the vCPU reported them at creation (0 for those not held).
     pub(super) fn vmx_capabilities(&self) -> [u64; VMX_CAPABILITY_MSRS] {
         self.vmx_capabilities.map(|v| v.unwrap_or(0))
+    }
+
+    /// IA32_MCG_CAP as the vCPU reported it at creation or adoption, if KVM answered.
+    pub(super) fn mcg_cap(&self) -> Option<u64> {
+        self.mcg_cap
+    }
+
+    /// IA32_ARCH_CAPABILITIES as the vCPU reported it at creation or adoption, if KVM
+    /// answered.
+    pub(super) fn arch_capabilities(&self) -> Option<u64> {
+        self.arch_capabilities
     }
 
     /// Whether the SGX launch-enclave hash MSRs are held (the VM offers SGX launch control).

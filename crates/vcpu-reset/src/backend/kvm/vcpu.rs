@@ -454,7 +454,8 @@ impl KvmVcpu {
     /// in-kernel irqchip or MTRRs, the APIC version and IA32_MTRRCAP are those of
     /// [`CpuModel::generic`]. The VMX capabilities are the MSRs as they read at creation (0
     /// where the host offers no nested VMX); SGX launch control is offered where the
-    /// launch-enclave hash MSRs are held.
+    /// launch-enclave hash MSRs are held; IA32_MCG_CAP and IA32_ARCH_CAPABILITIES as they read
+    /// at creation (not known where KVM refused the read).
     pub fn cpu_model(&self) -> Option<CpuModel> {
         let vendor = self.vendor()?;
         let generic = CpuModel::generic(vendor);
@@ -466,6 +467,8 @@ impl KvmVcpu {
             mtrr_cap: self.mtrr_cap().unwrap_or(generic.mtrr_cap),
             vmx_capabilities: self.msrs.vmx_capabilities(),
             sgx_launch_control: self.msrs.sgx_launch_control(),
+            mcg_cap: self.msrs.mcg_cap(),
+            arch_capabilities: self.msrs.arch_capabilities(),
         })
     }
 
@@ -477,6 +480,13 @@ impl KvmVcpu {
     /// XSAVE components whose registers this vCPU holds (a mask like XCR0).
     pub fn xsave_components(&self) -> u64 {
         self.xsave.held_components()
+    }
+
+    /// XSAVE components the vCPU's CPUID offers (CPUID.(EAX=0DH,ECX=0) EDX:EAX, the XCR0 bits
+    /// it supports), held or not: a component offered but not held is a host limit (e.g. AMX
+    /// the VMM did not ask for), one not offered does not exist on this vCPU.
+    pub fn xsave_offered(&self) -> u64 {
+        self.xsave.offered()
     }
 
     fn require(&self, class: StateClass) -> Result<(), BackendError> {
@@ -632,9 +642,12 @@ impl Backend for KvmVcpu {
         match field {
             Field::Pdptr(_) => self.caps.sregs2,
             Field::X87(X87::Fcs | X87::Fds) => false,
-            Field::YmmHi(_) | Field::ZmmHi256(..) | Field::Hi16Zmm(..) | Field::Opmask(_) => {
-                self.xsave.holds(field)
-            }
+            Field::YmmHi(_)
+            | Field::ZmmHi256(..)
+            | Field::Hi16Zmm(..)
+            | Field::Opmask(_)
+            | Field::TileCfg(_)
+            | Field::TileData(..) => self.xsave.holds(field),
             Field::Pkru => self.xsave.holds(field),
             Field::Lapic(LapicReg::LvtCmci) => self.lapic_cmci,
             Field::Event(EventFlag::Smm | EventFlag::SmiPending) => self.caps.x86_smm,

@@ -13,7 +13,7 @@ use std::fmt;
 
 use vcpu_reset_spec::{
     Dt, EventFlag, Field, Fpu, GPRS, Gpr, LapicReg, Msr, NestedReg, Seg, SegPart, VcpuState,
-    Vectors, X87,
+    Vectors, X87, tile_word,
 };
 
 use super::nested::NestedVmx;
@@ -215,6 +215,8 @@ pub(crate) fn home(field: Field) -> Home {
         | Field::ZmmHi256(..)
         | Field::Hi16Zmm(..)
         | Field::Opmask(_)
+        | Field::TileCfg(_)
+        | Field::TileData(..)
         | Field::Pkru => Home::Store(Location::Xsave(field)),
         Field::Xcr0 => Home::Store(Location::Xcr0),
         Field::Msr(Msr::Pat) => Home::Vmcs(GUEST_IA32_PAT),
@@ -562,6 +564,11 @@ impl Storage {
             Field::YmmHi(n) => *v.ymm_hi.get(i(n))?,
             Field::ZmmHi256(r, l) => *v.zmm_hi256.get(i(r))?.get(i(l))?,
             Field::Hi16Zmm(r, l) => *v.hi16_zmm.get(i(r).checked_sub(16)?)?.get(i(l))?,
+            Field::TileCfg(n) => *v.xtilecfg.get(i(n))?,
+            Field::TileData(t, w) if t < 8 && w < 64 => {
+                let (h, n) = tile_word(t, w);
+                *v.xtiledata.get(h)?.get(n)?
+            }
             Field::Opmask(n) => (*v.opmask.get(i(n))?).into(),
             Field::Pkru => self.pkru.into(),
             _ => return None,
@@ -610,6 +617,11 @@ impl Storage {
                 .checked_sub(16)
                 .and_then(|r| vec.hi16_zmm.get_mut(r))
                 .and_then(|z| z.get_mut(i(l))),
+            Field::TileCfg(n) => vec.xtilecfg.get_mut(i(n)),
+            Field::TileData(t, w) if t < 8 && w < 64 => {
+                let (h, n) = tile_word(t, w);
+                vec.xtiledata.get_mut(h).and_then(|d| d.get_mut(n))
+            }
             _ => None,
         };
         match slot {
@@ -745,7 +757,14 @@ impl Storage {
                 };
                 self.vmcs_write(enc, ar, via)
             }
-            // `v` is masked to the field's two bits: always an activity-state encoding.
+            // The VMCS holds the four VMX activity states (SDM Vol. 3C §25.4.2); the field's
+            // fifth encoding, a host's never-started AP, is not one to store (as on KVM).
+            Home::Activity if v > 3 => Err(BackendError::Invalid {
+                what: "activity state",
+                why: format!(
+                    "{v:#x} is no VMX activity state (0 active, 1 HLT, 2 shutdown, 3 wait-for-SIPI; SDM Vol. 3C §25.4.2): an AP a host never started (4) is not a state to store; store wait-for-SIPI (3) for an AP"
+                ),
+            }),
             Home::Activity => self.vmcs_write(vmcs::GUEST_ACTIVITY_STATE, v as u64, via),
             Home::Interruptibility(bits) => {
                 let enc = vmcs::GUEST_INTERRUPTIBILITY_STATE;

@@ -8,8 +8,12 @@
 //! whose XSTATE_BV bit is clear is in its initial configuration (SDM Vol. 1 §13.6): zeros,
 //! except x87's FCW 0x37F with every register empty; MXCSR always comes from the legacy
 //! region. [`xsave_from_state`] writes x87, SSE and every mapped component the CPUID enables
-//! (YMM_Hi128 2, opmask 5, ZMM_Hi256 6, Hi16_ZMM 7, PKRU 9) and sets their XSTATE_BV bits;
-//! components this mapping does not know (e.g. AMX) are left in their initial configuration.
+//! (YMM_Hi128 2, opmask 5, ZMM_Hi256 6, Hi16_ZMM 7, PKRU 9, and AMX's XTILECFG 17 and XTILEDATA
+//! 18 where the image has room for them: KVM_GET_XSAVE2's size, which covers them only once the
+//! VMM asked for them with ARCH_REQ_XCOMP_GUEST_PERM) and sets their XSTATE_BV bits, except an
+//! AMX component that is all zero, which is written as its initial configuration (XSTATE_BV
+//! bit clear: the same state, and no tile data is restored without a tile configuration);
+//! components this mapping does not know are left in their initial configuration.
 
 use kvm_bindings::CpuId;
 use vcpu_reset_spec::x87::{self, FxsaveFormat, FxsaveImage};
@@ -26,8 +30,21 @@ const FCW_INIT: u16 = 0x037f;
 /// MXCSR_MASK written on store: all MXCSR bits of SSE2 (the kernel ignores it on restore).
 const MXCSR_MASK: u32 = 0xffff;
 
-/// The XSAVE components this mapping knows, with their architectural sizes.
-const COMPONENTS: [(usize, usize); 5] = [(2, 256), (5, 64), (6, 512), (7, 1024), (9, 8)];
+/// The XSAVE components this mapping knows, with their architectural sizes (SDM Vol. 1
+/// §13.1, Table 13-1 and the component sections of Chapter 13).
+const COMPONENTS: [(usize, usize); 7] = [
+    (2, 256),
+    (5, 64),
+    (6, 512),
+    (7, 1024),
+    (9, 8),
+    (XTILECFG, 64),
+    (XTILEDATA, 8192),
+];
+/// AMX's tile configuration, XSAVE component 17.
+const XTILECFG: usize = 17;
+/// AMX's tile data, XSAVE component 18.
+const XTILEDATA: usize = 18;
 
 /// Where the vCPU's XSAVE image keeps each component.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -37,7 +54,7 @@ pub struct XsaveLayout {
     /// CPUID.(EAX=0DH,ECX=0) EDX:EAX, the XCR0 bits the vCPU supports.
     xcr0: u64,
     /// Offset of component `i`, where the vCPU supports it and the image holds it.
-    offsets: [Option<usize>; 10],
+    offsets: [Option<usize>; 19],
 }
 
 impl XsaveLayout {
@@ -56,7 +73,7 @@ impl XsaveLayout {
                 .find(|e| e.function == 0xd && e.index == index)
         };
         let xcr0 = leaf(0).map_or(0, |e| u64::from(e.eax) | (u64::from(e.edx) << 32));
-        let mut offsets = [None; 10];
+        let mut offsets = [None; 19];
         for (component, bytes) in COMPONENTS {
             if xcr0 & (1 << component) == 0 {
                 continue;
@@ -81,6 +98,11 @@ impl XsaveLayout {
         self.xcr0 & (X87 | SSE) == X87 | SSE
     }
 
+    /// The components the CPUID offers (CPUID.(EAX=0DH,ECX=0) EDX:EAX), held or not.
+    pub fn offered(&self) -> u64 {
+        self.xcr0
+    }
+
     /// The components held, as an XCR0-style mask.
     pub fn held_components(&self) -> u64 {
         self.offsets
@@ -98,6 +120,8 @@ impl XsaveLayout {
             Field::ZmmHi256(..) => 6,
             Field::Hi16Zmm(..) => 7,
             Field::Pkru => 9,
+            Field::TileCfg(_) => XTILECFG,
+            Field::TileData(..) => XTILEDATA,
             _ => return true,
         };
         self.offsets[component].is_some()
@@ -188,6 +212,22 @@ pub fn xsave_to_state(b: &[u8], layout: &XsaveLayout, state: &mut VcpuState) {
     if let Some((o, p)) = component(9) {
         state.pkru = if p { u32_at(b, o) } else { 0 };
     }
+    if let Some((o, p)) = component(XTILECFG) {
+        for (i, r) in v.xtilecfg.iter_mut().enumerate() {
+            *r = if p { u128_at(b, o + 16 * i, 16) } else { 0 };
+        }
+    }
+    if let Some((o, p)) = component(XTILEDATA) {
+        for (h, half) in v.xtiledata.iter_mut().enumerate() {
+            for (i, r) in half.iter_mut().enumerate() {
+                *r = if p {
+                    u128_at(b, o + 512 * h + 16 * i, 16)
+                } else {
+                    0
+                };
+            }
+        }
+    }
 }
 
 /// The XSAVE image of the state, with every held component present.
@@ -236,7 +276,26 @@ pub fn xsave_from_state(state: &VcpuState, layout: &XsaveLayout) -> Vec<u8> {
     if let Some(o) = layout.offsets[9] {
         put(&mut b, o, &state.pkru.to_le_bytes());
     }
-    put(&mut b, XSTATE_BV, &layout.held_components().to_le_bytes());
+    let mut xstate_bv = layout.held_components();
+    if let Some(o) = layout.offsets[XTILECFG] {
+        for (i, r) in v.xtilecfg.iter().enumerate() {
+            put(&mut b, o + 16 * i, &r.to_le_bytes());
+        }
+        if v.xtilecfg.iter().all(|r| *r == 0) {
+            xstate_bv &= !(1 << XTILECFG);
+        }
+    }
+    if let Some(o) = layout.offsets[XTILEDATA] {
+        for (h, half) in v.xtiledata.iter().enumerate() {
+            for (i, r) in half.iter().enumerate() {
+                put(&mut b, o + 512 * h + 16 * i, &r.to_le_bytes());
+            }
+        }
+        if v.xtiledata.iter().flatten().all(|r| *r == 0) {
+            xstate_bv &= !(1 << XTILEDATA);
+        }
+    }
+    put(&mut b, XSTATE_BV, &xstate_bv.to_le_bytes());
     b
 }
 
@@ -260,7 +319,7 @@ mod tests {
     use super::*;
 
     fn avx512_layout() -> XsaveLayout {
-        let mut offsets = [None; 10];
+        let mut offsets = [None; 19];
         offsets[2] = Some(0x240);
         offsets[5] = Some(0x440);
         offsets[6] = Some(0x480);
@@ -318,12 +377,71 @@ mod tests {
         );
     }
 
+    /// A Sapphire Rapids-style image: AVX-512 as above, PKRU at 0xa80, XTILECFG at 0xac0 and
+    /// XTILEDATA at 0xb00 (CPUID.(EAX=0DH,ECX=17/18).EBX), 0x2b00 bytes (KVM_GET_XSAVE2's size
+    /// once the VMM asked for AMX).
+    fn amx_layout() -> XsaveLayout {
+        let mut l = avx512_layout();
+        l.size = 0x2b00;
+        l.xcr0 = 0x602e7;
+        l.offsets[9] = Some(0xa80);
+        l.offsets[XTILECFG] = Some(0xac0);
+        l.offsets[XTILEDATA] = Some(0xb00);
+        l
+    }
+
+    #[test]
+    fn amx_tile_state_round_trips_where_the_image_holds_it() {
+        let layout = amx_layout();
+        assert!(layout.holds(Field::TileCfg(3)) && layout.holds(Field::TileData(7, 63)));
+        assert!(!avx512_layout().holds(Field::TileData(0, 0)));
+        let mut state = VcpuState::default();
+        state.vectors.xtilecfg[0] = 0x01; // palette 1
+        state.vectors.xtilecfg[3] = 0x10 << 64;
+        let (h, i) = vcpu_reset_spec::tile_word(7, 63);
+        state.vectors.xtiledata[h][i] = u128::MAX;
+        state.vectors.xtiledata[0][0] = 0x7a;
+
+        let image = xsave_from_state(&state, &layout);
+
+        assert_eq!(image.len(), 0x2b00);
+        assert_eq!(u64_at(&image, XSTATE_BV), 0x602e7);
+        assert_eq!(image[0xac0], 0x01, "palette at byte 0 of XTILECFG");
+        assert_eq!(image[0xb00], 0x7a, "TMM0 row 0 at byte 0 of XTILEDATA");
+        assert_eq!(
+            u128_at(&image, 0xb00 + 8192 - 16, 16),
+            u128::MAX,
+            "TMM7's last bytes"
+        );
+        let mut back = VcpuState::default();
+        xsave_to_state(&image, &layout, &mut back);
+        assert_eq!(back.vectors, state.vectors);
+    }
+
+    #[test]
+    fn zero_tile_state_is_written_as_the_initial_configuration() {
+        let layout = amx_layout();
+        let image = xsave_from_state(&VcpuState::default(), &layout);
+        assert_eq!(
+            u64_at(&image, XSTATE_BV),
+            0x2e7,
+            "XSTATE_BV[17] and [18] clear: the tiles' initial configuration"
+        );
+        let mut dirty = vec![0x5au8; 0x2b00];
+        put(&mut dirty, XSTATE_BV, &0x2e7u64.to_le_bytes());
+        let mut state = VcpuState::default();
+        state.vectors.xtiledata[3][3] = 1;
+        xsave_to_state(&dirty, &layout, &mut state);
+        assert_eq!(state.vectors.xtilecfg, [0; 4]);
+        assert!(state.vectors.xtiledata.iter().flatten().all(|w| *w == 0));
+    }
+
     #[test]
     fn unheld_components_are_left_alone() {
         let layout = XsaveLayout {
             size: KVM_XSAVE_SIZE,
             xcr0: 3,
-            offsets: [None; 10],
+            offsets: [None; 19],
         };
         assert!(!layout.holds(Field::YmmHi(0)));
         assert!(layout.holds(Field::Xmm(0)));
