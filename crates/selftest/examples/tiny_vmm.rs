@@ -63,6 +63,11 @@ pub struct Outcome {
     pub tsc_writes_ignored: bool,
     /// KVM's LINT0_REENABLED quirk is off (the host offers KVM_CAP_DISABLE_QUIRKS2 with it).
     pub lint0_quirk_off: bool,
+    /// The first RESET found the host's INIT exact for REGS, SREGS and EVENTS, so later ones
+    /// leave it to the next KVM_RUN (`VcpuReset::host_init_lazy`).
+    pub host_init_lazy: bool,
+    /// The state classes the host's INIT leaves wrong (`VcpuReset::host_init_inexact`).
+    pub host_init_inexact: u64,
     /// Everything the guest wrote to the debug console.
     pub log: Vec<u8>,
     /// What made the VMM reset the vCPU, in order.
@@ -166,6 +171,12 @@ pub fn run(host: &KvmHost) -> Result<Outcome, Box<dyn Error>> {
     let mut reset = VcpuReset::new(host, &vm, &vcpu, 0)?;
     // Power-on: KVM's creation state is not the architectural RESET state (EDX, x87, LINT0).
     let mut calls = vec![reset.reset(&mut vcpu)?.calls.calls()];
+    // What the first RESET learned of the host's INIT: whether it is left to the next KVM_RUN
+    // and how many state classes it leaves wrong (each one more ioctl per RESET).
+    let host_init_lazy = reset.host_init_lazy();
+    let host_init_inexact = reset
+        .host_init_inexact()
+        .map_or(0, |c| c.iter().count() as u64);
     // The VMM is about to change the vCPU through its own fd before running it (the triple
     // fault below): settle first, so that nothing the RESET left for the next KVM_RUN (REGS,
     // SREGS, EVENTS in `kvm_run`, KVM's INIT) lands over the VMM's own store.
@@ -227,6 +238,8 @@ pub fn run(host: &KvmHost) -> Result<Outcome, Box<dyn Error>> {
         triple_fault,
         tsc_writes_ignored,
         lint0_quirk_off,
+        host_init_lazy,
+        host_init_inexact,
         log,
         resets,
         calls,
