@@ -187,9 +187,22 @@ pub fn capture(peer: &Peer, via: RebootVia, opts: &PeerOptions) -> Result<Vec<u8
         expected,
         opts.timeout,
     )?;
-    let log = match crate::files::read_bounded(&launch.log, process::MAX_PEER_LOG, "peer log") {
+    let log = ended_log(peer, &launch.log, &finished, expected)?;
+    check_run_tags(peer, via, &log)?;
+    Ok(log)
+}
+
+/// The peer's log once it has ended: the log (none if the peer never wrote one), or
+/// [`PeerError::Exited`] with the end of its output when fewer than `expected` runs ended in it.
+fn ended_log(
+    peer: &Peer,
+    path: &std::path::Path,
+    finished: &process::Finished,
+    expected: usize,
+) -> Result<Vec<u8>, PeerError> {
+    let log = match crate::files::read_bounded(path, process::MAX_PEER_LOG, "peer log") {
         Ok(log) => log,
-        Err(_) if !launch.log.exists() => Vec::new(),
+        Err(_) if !path.exists() => Vec::new(),
         Err(e) => {
             return Err(PeerError::Io {
                 what: format!("{}: read its log", peer.name()),
@@ -198,9 +211,6 @@ pub fn capture(peer: &Peer, via: RebootVia, opts: &PeerOptions) -> Result<Vec<u8
         }
     };
     let runs = process::ended_runs(&log);
-    if runs >= expected {
-        check_run_tags(peer, via, &log)?;
-    }
     if runs < expected {
         if let Peer::Bochs = peer {
             bochs::missing_display(&finished.output)?;
@@ -299,26 +309,7 @@ pub fn capture_leak(peer: &Peer, opts: &PeerOptions) -> Result<Vec<u8>, PeerErro
         1,
         opts.timeout,
     )?;
-    let log = crate::files::read_bounded(&launch.log, process::MAX_PEER_LOG, "peer log")
-        .unwrap_or_default();
-    if process::ended_runs(&log) < 1 {
-        if let Peer::Bochs = peer {
-            bochs::missing_display(&finished.output)?;
-        }
-        return Err(PeerError::Exited {
-            peer: peer.name().to_string(),
-            status: finished
-                .status
-                .map_or_else(|| "killed".to_string(), |s| s.to_string()),
-            runs: 0,
-            expected: 1,
-            output: match process::tail(&finished.output, 4) {
-                t if t.is_empty() => "(none)".to_string(),
-                t => t,
-            },
-        });
-    }
-    Ok(log)
+    ended_log(peer, &launch.log, &finished, 1)
 }
 
 /// Judges the leak firmware's log of `peer` into `report`: what the guest planted and read back
