@@ -6,7 +6,9 @@ use std::ptr::NonNull;
 use kvm_ioctls::{VcpuFd, VmFd};
 use vcpu_reset_spec::{CpuModel, VcpuIdentity};
 
-use crate::backend::kvm::{AdoptRefusal, Ioctl, KvmHost, KvmVcpu, KvmVcpuOptions};
+use crate::backend::kvm::{
+    AdoptRefusal, Ioctl, KvmHost, KvmVcpu, KvmVcpuOptions, borrow_vcpu, borrow_vm,
+};
 use crate::backend::{BackendError, StateClass, Stats};
 use crate::cache::{CacheError, VcpuCache};
 use crate::engine::{Deviation, EngineError, Outcome, Vcpu};
@@ -275,13 +277,7 @@ impl VcpuReset {
         vcpu: &VcpuFd,
         id: u64,
     ) -> Result<VcpuReset, VcpuResetError> {
-        // SAFETY: both fds are owned by objects the caller lends for this call.
-        let (vm_fd, vcpu_fd) = unsafe {
-            (
-                BorrowedFd::borrow_raw(vm.as_raw_fd()),
-                BorrowedFd::borrow_raw(vcpu.as_raw_fd()),
-            )
-        };
+        let (vm_fd, vcpu_fd) = (borrow_vm(vm), borrow_vcpu(vcpu));
         VcpuReset::learn(host, vm_fd, vcpu_fd, id, vm.run_size(), true)
     }
 
@@ -295,13 +291,7 @@ impl VcpuReset {
         vcpu: &VcpuFd,
         id: u64,
     ) -> Result<VcpuReset, VcpuResetError> {
-        // SAFETY: both fds are owned by objects the caller lends for this call.
-        let (vm_fd, vcpu_fd) = unsafe {
-            (
-                BorrowedFd::borrow_raw(vm.as_raw_fd()),
-                BorrowedFd::borrow_raw(vcpu.as_raw_fd()),
-            )
-        };
+        let (vm_fd, vcpu_fd) = (borrow_vm(vm), borrow_vcpu(vcpu));
         let options = KvmVcpuOptions { sync_regs: false };
         let kv = KvmVcpu::learn_lent(host, vm_fd, vcpu_fd, id, vm.run_size(), options, false)
             .map_err(|refusal| VcpuResetError::Refused { id, refusal })?;

@@ -193,8 +193,7 @@ impl VmReset {
     /// # Errors
     /// [`VmResetError`]; after a vCPU's failure call it again (see [`VcpuReset::reset`]).
     pub fn reset(&mut self, vm: &VmFd, vcpus: &mut [VcpuFd]) -> Result<VmOutcome, VmResetError> {
-        // SAFETY: `vm` owns the fd and outlives this call.
-        let vm = unsafe { BorrowedFd::borrow_raw(vm.as_raw_fd()) };
+        let vm = crate::backend::kvm::borrow_vm(vm);
         self.reboot(vm, Fds::Typed(vcpus))
     }
 

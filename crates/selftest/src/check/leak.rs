@@ -248,12 +248,14 @@ fn plant_xsave(fd: &VcpuFd, layout: &[(u8, usize, usize)], held: u64) -> Vec<u8>
         for (w, chunk) in x.region.iter_mut().zip(bytes.chunks_exact(4)) {
             *w = u32::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
         }
-        // SAFETY: KVM_SET_XSAVE copies the 4096-byte `kvm_xsave` it is given; that is the whole
-        // XSAVE image here, because this VM never asks for a dynamically enabled component
-        // (no ARCH_REQ_XCOMP_GUEST_PERM), and the component planted lies inside those 4096
-        // bytes (checked above). `x` was read from this vCPU and changed only in data bytes and
+        // KVM_SET_XSAVE copies the 4096-byte `kvm_xsave` it is given; that is the whole XSAVE
+        // image here, because this VM never asks for a dynamically enabled component (no
+        // ARCH_REQ_XCOMP_GUEST_PERM), and the component planted lies inside those 4096 bytes
+        // (checked above). `x` was read from this vCPU and changed only in data bytes and
         // XSTATE_BV, which KVM checks against the vCPU's supported XCR0.
-        let took = unsafe { fd.set_xsave(&x) }.is_ok()
+        // SAFETY: as said just above.
+        let stored = unsafe { fd.set_xsave(&x) };
+        let took = stored.is_ok()
             && fd
                 .get_xsave()
                 .is_ok_and(|r| xsave_holds(&r.region, i, offset, size));

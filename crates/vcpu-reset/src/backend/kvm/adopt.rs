@@ -179,9 +179,15 @@ impl KvmVcpu {
 }
 
 /// `vm`'s fd, borrowed for as long as `vm` is.
-pub(super) fn borrow_vm(vm: &VmFd) -> BorrowedFd<'_> {
+pub(crate) fn borrow_vm(vm: &VmFd) -> BorrowedFd<'_> {
     // SAFETY: `vm` owns the fd and outlives the borrow, which the lifetime ties to it.
     unsafe { BorrowedFd::borrow_raw(vm.as_raw_fd()) }
+}
+
+/// `vcpu`'s fd, borrowed for as long as `vcpu` is.
+pub(crate) fn borrow_vcpu(vcpu: &kvm_ioctls::VcpuFd) -> BorrowedFd<'_> {
+    // SAFETY: `vcpu` owns the fd and outlives the borrow, which the lifetime ties to it.
+    unsafe { BorrowedFd::borrow_raw(vcpu.as_raw_fd()) }
 }
 
 /// Why a [`KvmVcpu`] whose fd is not owned never reaches the code that hands an owned fd out.

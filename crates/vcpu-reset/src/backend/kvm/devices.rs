@@ -12,7 +12,7 @@
 //! IOAPIC live in the VMM) or no in-kernel PIT, KVM answers ENXIO and that device is left to
 //! the VMM, as are its own devices.
 
-use std::os::fd::{AsRawFd, BorrowedFd};
+use std::os::fd::BorrowedFd;
 
 use kvm_bindings::{
     KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE, kvm_irqchip, kvm_pit_state2,
@@ -78,8 +78,7 @@ impl VmDevices {
     /// # Errors
     /// [`VmDevicesError::Ioctl`]; a device the VM does not have is not an error.
     pub fn capture(vm: &VmFd) -> Result<VmDevices, VmDevicesError> {
-        // SAFETY: `vm` owns the fd and outlives this call.
-        VmDevices::capture_raw(unsafe { BorrowedFd::borrow_raw(vm.as_raw_fd()) })
+        VmDevices::capture_raw(super::adopt::borrow_vm(vm))
     }
 
     /// [`VmDevices::capture`] of a VM given by its raw fd.
@@ -128,8 +127,7 @@ impl VmDevices {
     /// # Errors
     /// [`VmDevicesError::Ioctl`].
     pub fn restore(&self, vm: &VmFd) -> Result<u64, VmDevicesError> {
-        // SAFETY: `vm` owns the fd and outlives this call.
-        self.restore_raw(unsafe { BorrowedFd::borrow_raw(vm.as_raw_fd()) })
+        self.restore_raw(super::adopt::borrow_vm(vm))
     }
 
     /// [`VmDevices::restore`] on a VM given by its raw fd.

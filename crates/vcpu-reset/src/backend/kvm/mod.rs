@@ -73,6 +73,7 @@ mod second_views;
 
 pub mod codec;
 
+pub(crate) use adopt::{borrow_vcpu, borrow_vm};
 #[cfg(feature = "selftest")]
 pub use calls::fail_nth_call;
 pub use devices::{VmDevices, VmDevicesError};

@@ -9,7 +9,7 @@
 //! (KVM_GET_MP_STATE) and then store the LAPIC (KVM_SET_LAPIC): two vCPU ioctls per RESET of
 //! the BSP that the VM saves by turning the quirk off.
 
-use std::os::fd::{AsRawFd, BorrowedFd};
+use std::os::fd::BorrowedFd;
 use std::os::raw::c_ulong;
 
 use kvm_bindings::{KVM_CAP_DISABLE_QUIRKS2, KVM_X86_QUIRK_LINT0_REENABLED, kvm_enable_cap};
@@ -57,8 +57,7 @@ pub enum QuirkError {
 /// # Errors
 /// [`QuirkError::Ioctl`] when KVM refuses the ioctl (e.g. `vm` is not a VM fd).
 pub fn disable_lint0_quirk(vm: &VmFd, others: u64) -> Result<bool, QuirkError> {
-    // SAFETY: `vm` owns the fd and outlives this call.
-    disable_lint0_quirk_raw(unsafe { BorrowedFd::borrow_raw(vm.as_raw_fd()) }, others)
+    disable_lint0_quirk_raw(super::adopt::borrow_vm(vm), others)
 }
 
 /// [`disable_lint0_quirk`] on a VM given by its raw fd.
